@@ -1,0 +1,1 @@
+"""The multimodal next-token model over the unified vocabulary: layouts and sampling."""

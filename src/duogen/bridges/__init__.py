@@ -1,0 +1,1 @@
+"""One API over both paradigms: generate, edit, personalize, control."""

@@ -1,0 +1,1 @@
+"""Noise schedules, samplers, denoisers (U-Net, video U-Net, DiT) and latent diffusion."""

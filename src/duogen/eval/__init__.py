@@ -1,0 +1,1 @@
+"""Probes that read generated clips, metrics, and the AR-vs-diffusion comparison."""

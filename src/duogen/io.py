@@ -1,0 +1,165 @@
+"""Model directories and atomic writes.
+
+A duogen model directory is HF-style: `config.json` + `model.safetensors`, plus
+whatever else the model needs to run (`vocab.json`, `text.model`, ...). Every
+write goes to a temporary path first and is renamed into place, so a crash
+never leaves a half-written file under the final name. Loading never unpickles:
+weights come from safetensors, configs from JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import CheckpointError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_state_dict(state: Mapping[str, Any], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save tensors as safetensors, atomically (shared storage is copied apart)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tmp = _tmp_sibling(path, ".safetensors")
+    try:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict[str, Any]:
+    """Load a safetensors file; a missing or corrupt file is a one-line CheckpointError."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for truncated/corrupt files
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def save_model_dir(
+    directory: str | Path,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, Any],
+    files: Mapping[str, bytes | str | Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write `config.json`, `model.safetensors` and extra files into `directory`, atomically.
+
+    `files` maps a file name to bytes, text, or a JSON-able mapping. The whole
+    directory appears at once; an existing one is replaced.
+    """
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(dict(config), indent=2) + "\n")
+        save_state_dict(state_dict, tmp / WEIGHTS_NAME)
+        for name, content in (files or {}).items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            elif isinstance(content, str):
+                target.write_text(content)
+            else:
+                target.write_text(json.dumps(dict(content), indent=2) + "\n")
+    return directory
+
+
+def load_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read `(config, state_dict)` from a model directory, without unpickling anything."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a model directory (it does not exist)")
+    config = read_json(directory / CONFIG_NAME)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{directory / CONFIG_NAME}: expected a JSON object")
+    return config, load_state_dict(directory / WEIGHTS_NAME)
+
+
+def load_weights_into(module: Any, state: Mapping[str, Any], source: str | Path) -> None:
+    """`module.load_state_dict(state)` that names the file and the mismatch on failure."""
+    try:
+        missing, unexpected = module.load_state_dict(dict(state), strict=False)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "size mismatch" in ln), first[0] if first else "")
+        raise CheckpointError(f"{source}: weights do not fit this model ({detail})") from None
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{source}: weights do not fit this model ({what})")

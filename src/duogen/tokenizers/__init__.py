@@ -1,0 +1,1 @@
+"""Text tokenizer, image / video / audio codecs and the unified vocabulary."""

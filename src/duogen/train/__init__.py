@@ -1,0 +1,1 @@
+"""The training engine (single process, torchrun DDP, DeepSpeed ZeRO) and recipes."""
