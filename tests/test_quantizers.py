@@ -1,0 +1,121 @@
+"""Quantizer adapters: shapes, id round trips, the FSQ continuous path, statistics on constructed cases."""
+
+import math
+
+import pytest
+import torch
+
+from duogen.errors import ConfigError, DataError
+from duogen.tokenizers.quantizers import CodebookUsage, Quantizer, QuantizerConfig, code_stats
+
+CONFIGS = {
+    "fsq": QuantizerConfig(kind="fsq", dim=4, levels=[8, 5, 5, 5]),
+    "fsq_odd": QuantizerConfig(kind="fsq", dim=3, levels=[7, 5, 3]),
+    "vq": QuantizerConfig(kind="vq", dim=6, codebook_size=8, kmeans_init=True, kmeans_iters=2),
+    "lfq": QuantizerConfig(kind="lfq", dim=4, codebook_size=16),
+    "rvq": QuantizerConfig(kind="rvq", dim=6, codebook_size=8, num_quantizers=3, kmeans_iters=2),
+}
+
+
+def _z(dim, spatial=(3, 4, 4), b=2):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(b, dim, *spatial, generator=g) * 2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("spatial", [(7,), (4, 4), (3, 4, 4)])
+def test_shapes_and_eval_roundtrip(name, spatial):
+    cfg = CONFIGS[name]
+    q = Quantizer(cfg)
+    z = _z(cfg.dim, spatial)
+    q.train()
+    q(z)  # k-means init / EMA step for vq and rvq
+    q.eval()
+    out = q(z)
+    assert out.quantized.shape == z.shape
+    id_shape = (2, *spatial) + ((3,) if name == "rvq" else ())
+    assert tuple(out.ids.shape) == id_shape
+    assert int(out.ids.min()) >= 0 and int(out.ids.max()) < q.codebook_size
+    # eval mode: the quantized latent equals the latent rebuilt from the ids
+    torch.testing.assert_close(q.ids_to_latents(out.ids), out.quantized, atol=1e-5, rtol=0)
+    # the continuous latent maps to the same ids as the forward pass
+    assert torch.equal(q.latents_to_ids(q.continuous(z)), out.ids)
+    # ids -> latents -> ids is the identity (not for rvq: greedy re-encoding of a sum of codes may pick others)
+    if name != "rvq":
+        assert torch.equal(q.latents_to_ids(q.ids_to_latents(out.ids)), out.ids)
+    assert 0 < out.stats["usage"] <= 1 and 1 <= out.stats["perplexity"] <= q.codebook_size
+
+
+def test_fsq_continuous_rounds_to_library_codes():
+    q = Quantizer(CONFIGS["fsq"])
+    z = _z(4)
+    cont = q.continuous(z)
+    levels = torch.tensor([8, 5, 5, 5]).view(1, 4, 1, 1, 1)
+    half = levels // 2
+    # rounding the continuous latent onto the level grid reproduces the library's quantized output
+    torch.testing.assert_close(torch.round(cont * half) / half, q(z).quantized, atol=1e-6, rtol=0)
+    assert float((cont - q(z).quantized).abs().max()) <= 0.5 / 2 + 1e-4  # within half a bin of the coarsest level
+    assert float(cont.abs().max()) <= 1.0 + 1e-3
+
+
+def test_fsq_gradient_is_straight_through():
+    q = Quantizer(CONFIGS["fsq"])
+    z = _z(4).requires_grad_()
+    q(z).quantized.sum().backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+
+
+def test_code_stats_constructed_case():
+    # 4 codes used equally out of 8: usage 0.5, perplexity 4 (exp of ln 4)
+    ids = torch.tensor([0, 1, 2, 3] * 5)
+    s = code_stats(ids, 8)
+    assert s["usage"] == pytest.approx(0.5)
+    assert s["perplexity"] == pytest.approx(4.0, rel=1e-5)
+    # one code only: perplexity 1
+    assert code_stats(torch.zeros(10, dtype=torch.long), 8)["perplexity"] == pytest.approx(1.0)
+    # a 3:1 split: perplexity exp(H) with H = -(.75 ln .75 + .25 ln .25)
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert code_stats(torch.tensor([5, 5, 5, 6]), 8)["perplexity"] == pytest.approx(math.exp(h), rel=1e-5)
+    acc = CodebookUsage(8)
+    acc.update(torch.tensor([[0, 1]]))
+    acc.update(torch.tensor([[2, 3]]))
+    assert acc.stats()["usage"] == pytest.approx(0.5) and acc.stats()["perplexity"] == pytest.approx(4.0, rel=1e-5)
+    racc = CodebookUsage(8, levels=2)
+    racc.update(torch.tensor([[[0, 0], [1, 0]]]))  # level 0 uses 2 codes, level 1 uses 1
+    assert racc.stats()["usage"] == pytest.approx((2 / 8 + 1 / 8) / 2)
+
+
+def test_vq_dead_codes_are_replaced():
+    # a codebook initialised far from the data: dead-code replacement must pull codes onto the data
+    cfg = QuantizerConfig(kind="vq", dim=2, codebook_size=8, kmeans_init=False, dead_code_threshold=2.0, decay=0.8)
+    q = Quantizer(cfg)
+    with torch.no_grad():
+        q.q._codebook.embed.fill_(100.0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 2, 64, generator=g)
+    q.train()
+    for _ in range(5):
+        out = q(x)
+    assert out.stats["usage"] >= 0.5  # with all codes at 100 the first batch used exactly 1 of 8
+
+
+def test_vq_commitment_loss_trains_encoder():
+    q = Quantizer(QuantizerConfig(kind="vq", dim=3, codebook_size=8, kmeans_iters=2))
+    z = _z(3, (5,)).requires_grad_()
+    out = q(z)
+    assert out.aux_loss.ndim == 0 and float(out.aux_loss.detach()) > 0
+    out.aux_loss.backward()
+    assert float(z.grad.abs().sum()) > 0
+
+
+def test_bad_configs_and_ids():
+    with pytest.raises(ConfigError):
+        QuantizerConfig(kind="fsq", dim=3, levels=[8, 5, 5, 5]).check()
+    with pytest.raises(ConfigError):
+        QuantizerConfig(kind="lfq", dim=4, codebook_size=20).check()
+    q = Quantizer(CONFIGS["fsq"])
+    with pytest.raises(DataError, match="out of range"):
+        q.check_ids(torch.tensor([[0, 1000]]))
+    with pytest.raises(DataError):
+        q.check_ids(torch.tensor([[0.5]]))
+    q.check_ids(torch.tensor([[0, 999]]))
