@@ -1,0 +1,288 @@
+"""The three ways the engine runs a model: one process, torchrun DDP, DeepSpeed ZeRO 1/2/3.
+
+A backend owns process-group setup, wrapping the model, the optimizer and LR
+schedule, backward with gradient accumulation, the optimizer step (with
+clipping), collectives the loop needs, and saving/loading model + optimizer +
+scheduler state. The training loop in `engine.py` is the same for all three.
+
+Processes: `ddp` and `deepspeed` read RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT from the environment torchrun sets (and default to a
+one-process group without torchrun). The process group uses gloo on CPU and
+nccl on GPU.
+
+DeepSpeed on a CPU machine: `DS_ACCELERATOR=cpu` is set before it is imported,
+its `deepspeed_shm_comm` op (a 35-60 s JIT build on first use) is switched off by
+pre-seeding `deepspeed.ops.__compatible_ops__` (the only switch DeepSpeed reads
+before building it), and the optimizer is DeepSpeed's "AdamW" with
+`torch_adam: true`, i.e. `torch.optim.AdamW`, so no fused Adam is compiled.
+bf16 is torch autocast around the forward pass in every backend (fp32 master
+weights), not DeepSpeed's bf16 mode, so the numerics match the other backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import ConfigError
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warmup for `warmup` steps, then cosine decay to `min_ratio` at `total` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: matrices (ndim >= 2) decay, biases / norms / scalars do not."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _init_process_group(device: str) -> tuple[int, int, int]:
+    import torch.distributed as dist
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+
+
+class SingleBackend:
+    """One process: plain module, torch AdamW, LambdaLR."""
+
+    rank, world_size, local_rank = 0, 1, 0
+
+    def __init__(self, cfg: Any):
+        import torch
+
+        self.cfg = cfg
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            torch.cuda.set_device(self.local_rank)
+            self.device = f"cuda:{self.local_rank}"
+
+    # -- setup
+    def setup(self, model: Any) -> None:
+        import torch
+
+        cfg = self.cfg
+        self.module = model.to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self._wrap()
+
+    def _wrap(self) -> None:
+        pass
+
+    # -- one optimizer step
+    def backward(self, loss: Any, last_micro: bool) -> None:
+        (loss / self.cfg.grad_accum).backward()
+
+    def grad_norm_and_clip(self) -> float:
+        import torch
+
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- collectives (no-ops in one process)
+    def all_reduce_sum(self, t: Any) -> Any:
+        return t
+
+    def barrier(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def full_params(self) -> Iterator[Any]:
+        """The module with all its parameters present (ZeRO-3 gathers them)."""
+        yield self.module
+
+    # -- state
+    def save(self, directory: Path) -> None:
+        from ..io import save_state_dict
+        from .checkpoint import save_optimizer, save_scheduler
+
+        if self.rank == 0:
+            save_state_dict(self.module.state_dict(), directory / "model.safetensors")
+            save_optimizer(self.optimizer, directory)
+            save_scheduler(self.scheduler, directory)
+
+    def load(self, directory: Path) -> None:
+        from ..io import load_state_dict, load_weights_into
+        from .checkpoint import load_optimizer, load_scheduler
+
+        load_weights_into(self.module, load_state_dict(directory / "model.safetensors"), directory / "model.safetensors")
+        load_optimizer(self.optimizer, directory)
+        load_scheduler(self.scheduler, directory)
+
+    def close(self) -> None:
+        pass
+
+
+class DDPBackend(SingleBackend):
+    """torchrun + DistributedDataParallel; every rank holds the full model and optimizer."""
+
+    def __init__(self, cfg: Any):
+        import torch
+
+        self.cfg = cfg
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.rank, self.world_size, self.local_rank = _init_process_group(device)
+        self.device = f"cuda:{self.local_rank}" if device == "cuda" else "cpu"
+        if device == "cuda":
+            torch.cuda.set_device(self.local_rank)
+
+    def _wrap(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.local_rank] if self.device.startswith("cuda") else None
+        self.forward_model = DDP(self.forward_model, device_ids=ids)
+
+    def backward(self, loss: Any, last_micro: bool) -> None:
+        # skip the gradient all-reduce on all but the last accumulation micro-step
+        ctx = contextlib.nullcontext() if last_micro else self.forward_model.no_sync()
+        with ctx:
+            (loss / self.cfg.grad_accum).backward()
+
+    def all_reduce_sum(self, t: Any) -> Any:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _import_deepspeed() -> Any:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import logging
+
+    import deepspeed
+    import deepspeed.ops
+
+    # never JIT-build the shared-memory allreduce op (35-60 s): gloo is enough here
+    vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    return deepspeed
+
+
+class DeepSpeedBackend(DDPBackend):
+    """`deepspeed.initialize` with ZeRO stage `cfg.zero_stage`; DeepSpeed does accumulation and clipping."""
+
+    def setup(self, model: Any) -> None:
+        import torch
+
+        deepspeed = _import_deepspeed()
+        import deepspeed.comm
+
+        deepspeed.comm.init_distributed(dist_backend="nccl" if self.device.startswith("cuda") else "gloo")
+        cfg = self.cfg
+        if cfg.compile:
+            raise ConfigError("compile=true is not supported with engine=deepspeed here; use engine=ddp or single")
+        if cfg.ema > 0 and cfg.zero_stage == 3:
+            raise ConfigError("ema>0 needs full parameters on every rank: use zero_stage<=2 or engine=ddp")
+        micro = cfg.batch_size // (cfg.grad_accum * self.world_size)
+        ds_config = {
+            "train_batch_size": cfg.batch_size,
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay,
+                           "torch_adam": True, "adam_w_mode": True},
+            },
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+        f = lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model.to(self.device),
+            model_parameters=param_groups(model, cfg.weight_decay),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, f),
+            config=ds_config,
+        )
+        self.module = self.engine.module
+        self.forward_model = self.engine
+
+    def backward(self, loss: Any, last_micro: bool) -> None:
+        self.engine.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps
+        if not last_micro:
+            self.engine.step()  # not a boundary: only advances DeepSpeed's micro-step counter
+
+    def grad_norm_and_clip(self) -> float:
+        return float("nan")  # known only after DeepSpeed's step; see step()
+
+    def step(self) -> None:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        self.last_grad_norm = float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    @contextlib.contextmanager
+    def full_params(self) -> Iterator[Any]:
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+                yield self.module
+        else:
+            yield self.module
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        from ..errors import CheckpointError
+
+        ds_dir = directory / "deepspeed"
+        if not ds_dir.is_dir():
+            raise CheckpointError(f"{ds_dir}: missing (this checkpoint was not written by engine=deepspeed)")
+        try:
+            path, _ = self.engine.load_checkpoint(str(ds_dir), tag="state", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+        except Exception as e:
+            raise CheckpointError(f"{ds_dir}: cannot load DeepSpeed checkpoint ({type(e).__name__}: {e})") from None
+        if path is None:
+            raise CheckpointError(f"{ds_dir}: DeepSpeed found no checkpoint with tag 'state'")
+
+    def close(self) -> None:
+        self.engine.destroy() if hasattr(self.engine, "destroy") else None
+
+
+def make_backend(cfg: Any) -> SingleBackend:
+    return {"single": SingleBackend, "ddp": DDPBackend, "deepspeed": DeepSpeedBackend}[cfg.engine](cfg)

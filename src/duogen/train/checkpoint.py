@@ -1,0 +1,279 @@
+"""Training checkpoints: directory layout, atomic multi-rank writes, pickle-free state files.
+
+A checkpoint is `run_dir/checkpoints/step_NNNNNNN/`:
+
+    trainer_state.json        step, data position, flops, wall time (written last)
+    config.yaml               resolved TrainConfig + the recipe's run config
+    model_config.json         what `convert_deepspeed` writes as the model's config.json
+    model.safetensors         model weights (single / DDP)
+    ema.safetensors           EMA weights (when EMA is on)
+    optimizer.safetensors     optimizer tensors; optimizer.json holds the rest (single / DDP)
+    scheduler.json            LR scheduler state (single / DDP)
+    rng_rank{r}.json          python + numpy generator states of rank r
+    rng_rank{r}.safetensors   torch CPU (and CUDA) generator states of rank r
+    deepspeed/                DeepSpeed's own files (ZeRO-partitioned model + optimizer + scheduler)
+
+Everything duogen writes is safetensors or JSON. The one exception is the
+`deepspeed/` folder: its partitioned optimizer states are DeepSpeed's torch.save
+files, and DeepSpeed loads them itself (with `weights_only=False`); use
+`convert_deepspeed` to get a plain safetensors model directory out of it.
+
+Every rank writes into `.step_NNNNNNN.tmp/`; rank 0 renames it into place after
+a barrier, so a checkpoint directory either exists complete or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import CheckpointError
+from ..io import atomic_write_json, load_state_dict, read_json, save_model_dir, save_state_dict
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
+    """`"no"` -> None; `"auto"` -> the latest checkpoint of this run (or None); else a path.
+
+    A path may name a checkpoint directory or a run directory (its latest checkpoint is used).
+    """
+    if resume in ("no", "", None):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if (path / STATE_FILE).is_file():
+        return path
+    if path.is_dir() and (ckpt := latest_checkpoint(path)) is not None:
+        return ckpt
+    raise CheckpointError(f"{path}: no checkpoint to resume from (expected {STATE_FILE} or a run dir with checkpoints/)")
+
+
+def write_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    write: Callable[[Path], None],
+    *,
+    rank: int = 0,
+    barrier: Callable[[], None] = lambda: None,
+    keep_last: int = 0,
+) -> Path:
+    """Call `write(tmp_dir)` on every rank, then publish `step_NNNNNNN/` atomically (rank 0 renames)."""
+    root = checkpoint_root(run_dir)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".step_{step:07d}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    write(tmp)
+    barrier()
+    if rank == 0:
+        _fsync_tree(tmp)
+        if final.exists():
+            old = root / f".step_{step:07d}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        if keep_last > 0:
+            for old_ckpt in list_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old_ckpt, ignore_errors=True)
+    barrier()
+    return final
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+
+def save_rng(directory: Path, rank: int) -> None:
+    """Python, NumPy and torch (CPU, CUDA) generator states of this process."""
+    import numpy as np
+    import torch
+
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    atomic_write_json(
+        directory / f"rng_rank{rank}.json",
+        {
+            "python": {"version": version, "state": list(mt), "gauss": gauss},
+            "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        },
+    )
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda.{i}"] = s
+    save_state_dict(tensors, directory / f"rng_rank{rank}.safetensors")
+
+
+def load_rng(directory: Path, rank: int) -> bool:
+    """Restore this process's generators; False when the checkpoint has no file for this rank."""
+    import numpy as np
+    import torch
+
+    path = directory / f"rng_rank{rank}.json"
+    if not path.is_file():
+        return False
+    js = read_json(path)
+    tensors = load_state_dict(directory / f"rng_rank{rank}.safetensors")
+    try:
+        py, npy = js["python"], js["numpy"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+        np.random.set_state((npy["kind"], np.asarray(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+        torch.set_rng_state(tensors["torch_cpu"])
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            torch.cuda.set_rng_state_all([tensors[f"torch_cuda.{i}"] for i in range(n) if f"torch_cuda.{i}" in tensors])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: bad generator state ({type(e).__name__}: {e})") from None
+    return True
+
+
+# ----------------------------------------------------------------------------- optimizer / scheduler
+
+
+def save_optimizer(optimizer: Any, directory: Path) -> None:
+    """`optimizer.state_dict()` split into tensors (safetensors) and everything else (JSON)."""
+    import torch
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, Any] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    save_state_dict(tensors, directory / "optimizer.safetensors")
+    atomic_write_json(directory / "optimizer.json", {"param_groups": sd["param_groups"], "scalars": scalars})
+
+
+def load_optimizer(optimizer: Any, directory: Path) -> None:
+    js = read_json(directory / "optimizer.json")
+    tensors = load_state_dict(directory / "optimizer.safetensors")
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in js.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": js["param_groups"]})
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{directory / 'optimizer.json'}: optimizer state does not fit this model ({e})") from None
+
+
+def save_scheduler(scheduler: Any, directory: Path) -> None:
+    sd = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    atomic_write_json(directory / "scheduler.json", sd)
+
+
+def load_scheduler(scheduler: Any, directory: Path) -> None:
+    sd = read_json(directory / "scheduler.json")
+    sd["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
+    scheduler.load_state_dict(sd)
+
+
+# ----------------------------------------------------------------------------- DeepSpeed -> plain model
+
+
+def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> dict[str, Any]:
+    """Consolidated fp32 weights of a duogen DeepSpeed checkpoint (all ZeRO stages), on CPU.
+
+    `ema=None` returns the EMA weights when the checkpoint has them (what `final/` holds), else the model's.
+    """
+    checkpoint = Path(checkpoint)
+    ema_file = checkpoint / "ema.safetensors"
+    if ema is not False and ema_file.is_file():
+        return load_state_dict(ema_file)
+    if ema:
+        raise CheckpointError(f"{ema_file}: file not found (the run had no EMA)")
+    ds_dir = checkpoint / "deepspeed"
+    if not ds_dir.is_dir():
+        raise CheckpointError(f"{ds_dir}: not a DeepSpeed checkpoint (folder missing)")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
+    except Exception as e:  # DeepSpeed raises ValueError / FileNotFoundError / pickle errors
+        raise CheckpointError(f"{ds_dir}: cannot consolidate DeepSpeed checkpoint ({type(e).__name__}: {e})") from None
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def convert_deepspeed(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    model: Any = None,
+    save_model: Callable[[Any, Path], None] | None = None,
+    ema: bool | None = None,
+) -> Path:
+    """Turn a DeepSpeed checkpoint into a plain duogen model directory (config.json + model.safetensors).
+
+    With `model` and `save_model` (the recipe's), the weights are loaded into `model` and
+    `save_model(model, out_dir)` writes the directory the model family expects.
+    Without them, `config.json` is the checkpoint's `model_config.json`.
+    """
+    from ..io import load_weights_into
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / STATE_FILE).is_file() and (latest := latest_checkpoint(checkpoint)) is not None:
+        checkpoint = latest  # a run directory: take its latest checkpoint
+    state = deepspeed_state_dict(checkpoint, ema=ema)
+    out_dir = Path(out_dir)
+    if model is not None and save_model is not None:
+        load_weights_into(model, state, checkpoint / "deepspeed")
+        save_model(model, out_dir)
+        return out_dir
+    config = read_json(checkpoint / "model_config.json")
+    return save_model_dir(out_dir, config, state)
+
+
+def model_config_of(model: Any, run_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Best description of the model for a plain model dir's config.json."""
+    import dataclasses
+
+    if run_config and isinstance(run_config.get("model"), Mapping):
+        return dict(run_config["model"])
+    cfg = getattr(model, "config", None)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    return {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
