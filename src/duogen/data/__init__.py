@@ -1,1 +1,59 @@
-"""Data sets on disk as HF `datasets`: the synthetic shapes world, bundled real sets, user folders."""
+"""Data sets on disk as HF `datasets`: the synthetic shapes world, bundled real sets, user folders.
+
+Import-light: everything heavy is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+BUNDLED = ("mnist", "digits", "photos", "sprites")
+
+
+def load_dataset(path: str | Path) -> Any:
+    """Open a duogen data set directory as a `datasets.DatasetDict` (no formatting applied)."""
+    from ..errors import DataError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data set '{path}' does not exist; make one with `duogen data make shapes --out {path}`")
+    if not (path / "dataset_dict.json").is_file():
+        raise DataError(f"'{path}' is not a duogen data set (no dataset_dict.json); make one with `duogen data make`")
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as e:  # a damaged directory: say which and how to fix it
+        raise DataError(f"cannot read data set '{path}': {e}; remake it with `duogen data make --overwrite`") from None
+
+
+def make_dataset(
+    name: str,
+    out: str | Path,
+    *,
+    n: int | None = None,
+    preset: str = "tiny",
+    seed: int = 0,
+    audio: bool = False,
+    overwrite: bool = False,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Render a built-in data set to `out`: "shapes" or one of the bundled real sets."""
+    from ..errors import DataError
+
+    if name == "shapes":
+        from .shapes import load_world_config, make_world
+
+        extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
+        cfg = load_world_config(preset, list(overrides) + extra)
+        return make_world(out, cfg, audio=audio, overwrite=overwrite)
+    if name in BUNDLED:
+        if overrides:
+            raise DataError(f"data set '{name}' takes no key=value overrides (got {list(overrides)})")
+        if audio:
+            raise DataError(f"--audio is available for the shapes world only, not '{name}'")
+        from .bundled import make_bundled
+
+        return make_bundled(name, out, n=n, preset=preset, seed=seed, overwrite=overwrite)
+    raise DataError(f"unknown data set '{name}'; allowed values: shapes, {', '.join(BUNDLED)}")
