@@ -144,6 +144,61 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=3000)
 
 
+# ----------------------------------------------------------------------------- compare / demo
+
+
+def _add_compare(sub: Any) -> None:
+    def compare(a: argparse.Namespace) -> dict[str, Any]:
+        from pathlib import Path
+
+        from .eval.compare import compare_dirs
+
+        res = compare_dirs(
+            ar=a.ar, diffusion=a.diffusion, out=a.out, prompts=a.prompts, n=a.n, seed=a.seed, data=a.data,
+            steps_sweep=a.steps_sweep, guidance=a.guidance, per_split=a.per_split, extra=a.model,
+        )
+        return {"report": res["report"], "results": str(Path(a.out) / "results.json"), "headline": res["headline"]}
+
+    p = _command(
+        sub, "compare", "compare AR and diffusion models on the same prompts and seeds; write an HTML report", compare,
+        description=(
+            "Sample every model on the same prompts (default: the training data set's validation prompts and"
+            " held-out compositions) with the same seeds, score the clips with the probes, and write"
+            " OUT/report.html, OUT/results.json and the clips (MP4, GIF and lossless .npz). Diffusion models are"
+            " swept over DDIM and DPM-Solver++ step counts, AR models over guidance on and off."
+        ),
+    )
+    p.add_argument("--ar", action="append", default=[], help="AR model dir (RUN/final); repeat for several, NAME=DIR to name one")
+    p.add_argument("--diffusion", action="append", default=[], help="diffusion model dir (RUN/final); repeat or NAME=DIR")
+    p.add_argument("--model", action="append", default=[], help="any other model dir, NAME=DIR (kind from its config.json)")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--prompts", default=None, help="prompt file: JSON list / JSONL of {caption, attributes} or one caption per line")
+    p.add_argument("--data", default=None, help="data set for default prompts and real clips (default: the one in the run config)")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--per-split", type=int, default=8, help="default prompts taken from each of validation and heldout")
+    p.add_argument("--steps-sweep", default="10,20,50", help="diffusion step counts (DDIM at each, DPM-Solver++ at those <= 20)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale for every model (default: each model's sweep)")
+
+
+def _add_demo(sub: Any) -> None:
+    def demo(a: argparse.Namespace) -> dict[str, Any]:
+        from .demo import run_demo
+
+        return run_demo(a.out, minutes=a.minutes, seed=a.seed, fresh=a.fresh)
+
+    p = _command(
+        sub, "demo", "the whole pipeline on the shapes world: data, codec, AR and DiT at equal FLOPs, report", demo,
+        description=(
+            "Make the tiny shapes world, train the text tokenizer and the video codec, train the AR model and"
+            " a DiT to the same training FLOPs, compare them (and the shipped reference models) and write"
+            " the report. Stages already finished under --out are reused unless --fresh."
+        ),
+    )
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole demo; each stage gets a share")
+    p.add_argument("--out", default="runs/demo", help="output directory (data, runs, report)")
+    p.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -160,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(sub)
     _add_eval(sub)
+    _add_compare(sub)
+    _add_demo(sub)
     return parser
 
 

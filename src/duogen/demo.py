@@ -1,0 +1,251 @@
+"""`duogen demo`: the whole pipeline on the embedded default, in one time budget.
+
+Stages, in order, each writing one output under `--out` and skipped when that
+output is already complete (unless `fresh`):
+
+  data      the tiny shapes world                          OUT/data/dataset_dict.json
+  text      SentencePiece on the world's captions          OUT/text/text.model
+  codec     the video codec (duogen train tokenizer)       OUT/codec/final/config.json
+  ar        the next-token model, to its time share        OUT/ar/final/config.json
+  dit       the DiT, to the AR run's training FLOPs        OUT/dit/final/config.json
+  compare   both (plus shipped reference models) -> report OUT/report/report.html
+
+Compute matching: the AR model trains first, to its share of the time budget;
+its total training FLOPs (the engine's summary.json) become the DiT's
+`max_flops`, and the report shows each run's wall time beside its FLOPs. The
+DiT also gets a time cap (its share plus whatever earlier stages left unused)
+so the demo ends even where a DiT FLOP costs more wall time than an AR FLOP;
+when that cap binds, the report says so (its FLOPs fall short of the AR's).
+
+This module owns the orchestration only; every stage is a call into the
+library (data, tokenizers, train recipes, eval.compare).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+# Share of the time budget per stage (sums to 1). The DiT's share is a cap: it normally
+# stops at the AR's FLOPs first.
+SHARES = {"data": 0.03, "text": 0.01, "codec": 0.26, "ar": 0.25, "dit": 0.30, "compare": 0.15}
+REFERENCE_DIR = Path(__file__).parent / "assets" / "reference"
+
+
+@dataclass
+class Stage:
+    """One demo stage: the file that marks it done and the function that produces it."""
+
+    name: str
+    done_file: str
+    run: Callable[["Demo", float], dict[str, Any]]
+    what: str
+
+
+class Demo:
+    """Runs the stages with a shared clock, printing which stage runs and how long is left."""
+
+    def __init__(self, out: str | Path, minutes: float = 15.0, seed: int = 0, fresh: bool = False,
+                 stream: Any = None, n_clips: int | None = None, n_samples: int = 4, prompts_per_split: int = 8):
+        if minutes <= 0:
+            raise ConfigError(f"--minutes must be positive, got {minutes}")
+        self.out = Path(out)
+        self.minutes = float(minutes)
+        self.seed = seed
+        self.fresh = fresh
+        self.stream = stream or sys.stderr
+        self.n_clips = n_clips
+        self.n_samples = n_samples
+        self.prompts_per_split = prompts_per_split
+        self.t0 = time.monotonic()
+        self.summary: dict[str, Any] = {"out": str(self.out), "minutes": self.minutes, "stages": {}}
+
+    # -- paths
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def text(self) -> Path:
+        return self.out / "text"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report"
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / name
+
+    # -- clock
+    def elapsed_min(self) -> float:
+        return (time.monotonic() - self.t0) / 60
+
+    def left_min(self) -> float:
+        return max(0.0, self.minutes - self.elapsed_min())
+
+    def say(self, msg: str) -> None:
+        print(f"[demo {self.elapsed_min():5.1f}/{self.minutes:g} min] {msg}", file=self.stream, flush=True)
+
+    def budget(self, name: str, names: list[str]) -> float:
+        """Minutes for stage `name`: its share of the time left, among the stages still to run."""
+        rest = sum(SHARES[n] for n in names)
+        return max(0.05, self.left_min() * SHARES[name] / rest) if rest else 0.05
+
+    def run(self) -> dict[str, Any]:
+        if self.fresh and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        names = [s.name for s in STAGES]
+        for i, st in enumerate(STAGES):
+            pending = names[i:]
+            done = self.out / st.done_file
+            if done.is_file():
+                self.say(f"stage {i + 1}/{len(STAGES)} {st.name}: already done ({done}), reusing it")
+                self.summary["stages"][st.name] = {"reused": True}
+                continue
+            minutes = self.budget(st.name, pending)
+            self.say(f"stage {i + 1}/{len(STAGES)} {st.name}: {st.what} (budget {minutes:.1f} min, {self.left_min():.1f} min left)")
+            t = time.monotonic()
+            info = st.run(self, minutes) or {}
+            info["wall_s"] = round(time.monotonic() - t, 1)
+            self.summary["stages"][st.name] = info
+            self.say(f"stage {st.name} finished in {info['wall_s']:.0f} s")
+        self.summary.update(headline(self.report))
+        self.summary["elapsed_min"] = round(self.elapsed_min(), 2)
+        from .io import atomic_write_json
+
+        atomic_write_json(self.out / "demo_summary.json", self.summary)
+        return self.summary
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _stage_data(d: Demo, minutes: float) -> dict[str, Any]:
+    from .data import make_dataset
+
+    return make_dataset("shapes", d.data, n=d.n_clips, preset="tiny", seed=d.seed, overwrite=True)
+
+
+def _stage_text(d: Demo, minutes: float) -> dict[str, Any]:
+    from .data import load_dataset
+    from .tokenizers.text import train_text_tokenizer
+
+    captions = load_dataset(d.data)["train"]["caption"]
+    tok = train_text_tokenizer(captions, d.text)
+    return {"path": str(d.text / "text.model"), "vocab_size": getattr(tok, "vocab_size", None)}
+
+
+def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
+    from .train.tokenizer_recipe import train_tokenizer
+
+    return _jsonable(train_tokenizer(
+        modality="video", data=d.data, out=d.run_dir("codec"), preset="tiny", seed=d.seed,
+        overrides=[f"train.max_minutes={minutes:.3f}"],
+    ))
+
+
+def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
+    from .train.ar_recipe import train_ar
+
+    return _jsonable(train_ar(
+        data=d.data, tokenizer=d.run_dir("codec") / "final", out=d.run_dir("ar"), preset="tiny", seed=d.seed,
+        overrides=[f"train.max_minutes={minutes:.3f}"],
+    ))
+
+
+def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
+    from .eval.compare import training_info
+    from .train.diffusion_recipe import train_diffusion
+
+    ar_flops = training_info(d.run_dir("ar") / "final").get("flops")
+    if not ar_flops:
+        raise ConfigError(f"{d.run_dir('ar')}: no training FLOPs in summary.json; cannot compute-match the DiT (rerun with --fresh)")
+    info = _jsonable(train_diffusion(
+        data=d.data, tokenizer=d.run_dir("codec") / "final", out=d.run_dir("dit"), preset="tiny", seed=d.seed,
+        overrides=["denoiser=dit", f"train.max_flops={float(ar_flops):.6g}", f"train.max_minutes={minutes:.3f}"],
+    ))
+    dit_flops = training_info(d.run_dir("dit") / "final").get("flops")
+    info["matched_flops"] = float(ar_flops)
+    info["flops_ratio_dit_to_ar"] = float(dit_flops) / float(ar_flops) if dit_flops else None
+    return info
+
+
+def reference_models() -> dict[str, Path]:
+    """The shipped reference checkpoints that exist: {"ar": dir, "dit": dir}."""
+    return {k: REFERENCE_DIR / k for k in ("ar", "dit") if (REFERENCE_DIR / k / "config.json").is_file()}
+
+
+def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
+    from .eval.compare import compare, dataset_prompts, load_model, real_clips
+
+    models = [load_model("AR (demo)", d.run_dir("ar") / "final"), load_model("DiT (demo)", d.run_dir("dit") / "final")]
+    refs = reference_models()
+    if "ar" in refs:
+        models.append(load_model("AR (reference)", refs["ar"]))
+    if "dit" in refs:
+        models.append(load_model("DiT (reference)", refs["dit"]))
+    prompts = dataset_prompts(d.data, per_split=d.prompts_per_split)
+    res = compare(models, prompts, d.report, n=d.n_samples, seed=d.seed, real=real_clips(d.data),
+                  data_dir=d.data, log=d.say)
+    return {"report": res.get("report"), "models": [m["name"] for m in res["models"]]}
+
+
+STAGES = [
+    Stage("data", "data/dataset_dict.json", _stage_data, "render the tiny shapes world"),
+    Stage("text", "text/text.model", _stage_text, "train the SentencePiece text tokenizer on the captions"),
+    Stage("codec", "codec/final/config.json", _stage_codec, "train the video codec"),
+    Stage("ar", "ar/final/config.json", _stage_ar, "train the next-token (AR) model to its time share"),
+    Stage("dit", "dit/final/config.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
+    Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
+]
+assert set(SHARES) == {s.name for s in STAGES}
+
+
+def _jsonable(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, dict):
+        return json.loads(json.dumps(obj, default=str))
+    if hasattr(obj, "_asdict"):
+        return json.loads(json.dumps(obj._asdict(), default=str))
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return json.loads(json.dumps(asdict(obj), default=str))
+    return {"result": str(obj)}
+
+
+def headline(report_dir: str | Path) -> dict[str, Any]:
+    """The numbers the demo prints: report path and, per model, headline accuracy by kind and training cost."""
+    report_dir = Path(report_dir)
+    res_path = report_dir / "results.json"
+    if not res_path.is_file():
+        return {}
+    res = json.loads(res_path.read_text())
+    out: dict[str, Any] = {"report": str(report_dir / "report.html"), "models": {}}
+    for m in res["models"]:
+        s = next(st for st in m["settings"] if st["label"] == m["headline"])
+        tr = m.get("training") or {}
+        out["models"][m["name"]] = {
+            "sampling": s["label"],
+            "accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("all", {}).items()},
+            "heldout_accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("heldout", {}).items()},
+            "frechet_probe_distance": s.get("frechet_probe_distance"),
+            "train_flops": tr.get("flops"),
+            "train_wall_s": tr.get("wall_s"),
+            "latency_s_per_clip": s["latency_s_per_clip"],
+        }
+    return out
+
+
+def run_demo(out: str | Path = "runs/demo", minutes: float = 15.0, seed: int = 0, fresh: bool = False, **kw: Any) -> dict[str, Any]:
+    """Run (or resume) the demo; return its summary (also written to OUT/demo_summary.json)."""
+    return Demo(out, minutes=minutes, seed=seed, fresh=fresh, **kw).run()
