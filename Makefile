@@ -21,7 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/duogen demo
 
+# Debian's chromium renders the compare report in tests/test_report_render.py (installed once, as root with apt).
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed (needs root and apt): the report-render test will be skipped"
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
