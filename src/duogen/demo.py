@@ -53,7 +53,8 @@ class Demo:
     """Runs the stages with a shared clock, printing which stage runs and how long is left."""
 
     def __init__(self, out: str | Path, minutes: float = 15.0, seed: int = 0, fresh: bool = False,
-                 stream: Any = None, n_clips: int | None = None, n_samples: int = 4, prompts_per_split: int = 8):
+                 stream: Any = None, n_clips: int | None = None, n_samples: int = 4, prompts_per_split: int = 8,
+                 stages: list[Stage] | None = None, shares: dict[str, float] | None = None):
         if minutes <= 0:
             raise ConfigError(f"--minutes must be positive, got {minutes}")
         self.out = Path(out)
@@ -64,6 +65,10 @@ class Demo:
         self.n_clips = n_clips
         self.n_samples = n_samples
         self.prompts_per_split = prompts_per_split
+        self.stages = stages if stages is not None else STAGES
+        self.shares = shares if shares is not None else SHARES
+        if set(self.shares) != {st.name for st in self.stages}:
+            raise ConfigError(f"stage shares {sorted(self.shares)} do not match the stages {[st.name for st in self.stages]}")
         self.t0 = time.monotonic()
         self.summary: dict[str, Any] = {"out": str(self.out), "minutes": self.minutes, "stages": {}}
 
@@ -95,23 +100,27 @@ class Demo:
 
     def budget(self, name: str, names: list[str]) -> float:
         """Minutes for stage `name`: its share of the time left, among the stages still to run."""
-        rest = sum(SHARES[n] for n in names)
-        return max(0.05, self.left_min() * SHARES[name] / rest) if rest else 0.05
+        rest = sum(self.shares[n] for n in names)
+        return max(0.05, self.left_min() * self.shares[name] / rest) if rest else 0.05
 
     def run(self) -> dict[str, Any]:
-        if self.fresh and self.out.exists():
-            shutil.rmtree(self.out)
+        if self.fresh:  # only what the stages write: --out may hold the user's other files
+            for st in self.stages:
+                top = self.out / Path(st.done_file).parts[0]
+                if top.is_dir():
+                    shutil.rmtree(top)
+            (self.out / "demo_summary.json").unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        names = [s.name for s in STAGES]
-        for i, st in enumerate(STAGES):
+        names = [s.name for s in self.stages]
+        for i, st in enumerate(self.stages):
             pending = names[i:]
             done = self.out / st.done_file
             if done.is_file():
-                self.say(f"stage {i + 1}/{len(STAGES)} {st.name}: already done ({done}), reusing it")
+                self.say(f"stage {i + 1}/{len(self.stages)} {st.name}: already done ({done}), reusing it")
                 self.summary["stages"][st.name] = {"reused": True}
                 continue
             minutes = self.budget(st.name, pending)
-            self.say(f"stage {i + 1}/{len(STAGES)} {st.name}: {st.what} (budget {minutes:.1f} min, {self.left_min():.1f} min left)")
+            self.say(f"stage {i + 1}/{len(self.stages)} {st.name}: {st.what} (budget {minutes:.1f} min, {self.left_min():.1f} min left)")
             t = time.monotonic()
             info = st.run(self, minutes) or {}
             info["wall_s"] = round(time.monotonic() - t, 1)
@@ -206,7 +215,6 @@ STAGES = [
     Stage("dit", "dit/final/config.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
     Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
 ]
-assert set(SHARES) == {s.name for s in STAGES}
 
 
 def _jsonable(obj: Any) -> dict[str, Any]:

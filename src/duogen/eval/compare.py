@@ -81,15 +81,15 @@ def diffusion_settings(steps: Sequence[int] = (10, 20, 50), guidance: float | No
     g = {} if guidance is None else {"guidance": guidance}
     steps = sorted({int(s) for s in steps}, reverse=True)
     out = [Setting(f"ddim-{s}", {"sampler": "ddim", "steps": s, **g}) for s in steps]
-    out += [Setting(f"dpm++-{s}", {"sampler": "dpm++", "steps": s, **g}) for s in steps if s <= 20]
+    out += [Setting(f"dpm++-{s}", {"sampler": "dpm_solver", "steps": s, **g}) for s in steps if s <= 20]
     return out
 
 
 def ar_settings(guidance: float = 3.0) -> list[Setting]:
-    """AR with classifier-free guidance (the headline) and without it (scale 1: one stream)."""
+    """AR with classifier-free guidance (the headline) and without it (guidance None: one stream)."""
     out = [Setting(f"cfg-{guidance:g}", {"guidance": guidance})]
     if guidance != 1.0:
-        out.append(Setting("no-cfg", {"guidance": 1.0}))
+        out.append(Setting("no-cfg", {"guidance": None}))
     return out
 
 

@@ -1,0 +1,66 @@
+"""`duogen demo` orchestration: stage order, time shares, reuse of finished stages, --fresh.
+
+The real stages train models (minutes); these tests drive the same `Demo` runner with
+stages that write their marker file, so they check the orchestration itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from duogen.demo import SHARES, STAGES, Demo, Stage
+from duogen.errors import ConfigError
+
+
+def _stages(calls, budgets):
+    def make(name):
+        def run(d, minutes):
+            calls.append(name)
+            budgets[name] = minutes
+            f = d.out / name / "done.txt"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text("ok")
+            return {"stage": name}
+        return Stage(name, f"{name}/done.txt", run, f"make {name}")
+    return [make(n) for n in ("a", "b", "c")]
+
+
+def test_demo_runs_stages_in_order_then_reuses_them(tmp_path):
+    calls, budgets = [], {}
+    shares = {"a": 0.2, "b": 0.3, "c": 0.5}
+    log = io.StringIO()
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=shares, stream=log).run()
+    assert calls == ["a", "b", "c"]
+    # each stage gets its share of the time left among the stages still to run, so time an
+    # earlier stage did not use (these take ~0 s) rolls over: 10*0.2, 10*0.3/0.8, then all of it
+    assert budgets["a"] == pytest.approx(2.0, rel=0.01)
+    assert budgets["b"] == pytest.approx(3.75, rel=0.01)
+    assert budgets["c"] == pytest.approx(10.0, rel=0.01)
+    assert "stage 2/3 b" in log.getvalue() and "min left" in log.getvalue()
+    assert json.loads((tmp_path / "demo_summary.json").read_text())["stages"]["c"]["stage"] == "c"
+    assert summary["stages"]["a"]["stage"] == "a"
+
+    (tmp_path / "c" / "done.txt").unlink()  # only the last stage is unfinished
+    calls.clear()
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=shares, stream=io.StringIO()).run()
+    assert calls == ["c"] and summary["stages"]["a"] == {"reused": True}
+
+    (tmp_path / "mine.txt").write_text("the user's file")
+    calls.clear()
+    Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=shares, fresh=True, stream=io.StringIO()).run()
+    assert calls == ["a", "b", "c"] and (tmp_path / "mine.txt").is_file()
+
+
+def test_demo_rejects_bad_budget_and_mismatched_shares(tmp_path):
+    with pytest.raises(ConfigError, match="minutes"):
+        Demo(tmp_path, minutes=0)
+    with pytest.raises(ConfigError, match="shares"):
+        Demo(tmp_path, stages=_stages([], {}), shares={"a": 1.0})
+
+
+def test_default_stages_cover_the_pipeline_and_shares_sum_to_one():
+    assert [s.name for s in STAGES] == ["data", "text", "codec", "ar", "dit", "compare"]
+    assert sum(SHARES.values()) == pytest.approx(1.0)
