@@ -158,31 +158,36 @@ def _combo_splits(n: int, n_combos: int, heldout_combos: set[int], seed: int) ->
     return splits
 
 
-def _make_photos(n: int | None, size: int, frames: int, seed: int) -> tuple[dict[str, Callable], dict[str, Any]]:
+def _combo_set(
+    n: int, n_combos: int, heldout_combos: set[int], seed: int, row: Callable[[int, np.random.Generator], dict[str, Any]]
+) -> tuple[dict[str, Callable], dict[str, Any]]:
+    """Split generators for a set whose clip k shows combination k % n_combos, drawn with its own seeded rng."""
     import datasets
 
+    def gen(items: list[tuple[int, int]]) -> Callable[[], Iterator[dict[str, Any]]]:
+        def rows() -> Iterator[dict[str, Any]]:
+            for k, c in items:
+                yield {**row(c, np.random.default_rng([seed, k])), "attributes": [], "boxes": []}
+        return rows
+
+    splits = _combo_splits(n, n_combos, heldout_combos, seed)
+    return {k: gen(v) for k, v in splits.items()}, {"extra": {"source": datasets.Value("string")}}
+
+
+def _make_photos(n: int | None, size: int, frames: int, seed: int) -> tuple[dict[str, Callable], dict[str, Any]]:
     n = n if n is not None else len(PHOTOS) * len(PANS) * 5
     combos = [(p, d) for p in range(len(PHOTOS)) for d in range(len(PANS))]
     held = {i for i, (p, d) in enumerate(combos) if d == p % len(PANS)}  # one pan per photo, never in train
     photos: dict[int, np.ndarray] = {}
 
-    def gen(items: list[tuple[int, int]]) -> Callable[[], Iterator[dict[str, Any]]]:
-        def rows() -> Iterator[dict[str, Any]]:
-            for k, c in items:
-                p, d = combos[c]
-                if p not in photos:
-                    photos[p] = _photo(PHOTOS[p][0])
-                rng = np.random.default_rng([seed, k])
-                yield {
-                    "video": _pan_clip(photos[p], PANS[d], size, frames, rng),
-                    "caption": f"{PHOTOS[p][1]}, the camera pans {PANS[d]}",
-                    "attributes": [], "boxes": [],
-                    "source": f"skimage.data.{PHOTOS[p][0]}",
-                }
-        return rows
+    def row(c: int, rng: np.random.Generator) -> dict[str, Any]:
+        p, d = combos[c]
+        if p not in photos:
+            photos[p] = _photo(PHOTOS[p][0])
+        return {"video": _pan_clip(photos[p], PANS[d], size, frames, rng),
+                "caption": f"{PHOTOS[p][1]}, the camera pans {PANS[d]}", "source": f"skimage.data.{PHOTOS[p][0]}"}
 
-    splits = _combo_splits(n, len(combos), held, seed)
-    return {k: gen(v) for k, v in splits.items()}, {"extra": {"source": datasets.Value("string")}}
+    return _combo_set(n, len(combos), held, seed, row)
 
 
 # ----------------------------------------------------------------------------- sprites
@@ -259,28 +264,17 @@ def _sprite_clip(character: str, action: str, size: int, frames: int, rng: np.ra
 
 
 def _make_sprites(n: int | None, size: int, frames: int, seed: int) -> tuple[dict[str, Callable], dict[str, Any]]:
-    import datasets
-
     chars = list(CHARACTERS)
     n = n if n is not None else len(chars) * len(ACTIONS) * 10
     combos = [(c, a) for c in range(len(chars)) for a in range(len(ACTIONS))]
     held = {i for i, (c, a) in enumerate(combos) if a == c % len(ACTIONS)}  # one action per character, never in train
 
-    def gen(items: list[tuple[int, int]]) -> Callable[[], Iterator[dict[str, Any]]]:
-        def rows() -> Iterator[dict[str, Any]]:
-            for k, ci in items:
-                c, a = combos[ci]
-                rng = np.random.default_rng([seed, k])
-                yield {
-                    "video": _sprite_clip(chars[c], ACTIONS[a], size, frames, rng),
-                    "caption": f"{CHARACTERS[chars[c]]} {ACTIONS[a]}",
-                    "attributes": [], "boxes": [],
-                    "source": f"arcade:animated_characters/{chars[c]}",
-                }
-        return rows
+    def row(ci: int, rng: np.random.Generator) -> dict[str, Any]:
+        c, a = combos[ci]
+        return {"video": _sprite_clip(chars[c], ACTIONS[a], size, frames, rng),
+                "caption": f"{CHARACTERS[chars[c]]} {ACTIONS[a]}", "source": f"arcade:animated_characters/{chars[c]}"}
 
-    splits = _combo_splits(n, len(combos), held, seed)
-    return {k: gen(v) for k, v in splits.items()}, {"extra": {"source": datasets.Value("string")}}
+    return _combo_set(n, len(combos), held, seed, row)
 
 
 # ----------------------------------------------------------------------------- entry point
