@@ -1,0 +1,195 @@
+"""The multimodal next-token model: a `transformers` Llama over the unified vocabulary.
+
+Owns: `ARConfig` and its presets, building the Llama (random init, SDPA
+attention, no hub access), the prefix-LM attention mask, the output-only
+next-token loss, and model directories (`config.json` with `"kind": "ar"`,
+`model.safetensors`, `vocab.json`, `text.model`, and the path of the codec the
+model was trained on).
+
+Does not own: sequence layouts (`layouts.py`), decoding (`sampling.py`),
+codecs (`duogen.tokenizers`), training loops (`duogen.train`).
+
+Shape notation: B batch, T tokens, D width, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import config as cfglib
+from ..errors import CheckpointError
+from ..tokenizers.text import TEXT_MODEL_NAME, TextTokenizer
+from ..tokenizers.vocab import VOCAB_NAME, UnifiedVocab
+from .layouts import LayoutSpec, Layouts
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ARConfig:
+    """Llama size and the attention pattern. `prefix_lm`: bidirectional attention over the condition."""
+
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    mlp: int = 704
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+    attn_dropout: float = 0.0
+    prefix_lm: bool = True
+    cond_dropout: float = 0.1  # probability that training drops the text (for classifier-free guidance)
+
+    def check(self) -> None:
+        from ..errors import ConfigError
+
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ConfigError(f"hidden ({self.hidden}) must divide by heads ({self.heads}), heads by kv_heads ({self.kv_heads})")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+AR_PRESETS: dict[str, ARConfig] = {
+    "tiny": ARConfig(),
+    "small": ARConfig(hidden=512, layers=8, heads=8, kv_heads=8, mlp=1408),
+    "base": ARConfig(hidden=1024, layers=16, heads=16, kv_heads=8, mlp=2816),
+}
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor
+    n_items: int
+    metrics: dict[str, float]
+
+
+def build_llama(cfg: ARConfig, vocab_size: int, max_len: int) -> nn.Module:
+    """A randomly initialised `LlamaForCausalLM` with SDPA attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lc = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.mlp,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=max_len,
+        rope_theta=cfg.rope_theta,
+        initializer_range=cfg.init_std,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_dropout=cfg.attn_dropout,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM._from_config(lc, attn_implementation="sdpa")
+
+
+def prefix_lm_mask(prefix_len: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,1,T,T) boolean mask, True = may attend: causal, plus full attention inside the prefix (VideoPoet)."""
+    i = torch.arange(T, device=prefix_len.device)
+    causal = i[None, :] <= i[:, None]  # (T, T): key j <= query i
+    in_prefix = i[None, :] < prefix_len[:, None]  # (B, T)
+    both = in_prefix[:, :, None] & in_prefix[:, None, :]  # (B, T, T)
+    return (causal[None] | both)[:, None]  # (B, 1, T, T)
+
+
+class MultimodalLM(nn.Module):
+    """Llama + the vocabulary, text tokenizer and layouts it was trained with."""
+
+    def __init__(self, cfg: ARConfig, vocab: UnifiedVocab, spec: LayoutSpec, text: TextTokenizer | None = None,
+                 codec_ref: str | None = None):
+        super().__init__()
+        spec.check()
+        self.cfg, self.vocab, self.spec, self.text = cfg, vocab, spec, text
+        self.codec_ref = codec_ref
+        self.layouts = Layouts(vocab, spec)
+        self.max_len = self.layouts.max_len()
+        self.lm = build_llama(cfg, vocab.size, self.max_len)
+
+    # ------------------------------------------------------------------ forward and loss
+    def attention_mask(self, prefix_len: torch.Tensor | None, T: int) -> torch.Tensor | None:
+        if prefix_len is None or not self.cfg.prefix_lm:
+            return None  # plain causal: transformers builds it (and SDPA may use its causal kernel)
+        return prefix_lm_mask(prefix_len, T)
+
+    def hidden(self, ids: torch.Tensor, prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B,T) -> final hidden states (B,T,D)."""
+        out = self.lm.model(input_ids=ids, attention_mask=self.attention_mask(prefix_len, ids.shape[1]))
+        return out.last_hidden_state
+
+    def forward(self, ids: torch.Tensor, prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B,T), prefix_len (B,) -> logits (B,T,V); logits[:, t] predict ids[:, t+1]."""
+        return self.lm.lm_head(self.hidden(ids, prefix_len))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Next-token cross-entropy on output tokens only (`loss_mask`), logits computed only there."""
+        ids, mask = batch["ids"], batch["loss_mask"]
+        h = self.hidden(ids, batch.get("prefix_len"))  # (B,T,D)
+        pred_at = mask[:, 1:]  # position t predicts token t+1
+        logits = self.lm.lm_head(h[:, :-1][pred_at])  # (N,V)
+        target = ids[:, 1:][pred_at]  # (N,)
+        loss = F.cross_entropy(logits.float(), target)
+        n = int(target.numel())
+        return LossOutput(loss, n, {"loss": float(loss.detach())})
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt -> SentencePiece ids under the policy: empty = unconditional, too long = truncated (warned)."""
+        if self.text is None:
+            raise CheckpointError("this model has no text tokenizer (text.model); it cannot read prompts")
+        return self.text.encode_prompt(prompt, self.spec.max_text)
+
+    # ------------------------------------------------------------------ files
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "ar",
+            "format_version": FORMAT_VERSION,
+            "model": cfglib.to_dict(self.cfg),
+            "layout": cfglib.to_dict(self.spec),
+            "codec": self.codec_ref,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from ..io import save_model_dir
+
+        files: dict[str, Any] = {VOCAB_NAME: self.vocab.to_dict()}
+        if self.text is not None:
+            files[TEXT_MODEL_NAME] = self.text.to_bytes()
+        return save_model_dir(directory, self.config_dict(), self.state_dict(), files)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "MultimodalLM":
+        from ..io import load_model_dir, load_weights_into
+
+        directory = Path(directory)
+        conf, state = load_model_dir(directory)
+        if conf.get("kind") != "ar":
+            raise CheckpointError(f"{directory}: not an AR model (config.json kind is {conf.get('kind')!r})")
+        try:
+            cfg = cfglib.from_dict(ARConfig, conf["model"])
+            spec = cfglib.from_dict(LayoutSpec, conf["layout"])
+        except KeyError as e:
+            raise CheckpointError(f"{directory / 'config.json'}: missing key {e}") from None
+        vocab = UnifiedVocab.load(directory / VOCAB_NAME)
+        text = TextTokenizer.load(directory / TEXT_MODEL_NAME) if (directory / TEXT_MODEL_NAME).is_file() else None
+        model = cls(cfg, vocab, spec, text, codec_ref=conf.get("codec"))
+        load_weights_into(model, state, directory / "model.safetensors")
+        model.eval()
+        return model
+
+    def codec_path(self, directory: str | Path | None = None) -> Path | None:
+        """The codec this model was trained on; a relative reference resolves against the model dir."""
+        if not self.codec_ref:
+            return None
+        p = Path(self.codec_ref)
+        if not p.is_absolute() and directory is not None and (Path(directory) / p).exists():
+            return Path(directory) / p
+        return p

@@ -1,0 +1,245 @@
+"""Decoding: a lean loop with a static KV cache, guidance, constrained logits and seeds.
+
+Owns: `LlamaDecoder` (runs a `transformers` Llama's own weights through a
+hand-written forward with a preallocated KV cache: no per-step cache objects,
+mask building or output dataclasses, which is where `generate()` spends its
+time on small models), `sample_plans` (the loop: temperature, top-k, top-p,
+classifier-free guidance with conditional and unconditional streams in one
+batch, logits restricted to each output position's id range, a per-step
+callback), and `generate_ids` (prompts -> codec ids through the layouts).
+
+Constraint by construction: at each output position only the logits of the
+allowed range [lo, hi) are computed (`h @ W[lo:hi].T`), so a sampled id can
+never leave the active segment's range, and structural tokens (<bov>, <eov>,
+...) are never sampled: they sit in the fixed prefix and suffix.
+
+Shape notation: B batch (2B with guidance), P prefix tokens, N output tokens,
+R allowed-range size, Hq / Hkv query / key-value heads, Dh head width.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from .layouts import DecodePlan, check_task
+
+# callback(step, position, logits (B, R), tokens_so_far (B, step)) -> replacement logits or None
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    guidance: float | None = None  # classifier-free guidance scale; None = no unconditional stream
+
+    def check(self) -> None:
+        if self.temperature < 0:
+            raise DataError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise DataError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise DataError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class LlamaDecoder:
+    """A `LlamaForCausalLM`'s weights behind a static-KV-cache forward (float32 or the weights' dtype)."""
+
+    def __init__(self, lm: Any, max_len: int | None = None):
+        m = lm.model
+        c = lm.config
+        self.n_layers = c.num_hidden_layers
+        self.hq, self.hkv = c.num_attention_heads, c.num_key_value_heads
+        self.dh = getattr(c, "head_dim", None) or c.hidden_size // self.hq
+        self.max_len = int(max_len or c.max_position_embeddings)
+        self.embed = m.embed_tokens.weight
+        self.head = lm.lm_head.weight  # (V, D)
+        self.norm_w, self.eps = m.norm.weight, m.norm.variance_epsilon
+        self.layers = []
+        for layer in m.layers:
+            a, f = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight,
+                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),  # (Hq+2Hkv)*Dh, D
+                a.o_proj.weight,
+                layer.post_attention_layernorm.weight,
+                torch.cat([f.gate_proj.weight, f.up_proj.weight]).detach(),  # (2M, D)
+                f.down_proj.weight,
+            ))
+        pos = torch.arange(self.max_len)[None]
+        probe = torch.zeros(1, 1, c.hidden_size, dtype=self.embed.dtype)
+        cos, sin = m.rotary_emb(probe, position_ids=pos)  # (1, T, Dh)
+        self.cos, self.sin = cos[0], sin[0]  # (T, Dh)
+        self.k = self.v = None
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding (RoFormer eq. 34, in the rotate-half form Llama uses). x (B,H,t,Dh)."""
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    def reset(self, batch: int) -> None:
+        shape = (self.n_layers, batch, self.hkv, self.max_len, self.dh)
+        if self.k is None or self.k.shape != shape:
+            self.k = torch.zeros(shape, dtype=self.embed.dtype)
+            self.v = torch.zeros(shape, dtype=self.embed.dtype)
+
+    def forward(self, ids: torch.Tensor, start: int, bidirectional: bool = False) -> torch.Tensor:
+        """ids (B,t) at positions start..start+t-1 -> last hidden state (B,D); fills the cache.
+
+        Queries attend to every cached key before them; with `bidirectional` the
+        t new tokens also see each other fully (the prefix LM's prefix).
+        """
+        B, t = ids.shape
+        end = start + t
+        x = F.embedding(ids, self.embed)  # (B,t,D)
+        cos, sin = self.cos[start:end], self.sin[start:end]  # (t,Dh)
+        nq, nkv = self.hq * self.dh, self.hkv * self.dh
+        causal = t > 1 and not bidirectional
+        gqa = self.hq != self.hkv
+        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), w_in, self.eps)
+            qkv = F.linear(h, w_qkv)  # (B,t,(Hq+2Hkv)*Dh)
+            q = qkv[..., :nq].view(B, t, self.hq, self.dh).transpose(1, 2)  # (B,Hq,t,Dh)
+            k = qkv[..., nq : nq + nkv].view(B, t, self.hkv, self.dh).transpose(1, 2)  # (B,Hkv,t,Dh)
+            v = qkv[..., nq + nkv :].view(B, t, self.hkv, self.dh).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            self.k[i, :, :, start:end] = k
+            self.v[i, :, :, start:end] = v
+            if start == 0:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+            elif t == 1:
+                o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], enable_gqa=gqa)
+            else:  # a chunk after cached tokens: causal within the chunk, full to the past
+                mask = torch.ones(t, end, dtype=torch.bool).tril(start) if causal else None
+                o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=mask, enable_gqa=gqa)
+            x = x + F.linear(o.transpose(1, 2).reshape(B, t, nq), w_o)
+            h = F.rms_norm(x, (x.shape[-1],), w_post, self.eps)
+            gate, up = F.linear(h, w_gu).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w_down)
+        return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm_w, self.eps)  # (B,D)
+
+    def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Logits of ids lo..hi-1 only: (B,D) -> (B,R)."""
+        return F.linear(h, self.head[lo:hi])
+
+
+def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k, then nucleus (top-p, Holtzman et al. 2020) filtering, in place on (B,R) logits."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits.masked_fill_(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_l, idx = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_l.softmax(-1).cumsum(-1)
+        drop = cum - sorted_l.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        logits.scatter_(-1, idx, sorted_l.masked_fill(drop, float("-inf")))
+    return logits
+
+
+@torch.inference_mode()
+def sample_plans(
+    decoder: LlamaDecoder,
+    prefix: torch.Tensor,
+    ranges: Sequence[tuple[int, int]],
+    cfg: SamplingConfig,
+    uncond_prefix: torch.Tensor | None = None,
+    prefix_lm: bool = True,
+    seed: int = 0,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Decode N tokens after prefix (B,P); token n is drawn from global ids ranges[n] = [lo, hi).
+
+    With `uncond_prefix` (B,P) and `cfg.guidance`, both streams run as one batch
+    of 2B and the logits are guided as l_c + (s - 1)(l_c - l_u) (Ho & Salimans
+    2022, written so that s = 1 gives l_c exactly). Returns (B,N) global ids.
+    """
+    cfg.check()
+    guided = cfg.guidance is not None and uncond_prefix is not None
+    B, P = prefix.shape
+    N = len(ranges)
+    if P + N > decoder.max_len:
+        raise DataError(f"prefix {P} + output {N} tokens exceed the model's {decoder.max_len}-token context")
+    x = torch.cat([prefix, uncond_prefix]) if guided else prefix  # (B or 2B, P)
+    gen = torch.Generator().manual_seed(int(seed))
+    decoder.reset(x.shape[0])
+    h = decoder.forward(x, 0, bidirectional=prefix_lm)
+    out = torch.empty(B, N, dtype=torch.long)
+    s = float(cfg.guidance) if guided else 1.0
+    for n in range(N):
+        lo, hi = ranges[n]
+        logits = decoder.logits(h, lo, hi).float()  # (B or 2B, R)
+        if guided:
+            l_c, l_u = logits[:B], logits[B:]
+            logits = l_c + (s - 1.0) * (l_c - l_u)
+        if callback is not None:
+            repl = callback(n, P + n, logits, out[:, :n])
+            if repl is not None:
+                logits = repl
+        if cfg.temperature == 0:
+            tok = logits.argmax(-1)
+        else:
+            logits = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+            tok = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+        tok += lo
+        out[:, n] = tok
+        if n + 1 < N:
+            step = torch.cat([tok, tok]) if guided else tok
+            h = decoder.forward(step[:, None], P + n)
+    return out
+
+
+def generate_ids(
+    model: Any,
+    prompts: Sequence[str],
+    task: str = "t2v",
+    *,
+    n: int = 1,
+    seed: int = 0,
+    sampling: SamplingConfig | None = None,
+    negative_prompt: str | None = None,
+    cond: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    decoder: LlamaDecoder | None = None,
+) -> torch.Tensor:
+    """Prompts -> output codec ids: (len(prompts)*n, f, h, w) for video tasks, (.., h, w) for t2i, (.., T, L) audio.
+
+    Sample j of prompt i is row i*n + j. `cond` holds the condition codec ids
+    for i2v ("first"), inpaint/outpaint ("masked") and v2a ("video"); it is shared by all prompts.
+    """
+    sampling = sampling or SamplingConfig()
+    check_task(task, model.spec)
+    if not prompts:
+        raise DataError("no prompts given")
+    plans: list[DecodePlan] = []
+    for p in prompts:
+        ids = model.encode_prompt(p) if task != "uncond" else []
+        plans += [model.layouts.decode_plan(task, ids, cond)] * n
+    if task == "uncond" and sampling.guidance is not None:
+        warnings.warn("guidance has no effect on unconditional generation; ignored", UserWarning, stacklevel=2)
+    uncond = None
+    if sampling.guidance is not None and task != "uncond":
+        neg = model.encode_prompt(negative_prompt) if negative_prompt else []
+        u = model.layouts.decode_plan(task, neg, cond)
+        uncond = torch.tensor([u.prefix] * len(plans))
+    prefix = torch.tensor([pl.prefix for pl in plans])  # (B,P): fixed-length layouts, no padding needed
+    decoder = decoder or LlamaDecoder(model.lm, model.max_len)
+    g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback)
+    return to_codec_ids(model, task, g)
+
+
+def to_codec_ids(model: Any, task: str, g: torch.Tensor) -> torch.Tensor:
+    """Global output ids (B,N) -> codec ids shaped like the output segment."""
+    spec = model.spec
+    if task in ("t2a", "v2a"):
+        a = g.view(g.shape[0], spec.audio_tokens, spec.audio_levels)
+        return model.vocab.global_to_codec(spec.audio_codec, a if spec.audio_levels > 1 else a[..., 0])
+    local = model.vocab.global_to_codec(spec.video_codec, g)
+    f, h, w = spec.latent
+    return local.view(g.shape[0], -1, h, w)  # (B, f, h, w); f - cond_frames for i2v, 1 for t2i

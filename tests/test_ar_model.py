@@ -1,0 +1,161 @@
+"""The multimodal LM: shapes, layouts, prefix-LM mask, output-only loss, overfitting, save/load, bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from duogen.ar_models.layouts import TASKS, LayoutSpec, TrainCollator
+from duogen.ar_models.model import ARConfig, MultimodalLM, prefix_lm_mask
+from duogen.ar_models.sampling import SamplingConfig, generate_ids
+from duogen.errors import CheckpointError, DataError
+from duogen.tokenizers.text import PromptWarning, train_text_tokenizer
+from duogen.tokenizers.vocab import UnifiedVocab
+
+CAPS = [f"a {c} {s} moves {d}" for c in ("red", "blue", "green") for s in ("circle", "square") for d in ("left", "right", "up", "down")]
+TINY = ARConfig(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops: one thread is 10-40x faster than two when teammates load the 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def text():
+    return train_text_tokenizer(CAPS, None, vocab_size=300)
+
+
+def make(text, prefix_lm=True, tasks=("t2v", "t2i", "i2v", "inpaint", "outpaint", "uncond"), codebook=64, audio=False):
+    codecs = {"video": codebook}
+    spec = LayoutSpec(max_text=8, latent=(2, 4, 4), tasks=list(tasks))
+    if audio:
+        codecs["audio"] = (16, 2)
+        spec.audio_tokens, spec.audio_levels = 6, 2
+    vocab = UnifiedVocab(text.vocab_size, codecs)
+    cfg = ARConfig(**{**TINY.__dict__, "prefix_lm": prefix_lm})
+    return MultimodalLM(cfg, vocab, spec, text, codec_ref="runs/vq/final")
+
+
+def records(text, n, seed=0, codebook=64):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "text_ids": text.encode(CAPS[i % len(CAPS)]),
+            "video_ids": rng.integers(0, codebook, (2, 4, 4)),
+            "masked_ids": rng.integers(0, codebook, (2, 4, 4)),
+            "outpaint_ids": rng.integers(0, codebook, (2, 4, 4)),
+            "audio_ids": rng.integers(0, 16, (6, 2)),
+        }
+        for i in range(n)
+    ]
+
+
+def test_every_layout_is_valid_and_loss_covers_only_the_output(text):
+    m = make(text, tasks=TASKS, audio=True)
+    rec = records(text, 1)[0]
+    v = m.vocab
+    for task in TASKS:
+        col = TrainCollator(m.layouts, [task], cond_dropout=0.0)
+        b = col([rec])
+        ids, lm = b["ids"][0], b["loss_mask"][0]
+        v.check(ids)
+        assert ids[0] == v.id("<bos>") and ids[1] == v.id(f"<{task}>")
+        out = ids[lm]
+        names = {v.name_of(int(i)) for i in out}
+        assert names <= ({"audio.0", "audio.1"} if task in ("t2a", "v2a") else {"video"}), (task, names)
+        assert int(b["prefix_len"][0]) == int(lm.nonzero()[0])  # output starts right after the prefix
+        n_out = {"t2i": 16, "i2v": 16, "t2a": 12, "v2a": 12}.get(task, 32)
+        assert int(lm.sum()) == n_out, task
+
+
+def test_forward_shape_and_prefix_mask(text):
+    m = make(text).eval()
+    b = TrainCollator(m.layouts, ["t2v"], 0.0)(records(text, 3))
+    logits = m(b["ids"], b["prefix_len"])
+    assert logits.shape == (3, b["ids"].shape[1], m.vocab.size)
+    mask = prefix_lm_mask(torch.tensor([3]), 6)[0, 0]
+    assert mask[:3, :3].all() and not mask[2, 3] and mask[5].all() and not mask[3, 4]
+    # prefix LM: an early prefix position sees a later prefix token; causal: it cannot
+    P = int(b["prefix_len"][0])
+    ids2 = b["ids"].clone()
+    ids2[:, P - 2] = m.vocab.id("<mask>")
+    with torch.no_grad():
+        d_plm = (m(ids2, b["prefix_len"])[:, 2] - logits[:, 2]).abs().max()
+        m.cfg.prefix_lm = False
+        d_causal = (m(ids2, b["prefix_len"])[:, 2] - m(b["ids"], b["prefix_len"])[:, 2]).abs().max()
+    assert d_plm > 1e-4 and d_causal == 0
+
+
+def test_loss_matches_manual_cross_entropy(text):
+    m = make(text).eval()
+    b = TrainCollator(m.layouts, ["t2v", "i2v"], 0.0, seed=1)(records(text, 4))
+    out = m.loss(b)
+    logits = m(b["ids"], b["prefix_len"])[:, :-1]
+    sel = b["loss_mask"][:, 1:]
+    ref = F.cross_entropy(logits[sel], b["ids"][:, 1:][sel])
+    assert out.n_items == int(sel.sum())
+    assert torch.allclose(out.loss, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix_lm", [True, False])
+def test_overfit_one_batch(text, prefix_lm):
+    torch.manual_seed(0)
+    m = make(text, prefix_lm=prefix_lm, tasks=("t2v",), codebook=16)
+    b = TrainCollator(m.layouts, ["t2v"], 0.0)(records(text, 4, codebook=16))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(80):
+        loss = m.loss(b).loss
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # from ln(V) ~ 6 down by a factor of 10: the 4 clips are memorised
+    assert float(loss) < first / 10, (first, float(loss))
+
+
+def test_save_load_identical_logits(text, tmp_path):
+    m = make(text).eval()
+    b = TrainCollator(m.layouts, ["t2v"], 0.0)(records(text, 2))
+    m.save_pretrained(tmp_path / "ar")
+    for f in ("config.json", "model.safetensors", "vocab.json", "text.model"):
+        assert (tmp_path / "ar" / f).is_file()
+    back = MultimodalLM.from_pretrained(tmp_path / "ar")
+    with torch.no_grad():
+        assert torch.equal(m(b["ids"], b["prefix_len"]), back(b["ids"], b["prefix_len"]))
+    assert back.vocab == m.vocab and back.codec_ref == "runs/vq/final" and back.cfg == m.cfg
+    assert back.text.encode("a red circle") == text.encode("a red circle")
+    (tmp_path / "ar" / "config.json").write_text('{"kind": "diffusion"}')
+    with pytest.raises(CheckpointError, match="not an AR model"):
+        MultimodalLM.from_pretrained(tmp_path / "ar")
+
+
+def test_bad_input_messages(text):
+    m = make(text).eval()
+    s = SamplingConfig(temperature=1.0)
+    with pytest.raises(DataError, match="unknown task 'x2y'"):
+        generate_ids(m, ["a red circle"], "x2y", sampling=s)
+    with pytest.raises(DataError, match="not trained for task 't2a'"):
+        generate_ids(m, ["a red circle"], "t2a", sampling=s)
+    with pytest.raises(DataError, match="needs 16 codec ids"):  # i2v condition from a clip of the wrong size
+        generate_ids(m, ["a red circle"], "i2v", sampling=s, cond={"first": np.zeros((1, 8, 8), int)})
+    with pytest.raises(DataError, match="must give 32 codec ids"):
+        generate_ids(m, ["a red circle"], "inpaint", sampling=s, cond={"masked": np.zeros((3, 4, 4), int)})
+    with pytest.raises(DataError, match="needs the first frame"):
+        generate_ids(m, ["a red circle"], "i2v", sampling=s)
+    with pytest.warns(PromptWarning, match="unconditionally"):
+        out = generate_ids(m, [""], "t2v", sampling=s)
+    assert out.shape == (1, 2, 4, 4)
+    with pytest.warns(PromptWarning, match="truncated"):
+        generate_ids(m, ["a red circle moves left " * 10], "t2v", sampling=s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert generate_ids(m, ["a red circle"], "i2v", sampling=s, cond={"first": np.zeros((1, 4, 4), int)}).shape == (1, 1, 4, 4)
+        assert generate_ids(m, ["a red circle"], "t2i", n=2, sampling=s).shape == (2, 1, 4, 4)
