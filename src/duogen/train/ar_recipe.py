@@ -1,0 +1,197 @@
+"""Recipe: train the multimodal next-token model on a data set, through a trained video codec.
+
+    train_ar(data="data/shapes", tokenizer="runs/vq/final", out="runs/ar", preset="tiny")
+
+Steps: train (or reuse) the SentencePiece model on the training captions;
+encode every clip once with the codec into a cache keyed by the codec's
+weights and the data set (`duogen.train.data.pretokenize`); build the unified
+vocabulary and the layouts; train with the shared engine; `final/` is a
+`MultimodalLM` directory (config.json kind "ar", model.safetensors,
+vocab.json, text.model, the codec's path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import config as cfglib
+from ..ar_models.layouts import MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
+from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
+from ..errors import ConfigError, DataError
+from .engine import LossOutput, TrainConfig, fit
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class ARRecipeConfig:
+    model: ARConfig = field(default_factory=ARConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=3000, batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=50, min_lr_ratio=0.1,
+        precision="bf16", log_every=20, ckpt_every=500))
+    tasks: list[str] = field(default_factory=lambda: ["t2v"])
+    max_text: int = 24  # text tokens per prompt; longer prompts are truncated (warned)
+    text_vocab: int = 384
+    cond_frames: int = 1  # latent frames given to i2v
+    split: str = "train"
+    max_clips: int = 0  # 0 = the whole split
+    cache_dir: str = ""  # "" = OUT/../.cache (shared by runs under one folder)
+
+    def check(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS)}")
+        if not self.tasks:
+            raise ConfigError("tasks must name at least one task")
+
+
+AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
+    "tiny": ARRecipeConfig(model=AR_PRESETS["tiny"]),
+    "small": ARRecipeConfig(model=AR_PRESETS["small"], train=TrainConfig(
+        steps=20000, batch_size=32, lr=6e-4, weight_decay=0.01, warmup_steps=200, precision="bf16",
+        log_every=50, ckpt_every=1000), max_text=32, text_vocab=512),
+    "base": ARRecipeConfig(model=AR_PRESETS["base"], train=TrainConfig(
+        steps=100000, batch_size=64, lr=3e-4, weight_decay=0.05, warmup_steps=1000, precision="bf16",
+        log_every=100, ckpt_every=2000), max_text=64, text_vocab=1024),
+}
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, tasks: Sequence[str],
+                   cache_dir: Path, batch_size: int = 32) -> Any:
+    """Codec ids for every clip (and its masked versions for inpaint / outpaint), cached on disk."""
+    import numpy as np
+    import torch
+
+    from ..data import with_uint8_video
+    from .data import pretokenize
+
+    masked = sorted(t for t in tasks if t in MASKED_TASKS)
+
+    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B,F,H,W,3)
+        out: dict[str, Any] = {}
+        with torch.inference_mode():
+            out["video_ids"] = codec.encode(video).to(torch.int32).numpy()  # (B,f,h,w)
+            for t in masked:
+                m = np.stack([masked_clip(v, t) for v in video])
+                out[f"{'masked' if t == 'inpaint' else 'outpaint'}_ids"] = codec.encode(m).to(torch.int32).numpy()
+        return out
+
+    key = {"v": CACHE_VERSION, "codec": str(codec_dir.resolve()), "weights": _file_hash(codec_dir / "model.safetensors"),
+           "data": str(data.resolve()), "split": split_name, "masked": masked}
+    return pretokenize(with_uint8_video(split), fn, cache_dir, key=key, batch_size=batch_size,
+                       remove_columns=list(split.column_names), desc="encoding clips with the codec")
+
+
+class TokenRecords:
+    """The dataset the engine indexes: pre-encoded codec ids + text ids, as dicts the collator reads."""
+
+    def __init__(self, encoded: Any, text_ids: list[list[int]]):
+        import numpy as np
+
+        self.cols = {c: np.asarray(encoded[c], dtype=np.int64) for c in encoded.column_names}
+        self.text_ids = text_ids
+
+    def __len__(self) -> int:
+        return len(self.text_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = {c: v[i] for c, v in self.cols.items()}
+        rec["text_ids"] = self.text_ids[i]
+        return rec
+
+
+def train_ar(
+    data: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    preset: str = "tiny",
+    tasks: Sequence[str] | None = None,
+    text: str | Path | None = None,
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    resume: str | None = None,
+) -> dict[str, Any]:
+    """Train an AR model; returns the engine's summary plus the model's facts."""
+    import warnings
+
+    from ..bridges.generate import load_codec
+    from ..data import load_dataset
+    from ..tokenizers.text import TextTokenizer, train_text_tokenizer
+    from ..tokenizers.vocab import UnifiedVocab
+    from ..utils import count_parameters, seed_everything
+    from .engine import apply_resume
+
+    overrides = list(overrides) + [f"train.seed={seed}"]
+    if tasks:
+        overrides.append("tasks=" + ",".join(tasks))
+    cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset=preset, file=file, overrides=overrides)
+    cfg.train = apply_resume(cfg.train, resume)
+    data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
+    t0 = time.perf_counter()
+
+    ds = load_dataset(data)
+    if cfg.split not in ds:
+        raise DataError(f"data set '{data}' has no split {cfg.split!r}; it has: {', '.join(ds)}")
+    split = ds[cfg.split]
+    if cfg.max_clips:
+        split = split.select(range(min(cfg.max_clips, len(split))))
+    if "audio" in cfg.tasks or any(t in ("t2a", "v2a") for t in cfg.tasks):
+        raise ConfigError("tasks t2a / v2a need an audio codec, which `train ar` does not take yet; drop them from --tasks")
+    captions = list(split["caption"])
+
+    if text is not None:
+        tok = TextTokenizer.load(text)
+    else:
+        tok = train_text_tokenizer(captions, out, vocab_size=cfg.text_vocab)
+    codec = load_codec(codec_dir)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
+    encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, cache)
+    t_encode = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below
+        text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
+    n_long = sum(len(tok.encode(c)) > cfg.max_text for c in captions)
+
+    f, h, w = encoded[0]["video_ids"].__len__(), len(encoded[0]["video_ids"][0]), len(encoded[0]["video_ids"][0][0])
+    vocab = UnifiedVocab(tok.vocab_size, {"video": codec.vocab_size}, codec_refs={"video": str(codec_dir.resolve())})
+    spec = LayoutSpec(max_text=cfg.max_text, latent=(f, h, w), cond_frames=cfg.cond_frames, tasks=list(cfg.tasks))
+    seed_everything(seed)
+    model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=str(codec_dir.resolve()))
+    records = TokenRecords(encoded, text_ids)
+    collate = TrainCollator(model.layouts, cfg.tasks, cfg.model.cond_dropout)
+    n_params = count_parameters(model)
+
+    def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
+        return LossOutput(*m.loss(batch))
+
+    summary = fit(
+        model, loss_fn, records, cfg.train, out, collate=collate,
+        save_model=lambda m, p: m.save_pretrained(p), run_config=cfglib.to_dict(cfg),
+    )
+    return {
+        **{k: v for k, v in vars(summary).items()},
+        "final": str(out / "final"),
+        "parameters": n_params,
+        "sequence_tokens": model.max_len,
+        "latent": [f, h, w],
+        "vocab_size": vocab.size,
+        "text_vocab": tok.vocab_size,
+        "captions_truncated": n_long,
+        "encode_s": round(t_encode, 2),
+        "tasks": list(cfg.tasks),
+    }

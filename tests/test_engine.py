@@ -1,0 +1,273 @@
+"""Single-process engine: exact resume after SIGKILL, signals, NaN stop, bad checkpoints, data order."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from duogen.errors import CheckpointError, DataError, TrainingError
+from duogen.io import load_state_dict, load_weights_into
+from duogen.train.backends import lr_lambda
+from duogen.train.checkpoint import latest_checkpoint, list_checkpoints
+from duogen.train.data import ShardedBatchSampler, DataPosition, pretokenize
+from duogen.train.engine import TrainConfig, fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+import engine_worker as W  # noqa: E402
+from engine_worker import one_thread  # noqa: E402,F401  (autouse fixture)
+
+WORKER = str(Path(__file__).parent / "engine_worker.py")
+
+
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, DUOGEN_QUIET="1", OMP_NUM_THREADS="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _spawn(run_dir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, WORKER, str(run_dir), *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(steps=8, batch_size=16, lr=3e-3, warmup_steps=2, log_every=1, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r]
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    """Kill a run with SIGKILL at a random step, resume it: final weights are bitwise those of an unbroken run."""
+    steps = 24
+    common = ["--steps", str(steps), "--keep-last", "3", "--dropout", "0.2", "--ema", "0.9"]
+    # the unbroken run saves only at the end: checkpointing must not perturb training either
+    full = _spawn(tmp_path / "full", *common)
+    killed = _spawn(tmp_path / "killed", *common, "--ckpt-every", "1", "--sleep", "0.05")
+    kill_after = random.randint(3, steps - 8)  # a random step; printed on failure
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ck = latest_checkpoint(tmp_path / "killed")
+        if ck is not None and int(ck.name.split("_")[1]) >= kill_after:
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    stopped_at = int(latest_checkpoint(tmp_path / "killed").name.split("_")[1])
+    assert stopped_at < steps, f"run finished before it was killed (kill_after={kill_after})"
+    assert not (tmp_path / "killed" / "final").exists()
+    resumed = _spawn(tmp_path / "killed", *common, "--ckpt-every", "1", "--resume", "auto")
+    for proc in (full, resumed):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+    a = load_state_dict(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_state_dict(tmp_path / "killed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after kill at step {stopped_at} (kill_after={kill_after})"
+    # the training weights and optimizer state match too, not only the EMA that final/ holds
+    ca, cb = latest_checkpoint(tmp_path / "full"), latest_checkpoint(tmp_path / "killed")
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        sa, sb = load_state_dict(ca / name), load_state_dict(cb / name)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    # metrics of the resumed run continue the killed one without duplicate steps
+    steps_logged = [json.loads(ln)["step"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == list(range(1, steps + 1))
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "killed")
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
+    proc = _spawn(tmp_path, "--steps", "200", "--sleep", "0.05", "--ckpt-every", "0")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    while time.time() < deadline and len((tmp_path / "metrics.jsonl").read_text().splitlines()) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"] == "signal" and 3 <= summary["steps"] < 200
+    ck = latest_checkpoint(tmp_path)
+    assert ck.name == f"step_{summary['steps']:07d}"
+    assert not (tmp_path / "final").exists()  # an interrupted run has no final model
+
+
+def test_nan_loss_stops_and_last_checkpoint_loads(tmp_path):
+    model = W.make_model()
+    with pytest.raises(TrainingError) as e:
+        # flops_per_sample given: no measuring forward, so loss call 7 is step 7
+        fit(model, W.make_loss(nan_at=7), W.make_data(), _cfg(steps=20, ckpt_every=2), tmp_path, flops_per_sample=1.0)
+    msg = str(e.value)
+    assert "non-finite loss" in msg and "step 7" in msg and "step_0000006" in msg and "\n" not in msg
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step_0000006"
+    # the last good checkpoint resumes and finishes the run
+    s = fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=9, ckpt_every=2, resume="auto"), tmp_path)
+    assert s.steps == 9 and math.isfinite(s.final_loss)
+    assert _losses(tmp_path)[:6] == _losses(tmp_path)[:6] and len(_losses(tmp_path)) == 9
+
+
+def test_broken_checkpoints_give_one_line_errors(tmp_path):
+    fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=2), tmp_path)
+    ck = latest_checkpoint(tmp_path)
+    # wrong model: a wider MLP
+    wide = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.GELU(), torch.nn.Dropout(0.1), torch.nn.Linear(64, 32),
+                               torch.nn.GELU(), torch.nn.Linear(32, 1))
+    with pytest.raises(CheckpointError) as e:
+        fit(wide, W.make_loss(), W.make_data(), _cfg(steps=4, resume="auto"), tmp_path)
+    assert "model.safetensors" in str(e.value) and "do not fit" in str(e.value) and "\n" not in str(e.value)
+    # truncated weights file
+    f = ck / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as e:
+        fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=4, resume=str(ck)), tmp_path)
+    assert str(f) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=4, resume=str(tmp_path / "nope")), tmp_path)
+
+
+def test_grad_accum_matches_full_batch_and_ema_is_final(tmp_path):
+    s1 = fit(W.make_model(dropout=0.0), W.make_loss(), W.make_data(), _cfg(), tmp_path / "a")
+    s4 = fit(W.make_model(dropout=0.0), W.make_loss(), W.make_data(), _cfg(grad_accum=4), tmp_path / "b")
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-5, abs=1e-6)
+    assert s1.items == s4.items == 8 * 16
+    fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(ema=0.8), tmp_path / "e")
+    ck = latest_checkpoint(tmp_path / "e")
+    final = load_state_dict(tmp_path / "e" / "final" / "model.safetensors")
+    ema, raw = load_state_dict(ck / "ema.safetensors"), load_state_dict(ck / "model.safetensors")
+    assert all(torch.equal(final[k], ema[k]) for k in final)
+    assert not all(torch.equal(final[k], raw[k]) for k in final)
+    # summary, curve, config
+    summ = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summ["steps"] == 8 and summ["peak_memory_mb"] > 0 and summ["items_per_s"] > 0
+    assert (tmp_path / "e" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "train" in (tmp_path / "e" / "config.yaml").read_text()
+
+
+def test_overfit_one_batch_loss_falls(tmp_path):
+    data = torch.utils.data.Subset(W.make_data(), range(16))
+    fit(W.make_model(dropout=0.0), W.make_loss(), data, _cfg(steps=60, lr=1e-2, warmup_steps=0), tmp_path)
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_flops_measured_match_closed_form_and_stop_budget(tmp_path):
+    B = 16
+    fwd = 2 * B * (8 * 32 + 32 * 32 + 32 * 1)
+    bwd = 2 * fwd - 2 * B * 8 * 32  # no gradient w.r.t. the input of the first layer
+    s = fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=20, max_flops=3.5 * (fwd + bwd)), tmp_path)
+    assert s.stopped == "max_flops" and s.steps == 4
+    recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["flops"] for r in recs] == [(fwd + bwd) * k for k in range(1, 5)]
+    s2 = fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=3), tmp_path / "b", flops_per_sample=10.0)
+    assert s2.flops == 3 * 16 * 10.0
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(20) == pytest.approx(0.1) and f(12) == pytest.approx(0.55)
+
+
+def test_sampler_shards_are_disjoint_and_match_one_process():
+    n, B = 50, 12
+    one = ShardedBatchSampler(n, B, seed=3)
+    for epoch, step in [(0, 0), (0, 3), (2, 1)]:
+        whole = one.step_indices(epoch, step)[0]
+        parts = []
+        for r in range(2):
+            s = ShardedBatchSampler(n, B, grad_accum=3, rank=r, world_size=2, seed=3)
+            micro = s.step_indices(epoch, step)
+            assert len(micro) == 3 and all(len(m) == 2 for m in micro)
+            parts += [i for m in micro for i in m]
+        assert parts == whole and len(set(whole)) == B
+    assert one.permutation(0) != one.permutation(1) and one.permutation(1) == ShardedBatchSampler(n, B, seed=3).permutation(1)
+    # iterating from a saved position continues the same stream
+    it = iter(one)
+    stream = [next(it) for _ in range(2 * one.steps_per_epoch)]
+    later = iter(ShardedBatchSampler(n, B, seed=3, position=DataPosition(1, 2)))
+    assert next(later) == stream[one.steps_per_epoch + 2]
+    with pytest.raises(DataError):
+        ShardedBatchSampler(n, 10, grad_accum=3)
+
+
+def test_hf_dataset_and_pretokenize_cache(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"x": W.make_data().tensors[0].tolist(), "y": W.make_data().tensors[1].tolist()})
+    calls = []
+
+    def square(batch):
+        calls.append(len(batch["x"]))
+        return {"x2": [[v * v for v in row] for row in batch["x"]]}
+
+    a = pretokenize(ds, square, tmp_path / "cache", key={"fn": "square", "v": 1}, batch_size=32)
+    n_calls = len(calls)
+    b = pretokenize(ds, square, tmp_path / "cache", key={"fn": "square", "v": 1}, batch_size=32)
+    assert len(calls) == n_calls and a["x2"][:3] == b["x2"][:3] and a["x2"][0][0] == ds["x"][0][0] ** 2
+    pretokenize(ds, square, tmp_path / "cache", key={"fn": "square", "v": 2})
+    assert len(calls) > n_calls and len(list((tmp_path / "cache").iterdir())) == 2
+    # the engine trains from an HF dataset directly
+    ds.set_format("torch")
+
+    def collate(rows):
+        return torch.stack([r["x"] for r in rows]), torch.stack([r["y"] for r in rows])
+
+    s = fit(W.make_model(), W.make_loss(), ds, _cfg(steps=3), tmp_path / "run", collate=collate)
+    assert s.steps == 3 and math.isfinite(s.final_loss)
+
+
+class _CheckpointedMLP(torch.nn.Module):
+    """The duogen convention: `set_grad_checkpointing(True)` recomputes each block in backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = W.make_model(dropout=0.2)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, on: bool) -> None:
+        self.grad_checkpointing = on
+
+    def forward(self, x):
+        if self.grad_checkpointing:
+            return torch.utils.checkpoint.checkpoint(self.inner, x, use_reentrant=False)
+        return self.inner(x)
+
+
+def test_grad_checkpointing_hook_same_losses(tmp_path):
+    from duogen.errors import ConfigError
+
+    plain, ckpt = _CheckpointedMLP(), _CheckpointedMLP()
+    fit(plain, W.make_loss(), W.make_data(), _cfg(steps=4), tmp_path / "a")
+    fit(ckpt, W.make_loss(), W.make_data(), _cfg(steps=4, grad_checkpointing=True), tmp_path / "b")
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # checkpoint() replays the dropout RNG
+    with pytest.raises(ConfigError, match="set_grad_checkpointing"):
+        fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=1, grad_checkpointing=True), tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_compile_and_bf16_train(tmp_path):
+    """torch.compile (about a minute cold here) and bf16 autocast still train: the loss falls."""
+    data = torch.utils.data.Subset(W.make_data(), range(16))
+    fit(W.make_model(dropout=0.0), W.make_loss(), data, _cfg(steps=40, lr=1e-2, precision="bf16", compile=True), tmp_path)
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0] / 5
