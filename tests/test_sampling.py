@@ -208,3 +208,25 @@ def test_bad_sampling_input_is_a_config_error():
         ddim_invert(model, DDIMScheduler(s, eta=0.5), torch.zeros(2, 4), cond, steps=5)
     with pytest.raises(ConfigError, match="eta=0"):
         ddim_invert(model, DDPMScheduler(s), torch.zeros(2, 4), cond, steps=5)
+
+
+def test_cfg_batches_dataclass_conditions():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cond:
+        tokens: torch.Tensor
+        mask: torch.Tensor
+        pooled: torch.Tensor | None = None
+
+    def denoiser(x_t, t, cond):
+        return x_t * cond.tokens.sum(dim=(1, 2))[:, None] + cond.mask.float().sum(1, keepdim=True)
+
+    cond = Cond(torch.randn(3, 5, 2), torch.ones(3, 5, dtype=torch.bool))
+    uncond = Cond(torch.zeros(1, 5, 2), torch.zeros(1, 5, dtype=torch.bool))
+    x_t, t = torch.randn(3, 4), torch.full((3,), 10)
+    c = denoiser(x_t, t, cond)
+    u = denoiser(x_t, t, Cond(torch.zeros(3, 5, 2), torch.zeros(3, 5, dtype=torch.bool)))
+    torch.testing.assert_close(CFGDenoiser(denoiser, 2.5, uncond)(x_t, t, cond), u + 2.5 * (c - u))
+    with pytest.raises(ConfigError, match="shape"):
+        CFGDenoiser(denoiser, 2.5, Cond(torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.bool)))(x_t, t, cond)

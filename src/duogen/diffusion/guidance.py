@@ -5,13 +5,16 @@ forward, guidance rescale) and the range checks on guidance settings. Does
 not own: the denoiser, the sampling loop, how the unconditional condition is
 made (an empty prompt's embedding, a null token: the caller's choice).
 
-A condition (`cond`, `uncond`) is a tensor, a dict / list / tuple of tensors,
-or nested mixes of those, with the batch on dim 0; an `uncond` with batch 1
-is broadcast to the batch of `cond`.
+A condition (`cond`, `uncond`) is a tensor, a dict / list / tuple / dataclass
+(e.g. `TextCond`) of tensors, or nested mixes of those (None leaves stay None),
+with the batch on dim 0; an `uncond` with batch 1 is broadcast to the batch of
+`cond`. Beyond the batch, shapes must match (pad an empty prompt to the
+conditional prompt's token length).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -72,7 +75,14 @@ class CFGDenoiser:
 
 
 def _cat_cond(cond: Any, uncond: Any, batch: int) -> Any:
-    """Concatenate cond (batch B) and uncond (batch B or 1) along dim 0, through dicts, lists and tuples."""
+    """Concatenate cond (batch B) and uncond (batch B or 1) along dim 0, through dicts, sequences, dataclasses."""
+    if cond is None and uncond is None:
+        return None
+    if dataclasses.is_dataclass(cond) and not isinstance(cond, type):
+        if type(uncond) is not type(cond):
+            raise ConfigError(f"uncond must be a {type(cond).__name__} like cond, got {type(uncond).__name__}")
+        names = [f.name for f in dataclasses.fields(cond) if f.init]
+        return type(cond)(**{n: _cat_cond(getattr(cond, n), getattr(uncond, n), batch) for n in names})
     if isinstance(cond, torch.Tensor):
         if not isinstance(uncond, torch.Tensor):
             raise ConfigError(f"uncond must have the structure of cond: expected a tensor, got {type(uncond).__name__}")
