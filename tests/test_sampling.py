@@ -61,7 +61,9 @@ def test_ddpm_1000_steps_reproduces_the_gaussian(variance, pred):
     s = NoiseSchedule.make("linear")
     x = sample(gaussian_denoiser(s, pred), DDPMScheduler(s, pred, variance=variance), (4000, 2),
                steps=1000, generator=torch.Generator().manual_seed(0))
-    # 4000 samples: standard errors 0.01 / 0.02 on the means, 1.1% on the stds
+    # 4000 samples: standard errors 0.01 / 0.02 on the means, 1.1% on the stds. The algorithm itself (closed-form
+    # variance recursion for this Gaussian) gives std ratios 0.993 / 0.996 (beta_tilde), 1.001 / 0.999 (beta);
+    # measured: 1.006 / 0.974 and 1.014 / 0.978, mean error 0.008
     assert (x.mean(0) - MU).abs().max().item() < 0.06
     assert ((x.std(0) / SD) - 1).abs().max().item() < 0.04
 

@@ -228,11 +228,13 @@ def test_ddim_inverse_step_matches_diffusers_and_inverts_step():
             torch.testing.assert_close(sch.inverse_step(out, t, x_prev, x_model=x_t).prev_sample, x_t, atol=1e-9, rtol=0)
 
 
-# eps-prediction is compared where sqrt(alpha_bar_T) is not tiny: with the linear schedule (sqrt(alpha_bar_T) =
-# 0.0064) or cosine / zero-SNR (<= 2.4e-4) at t = 999, float32 rounding of x_t alone moves x0_hat by > 1e-5 in
-# either implementation (measured 3e-5 linear, 8e-5 cosine); v and x0 prediction are well conditioned everywhere.
+# eps-prediction with the linear schedule from t = 999 is left out: sqrt(alpha_bar_T) = 0.0064 there, so float32
+# rounding of x_t alone moves x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) by ~1e-5 in either
+# implementation and the two trajectories drift apart by up to 3.2e-5 (v and x0 prediction: <= 1.4e-6).
+# Zero-SNR with eps-prediction is ill-posed (alpha_bar_T clamped to 2^-24) and left out too.
 DPM_CASES = [
     ("scaled_linear", False, "epsilon"),
+    ("cosine", False, "epsilon"),
     ("scaled_linear", False, "v"),
     ("linear", False, "v"),
     ("linear", False, "x0"),
@@ -269,7 +271,7 @@ def test_dpm_solver_step_sequence_matches_diffusers(kind, zero_snr, pred, n):
         x_t = ours.step(out, t, x_t).prev_sample
         y_t = ref.step(out, t, y_t).prev_sample
         err = max(err, _max_err(x_t, y_t))
-    assert err <= TOL  # whole trajectories (2M multistep state included), measured <= 4.0e-6
+    assert err <= TOL  # whole trajectories (2M multistep state included), measured <= 4.4e-6
     assert _max_err(x_t, x0) < 0.5  # and it did denoise
 
 
