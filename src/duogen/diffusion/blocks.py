@@ -1,0 +1,461 @@
+"""Building blocks shared by every denoiser: attention (with processors), embeddings, norms, convs.
+
+Shape notation: B batch, C channels, F frames, H W height width, T tokens,
+D width, nh heads, hs head size.
+
+Attention is reachable from outside without editing model code. Every
+`Attention` layer computes q, k, v and hands them, as an `AttentionCall`, to a
+*processor*: a callable `processor(call) -> (B, nh, Tq, hs)`. The default is
+`sdpa` (torch's fused `scaled_dot_product_attention`). A processor can be set
+
+- per call: `attn(x, processor=p)`;
+- on a model: `set_attention_processor(model, p)` or, scoped,
+  `with attention_processor(model, p): model(z_t, t, cond)`, optionally only
+  for layers whose qualified name / kind passes a filter.
+
+`AttentionStore` captures the attention probabilities of every layer it sees
+(attention maps); a processor that edits `attention_probs(call)` before
+multiplying by `call.v` replaces them (prompt-to-prompt). This module owns no
+model; the U-Nets and the DiT assemble these pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+AttentionKind = Literal["self", "cross", "temporal"]
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+@dataclass
+class TextCond:
+    """What a denoiser is conditioned on: text token embeddings and their mask.
+
+    tokens: (B, T, D) float; mask: (B, T) bool, True for real tokens (at least
+    one per row); pooled: (B, D) or None, a sentence vector (DiT adds it to the
+    time embedding).
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    pooled: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 3 or self.mask.shape != self.tokens.shape[:2]:
+            raise ValueError(
+                f"TextCond wants tokens (B,T,D) and mask (B,T); got {tuple(self.tokens.shape)}"
+                f" and {tuple(self.mask.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def index(self, idx: Tensor | slice) -> "TextCond":
+        return TextCond(self.tokens[idx], self.mask[idx], None if self.pooled is None else self.pooled[idx])
+
+    def repeat(self, n: int) -> "TextCond":
+        """Each sample repeated n times in place: (B, ...) -> (B*n, ...)."""
+        rep = lambda x: None if x is None else x.repeat_interleave(n, dim=0)  # noqa: E731
+        return TextCond(rep(self.tokens), rep(self.mask), rep(self.pooled))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TextCond":
+        """Move to a device and/or cast the float parts (the mask stays bool)."""
+        pooled = None if self.pooled is None else self.pooled.to(device=device, dtype=dtype)
+        return TextCond(self.tokens.to(device=device, dtype=dtype), self.mask.to(device=device), pooled)
+
+    @staticmethod
+    def cat(conds: "list[TextCond]") -> "TextCond":
+        """Concatenate along the batch, padding T to the longest (padding is masked out)."""
+        T = max(c.tokens.shape[1] for c in conds)
+
+        def pad(x: Tensor, value: float | bool) -> Tensor:
+            extra = T - x.shape[1]
+            if extra == 0:
+                return x
+            shape = (x.shape[0], extra, *x.shape[2:])
+            return torch.cat([x, torch.full(shape, value, dtype=x.dtype, device=x.device)], dim=1)
+
+        pooled = None if any(c.pooled is None for c in conds) else torch.cat([c.pooled for c in conds])
+        return TextCond(
+            torch.cat([pad(c.tokens, 0.0) for c in conds]),
+            torch.cat([pad(c.mask, False) for c in conds]),
+            pooled,
+        )
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class AttentionCall(NamedTuple):
+    """Everything a processor sees for one attention evaluation."""
+
+    module: "Attention"  # the layer; .name is its qualified name, .kind is self | cross | temporal
+    q: Tensor  # (B, nh, Tq, hs)
+    k: Tensor  # (B, nh, Tk, hs)
+    v: Tensor  # (B, nh, Tk, hs)
+    mask: Tensor | None  # (B, 1, 1, Tk) bool, True = may attend; None = attend everywhere
+
+
+Processor = Callable[[AttentionCall], Tensor]
+
+
+def sdpa(call: AttentionCall) -> Tensor:
+    """The default processor: fused scaled dot-product attention -> (B, nh, Tq, hs)."""
+    return F.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=call.mask)
+
+
+def attention_probs(call: AttentionCall) -> Tensor:
+    """softmax(q k^T / sqrt(hs)) with the mask applied -> (B, nh, Tq, Tk), in float32."""
+    q, k = call.q.float(), call.k.float()
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
+    if call.mask is not None:
+        scores = scores.masked_fill(~call.mask, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def apply_probs(call: AttentionCall, probs: Tensor) -> Tensor:
+    """probs (B, nh, Tq, Tk) @ v -> (B, nh, Tq, hs) in v's dtype."""
+    return (probs @ call.v.float()).to(call.v.dtype)
+
+
+class AttentionStore:
+    """A processor that records attention probabilities per layer name and attends normally.
+
+    `store.maps[name]` is a list with one (B, nh, Tq, Tk) tensor per call (one
+    per denoiser evaluation), detached and on the CPU. `kinds` limits what is
+    recorded (default: cross-attention only, the maps prompt-to-prompt uses).
+    """
+
+    def __init__(self, kinds: tuple[str, ...] = ("cross",)) -> None:
+        self.kinds = kinds
+        self.maps: dict[str, list[Tensor]] = {}
+
+    def __call__(self, call: AttentionCall) -> Tensor:
+        if call.module.kind not in self.kinds:
+            return sdpa(call)
+        probs = attention_probs(call)
+        self.maps.setdefault(call.module.name, []).append(probs.detach().cpu())
+        return apply_probs(call, probs)
+
+    def clear(self) -> None:
+        self.maps.clear()
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm whose weight follows the input dtype, so bf16 autocast keeps the fused kernel."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self-attention (context=None) or cross-attention to a context.
+
+    forward(x (B, Tq, D), context (B, Tk, Dc) | None, mask (B, Tk) bool | None) -> (B, Tq, D).
+    The score computation is delegated to a processor (see the module docstring).
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, kind: AttentionKind = "self",
+                 qk_norm: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads, self.kind, self.name = heads, kind, kind
+        self.processor: Processor | None = None
+        kv_dim = context_dim or dim
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(kv_dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        hs = dim // heads
+        # RMS-normalised q and k keep attention logits bounded (stabilises bf16 training).
+        self.q_norm = RMSNorm(hs) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(hs) if qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                processor: Processor | None = None) -> Tensor:
+        ctx = x if context is None else context
+        q = rearrange(self.to_q(x), "b t (nh hs) -> b nh t hs", nh=self.heads)  # (B, nh, Tq, hs)
+        k, v = rearrange(self.to_kv(ctx), "b t (two nh hs) -> two b nh t hs", two=2, nh=self.heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Tk)
+        proc = processor or self.processor or sdpa
+        out = proc(AttentionCall(self, q, k, v, attn_mask))  # (B, nh, Tq, hs)
+        return self.to_out(rearrange(out, "b nh t hs -> b t (nh hs)"))
+
+
+def attention_layers(model: nn.Module) -> Iterator[tuple[str, Attention]]:
+    """(qualified name, layer) for every Attention in `model`; also stamps `layer.name`."""
+    for name, m in model.named_modules():
+        if isinstance(m, Attention):
+            m.name = name
+            yield name, m
+
+
+def set_attention_processor(model: nn.Module, processor: Processor | dict[str, Processor] | None,
+                            only: Callable[[str, Attention], bool] | None = None) -> None:
+    """Install `processor` on every attention layer (or those `only(name, layer)` accepts).
+
+    A dict maps qualified layer names to processors; None restores the default.
+    """
+    for name, layer in attention_layers(model):
+        if only is not None and not only(name, layer):
+            continue
+        layer.processor = processor.get(name) if isinstance(processor, dict) else processor
+
+
+@contextlib.contextmanager
+def attention_processor(model: nn.Module, processor: Processor | dict[str, Processor] | None,
+                        only: Callable[[str, Attention], bool] | None = None) -> Iterator[None]:
+    """`set_attention_processor` for the duration of a block, restoring the previous ones."""
+    before = {name: layer.processor for name, layer in attention_layers(model)}
+    set_attention_processor(model, processor, only)
+    try:
+        yield
+    finally:
+        for name, layer in attention_layers(model):
+            layer.processor = before[name]
+
+
+# ----------------------------------------------------------------------------- embeddings, norms, MLPs
+
+
+def sinusoidal_embedding(pos: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoids (Vaswani et al. 2017, Sec. 3.5): pos (N,) -> (N, dim), [cos | sin]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    args = pos.float()[:, None] * freqs[None]  # (N, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> (B, D): sinusoids of the (possibly fractional) timestep, then an MLP (DDPM / DiT)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def timesteps_for(t: Tensor | float | int, batch: int, device: torch.device) -> Tensor:
+    """Broadcast a scalar or (B,) timestep to a float (B,) tensor."""
+    t = torch.as_tensor(t, device=device)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"timestep must be a scalar or shape ({batch},), got {tuple(t.shape)}")
+    return t.float()
+
+
+def norm_groups(channels: int, max_groups: int = 32) -> int:
+    """The largest group count <= max_groups that divides `channels`."""
+    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm normalises each sample on its own, so outputs never mix across the batch."""
+    return nn.GroupNorm(norm_groups(channels), channels, eps=1e-6)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN (DiT, Peebles & Xie 2023): x (B, T, D) * (1 + scale) + shift, with (B, D) modulations."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: D -> mult*D -> D with tanh-GELU (as in DiT)."""
+
+    def __init__(self, dim: int, mult: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mult)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so a residual branch starts as an exact no-op."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+# ----------------------------------------------------------------------------- convolutional pieces (U-Nets)
+
+ConvKind = Literal["2d", "2+1d", "3d"]
+
+
+class Conv(nn.Module):
+    """A 3x3 convolution over images (B, C, H, W) or videos (B, C, F, H, W).
+
+    "2d": per-frame 3x3 (images, or videos frame by frame); "2+1d": a 3x3
+    spatial conv then a 3-tap temporal conv (R(2+1)D, Tran et al. 2018);
+    "3d": a full 3x3x3 conv. Frames are never downsampled.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kind: ConvKind = "2d") -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "3d":
+            self.conv = nn.Conv3d(in_ch, out_ch, 3, padding=1)
+        else:
+            self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        # the temporal taps run as a (3, 1) Conv2d over (F, H*W): no transpose, the fast mkldnn path
+        self.temporal = nn.Conv2d(out_ch, out_ch, (3, 1), padding=(1, 0)) if kind == "2+1d" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 or self.kind == "3d":
+            return self.conv(x)
+        b, f = x.shape[0], x.shape[2]
+        x = self.conv(rearrange(x, "b c f h w -> (b f) c h w"))
+        if self.temporal is None:
+            return rearrange(x, "(b f) c h w -> b c f h w", b=b)
+        h, w = x.shape[-2:]
+        x = self.temporal(rearrange(x, "(b f) c h w -> b c f (h w)", b=b))  # (B, C, F, H*W)
+        return rearrange(x, "b c f (h w) -> b c f h w", h=h)
+
+
+def _per_frame(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Apply a 2D op to (B, C, H, W) directly or to every frame of (B, C, F, H, W)."""
+    if x.dim() == 4:
+        return fn(x)
+    b = x.shape[0]
+    y = fn(rearrange(x, "b c f h w -> (b f) c h w"))
+    return rearrange(y, "(b f) c h w -> b c f h w", b=b)
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a stride-2 3x3 conv (frames kept)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _per_frame(self.conv, x)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour then a 3x3 conv (frames kept)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _per_frame(lambda y: self.conv(F.interpolate(y, scale_factor=2.0, mode="nearest")), x)
+
+
+class ResBlock(nn.Module):
+    """Residual block with a time-embedding shift/scale (DDPM / improved DDPM), image or video.
+
+    forward(x (B, C, [F,] H, W), emb (B, E)) -> (B, out, [F,] H, W). The second conv is
+    zero-initialised so each block starts as its skip path.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, kind: ConvKind = "2d", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(in_ch), Conv(in_ch, out_ch, kind)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2, self.drop = group_norm(out_ch), nn.Dropout(dropout)
+        self.conv2 = zero_(Conv(out_ch, out_ch, kind))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=-1)  # (B, out) each
+        extra = (1,) * (h.dim() - 2)
+        h = self.norm2(h) * (1 + scale.view(*scale.shape, *extra)) + shift.view(*shift.shape, *extra)
+        h = self.conv2(self.drop(F.silu(h)))
+        return _per_frame(self.skip, x) + h
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention to text, MLP; tokens (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, kind="self")
+        self.cross = Attention(dim, heads, context_dim, kind="cross") if context_dim else None
+        self.norm2 = nn.LayerNorm(dim) if context_dim else None
+        self.norm3, self.mlp = nn.LayerNorm(dim), FeedForward(dim, mlp_ratio)
+
+    def forward(self, x: Tensor, cond: TextCond | None, mask: Tensor | None = None) -> Tensor:
+        """x (B, T, D); cond: text to cross-attend to; mask (B, T) bool: which of x's tokens are real."""
+        x = x + self.attn(self.norm1(x), mask=mask)
+        if self.cross is not None and cond is not None:
+            x = x + self.cross(self.norm2(x), cond.tokens, cond.mask)
+        return x + self.mlp(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Attention over the H*W positions of each image / frame, with cross-attention to text.
+
+    (B, C, [F,] H, W) -> same shape; the output projection is zero-initialised
+    so the block starts as the identity (Stable Diffusion's layout).
+    """
+
+    def __init__(self, ch: int, heads: int, context_dim: int | None, depth: int = 1) -> None:
+        super().__init__()
+        self.norm, self.proj_in = group_norm(ch), nn.Linear(ch, ch)
+        self.blocks = nn.ModuleList([TransformerBlock(ch, heads, context_dim) for _ in range(depth)])
+        self.proj_out = zero_(nn.Linear(ch, ch))
+
+    def forward(self, x: Tensor, cond: TextCond | None) -> Tensor:
+        video = x.dim() == 5
+        b, f = x.shape[0], (x.shape[2] if video else 1)
+        h, w = x.shape[-2:]
+        y = rearrange(x, "b c f h w -> (b f) c h w") if video else x
+        y = rearrange(self.norm(y), "n c h w -> n (h w) c")  # (B*F, H*W, C)
+        y = self.proj_in(y)
+        frame_cond = cond.repeat(f) if (cond is not None and video) else cond
+        for blk in self.blocks:
+            y = blk(y, frame_cond)
+        y = rearrange(self.proj_out(y), "n (h w) c -> n c h w", h=h, w=w)
+        if video:
+            y = rearrange(y, "(b f) c h w -> b c f h w", b=b)
+        return x + y
+
+
+class TemporalTransformer(nn.Module):
+    """Self-attention along frames at every spatial position (video U-Net temporal layers).
+
+    (B, C, F, H, W) -> same shape. Frame positions enter as sinusoids; the
+    output projection is zero-initialised (the block starts as the identity).
+    """
+
+    def __init__(self, ch: int, heads: int) -> None:
+        super().__init__()
+        self.norm, self.proj_in = group_norm(ch), nn.Linear(ch, ch)
+        self.norm1, self.attn = nn.LayerNorm(ch), Attention(ch, heads, kind="temporal")
+        self.norm2, self.mlp = nn.LayerNorm(ch), FeedForward(ch, 4.0)
+        self.proj_out = zero_(nn.Linear(ch, ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, f, h, w = x.shape
+        y = rearrange(self.norm(x), "b c f h w -> (b h w) f c")  # (B*H*W, F, C)
+        y = self.proj_in(y) + sinusoidal_embedding(torch.arange(f, device=x.device), c).to(y.dtype)
+        y = y + self.attn(self.norm1(y))
+        y = y + self.mlp(self.norm2(y))
+        y = rearrange(self.proj_out(y), "(b h w) f c -> b c f h w", b=b, h=h, w=w)
+        return x + y
