@@ -19,7 +19,7 @@ from duogen.eval.compare import ModelEntry, Prompt, Setting
 @dataclass
 class Result:
     videos: np.ndarray  # (B, F, H, W, 3) uint8
-    forward_passes: int
+    tokens: int = 0
 
 
 class RenderGenerator:
@@ -38,7 +38,7 @@ class RenderGenerator:
                 if mode == "frozen":
                     v = np.repeat(v[:1], len(v), axis=0)
                 out.append(v)
-        return Result(np.stack(out), steps * len(out))
+        return Result(np.stack(out))
 
 
 class NoiseGenerator:
@@ -48,7 +48,7 @@ class NoiseGenerator:
         rng = np.random.default_rng(seed)
         cfg = WorldConfig()
         v = rng.integers(0, 256, size=(len(prompts) * n, cfg.frames, cfg.size, cfg.size, 3), dtype=np.uint8)
-        return Result(v, tokens * len(v))  # `forward_passes` field reused as the token count
+        return Result(v, tokens * len(v))
 
 
 def world_prompts() -> list[Prompt]:

@@ -61,16 +61,6 @@ def test_mean_accuracy_averages_per_kind_and_over_kinds():
     assert acc == {"color": 0.75, "shape": 0.0, "all": 0.375}
 
 
-def test_gaussian_frechet_matches_the_probes_scipy_version():
-    # duogen.eval.probes has its own scipy-sqrtm Frechet distance; both must agree.
-    from duogen.eval.probes import frechet_distance as probes_frechet
-
-    rng = np.random.default_rng(2)
-    a, b = rng.normal(size=(50, 4)), rng.normal(size=(60, 4)) @ rng.normal(size=(4, 4)) + 1.0
-    args = (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    assert metrics.gaussian_frechet(*args) == pytest.approx(probes_frechet(*args), rel=1e-6)
-
-
 # ----------------------------------------------------------------------------- a small compare run
 
 from _compare_helpers import known_models, real_world_clips, world_prompts  # noqa: E402
@@ -189,3 +179,56 @@ def test_training_info_reads_the_engine_run(tmp_path):
     assert count_weights(run / "final") == 5
     xs, ys = loss_curve(read_metrics(run))
     assert len(xs) == 3 and xs == sorted(xs)
+
+
+# ----------------------------------------------------------------------------- real models, random init
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dirs(tmp_path_factory):
+    """A random-init tiny video codec and AR model saved as model dirs (accuracy is meaningless: no training)."""
+    import torch
+
+    from duogen.ar_models.layouts import LayoutSpec
+    from duogen.ar_models.model import ARConfig, MultimodalLM
+    from duogen.tokenizers.text import train_text_tokenizer
+    from duogen.tokenizers.video_codec import build_video_codec
+    from duogen.tokenizers.vocab import UnifiedVocab
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: one thread beats two when the cores are shared
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", ["widths=[16]", "latent_blocks=1", "blocks=1"])
+    codec.save_pretrained(root / "codec")
+    caps = [p.caption for p in world_prompts()]
+    text = train_text_tokenizer(caps * 3, None, vocab_size=300)
+    spec = LayoutSpec(max_text=16, latent=(3, 8, 8), tasks=["t2v"])  # 9x32x32 -> 3x8x8 ids
+    vocab = UnifiedVocab(text.vocab_size, {"video": codec.vocab_size})
+    model = MultimodalLM(ARConfig(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128), vocab, spec, text,
+                         codec_ref=str(root / "codec"))
+    model.save_pretrained(root / "ar")
+    yield {"root": root, "ar": root / "ar", "ar_params": sum(p.numel() for p in model.parameters())}
+    torch.set_num_threads(threads)
+
+
+def test_compare_a_real_ar_model_dir(tiny_model_dirs):
+    from duogen.eval.compare import compare, load_model, rescore
+
+    entry = load_model("AR tiny", tiny_model_dirs["ar"])
+    assert entry.kind == "ar" and [s.label for s in entry.settings] == ["cfg-3", "no-cfg"]
+    prompts = world_prompts()[:2]
+    out = tiny_model_dirs["root"] / "report"
+    res = compare([entry], prompts, out, n=2, seed=3)
+    m = res["models"][0]
+    assert m["parameters"] == tiny_model_dirs["ar_params"]
+    guided, plain = m["settings"]
+    # 3x8x8 = 192 video tokens per clip; guidance runs a second (unconditional) stream
+    assert plain["cost_per_clip"] == 192 and guided["cost_per_clip"] == 384
+    with np.load(out / plain["clips"]) as z:
+        clips = z["clips"]
+    assert clips.shape == (2, 2, 9, 32, 32, 3)
+    # the seeds policy reproduces prompt 1's clips from a fresh call with seed + 1
+    again = entry.generator.generate([prompts[1].caption], n=2, seed=3 + 1, guidance=None).videos
+    np.testing.assert_array_equal(clips[1], again)
+    assert rescore(out)["AR tiny"]["no-cfg"] == plain["accuracy"]

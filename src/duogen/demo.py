@@ -5,9 +5,9 @@ output is already complete (unless `fresh`):
 
   data      the tiny shapes world                          OUT/data/dataset_dict.json
   text      SentencePiece on the world's captions          OUT/text/text.model
-  codec     the video codec (duogen train tokenizer)       OUT/codec/final/config.json
-  ar        the next-token model, to its time share        OUT/ar/final/config.json
-  dit       the DiT, to the AR run's training FLOPs        OUT/dit/final/config.json
+  codec     the video codec (duogen train tokenizer)       OUT/codec/summary.json
+  ar        the next-token model, to its time share        OUT/ar/summary.json
+  dit       the DiT, to the AR run's training FLOPs        OUT/dit/summary.json
   compare   both (plus shipped reference models) -> report OUT/report/report.html
 
 Compute matching: the AR model trains first, to its share of the time budget;
@@ -146,28 +146,28 @@ def _stage_data(d: Demo, minutes: float) -> dict[str, Any]:
 def _stage_text(d: Demo, minutes: float) -> dict[str, Any]:
     from .data import load_dataset
     from .tokenizers.text import train_text_tokenizer
+    from .train.ar_recipe import AR_RECIPE_PRESETS
 
+    # one SentencePiece model for both paradigms, at the size the AR recipe uses
     captions = load_dataset(d.data)["train"]["caption"]
-    tok = train_text_tokenizer(captions, d.text)
-    return {"path": str(d.text / "text.model"), "vocab_size": getattr(tok, "vocab_size", None)}
+    tok = train_text_tokenizer(captions, d.text, vocab_size=AR_RECIPE_PRESETS["tiny"].text_vocab)
+    return {"path": str(d.text / "text.model"), "vocab_size": tok.vocab_size}
 
 
 def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
-    from .train.tokenizer_recipe import train_tokenizer
+    from .train.tokenizer_recipe import main as train_tokenizer
 
-    return _jsonable(train_tokenizer(
-        modality="video", data=d.data, out=d.run_dir("codec"), preset="tiny", seed=d.seed,
-        overrides=[f"train.max_minutes={minutes:.3f}"],
-    ))
+    info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
+                           overrides=[f"train.max_minutes={minutes:.3f}"])
+    return {k: info.get(k) for k in ("final", "steps", "parameters", "heldout") if k in info}
 
 
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.ar_recipe import train_ar
 
-    return _jsonable(train_ar(
-        data=d.data, tokenizer=d.run_dir("codec") / "final", out=d.run_dir("ar"), preset="tiny", seed=d.seed,
-        overrides=[f"train.max_minutes={minutes:.3f}"],
-    ))
+    info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
+                    text=d.text / "text.model", overrides=[f"train.max_minutes={minutes:.3f}"])
+    return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters")}
 
 
 def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
@@ -210,9 +210,9 @@ def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
 STAGES = [
     Stage("data", "data/dataset_dict.json", _stage_data, "render the tiny shapes world"),
     Stage("text", "text/text.model", _stage_text, "train the SentencePiece text tokenizer on the captions"),
-    Stage("codec", "codec/final/config.json", _stage_codec, "train the video codec"),
-    Stage("ar", "ar/final/config.json", _stage_ar, "train the next-token (AR) model to its time share"),
-    Stage("dit", "dit/final/config.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
+    Stage("codec", "codec/summary.json", _stage_codec, "train the video codec"),
+    Stage("ar", "ar/summary.json", _stage_ar, "train the next-token (AR) model to its time share"),
+    Stage("dit", "dit/summary.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
     Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
 ]
 

@@ -13,9 +13,8 @@ noise stream wherever their samplers draw the same shapes.
 
 Cost units: diffusion settings count denoiser forward passes per clip (steps,
 times 2 under classifier-free guidance, which evaluates conditional and
-unconditional branches); AR settings count sampled tokens per clip (times 2
-under guidance: two streams). Both are what the sampler reports where it
-reports them.
+unconditional branches); AR settings count the tokens the generator reports
+sampling per clip (times 2 under guidance: two streams).
 """
 
 from __future__ import annotations
@@ -206,17 +205,31 @@ def model_config(model_dir: str | Path) -> dict[str, Any]:
     return out
 
 
+def _existing_dir(val: Any, base: Path) -> Path | None:
+    if not isinstance(val, str) or not val:
+        return None
+    p = Path(val)
+    for cand in (p, base / p):
+        if (cand / "dataset_dict.json").is_file():
+            return cand
+    return None
+
+
 def find_dataset(model_dir: str | Path) -> Path | None:
-    """The data set a model was trained on, from its run config ("data" / "data_dir" / "dataset" key)."""
+    """The data set a model was trained on: a "data" key in its run config, else the "trained_on"
+    of the codec its config.json names (the codec recipe records it)."""
+    model_dir = Path(model_dir)
     cfg = model_config(model_dir)
     for section in (cfg.get("run"), cfg.get("model")):
-        val = _find_key(section or {}, ("data", "data_dir", "dataset", "data_path"))
-        if isinstance(val, str):
-            p = Path(val)
-            if not p.is_absolute() and not p.exists():
-                p = run_dir_of(model_dir) / val
-            if p.is_dir():
-                return p
+        found = _existing_dir(_find_key(section or {}, ("data", "data_dir", "dataset", "data_path")), run_dir_of(model_dir))
+        if found:
+            return found
+    codec = _find_key(cfg.get("model") or {}, ("codec", "tokenizer", "codec_dir"))
+    if isinstance(codec, str) and codec:
+        cdir = Path(codec) if Path(codec).is_absolute() else model_dir / codec
+        if (cdir / "config.json").is_file():
+            ccfg = json.loads((cdir / "config.json").read_text())
+            return _existing_dir(_find_key(ccfg, ("trained_on", "data")), cdir)
     return None
 
 
@@ -312,16 +325,23 @@ def _as_uint8(videos: Any) -> np.ndarray:
 
 
 def _result_cost(result: Any, kind: str, kwargs: Mapping[str, Any], n_clips: int) -> tuple[float, str]:
-    """Sampling cost per clip: what the generator reports, else the count its sampler implies."""
-    unit = "forward passes" if kind == "diffusion" else "tokens"
-    for attr in ("forward_passes", "nfe", "tokens", "tokens_sampled", "cost"):
-        v = getattr(result, attr, None)
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v) / n_clips, unit
-    guided = float(kwargs.get("guidance", 1.0) or 1.0) != 1.0
+    """Network evaluations per clip, conditional and unconditional streams counted separately.
+
+    AR: the tokens the generator reports sampling (`GenerationResult.tokens`, all clips of the
+    call) per clip, times 2 under guidance. Diffusion: sampler steps times 2 under guidance
+    (the denoiser runs once per step per stream whatever the batch).
+    """
+    g = kwargs.get("guidance")
+    streams = 2 if g is not None and float(g) != 1.0 else 1
     if kind == "diffusion":
-        return float(kwargs.get("steps", 50)) * (2 if guided else 1), unit
-    raise ConfigError("the AR generator did not report how many tokens it sampled (GenerationResult.tokens)")
+        steps = kwargs.get("steps")
+        if steps is None:
+            raise ConfigError("a diffusion sampling setting must name its number of steps")
+        return float(steps) * streams, "forward passes"
+    tokens = getattr(result, "tokens", 0)
+    if not isinstance(tokens, (int, float)) or tokens <= 0:
+        raise ConfigError("the AR generator did not report how many tokens it sampled (GenerationResult.tokens)")
+    return float(tokens) / n_clips * streams, "tokens"
 
 
 def sample(entry: ModelEntry, setting: Setting, prompts: Sequence[Prompt], n: int, seed: int,
