@@ -28,6 +28,18 @@ def load_dataset(path: str | Path) -> Any:
         raise DataError(f"cannot read data set '{path}': {e}; remake it with `duogen data make --overwrite`") from None
 
 
+def with_uint8_video(ds: Any) -> Any:
+    """`ds` formatted so `video` comes back as a uint8 numpy array (F, H, W, 3) and the rest as Python.
+
+    `datasets`' numpy/torch formatters widen integer arrays to int64 unless told a
+    dtype, and a global dtype would also cast `attributes.speed`; this sets it for
+    `video` only. Works on a `Dataset` or a `DatasetDict`.
+    """
+    import numpy as np
+
+    return ds.with_format("numpy", columns=["video"], dtype=np.uint8, output_all_columns=True)
+
+
 def make_dataset(
     name: str,
     out: str | Path,

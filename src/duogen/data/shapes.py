@@ -206,6 +206,11 @@ def sprite(shape: str, size: int, exemplar: int = 0, exemplars_per_digit: int = 
     else:
         raise DataError(f"unknown shape '{shape}'; allowed values: {', '.join(SHAPES)}")
     m = _crop(m)
+    if m.shape[0] != s:  # a faint top or bottom row fell under the threshold: stretch back to `size`
+        from PIL import Image
+
+        w = max(1, round(m.shape[1] * s / m.shape[0]))
+        m = _crop(np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, s), Image.NEAREST)) > 127)
     m.setflags(write=False)
     return m
 
@@ -327,7 +332,10 @@ def paint(masks: list[np.ndarray], colors: list[str], positions: np.ndarray, cfg
 
 
 def render_clip(attributes: list[dict[str, Any]], cfg: WorldConfig, rng: np.random.Generator) -> Clip:
-    """Render ground truth for given attributes (e.g. a prompt's) at a random placement."""
+    """Render ground truth for given attributes (e.g. a prompt's) at a random placement.
+
+    `speed` and `size` may be left out; they are then drawn from the config's ranges.
+    """
     for a in attributes:
         for key in ("shape", "color", "motion"):
             allowed = {"shape": SHAPES, "color": COLORS, "motion": MOTION_NAMES}[key]
@@ -335,19 +343,24 @@ def render_clip(attributes: list[dict[str, Any]], cfg: WorldConfig, rng: np.rand
                 raise DataError(f"attribute {key}={a.get(key)!r}; allowed values: {', '.join(allowed)}")
     if len({a["color"] for a in attributes}) != len(attributes):
         raise DataError("objects in one clip must have distinct colors")
-    attributes = [
-        {
-            "shape": a["shape"],
-            "color": a["color"],
-            "motion": a["motion"],
-            "speed": 0.0 if a["motion"] == "still" else float(a.get("speed", sum(cfg.speed) / 2)),
-            "size": int(a.get("size", sum(cfg.object_size) // 2)),
-        }
-        for a in attributes
-    ]
-    laid = layout_clip(attributes, cfg, rng)
+    # Missing speed / size are drawn from the world's ranges, redrawn until the objects fit.
+    for _ in range(50):
+        full = [
+            {
+                "shape": a["shape"],
+                "color": a["color"],
+                "motion": a["motion"],
+                "speed": 0.0 if a["motion"] == "still" else float(a["speed"] if "speed" in a else round(float(rng.uniform(*cfg.speed)), 2)),
+                "size": int(a["size"] if "size" in a else rng.integers(cfg.object_size[0], cfg.object_size[1] + 1)),
+            }
+            for a in attributes
+        ]
+        laid = layout_clip(full, cfg, rng)
+        if laid is not None:
+            break
     if laid is None:
         raise DataError(f"these objects do not fit a {cfg.size}x{cfg.size} frame for {cfg.frames} frames: {attributes}")
+    attributes = full
     masks, pos = laid
     video, boxes = paint(masks, [a["color"] for a in attributes], pos, cfg)
     return Clip(video, caption(attributes, cfg, rng, boxes), attributes, boxes)

@@ -1,0 +1,358 @@
+"""Probes that read a shapes-world clip back into attributes: what is there, what color, where it goes.
+
+Analytic part: pixels brighter than a threshold are foreground; each is labelled
+with the nearest palette color (after scaling its brightest channel to 1, so the
+dim edges of a blurred or generated object keep their hue); per color and frame,
+8-connected components smaller than a speckle size are dropped and what is left
+is that color's object in that frame, provided its largest component holds at
+least half of the color's pixels (pixels of one color scattered over the frame,
+as in noise, are not an object). Tracking across frames is by color (the
+world gives the objects of one clip distinct colors). From the centroid track a
+least-squares line gives velocity (vx, vy): motion is "still" below a speed
+threshold, otherwise the nearest of eight directions, or "incoherent" when the
+line explains under `min_r2` of the track's variance (a shuffled clip's jumping
+centroid is not a motion). Size is the median box side.
+
+Learned part: the shape/digit CNN of `shape_classifier.py`, applied to each
+frame's crop of the object; the clip's shape is the argmax of the mean logits.
+
+This module also owns the scores built on readings: `prompt_accuracy`,
+`evaluate_dataset`, and the Frechet probe distance between two sets of clips
+(a Frechet distance between Gaussians fitted to probe features; not FVD).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.shapes import COLORS, MOTION_NAMES, MOTIONS, PALETTE, SHAPES
+from ..errors import DataError
+
+INCOHERENT = "incoherent"
+_PAL = np.array([PALETTE[c] for c in COLORS], np.float32)  # (C, 3)
+_PAL_UNIT = _PAL / _PAL.max(1, keepdims=True)  # brightest channel = 1
+
+
+@dataclass
+class ProbeConfig:
+    """Thresholds, stated at 32x32; pixel counts scale with area, speeds with side."""
+
+    fg_threshold: int = 60  # a pixel is foreground when its brightest channel exceeds this (0-255)
+    speckle_px: int = 4  # components smaller than this are noise
+    min_object_px: int = 10  # a color counts as an object in a frame from this many pixels
+    min_present: float = 0.5  # an object must be present in at least this share of frames
+    min_largest_share: float = 0.5  # an object's largest component holds this share of its color's pixels
+    still_speed: float = 0.4  # px/frame below which an object is "still"
+    min_r2: float = 0.7  # share of the track's variance a straight line must explain
+    crop: int = 16  # side of the square crop the shape classifier reads
+
+
+@dataclass
+class ObjectReading:
+    """What the probes read about one object of a clip."""
+
+    color: str
+    motion: str  # one of MOTION_NAMES or "incoherent"
+    speed: float  # px / frame
+    velocity: tuple[float, float]  # (vx, vy), px / frame, y down
+    r2: float  # share of the centroid track's variance explained by a line
+    size: float  # median of max(box w, box h) over frames, px
+    shape: str
+    shape_prob: float  # softmax of the mean logits at `shape`
+    shape_logits: np.ndarray  # (n_shapes,) mean over frames
+    n_pixels: float  # mean pixel count over present frames
+    present: np.ndarray = field(repr=False)  # (F,) bool
+    track: np.ndarray = field(repr=False)  # (F, 2) centroid (x, y), nan where absent
+    boxes: np.ndarray = field(repr=False)  # (F, 4) [x0, y0, x1, y1] exclusive, -1 where absent
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def color_labels(frames: np.ndarray, fg_threshold: int = 60) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F, H, W) int8 palette index per pixel, -1 for background."""
+    peak = frames.max(-1)  # (F, H, W)
+    lab = np.full(peak.shape, -1, np.int8)
+    fg = peak > fg_threshold
+    x = frames[fg].astype(np.float32)  # (N, 3) foreground pixels only
+    unit = x / x.max(-1, keepdims=True)
+    # argmin_c |unit - p_c|^2 = argmin_c (|p_c|^2 - 2 unit . p_c)
+    score = (_PAL_UNIT**2).sum(-1) - 2.0 * unit @ _PAL_UNIT.T  # (N, C)
+    lab[fg] = score.argmin(-1)
+    return lab
+
+
+def _scale(cfg: ProbeConfig, size: int) -> tuple[int, int, float]:
+    area = (size / 32.0) ** 2
+    return max(1, round(cfg.speckle_px * area)), max(2, round(cfg.min_object_px * area)), cfg.still_speed * size / 32.0
+
+
+def object_masks(frames: np.ndarray, cfg: ProbeConfig | None = None) -> dict[str, np.ndarray]:
+    """Per palette color found as an object: its (F, H, W) bool mask, speckle removed."""
+    from scipy import ndimage
+
+    cfg = cfg or ProbeConfig()
+    F, H, W, _ = frames.shape
+    speckle, min_px, _ = _scale(cfg, H)
+    lab = color_labels(frames, cfg.fg_threshold)
+    C = len(COLORS)
+    flat = lab.reshape(F, -1).astype(np.int64)
+    idx = (np.arange(F)[:, None] * (C + 1) + flat + 1).ravel()
+    counts = np.bincount(idx, minlength=F * (C + 1)).reshape(F, C + 1)[:, 1:]  # (F, C) pixels per color
+    out: dict[str, np.ndarray] = {}
+    eight = np.ones((3, 3), bool)
+    for c, name in enumerate(COLORS):
+        if (counts[:, c] >= min_px).sum() < cfg.min_present * F:
+            continue
+        mask = np.zeros((F, H, W), bool)
+        for f in range(F):
+            if counts[f, c] < min_px:
+                continue
+            comp, n = ndimage.label(lab[f] == c, structure=eight)
+            if n == 0:
+                continue
+            sizes = np.bincount(comp.ravel(), minlength=n + 1)
+            if sizes[1:].max() < cfg.min_largest_share * counts[f, c]:
+                continue  # scattered pixels (noise), not an object
+            keep = sizes >= speckle
+            keep[0] = False
+            m = keep[comp]
+            if m.sum() >= min_px:
+                mask[f] = m
+        if mask.any((1, 2)).sum() >= cfg.min_present * F:
+            out[name] = mask
+    return out
+
+
+def object_crops(frames: np.ndarray, mask: np.ndarray, side: int = 16) -> np.ndarray:
+    """Square crops (n_present, side, side) float in [0, 1] of one object's intensity.
+
+    Intensity = the brightest channel inside the object's mask; the crop is its box,
+    padded to a square around the center and resized, then scaled to peak 1 (so
+    size, color and brightness do not reach the classifier).
+    """
+    import torch
+    import torch.nn.functional as Fn
+
+    crops = []
+    for f in range(mask.shape[0]):
+        ys, xs = np.nonzero(mask[f])
+        if len(ys) == 0:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        img = np.where(mask[f], frames[f].max(-1), 0).astype(np.float32)[y0:y1, x0:x1]
+        h, w = img.shape
+        s = max(h, w)
+        sq = np.zeros((s, s), np.float32)
+        sq[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = img
+        crops.append(sq)
+    if not crops:
+        return np.zeros((0, side, side), np.float32)
+    out = [
+        Fn.interpolate(torch.from_numpy(c)[None, None], size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+        for c in crops
+    ]
+    x = torch.stack(out)  # (n, side, side)
+    x = x / x.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+    return x.numpy()
+
+
+# ----------------------------------------------------------------------------- motion
+
+
+def _direction(vx: float, vy: float) -> str:
+    """Nearest of the eight unit directions by angle."""
+    best, best_cos = "right", -2.0
+    for name, (ux, uy) in MOTIONS.items():
+        if name == "still":
+            continue
+        cos = (vx * ux + vy * uy) / (math.hypot(ux, uy) * math.hypot(vx, vy) + 1e-12)
+        if cos > best_cos:
+            best, best_cos = name, cos
+    return best
+
+
+def fit_motion(track: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares line through the present points of a (F, 2) track -> (vx, vy, r2)."""
+    t = np.arange(len(track), dtype=np.float64)
+    ok = ~np.isnan(track[:, 0])
+    if ok.sum() < 3:
+        return 0.0, 0.0, 0.0
+    t, p = t[ok], track[ok].astype(np.float64)
+    tc = t - t.mean()
+    pc = p - p.mean(0)
+    v = (tc[:, None] * pc).sum(0) / (tc**2).sum()  # (2,) slope per coordinate
+    ss_tot = (pc**2).sum()
+    ss_res = ((pc - tc[:, None] * v) ** 2).sum()
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 1e-9 else 1.0
+    return float(v[0]), float(v[1]), float(r2)
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def probe_clip(video: np.ndarray, cfg: ProbeConfig | None = None, classifier: Any = None) -> list[ObjectReading]:
+    """Read the objects of one clip, uint8 (F, H, W, 3); largest objects first."""
+    cfg = cfg or ProbeConfig()
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+        raise DataError(f"probe_clip wants a uint8 array (F, H, W, 3); got {video.dtype} {video.shape}")
+    F, H, W, _ = video.shape
+    _, _, still = _scale(cfg, H)
+    masks = object_masks(video, cfg)
+    if not masks:
+        return []
+    if classifier is None:
+        from .shape_classifier import load_shape_classifier
+
+        classifier = load_shape_classifier()
+    crops = {name: object_crops(video, m, cfg.crop) for name, m in masks.items()}
+    logits_all = classifier.logits(np.concatenate(list(crops.values())))  # (sum n_present, n_shapes)
+    readings, start = [], 0
+    for name, m in masks.items():
+        n = len(crops[name])
+        logits = logits_all[start : start + n].mean(0)
+        start += n
+        present = m.any((1, 2))
+        track = np.full((F, 2), np.nan)
+        boxes = np.full((F, 4), -1, np.int64)
+        for f in np.nonzero(present)[0]:
+            ys, xs = np.nonzero(m[f])
+            track[f] = xs.mean(), ys.mean()
+            boxes[f] = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        vx, vy, r2 = fit_motion(track)
+        speed = math.hypot(vx, vy)
+        motion = "still" if speed < still else (_direction(vx, vy) if r2 >= cfg.min_r2 else INCOHERENT)
+        side = np.maximum(boxes[present, 2] - boxes[present, 0], boxes[present, 3] - boxes[present, 1])
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        k = int(np.argmax(logits))
+        readings.append(
+            ObjectReading(
+                color=name, motion=motion, speed=speed, velocity=(vx, vy), r2=r2, size=float(np.median(side)),
+                shape=SHAPES[k], shape_prob=float(p[k]), shape_logits=logits, n_pixels=float(m.sum() / present.sum()),
+                present=present, track=track, boxes=boxes,
+            )
+        )
+    readings.sort(key=lambda r: -r.n_pixels)
+    return readings
+
+
+# ----------------------------------------------------------------------------- scores
+
+KINDS = ("color", "direction", "shape", "count")
+
+
+def prompt_accuracy(clip: np.ndarray | list[ObjectReading], attributes: Sequence[dict[str, Any]], cfg: ProbeConfig | None = None) -> dict[str, float]:
+    """Fraction of a prompt's attributes the probes recover in `clip`, per attribute kind.
+
+    Objects are matched by color: a prompt object whose color no reading has scores 0
+    on every kind. `color` = share of prompt objects whose color was found; `direction`
+    and `shape` = share of prompt objects found with that motion / shape; `count` = 1
+    when the number of objects read equals the prompt's.
+    """
+    readings = clip if isinstance(clip, list) else probe_clip(clip, cfg)
+    by_color = {r.color: r for r in readings}
+    n = max(1, len(attributes))
+    color = direction = shape = 0
+    for a in attributes:
+        r = by_color.get(a["color"])
+        if r is None:
+            continue
+        color += 1
+        direction += r.motion == a["motion"]
+        shape += r.shape == a["shape"]
+    return {
+        "color": color / n,
+        "direction": direction / n,
+        "shape": shape / n,
+        "count": float(len(readings) == len(attributes)),
+    }
+
+
+def evaluate_dataset(path: str | Path, split: str = "heldout", n: int = 1000) -> dict[str, Any]:
+    """Mean per-attribute accuracy of the probes on a data set's ground-truth clips."""
+    from ..data import load_dataset, with_uint8_video
+    from ..utils import progress
+
+    dd = load_dataset(path)
+    if split not in dd:
+        raise DataError(f"data set '{path}' has no split '{split}'; it has: {', '.join(dd)}")
+    ds = dd[split]
+    n = min(int(n), len(ds))
+    if n < 1:
+        raise DataError(f"split '{split}' of '{path}' is empty")
+    ds = with_uint8_video(ds.select(range(n)))
+    totals = dict.fromkeys(KINDS, 0.0)
+    speed_err, size_err, matched = 0.0, 0.0, 0
+    for row in progress(ds, total=n, desc="probing", unit="clip"):
+        readings = probe_clip(row["video"])
+        acc = prompt_accuracy(readings, row["attributes"])
+        for k in KINDS:
+            totals[k] += acc[k]
+        by_color = {r.color: r for r in readings}
+        for a in row["attributes"]:
+            r = by_color.get(a["color"])
+            if r is not None:
+                speed_err += abs(r.speed - float(a["speed"]))
+                size_err += abs(r.size - float(a["size"]))
+                matched += 1
+    out: dict[str, Any] = {"data": str(path), "split": split, "n": n}
+    out.update({k: round(v / n, 4) for k, v in totals.items()})
+    out["speed_mae_px_per_frame"] = round(speed_err / max(1, matched), 3)
+    out["size_mae_px"] = round(size_err / max(1, matched), 3)
+    return out
+
+
+# ----------------------------------------------------------------------------- Frechet probe distance
+
+_MAX_OBJ = 2
+
+
+def reading_features(readings: list[ObjectReading], frames: int, size: int) -> np.ndarray:
+    """(D,) features of one clip's readings (see `probe_features`)."""
+    feat = [float(len(readings))]
+    per_clip = (frames - 1) / size  # px/frame -> frame sides per clip
+    for i in range(_MAX_OBJ):
+        if i < len(readings):
+            r = readings[i]
+            onehot = np.eye(len(COLORS))[COLORS.index(r.color)]
+            p = np.exp(r.shape_logits - r.shape_logits.max())
+            p /= p.sum()
+            v = [r.velocity[0] * per_clip, r.velocity[1] * per_clip, r.speed * per_clip]
+            feat.extend([*onehot, *v, r.r2, r.size / size, *p, 1.0])
+        else:
+            feat.extend([0.0] * (len(COLORS) + 5 + len(SHAPES) + 1))
+    return np.asarray(feat, np.float64)
+
+
+def probe_features(clips: Sequence[np.ndarray] | np.ndarray, cfg: ProbeConfig | None = None) -> np.ndarray:
+    """(N, D) features per clip from probe readings, for `frechet_probe_distance`.
+
+    Per clip: the number of objects read, then for the two largest objects (zeros when
+    absent): palette one-hot, velocity (vx, vy) and speed in frame sides per clip,
+    line-fit r2, size / frame side, shape softmax, and a presence flag.
+    """
+    rows = []
+    for video in clips:
+        video = np.asarray(video)
+        rows.append(reading_features(probe_clip(video, cfg), video.shape[0], video.shape[1]))
+    return np.stack(rows)
+
+
+def frechet_probe_distance(a: Sequence[np.ndarray] | np.ndarray, b: Sequence[np.ndarray] | np.ndarray, cfg: ProbeConfig | None = None) -> float:
+    """Frechet probe distance (FPD) between two sets of clips: the Frechet distance
+    (`metrics.frechet_distance`) between Gaussians fitted to their `probe_features`.
+    It is not FVD: the features are the probes' readings (colors, motions, shapes),
+    not a pretrained video network's activations."""
+    from .metrics import frechet_distance
+
+    fa, fb = probe_features(a, cfg), probe_features(b, cfg)
+    if len(fa) < 2 or len(fb) < 2:
+        raise DataError("the Frechet probe distance needs at least 2 clips in each set")
+    return frechet_distance(fa, fb)
