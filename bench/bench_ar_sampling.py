@@ -4,10 +4,13 @@ Same tiny model (the `tiny` ARConfig over a 1,400-id vocabulary, ~3.9M
 parameters), same prompt, same number of new tokens (one 3x8x8 latent clip =
 192 tokens), top-k 50 sampling; with and without classifier-free guidance
 (duogen batches the conditional and unconditional streams; generate() uses its
-`guidance_scale` logits processor, which runs the unconditional stream as a
+`guidance_scale` + `negative_prompt_ids` logits processor, which runs the unconditional stream as a
 second forward per step). Prints a table and the ratios.
 
-    .venv/bin/python bench/bench_ar_sampling.py [--threads N] [--tokens 192] [--batch 1]
+    .venv/bin/python bench/bench_ar_sampling.py [--threads 1] [--tokens 192] [--batch 1]
+
+All contenders run with the same torch thread count (default 1: on a shared 2-core
+machine one thread is several times faster for every contender at batch 1).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every contender (0 = torch's default); duogen's sampler inherits it here")
     ap.add_argument("--tokens", type=int, default=192)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--nocache-tokens", type=int, default=48, help="the no-cache baseline is slow; time fewer tokens")
@@ -48,14 +52,14 @@ def main() -> None:
     dec = LlamaDecoder(lm, len(plan.prefix) + N + 1)
 
     def ours(guided: bool) -> int:
-        cfg = SamplingConfig(top_k=50, guidance=3.0 if guided else None)
+        cfg = SamplingConfig(top_k=50, guidance=3.0 if guided else None, threads=0)  # same threads as generate()
         sample_plans(dec, prefix, ranges, cfg, uprefix if guided else None, prefix_lm=False, seed=0)
         return B * N
 
     def hf(guided: bool, cache: bool = True, n: int = N) -> int:
         kw = dict(attention_mask=torch.ones_like(prefix), do_sample=True, top_k=50, max_new_tokens=n, min_new_tokens=n, use_cache=cache, pad_token_id=0)
         if guided:
-            kw.update(guidance_scale=3.0, unconditional_ids=uprefix)
+            kw.update(guidance_scale=3.0, negative_prompt_ids=uprefix, negative_prompt_attention_mask=torch.ones_like(uprefix))
         with torch.inference_mode():
             lm.generate(prefix, **kw)
         return B * n

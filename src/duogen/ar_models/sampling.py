@@ -19,9 +19,10 @@ R allowed-range size, Hq / Hkv query / key-value heads, Dh head width.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,10 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     guidance: float | None = None  # classifier-free guidance scale; None = no unconditional stream
+    # Threads for the decode loop (0 = torch's setting). Decoding a small model is a chain of tiny ops
+    # where OpenMP synchronisation dominates: one thread measured 5-10x faster than two on the shared
+    # 2-core box (bench/bench_ar_sampling.py --threads). Restored when sampling returns.
+    threads: int = 1
 
     def check(self) -> None:
         if self.temperature < 0:
@@ -47,6 +52,8 @@ class SamplingConfig:
             raise DataError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise DataError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.threads < 0:
+            raise DataError(f"threads must be >= 0 (0 = torch's setting), got {self.threads}")
 
 
 class LlamaDecoder:
@@ -143,7 +150,18 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n > 0 and n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
 def sample_plans(
     decoder: LlamaDecoder,
     prefix: torch.Tensor,
@@ -161,6 +179,12 @@ def sample_plans(
     2022, written so that s = 1 gives l_c exactly). Returns (B,N) global ids.
     """
     cfg.check()
+    with _threads(cfg.threads), torch.inference_mode():
+        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback)
+
+
+def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[int, int]], cfg: SamplingConfig,
+            uncond_prefix: torch.Tensor | None, prefix_lm: bool, seed: int, callback: StepCallback | None) -> torch.Tensor:
     guided = cfg.guidance is not None and uncond_prefix is not None
     B, P = prefix.shape
     N = len(ranges)

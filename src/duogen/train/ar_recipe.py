@@ -34,8 +34,8 @@ class ARRecipeConfig:
         steps=3000, batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=50, min_lr_ratio=0.1,
         precision="bf16", log_every=20, ckpt_every=500))
     tasks: list[str] = field(default_factory=lambda: ["t2v"])
-    max_text: int = 24  # text tokens per prompt; longer prompts are truncated (warned)
-    text_vocab: int = 384
+    max_text: int = 32  # text tokens per prompt; longer prompts are truncated (warned)
+    text_vocab: int = 512  # shapes captions: at most 26 pieces at 512, 43 at 384
     cond_frames: int = 1  # latent frames given to i2v
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
@@ -53,7 +53,7 @@ AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
     "tiny": ARRecipeConfig(model=AR_PRESETS["tiny"]),
     "small": ARRecipeConfig(model=AR_PRESETS["small"], train=TrainConfig(
         steps=20000, batch_size=32, lr=6e-4, weight_decay=0.01, warmup_steps=200, precision="bf16",
-        log_every=50, ckpt_every=1000), max_text=32, text_vocab=512),
+        log_every=50, ckpt_every=1000), max_text=48, text_vocab=1024),
     "base": ARRecipeConfig(model=AR_PRESETS["base"], train=TrainConfig(
         steps=100000, batch_size=64, lr=3e-4, weight_decay=0.05, warmup_steps=1000, precision="bf16",
         log_every=100, ckpt_every=2000), max_text=64, text_vocab=1024),
@@ -74,7 +74,6 @@ def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_na
     import numpy as np
     import torch
 
-    from ..data import with_uint8_video
     from .data import pretokenize
 
     masked = sorted(t for t in tasks if t in MASKED_TASKS)
@@ -91,7 +90,8 @@ def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_na
 
     key = {"v": CACHE_VERSION, "codec": str(codec_dir.resolve()), "weights": _file_hash(codec_dir / "model.safetensors"),
            "data": str(data.resolve()), "split": split_name, "masked": masked}
-    return pretokenize(with_uint8_video(split), fn, cache_dir, key=key, batch_size=batch_size,
+    # numpy format without a dtype: `pretokenize` saves the mapped set, and a dtype in the format is not JSON
+    return pretokenize(split.with_format("numpy", columns=["video"], output_all_columns=True), fn, cache_dir, key=key, batch_size=batch_size,
                        remove_columns=list(split.column_names), desc="encoding clips with the codec")
 
 

@@ -1,0 +1,256 @@
+"""One `generate` over both paradigms: load any model directory, sample clips from prompts.
+
+Owns: the `Generator` protocol and `GenerationResult`, `load_generator(dir)`
+(dispatch on `config.json` "kind"), the AR implementation (`ARGenerator`:
+prompt -> tokens -> the codec's decoder), reading and fitting user condition
+files (--image / --video), and `generate_to_dir` (MP4 + GIF per clip and a
+`generation.json` with prompts, seeds and timings) behind `duogen generate`.
+
+The diffusion paradigm plugs in at `_GENERATORS["diffusion"]` (its loader
+takes the model directory and returns a `Generator`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import CheckpointError, DataError
+
+
+@dataclass
+class GenerationResult:
+    """Clips as uint8 (B, F, H, W, 3), sample i*n + j for prompt i, with what produced them."""
+
+    videos: np.ndarray
+    prompts: list[str]  # (B,): the prompt of each clip
+    seeds: list[int]  # (B,): the seed that reproduces each clip's call
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    tokens: int = 0  # AR: tokens sampled (cost for the comparison); diffusion: 0
+    forward_passes: int = 0  # diffusion: denoiser evaluations; AR: 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(Protocol):
+    kind: str
+
+    def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0, **kwargs: Any) -> GenerationResult: ...
+
+
+def load_codec(path: str | Path) -> Any:
+    """A trained codec directory -> codec (via `duogen.tokenizers.load` where it is available)."""
+    from .. import tokenizers
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a codec directory (no config.json); pass the codec run's final/ folder")
+    loader = getattr(tokenizers, "load", None)
+    if loader is not None:
+        codec = loader(path)
+    else:
+        from ..tokenizers.video_codec import VideoCodec
+
+        codec = VideoCodec.from_pretrained(path)
+    return codec.eval()
+
+
+def to_uint8(x: Any) -> np.ndarray:
+    """float (B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3)."""
+    import torch
+
+    x = x.detach().float().clamp(-1, 1) if isinstance(x, torch.Tensor) else torch.as_tensor(x).float().clamp(-1, 1)
+    return ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+
+
+class ARGenerator:
+    """A `MultimodalLM` + its codec behind the `Generator` protocol."""
+
+    kind = "ar"
+
+    def __init__(self, model: Any, codec: Any):
+        from ..ar_models.sampling import LlamaDecoder
+
+        self.model, self.codec = model.eval(), codec
+        self.decoder = LlamaDecoder(model.lm, model.max_len)  # built once: weights fused, rotary tables cached
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, codec: str | Path | None = None) -> "ARGenerator":
+        from ..ar_models.model import MultimodalLM
+
+        model = MultimodalLM.from_pretrained(directory)
+        path = Path(codec) if codec is not None else model.codec_path(directory)
+        if path is None or not Path(path).exists():
+            raise CheckpointError(
+                f"{directory}: the codec it was trained on ({model.codec_ref}) is not there; pass --codec DIR"
+            )
+        return cls(model, load_codec(path))
+
+    # ------------------------------------------------------------------ conditions
+    def _fit_clip(self, video: np.ndarray) -> np.ndarray:
+        from ..data.media import resize_video
+
+        size, frames = int(self.codec.cfg.size), int(self.codec.cfg.frames)
+        if video.shape[1:3] != (size, size) or video.shape[0] != frames:
+            warnings.warn(f"condition clip {video.shape[:3]} resized to ({frames}, {size}, {size}), the model's size",
+                          UserWarning, stacklevel=3)
+            video = resize_video(video, size, frames)
+        return video
+
+    def condition(self, task: str, image: Any = None, video: Any = None) -> dict[str, Any]:
+        """User files or arrays -> codec ids of the condition segment for `task`."""
+        import torch
+
+        from ..ar_models.layouts import MASKED_TASKS, masked_clip
+        from ..data.media import read_image, read_video
+
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        if isinstance(video, (str, Path)):
+            video = read_video(video)
+        spec = self.model.spec
+        with torch.inference_mode():
+            if task == "i2v":
+                if video is not None:
+                    ids = self.codec.encode(self._fit_clip(np.asarray(video)))[0, : spec.cond_frames]
+                elif image is not None:
+                    if spec.cond_frames != 1:
+                        raise DataError(f"this model continues from {spec.cond_frames} latent frames; give --video, not --image")
+                    img = np.asarray(image)
+                    if img.ndim != 3 or img.shape[-1] != 3:
+                        raise DataError(f"an image must be uint8 (H, W, 3), got shape {img.shape}")
+                    clip = self._fit_clip(img[None]) if img.shape[:2] != (self.codec.cfg.size,) * 2 else img[None]
+                    ids = self.codec.encode(clip[:1])[0, :1]
+                else:
+                    raise DataError("task i2v needs the first frame: pass --image FILE or --video FILE")
+                return {"first": ids}
+            if task in MASKED_TASKS or task == "v2a":
+                if video is None:
+                    raise DataError(f"task {task} needs a clip: pass --video FILE")
+                clip = self._fit_clip(np.asarray(video))
+                if task == "v2a":
+                    return {"video": self.codec.encode(clip)[0]}
+                return {"masked": self.codec.encode(masked_clip(clip, task))[0]}
+        if image is not None or video is not None:
+            warnings.warn(f"task {task} takes no image or video; the file is ignored", UserWarning, stacklevel=2)
+        return {}
+
+    # ------------------------------------------------------------------ generate
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        *,
+        task: str = "t2v",
+        guidance: float | None = None,
+        negative_prompt: str | None = None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        image: Any = None,
+        video: Any = None,
+        callback: Callable | None = None,
+        **unused: Any,
+    ) -> GenerationResult:
+        import torch
+
+        from ..ar_models.sampling import SamplingConfig, generate_ids
+
+        if unused:
+            raise DataError(f"the AR generator does not take {', '.join(sorted(unused))}")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        t0 = time.perf_counter()
+        cond = self.condition(task, image, video)
+        t1 = time.perf_counter()
+        s = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
+        ids = generate_ids(self.model, prompts, task, n=n, seed=seed, sampling=s, negative_prompt=negative_prompt,
+                           cond=cond, callback=callback, decoder=self.decoder)
+        t2 = time.perf_counter()
+        if task in ("t2a", "v2a"):
+            raise DataError("audio output needs an audio codec; this AR generator decodes video only")
+        if task == "i2v":
+            first = torch.as_tensor(cond["first"]).to(ids.dtype)[None].expand(ids.shape[0], -1, -1, -1)
+            ids = torch.cat([first, ids], dim=1)  # (B, f, h, w): given frames + generated ones
+        with torch.inference_mode():
+            videos = to_uint8(self.codec.decode(ids.to(self.codec.device)))
+        t3 = time.perf_counter()
+        B = len(prompts) * n
+        return GenerationResult(
+            videos=videos,
+            prompts=[p for p in prompts for _ in range(n)],
+            seeds=[seed] * B,
+            timings={"condition_s": t1 - t0, "sample_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0},
+            tokens=B * int(ids[0].numel() if task != "i2v" else ids[0, self.model.spec.cond_frames :].numel()),
+            info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                  "negative_prompt": negative_prompt},
+        )
+
+
+def _load_ar(directory: Path) -> Generator:
+    return ARGenerator.from_pretrained(directory)
+
+
+def _load_diffusion(directory: Path) -> Generator:
+    from .diffusion import load_diffusion
+
+    return load_diffusion(directory)
+
+
+# kind in config.json -> loader
+_GENERATORS: dict[str, Callable[[Path], Generator]] = {"ar": _load_ar, "diffusion": _load_diffusion}
+
+
+def load_generator(directory: str | Path) -> Generator:
+    """Any duogen model directory -> its `Generator` (dispatch on config.json "kind")."""
+    from ..io import read_json
+
+    directory = Path(directory)
+    conf = read_json(directory / "config.json")
+    kind = conf.get("kind") if isinstance(conf, dict) else None
+    if kind not in _GENERATORS:
+        raise CheckpointError(
+            f"{directory}: config.json kind is {kind!r}; `generate` knows: {', '.join(sorted(_GENERATORS))}"
+        )
+    return _GENERATORS[kind](directory)
+
+
+def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, *, n: int = 1, seed: int = 0,
+                    fps: float = 8, **kwargs: Any) -> dict[str, Any]:
+    """`duogen generate`: write clip_PPP_NN.mp4 / .gif per sample and generation.json; return the summary."""
+    from ..data.media import write_gif, write_image, write_mp4
+    from ..io import atomic_write_json
+
+    t0 = time.perf_counter()
+    gen = load_generator(model)
+    t_load = time.perf_counter() - t0
+    res = gen.generate(list(prompts), n=n, seed=seed, **kwargs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, clip in enumerate(res.videos):
+        stem = out / f"clip_{i // n:03d}_{i % n:02d}"
+        if clip.shape[0] == 1:  # an image (t2i)
+            files.append(str(write_image(stem.with_suffix(".png"), clip[0])))
+        else:
+            files.append(str(write_mp4(stem.with_suffix(".mp4"), clip, fps=fps)))
+            files.append(str(write_gif(stem.with_suffix(".gif"), clip, fps=fps)))
+    summary = {
+        "model": str(model),
+        "kind": gen.kind,
+        "prompts": res.prompts,
+        "seeds": res.seeds,
+        "n": n,
+        "files": files,
+        "timings": {"load_s": t_load, **res.timings},
+        "tokens": res.tokens,
+        "clips_per_s": len(res.videos) / max(res.timings.get("total_s", 0.0), 1e-9),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in {**res.info, **kwargs}.items()
+                     if k not in ("callback",) and not isinstance(v, np.ndarray)},
+    }
+    atomic_write_json(out / "generation.json", summary)
+    return summary
