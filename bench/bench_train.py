@@ -1,6 +1,6 @@
 """Training throughput of the engine on a small Llama: fp32 vs bf16 vs bf16 + torch.compile, and MFU.
 
-    .venv/bin/python bench/bench_train.py [--steps 10] [--layers 4] [--hidden 256] [--seq 256] [--batch 8]
+    .venv/bin/python bench/bench_train.py [--steps 8] [--layers 4] [--hidden 256] [--seq 128] [--batch 8] [--threads N]
 
 Each configuration runs `duogen.train.engine.fit` on the same random-token data;
 throughput is tokens/s over the steps after the first `--warmup` (so compile time
@@ -70,18 +70,21 @@ def run(name: str, precision: str, compile: bool, args: argparse.Namespace, out:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3, help="steps left out of the throughput median")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak 2048^3: "
-          f"fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
+          f"fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
     runs = [("fp32", "fp32", False), ("bf16", "bf16", False)] + ([] if args.no_compile else [("bf16+compile", "bf16", True)])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +92,7 @@ def main() -> None:
             results[name] = r = run(name, precision, comp, args, Path(tmp))
             flops_s = r["tokens_per_s"] * r["flops_per_token"]
             r["mfu_vs_bf16_peak"], r["mfu_vs_fp32_peak"] = flops_s / peak["bf16"], flops_s / peak["fp32"]
+            print(f"  {name}: {r['tokens_per_s']:.0f} tokens/s ({r['wall_s']:.0f} s)", flush=True)
     base = results["fp32"]["tokens_per_s"]
     print(f"Llama {args.layers}x{args.hidden}, {results['fp32']['params_M']:.2f}M params, batch {args.batch} x seq {args.seq}, "
           f"{results['fp32']['flops_per_token'] / 1e6:.1f} MFLOP/token (fwd+bwd, FlopCounterMode)")

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--nan-at", type=int, default=0)
     p.add_argument("--ema", type=float, default=0.0)
+    p.add_argument("--crash-at", type=int, default=0, help="raise after the checkpoint of this step (simulated crash)")
     a = p.parse_args(argv)
     stages = [int(s) for s in a.zero_stages.split(",")] if a.engine == "deepspeed" else [None]
     for stage in stages:
@@ -85,11 +86,16 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig(
             steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=3e-3, weight_decay=0.01,
             warmup_steps=2, grad_clip=1.0, engine=a.engine, zero_stage=stage or 0, ckpt_every=a.ckpt_every,
-            keep_last=a.keep_last, log_every=1, resume=a.resume, ema=a.ema, seed=0,
+            keep_last=a.keep_last, log_every=1, resume=a.resume, ema=a.ema, seed=0, eval_every=a.crash_at,
         )
+
+        def crash(model: nn.Module, step: int) -> None:
+            if step == a.crash_at:
+                raise SystemExit(3)
+
         model = make_model(0, a.dropout)
         summary = fit(model, make_loss(a.sleep, a.nan_at), make_data(), cfg, run_dir,
-                      run_config={"model": {"kind": "mlp", "dropout": a.dropout}})
+                      run_config={"model": {"kind": "mlp", "dropout": a.dropout}}, on_eval=crash if a.crash_at else None)
         if stage is not None:
             # outputs of the trained DeepSpeed model itself, for the conversion test
             import deepspeed

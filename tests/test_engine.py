@@ -225,6 +225,10 @@ def test_hf_dataset_and_pretokenize_cache(tmp_path):
     assert len(calls) == n_calls and a["x2"][:3] == b["x2"][:3] and a["x2"][0][0] == ds["x"][0][0] ** 2
     pretokenize(ds, square, tmp_path / "cache", key={"fn": "square", "v": 2})
     assert len(calls) > n_calls and len(list((tmp_path / "cache").iterdir())) == 2
+    n_calls = len(calls)
+    pretokenize(ds, square, tmp_path / "cache2", batch_size=32)  # default key: data fingerprint + fn bytecode
+    pretokenize(ds, square, tmp_path / "cache2", batch_size=32)
+    assert len(list((tmp_path / "cache2").iterdir())) == 1 and len(calls) == n_calls + 3  # 96 rows / 32, once
     # the engine trains from an HF dataset directly
     ds.set_format("torch")
 
@@ -271,3 +275,18 @@ def test_compile_and_bf16_train(tmp_path):
     fit(W.make_model(dropout=0.0), W.make_loss(), data, _cfg(steps=40, lr=1e-2, precision="bf16", compile=True), tmp_path)
     losses = _losses(tmp_path)
     assert losses[-1] < losses[0] / 5
+
+
+def test_on_eval_runs_every_n_steps_with_eval_weights(tmp_path):
+    seen = []
+
+    def on_eval(model, step):
+        seen.append((step, model.training))
+        with torch.no_grad():
+            return {"probe": float(model(W.probe_input()).mean())}
+
+    s = fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=5, eval_every=2), tmp_path, on_eval=on_eval)
+    assert seen == [(2, False), (4, False), (5, False)]
+    recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "eval/probe" in r] == [2, 4, 5]
+    assert s.extra["eval/probe"] == recs[-1]["eval/probe"]

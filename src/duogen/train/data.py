@@ -139,8 +139,8 @@ def pretokenize(
     fn: Callable[[dict[str, list[Any]]], dict[str, Any]],
     cache_dir: str | Path,
     *,
-    key: Any,
     batch_size: int = 64,
+    key: Any = None,
     remove_columns: Sequence[str] | None = None,
     desc: str = "pretokenize",
 ) -> Any:
@@ -148,8 +148,11 @@ def pretokenize(
 
     `fn` takes a batch (a dict of column lists, as `datasets.Dataset.map(batched=True)`
     passes it) and returns new columns (lists or arrays, one entry per row).
-    `key` must capture everything the output depends on: the codec's config and
-    weights hash, the data set's path and split, the function's version. The
+    `key` should capture everything the output depends on: the codec's config and
+    weights hash (`fingerprint(codec_config, weights_sha)`), the data set's split,
+    the function's version. Without a key, the fingerprint covers the data set's
+    HF fingerprint and `fn`'s name and bytecode only: a retrained codec with the
+    same code would then hit a stale cache, so recipes pass `key`. The
     cache is `cache_dir/<fingerprint>/` (an HF dataset saved with `save_to_disk`),
     written atomically; a second call with the same key loads it instead of recomputing.
     """
@@ -157,6 +160,11 @@ def pretokenize(
 
     from ..io import atomic_dir
 
+    if key is None:
+        code = getattr(fn, "__code__", None)
+        key = {"fn": getattr(fn, "__qualname__", repr(fn)),
+               "code": hashlib.sha256(code.co_code).hexdigest() if code is not None else None,
+               "data": getattr(dataset, "_fingerprint", None)}
     target = Path(cache_dir) / fingerprint(key, len(dataset), list(dataset.column_names))
     if (target / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(target))

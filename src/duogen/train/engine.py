@@ -100,7 +100,7 @@ class TrainSummary:
     stopped: str  # "steps" | "max_minutes" | "max_flops" | "signal"
     run_dir: str
     checkpoint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the last on_eval results, as "eval/<key>"
 
 
 def apply_resume(cfg: TrainConfig, resume: str | None) -> TrainConfig:
@@ -247,6 +247,8 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
         self.raised = True
 
     def __exit__(self, *exc: Any) -> None:
@@ -374,6 +376,8 @@ def fit(
 
         return write_checkpoint(run_dir, state["step"], write, rank=rank, barrier=backend.barrier, keep_last=cfg.keep_last)
 
+    eval_results: dict[str, Any] = {}
+
     def run_eval() -> None:
         if on_eval is None:
             return
@@ -381,6 +385,7 @@ def fit(
         with torch.no_grad(), backend.full_params() as m:
             res = on_eval(m, state["step"])
         module.train()
+        eval_results.update({f"eval/{k}": v for k, v in (res or {}).items()})
         if is_main and res:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps({"step": state["step"], **{f"eval/{k}": v for k, v in res.items()}}) + "\n")
@@ -476,7 +481,7 @@ def fit(
     summary = TrainSummary(
         steps=state["step"], wall_s=wall, items=session_items, items_per_s=session_items / max(wall, 1e-9),
         flops=state["flops"], peak_memory_mb=_peak_memory_mb(backend.device), final_loss=last_loss,
-        stopped=stopped, run_dir=str(run_dir), checkpoint=str(last_ckpt),
+        stopped=stopped, run_dir=str(run_dir), checkpoint=str(last_ckpt), extra=eval_results,
     )
     if is_main:
         atomic_write_json(run_dir / "summary.json", dataclasses.asdict(summary))

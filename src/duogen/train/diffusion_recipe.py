@@ -1,0 +1,182 @@
+"""Recipe: train a latent diffusion model (DiT or video U-Net) on a data set, through a trained codec.
+
+    train_diffusion(data="data/shapes", tokenizer="runs/vq/final", out="runs/dit", overrides=["denoiser=dit"])
+
+Steps: train (or reuse) the SentencePiece model on the training captions (the
+same ids the AR model reads); encode every clip once into the codec's
+continuous latents, cached on disk, then normalize them by the codec's stored
+`latent_shift` / `latent_scale`; train text encoder + denoiser jointly with the
+shared engine (v-prediction on a cosine schedule, EMA weights by default);
+`final/` is a `LatentDiffusionModel` directory (config.json kind "diffusion",
+model.safetensors, text.model, codec/).
+
+Overrides: `model.*` keys may be given without the `model.` prefix
+(`denoiser=unet`, `dit.depth=8`, `prediction_type=epsilon`), `train.*` as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import config as cfglib
+from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
+from ..errors import DataError
+from .engine import LossOutput, TrainConfig, fit
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class DiffusionRecipeConfig:
+    model: LatentDiffusionConfig = field(default_factory=LatentDiffusionConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=20000, batch_size=64, lr=5e-4, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.1,
+        precision="bf16", ema=0.995, log_every=20, ckpt_every=1000))
+    text_vocab: int = 512  # SentencePiece size when training one (the AR recipe's default: same ids)
+    split: str = "train"
+    max_clips: int = 0  # 0 = the whole split
+    cache_dir: str = ""  # "" = OUT/../.cache (shared by runs under one folder)
+
+
+def _preset(**model: Any) -> DiffusionRecipeConfig:
+    from ..diffusion.dit import DIT_PRESETS
+    from ..diffusion.unet import UNET_PRESETS
+    from ..diffusion.video_unet import VIDEO_UNET_PRESETS
+
+    size = model.pop("size")
+    return DiffusionRecipeConfig(model=LatentDiffusionConfig(
+        dit=dataclasses.replace(DIT_PRESETS[size]), unet=dataclasses.replace(VIDEO_UNET_PRESETS[size]),
+        unet2d=dataclasses.replace(UNET_PRESETS[size]), **model))
+
+
+DIFFUSION_RECIPE_PRESETS: dict[str, DiffusionRecipeConfig] = {
+    "tiny": _preset(size="tiny"),
+    "small": _preset(size="small"),
+    "base": _preset(size="base"),
+}
+
+
+def _model_overrides(overrides: Sequence[str]) -> list[str]:
+    """`denoiser=dit` -> `model.denoiser=dit`: model keys without their prefix are accepted."""
+    model_keys = {f.name for f in dataclasses.fields(LatentDiffusionConfig)}
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        out.append(f"model.{o}" if key.split(".")[0] in model_keys else o)
+    return out
+
+
+def encode_latents_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, cache_dir: Path,
+                           batch_size: int = 32) -> Any:
+    """The codec's continuous latents (N, C, f, h, w) for every clip, un-normalized, cached on disk."""
+    import numpy as np
+    import torch
+
+    from .ar_recipe import _file_hash
+    from .data import pretokenize
+
+    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B, F, H, W, 3)
+        with torch.inference_mode():
+            return {"latents": codec.encode_latents(video).float().cpu().numpy()}  # (B, C, f, h, w)
+
+    key = {"v": CACHE_VERSION, "what": "latents", "codec": str(codec_dir.resolve()),
+           "weights": _file_hash(codec_dir / "model.safetensors"), "data": str(data.resolve()), "split": split_name}
+    return pretokenize(split.with_format("numpy", columns=["video"], output_all_columns=True), fn, cache_dir, key=key,
+                       batch_size=batch_size, remove_columns=list(split.column_names), desc="encoding clip latents")
+
+
+class LatentRecords:
+    """What the engine indexes: normalized latents + padded text ids and masks, as tensors."""
+
+    def __init__(self, latents: Any, ids: Any, mask: Any):
+        self.latents, self.ids, self.mask = latents, ids, mask
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"latents": self.latents[i], "text_ids": self.ids[i], "text_mask": self.mask[i]}
+
+
+def train_diffusion(
+    data: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    preset: str = "tiny",
+    text: str | Path | None = None,
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    resume: str | None = None,
+) -> dict[str, Any]:
+    """Train a latent diffusion model; returns the engine's summary plus the model's facts."""
+    import numpy as np
+    import torch
+
+    from ..bridges.generate import load_codec
+    from ..data import load_dataset
+    from ..tokenizers.text import TextTokenizer, train_text_tokenizer
+    from ..utils import count_parameters, seed_everything
+    from .engine import apply_resume
+
+    overrides = _model_overrides(overrides) + [f"train.seed={seed}"]
+    cfg = cfglib.load(DiffusionRecipeConfig, presets=DIFFUSION_RECIPE_PRESETS, preset=preset, file=file,
+                      overrides=overrides)
+    cfg.train = apply_resume(cfg.train, resume)
+    data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
+    t0 = time.perf_counter()
+
+    ds = load_dataset(data)
+    if cfg.split not in ds:
+        raise DataError(f"data set '{data}' has no split {cfg.split!r}; it has: {', '.join(ds)}")
+    split = ds[cfg.split]
+    if cfg.max_clips:
+        split = split.select(range(min(cfg.max_clips, len(split))))
+    captions = list(split["caption"])
+
+    codec = load_codec(codec_dir)
+    if bool((codec.latent_scale == 1).all()) and bool((codec.latent_shift == 0).all()):
+        warnings.warn(f"{codec_dir}: the codec stored no latent statistics (scale 1, shift 0); latents are used"
+                      " unnormalized", UserWarning, stacklevel=2)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
+    encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, cache)
+    with torch.no_grad():
+        raw = torch.from_numpy(np.asarray(encoded["latents"], dtype=np.float32))  # (N, C, f, h, w)
+        latents = codec.normalize_latents(raw.to(codec.device)).cpu()
+    t_encode = time.perf_counter() - t0
+
+    mcfg = cfg.model
+    tok = None
+    if mcfg.text.kind == "transformer":
+        tok = TextTokenizer.load(text) if text is not None else train_text_tokenizer(captions, out, vocab_size=cfg.text_vocab)
+        mcfg.text.vocab_size = tok.vocab_size
+    mcfg.latent = [int(v) for v in latents.shape[1:]]
+    seed_everything(seed)
+    model = LatentDiffusionModel(mcfg, tok, codec)
+    ids, mask = model.text_encoder.tokenize(captions, strict=False)  # (N, T) each
+    records = LatentRecords(latents, ids, mask)
+    n_params = count_parameters(model)
+
+    def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
+        return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
+
+    summary = fit(model, loss_fn, records, cfg.train, out, save_model=lambda m, p: m.save_pretrained(p),
+                  run_config=cfglib.to_dict(cfg))
+    return {
+        **vars(summary),
+        "final": str(out / "final"),
+        "parameters": n_params,
+        "denoiser": mcfg.denoiser,
+        "denoiser_parameters": count_parameters(model.denoiser),
+        "latent": mcfg.latent,
+        "latent_std_after_normalization": float(latents.std()),
+        "clips": int(latents.shape[0]),
+        "encode_s": round(t_encode, 2),
+    }
