@@ -167,6 +167,8 @@ def test_evaluate_dataset_reports_per_attribute_accuracy(tmp_path):
     assert out["n"] == 20 and set(KINDS) <= set(out)
     assert out["color"] >= 0.95 and out["direction"] >= 0.95 and out["shape"] >= 0.9
     assert out["speed_mae_px_per_frame"] < 0.2
+    assert out["direction_shuffled_frames"] <= out["direction_chance"] + 0.25  # 20 clips: a loose bound
+    assert out["direction_noise"] <= out["direction_chance"] + 0.25
     from duogen.errors import DataError
 
     with pytest.raises(DataError, match="no split 'test'"):

@@ -275,8 +275,14 @@ def prompt_accuracy(clip: np.ndarray | list[ObjectReading], attributes: Sequence
     }
 
 
-def evaluate_dataset(path: str | Path, split: str = "heldout", n: int = 1000) -> dict[str, Any]:
-    """Mean per-attribute accuracy of the probes on a data set's ground-truth clips."""
+def evaluate_dataset(path: str | Path, split: str = "heldout", n: int = 1000, controls: bool = True) -> dict[str, Any]:
+    """Mean per-attribute accuracy of the probes on a data set's ground-truth clips.
+
+    With `controls`, the same clips are also probed with their frames shuffled (a fixed,
+    never-identity permutation per clip) and replaced by uniform noise; their direction
+    accuracy is reported beside `direction_chance`, the share of the most common motion
+    among the clips' objects (the best a probe blind to motion can score).
+    """
     from ..data import load_dataset, with_uint8_video
     from ..utils import progress
 
@@ -289,23 +295,38 @@ def evaluate_dataset(path: str | Path, split: str = "heldout", n: int = 1000) ->
         raise DataError(f"split '{split}' of '{path}' is empty")
     ds = with_uint8_video(ds.select(range(n)))
     totals = dict.fromkeys(KINDS, 0.0)
+    shuffled_dir = noise_dir = 0.0
+    motions: list[str] = []
     speed_err, size_err, matched = 0.0, 0.0, 0
-    for row in progress(ds, total=n, desc="probing", unit="clip"):
-        readings = probe_clip(row["video"])
-        acc = prompt_accuracy(readings, row["attributes"])
+    for i, row in enumerate(progress(ds, total=n, desc="probing", unit="clip")):
+        video, attributes = row["video"], row["attributes"]
+        readings = probe_clip(video)
+        acc = prompt_accuracy(readings, attributes)
         for k in KINDS:
             totals[k] += acc[k]
         by_color = {r.color: r for r in readings}
-        for a in row["attributes"]:
+        for a in attributes:
+            motions.append(a["motion"])
             r = by_color.get(a["color"])
             if r is not None:
                 speed_err += abs(r.speed - float(a["speed"]))
                 size_err += abs(r.size - float(a["size"]))
                 matched += 1
+        if controls:
+            rng = np.random.default_rng([0, i])
+            perm = rng.permutation(len(video))
+            while np.array_equal(perm, np.arange(len(video))):
+                perm = rng.permutation(len(video))
+            shuffled_dir += prompt_accuracy(video[perm], attributes)["direction"]
+            noise_dir += prompt_accuracy(rng.integers(0, 256, video.shape, dtype=np.uint8), attributes)["direction"]
     out: dict[str, Any] = {"data": str(path), "split": split, "n": n}
     out.update({k: round(v / n, 4) for k, v in totals.items()})
     out["speed_mae_px_per_frame"] = round(speed_err / max(1, matched), 3)
     out["size_mae_px"] = round(size_err / max(1, matched), 3)
+    if controls:
+        out["direction_shuffled_frames"] = round(shuffled_dir / n, 4)
+        out["direction_noise"] = round(noise_dir / n, 4)
+        out["direction_chance"] = round(max(motions.count(m) for m in set(motions)) / len(motions), 4)
     return out
 
 
