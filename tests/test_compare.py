@@ -208,7 +208,18 @@ def tiny_model_dirs(tmp_path_factory):
     model = MultimodalLM(ARConfig(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128), vocab, spec, text,
                          codec_ref=str(root / "codec"))
     model.save_pretrained(root / "ar")
-    yield {"root": root, "ar": root / "ar", "ar_params": sum(p.numel() for p in model.parameters())}
+
+    from duogen.diffusion.dit import DiTConfig
+    from duogen.diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
+    from duogen.diffusion.text_encoder import TextEncoderConfig
+
+    dcfg = LatentDiffusionConfig(denoiser="dit", dit=DiTConfig(hidden=32, depth=1, heads=2, patch_size=2),
+                                 text=TextEncoderConfig(vocab_size=text.vocab_size, max_tokens=16, width=32, layers=1, heads=2),
+                                 latent=[4, 3, 8, 8], guidance=2.0, steps=4)
+    dm = LatentDiffusionModel(dcfg, text, codec)
+    dm.save_pretrained(root / "dit")
+    yield {"root": root, "ar": root / "ar", "dit": root / "dit",
+           "ar_params": sum(p.numel() for p in model.parameters()), "dit_params": sum(p.numel() for p in dm.parameters())}
     torch.set_num_threads(threads)
 
 
@@ -232,3 +243,40 @@ def test_compare_a_real_ar_model_dir(tiny_model_dirs):
     again = entry.generator.generate([prompts[1].caption], n=2, seed=3 + 1, guidance=None).videos
     np.testing.assert_array_equal(clips[1], again)
     assert rescore(out)["AR tiny"]["no-cfg"] == plain["accuracy"]
+
+
+def test_compare_both_paradigms_through_the_cli(tiny_model_dirs, capsys):
+    """`duogen compare --ar --diffusion` on model dirs: same prompts, both sweeps, report written."""
+    from duogen.cli import main
+
+    root = tiny_model_dirs["root"]
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"caption": p.caption, "attributes": p.attributes, "split": p.split})
+                                 for p in world_prompts()[:2]))
+    out = root / "cli_report"
+    rc = main(["compare", "--ar", str(tiny_model_dirs["ar"]), "--diffusion", f"DiT tiny={tiny_model_dirs['dit']}",
+               "--prompts", str(prompts), "--n", "1", "--steps-sweep", "2,4", "--out", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["report"] == str(out / "report.html") and set(summary["headline"]) == {"AR", "DiT tiny"}
+    res = json.loads((out / "results.json").read_text())
+    ar, dit = res["models"]
+    assert (ar["kind"], dit["kind"]) == ("ar", "diffusion")
+    assert dit["parameters"] == tiny_model_dirs["dit_params"]
+    # DDIM at each step count (largest first), DPM-Solver++ at those <= 20; the model's guidance 2.0: two streams
+    assert [s["label"] for s in dit["settings"]] == ["ddim-4", "ddim-2", "dpm++-4", "dpm++-2"]
+    assert [s["cost_per_clip"] for s in dit["settings"]] == [8, 4, 8, 4]
+    assert all(s["kwargs"]["guidance"] == 2.0 for s in dit["settings"])
+    assert (out / "clips" / "dit-tiny" / "p001_s00.mp4").is_file()
+
+
+def test_compare_cli_bad_input(tiny_model_dirs, capsys):
+    from duogen.cli import main
+
+    out = tiny_model_dirs["root"] / "bad"
+    assert main(["compare", "--diffusion", str(tiny_model_dirs["ar"]), "--out", str(out)]) == 2
+    assert "is an AR model; pass it with --ar" in capsys.readouterr().err
+    assert main(["compare", "--ar", str(tiny_model_dirs["ar"]), "--out", str(out)]) == 2
+    assert "pass --data DIR or --prompts FILE" in capsys.readouterr().err
+    assert main(["compare", "--ar", str(tiny_model_dirs["root"]), "--out", str(out)]) == 2
+    assert "not a model directory" in capsys.readouterr().err

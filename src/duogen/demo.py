@@ -177,10 +177,11 @@ def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
     ar_flops = training_info(d.run_dir("ar") / "final").get("flops")
     if not ar_flops:
         raise ConfigError(f"{d.run_dir('ar')}: no training FLOPs in summary.json; cannot compute-match the DiT (rerun with --fresh)")
-    info = _jsonable(train_diffusion(
-        data=d.data, tokenizer=d.run_dir("codec") / "final", out=d.run_dir("dit"), preset="tiny", seed=d.seed,
+    res = train_diffusion(
+        d.data, d.run_dir("codec") / "final", d.run_dir("dit"), preset="tiny", seed=d.seed, text=d.text / "text.model",
         overrides=["denoiser=dit", f"train.max_flops={float(ar_flops):.6g}", f"train.max_minutes={minutes:.3f}"],
-    ))
+    )
+    info = {k: res.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters")}
     dit_flops = training_info(d.run_dir("dit") / "final").get("flops")
     info["matched_flops"] = float(ar_flops)
     info["flops_ratio_dit_to_ar"] = float(dit_flops) / float(ar_flops) if dit_flops else None
@@ -215,20 +216,6 @@ STAGES = [
     Stage("dit", "dit/summary.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
     Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
 ]
-
-
-def _jsonable(obj: Any) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if isinstance(obj, dict):
-        return json.loads(json.dumps(obj, default=str))
-    if hasattr(obj, "_asdict"):
-        return json.loads(json.dumps(obj._asdict(), default=str))
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return json.loads(json.dumps(asdict(obj), default=str))
-    return {"result": str(obj)}
 
 
 def headline(report_dir: str | Path) -> dict[str, Any]:

@@ -225,11 +225,14 @@ def find_dataset(model_dir: str | Path) -> Path | None:
         if found:
             return found
     codec = _find_key(cfg.get("model") or {}, ("codec", "tokenizer", "codec_dir"))
+    codec_dirs = [model_dir / "codec"]  # diffusion model dirs carry a copy of their codec
     if isinstance(codec, str) and codec:
-        cdir = Path(codec) if Path(codec).is_absolute() else model_dir / codec
+        codec_dirs.insert(0, Path(codec) if Path(codec).is_absolute() else model_dir / codec)
+    for cdir in codec_dirs:
         if (cdir / "config.json").is_file():
-            ccfg = json.loads((cdir / "config.json").read_text())
-            return _existing_dir(_find_key(ccfg, ("trained_on", "data")), cdir)
+            found = _existing_dir(_find_key(json.loads((cdir / "config.json").read_text()), ("trained_on", "data")), cdir)
+            if found:
+                return found
     return None
 
 
@@ -303,6 +306,8 @@ def load_model(name: str, model_dir: str | Path, settings: list[Setting] | None 
     kind = "diffusion" if getattr(gen, "kind", "") == "diffusion" else "ar"
     if settings is None:
         if kind == "diffusion":
+            if guidance is None:  # the model's own default scale, written out so the cost counts its streams
+                guidance = _find_key(json.loads((model_dir / "config.json").read_text()), ("guidance",))
             settings = diffusion_settings(steps_sweep, guidance)
         else:
             settings = ar_settings(3.0 if guidance is None else guidance)
@@ -328,12 +333,15 @@ def _result_cost(result: Any, kind: str, kwargs: Mapping[str, Any], n_clips: int
     """Network evaluations per clip, conditional and unconditional streams counted separately.
 
     AR: the tokens the generator reports sampling (`GenerationResult.tokens`, all clips of the
-    call) per clip, times 2 under guidance. Diffusion: sampler steps times 2 under guidance
-    (the denoiser runs once per step per stream whatever the batch).
+    call) per clip, times 2 under guidance. Diffusion: the denoiser evaluations it reports
+    (`GenerationResult.forward_passes`: clips x steps x streams) per clip, else steps x streams.
     """
     g = kwargs.get("guidance")
     streams = 2 if g is not None and float(g) != 1.0 else 1
     if kind == "diffusion":
+        fp = getattr(result, "forward_passes", 0)
+        if isinstance(fp, (int, float)) and fp > 0:
+            return float(fp) / n_clips, "forward passes"
         steps = kwargs.get("steps")
         if steps is None:
             raise ConfigError("a diffusion sampling setting must name its number of steps")
@@ -368,17 +376,24 @@ def sample(entry: ModelEntry, setting: Setting, prompts: Sequence[Prompt], n: in
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_clips(clips: Clips, prompts: Sequence[Prompt]) -> list[list[dict[str, float]]]:
+def read_clips(clips: Clips) -> list[list[Any]]:
+    """Probe readings of every clip, [prompt][sample]; read once, then scored and featurized."""
+    from .probes import probe_clip
+
+    return [[probe_clip(c) for c in per_prompt] for per_prompt in clips]
+
+
+def score_readings(readings: list[list[Any]], prompts: Sequence[Prompt]) -> list[list[dict[str, float]]]:
     """Per-attribute prompt accuracy for every clip: [prompt][sample] -> {kind: fraction}."""
     from .probes import prompt_accuracy
 
-    out = []
-    for p, per_prompt in zip(prompts, clips):
-        if not p.attributes:
-            out.append([{} for _ in per_prompt])
-            continue
-        out.append([{k: float(v) for k, v in prompt_accuracy(c, p.attributes).items()} for c in per_prompt])
-    return out
+    return [[{k: float(v) for k, v in prompt_accuracy(r, p.attributes).items()} if p.attributes else {} for r in row]
+            for p, row in zip(prompts, readings)]
+
+
+def score_clips(clips: Clips, prompts: Sequence[Prompt]) -> list[list[dict[str, float]]]:
+    """Per-attribute prompt accuracy of uint8 clips (P, N, F, H, W, 3) against their prompts."""
+    return score_readings(read_clips(clips), prompts)
 
 
 def accuracy_table(per_clip: list[list[dict[str, float]]], prompts: Sequence[Prompt]) -> dict[str, dict[str, float]]:
@@ -399,15 +414,17 @@ def features(clips: np.ndarray) -> np.ndarray:
 def setting_metrics(clips: Clips, prompts: Sequence[Prompt], real_feats: np.ndarray | None,
                     real_change: float | None) -> dict[str, Any]:
     """Every number for one (model, setting): accuracies, Frechet probe distance, diversity, temporal change."""
-    P, N = clips.shape[:2]
-    flat = clips.reshape((P * N,) + clips.shape[2:])
-    feats = features(flat)
-    per_clip = score_clips(clips, prompts)
-    change = metrics.temporal_change(flat)
+    from .probes import reading_features
+
+    P, N, F, H = clips.shape[:4]
+    readings = read_clips(clips)
+    per_clip = score_readings(readings, prompts)
+    feats = np.stack([reading_features(r, F, H) for row in readings for r in row]).astype(np.float64)  # (P*N, D)
+    change = metrics.temporal_change(clips.reshape((P * N,) + clips.shape[2:]))
     return {
         "accuracy": accuracy_table(per_clip, prompts),
         "per_clip_accuracy": per_clip,
-        "frechet_probe_distance": metrics.frechet_distance(feats, real_feats) if real_feats is not None and len(flat) >= 2 else None,
+        "frechet_probe_distance": metrics.frechet_distance(feats, real_feats) if real_feats is not None and P * N >= 2 else None,
         "diversity": metrics.diversity(feats.reshape(P, N, -1)),
         "temporal_change": change,
         "temporal_change_ratio": change / real_change if real_change else None,
@@ -508,7 +525,7 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
         for name, path in _named(specs, default):
             m = load_model(name, path, steps_sweep=steps_sweep, guidance=guidance)
             if want is not None and m.kind != want:
-                raise ConfigError(f"{path} is a {m.kind} model; pass it with --{m.kind}")
+                raise ConfigError(f"{path} is {'an AR' if m.kind == 'ar' else 'a diffusion'} model; pass it with --{m.kind}")
             models.append(m)
     if not models:
         raise ConfigError("give at least one model: --ar DIR and/or --diffusion DIR")
