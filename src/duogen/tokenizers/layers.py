@@ -1,0 +1,184 @@
+"""Convolutional building blocks shared by the image and video codecs.
+
+2D: a norm-free residual block, pixel-unshuffle downsampling and pixel-shuffle
+upsampling, and the per-image encoder / decoder stacks built from them.
+3D: a causal 3D convolution (MAGVIT-v2, Yu et al. 2023, sec. 3.1: pad only the
+past in time, so frame t never sees frames > t) and the causal temporal
+down / up sampling that maps 1 + r*k frames to 1 + k latent frames with the
+first frame on its own.
+
+Norm-free: every residual branch ends in a zero-initialised convolution
+(SkipInit, De & Smith 2020), so a deep stack starts as the identity and trains
+at a high learning rate without GroupNorm, which is slow on small CPU tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class ResBlock2d(nn.Module):
+    """x + conv(silu(conv(silu(x)))), last conv zero-initialised. (N, C, H, W) -> same."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class Down2d(nn.Module):
+    """Space-to-depth by 2 then a 1x1 conv: (N, Cin, H, W) -> (N, Cout, H/2, W/2). Loses nothing before the conv."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.proj = nn.Conv2d(4 * cin, cout, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.pixel_unshuffle(x, 2))
+
+
+class Up2d(nn.Module):
+    """A 3x3 conv then depth-to-space by 2: (N, Cin, H, W) -> (N, Cout, 2H, 2W)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.proj = nn.Conv2d(cin, 4 * cout, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.proj(x), 2)
+
+
+class Encoder2d(nn.Module):
+    """Image -> feature map at 1/(patch * 2^(L-1)) resolution; widths[i] is the width at level i (L = len(widths)).
+
+    patch > 1 first folds patch x patch pixels into channels (pixel-unshuffle, as a
+    ViT patch embedding does), so no convolution runs at full resolution.
+    """
+
+    def __init__(self, in_ch: int, widths: list[int], blocks: int, patch: int = 1):
+        super().__init__()
+        self.patch = patch
+        self.conv_in = nn.Conv2d(in_ch * patch * patch, widths[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for i, w in enumerate(widths):
+            if i > 0:
+                layers.append(Down2d(widths[i - 1], w))
+            layers += [ResBlock2d(w) for _ in range(blocks)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (N, in_ch, H, W) -> (N, widths[-1], H/s, W/s)."""
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)  # (N, in_ch*p*p, H/p, W/p)
+        return self.body(self.conv_in(x))
+
+
+class Decoder2d(nn.Module):
+    """Feature map -> image; the mirror of `Encoder2d` (pixel-shuffle out of the last conv when patch > 1)."""
+
+    def __init__(self, out_ch: int, widths: list[int], blocks: int, patch: int = 1):
+        super().__init__()
+        self.patch = patch
+        layers: list[nn.Module] = []
+        rev = list(reversed(widths))
+        for i, w in enumerate(rev):
+            if i > 0:
+                layers.append(Up2d(rev[i - 1], w))
+            layers += [ResBlock2d(w) for _ in range(blocks)]
+        self.body = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(widths[0], out_ch * patch * patch, 3, padding=1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h (N, widths[-1], h, w) -> (N, out_ch, H, W)."""
+        x = self.conv_out(F.silu(self.body(h)))
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
+
+
+class CausalConv3d(nn.Module):
+    """A 3D convolution padded only on the past side in time (zeros), 'same' in space.
+
+    (B, Cin, F, H, W) -> (B, Cout, F, H, W). Computed as a 2D convolution over the
+    kt time-shifted copies of the input stacked on channels: the same function as a
+    causal `nn.Conv3d`, but oneDNN runs 2D convolutions several times faster on CPU
+    (and in bf16 on AMX, where its 3D path gains nothing).
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int] = (3, 3, 3)):
+        super().__init__()
+        kt, kh, kw = kernel
+        self.kt = kt
+        self.conv = nn.Conv2d(cin * kt, cout, (kh, kw), padding=(kh // 2, kw // 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, _, Fr = x.shape[:3]
+        if self.kt > 1:
+            xp = F.pad(x, (0, 0, 0, 0, self.kt - 1, 0))  # (B, C, F + kt - 1, H, W): zeros before frame 0
+            x = torch.cat([xp[:, :, i : i + Fr] for i in range(self.kt)], dim=1)  # (B, kt*C, F, H, W), oldest first
+        y = self.conv(rearrange(x, "b c f h w -> (b f) c h w"))
+        return rearrange(y, "(b f) c h w -> b c f h w", b=B)
+
+
+class CausalResBlock3d(nn.Module):
+    """Residual block of causal 3D convolutions, zero-initialised last conv. (B, C, F, H, W) -> same.
+
+    full: x + c333(silu(c333(silu(x)))). factorized ((2+1)D, Tran et al. 2018): spatial 1x3x3,
+    causal temporal 3x1x1, spatial 1x3x3; 21/54 of the multiply-adds of the full block.
+    """
+
+    def __init__(self, ch: int, factorized: bool = False):
+        super().__init__()
+        if factorized:
+            convs = [CausalConv3d(ch, ch, (1, 3, 3)), CausalConv3d(ch, ch, (3, 1, 1)), CausalConv3d(ch, ch, (1, 3, 3))]
+        else:
+            convs = [CausalConv3d(ch, ch), CausalConv3d(ch, ch)]
+        self.convs = nn.ModuleList(convs)
+        nn.init.zeros_(convs[-1].conv.weight)
+        nn.init.zeros_(convs[-1].conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for conv in self.convs:
+            h = conv(F.silu(h))
+        return x + h
+
+
+class CausalTimeDown(nn.Module):
+    """1 + r*k frames -> 1 + k: repeat frame 0 r-1 times in front, fold each r frames into channels, 1x1x1 conv.
+
+    Latent frame 0 sees only frame 0 and latent frame j sees frames r(j-1)+1 .. rj,
+    so the map is causal and an image is a one-frame video.
+    """
+
+    def __init__(self, cin: int, cout: int, r: int):
+        super().__init__()
+        self.r = r
+        self.proj = CausalConv3d(cin * r, cout, (1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, 1 + r*k, H, W) -> (B, Cout, 1 + k, H, W)."""
+        if self.r > 1:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.r - 1, -1, -1), x], dim=2)  # (B, C, r(1+k), H, W)
+        x = rearrange(x, "b c (f r) h w -> b (c r) f h w", r=self.r)
+        return self.proj(x)
+
+
+class CausalTimeUp(nn.Module):
+    """1 + k latent frames -> 1 + r*k: a 1x1x1 conv to r*C channels, unfold into time, drop the r-1 padding frames."""
+
+    def __init__(self, cin: int, cout: int, r: int):
+        super().__init__()
+        self.r = r
+        self.proj = CausalConv3d(cin, cout * r, (1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, 1 + k, H, W) -> (B, Cout, 1 + r*k, H, W)."""
+        x = rearrange(self.proj(x), "b (c r) f h w -> b c (f r) h w", r=self.r)
+        return x[:, :, self.r - 1 :]

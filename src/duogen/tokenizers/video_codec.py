@@ -1,0 +1,187 @@
+"""A joint image-video codec in the style of MAGVIT-v2 (Yu et al. 2023), sized for CPUs.
+
+Shape notation: B batch, F frames (1 + r*k), H W pixels, C channels,
+f = 1 + k latent frames, h w = H/s, W/s latent positions, D quantizer dim.
+
+    x (B, 3, F, H, W)
+      -> per-frame 2D encoder (residual blocks, pixel-unshuffle downsampling)   (B, Cs, F, h, w)
+      -> causal 3D residual blocks at frame rate                               (B, Cs, F, h, w)
+      -> causal temporal fold r:1 (frame 0 alone)                              (B, Cs, f, h, w)
+      -> causal 3D residual blocks at latent rate, 1x1x1 to D                  (B, D, f, h, w)
+      -> quantizer (FSQ by default; ids (B, f, h, w))
+    and the mirror image back to pixels.
+
+Every temporal operation is causal (pads only the past), so the first frame of
+a clip is encoded exactly as that frame alone: an image is a one-frame video.
+Spatial work happens per frame in 2D, where it is cheap; 3D convolutions run
+only at the latent resolution, where motion is modelled. The decoder is causal
+too, so later latent frames can borrow appearance from earlier ones and spend
+their bits on motion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError
+from .codec import PixelCodec, to_float_pixels
+from .layers import CausalConv3d, CausalResBlock3d, CausalTimeDown, CausalTimeUp, Decoder2d, Encoder2d
+from .quantizers import Quantizer, QuantizerConfig, QuantizerOutput
+
+
+@dataclass
+class VideoCodecConfig:
+    """Sizes of the video codec. Spatial factor s = patch * 2**(len(widths) - 1); temporal factor r."""
+
+    size: int = 32  # training resolution (H = W); other multiples of s also encode
+    frames: int = 9  # training clip length (1 + r*k)
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    patch: int = 1  # pixels folded into channels before the first conv (1, 2 or 4)
+    blocks: int = 1  # 2D residual blocks per level
+    frame_blocks: int = 1  # causal 3D blocks at frame rate (each side)
+    latent_blocks: int = 2  # causal 3D blocks at latent rate (each side)
+    temporal_factor: int = 4  # r: 1 + r*k frames -> 1 + k latent frames
+    factorized: bool = True  # (2+1)D causal blocks instead of full 3x3x3 ones
+    latent_dropout: float = 0.1  # training: share of clips decoded from the continuous latent, not the quantized one
+    train_frames: int = 0  # training: decode only this many frames per clip (frame 0 + random others); 0 = all
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def check(self) -> None:
+        s = self.spatial_factor
+        if s < 2 or self.patch not in (1, 2, 4, 8):
+            raise ConfigError(f"need a spatial factor of at least 2 (patch={self.patch}, widths={self.widths})")
+        if self.size % s:
+            raise ConfigError(f"size {self.size} must be a multiple of the spatial factor {s}")
+        if self.temporal_factor not in (1, 2, 4, 8):
+            raise ConfigError(f"temporal_factor is {self.temporal_factor}; allowed values: 1, 2, 4, 8")
+        if (self.frames - 1) % self.temporal_factor:
+            raise ConfigError(f"frames {self.frames} must be 1 + {self.temporal_factor}k")
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.patch * 2 ** (len(self.widths) - 1)
+
+
+VIDEO_CODEC_PRESETS: dict[str, VideoCodecConfig] = {
+    "tiny": VideoCodecConfig(
+        size=32, frames=9, patch=4, widths=[128], blocks=2, frame_blocks=0, latent_blocks=2, train_frames=4,
+        quantizer=QuantizerConfig("fsq", 4, [8, 5, 5, 5]),
+    ),
+    "small": VideoCodecConfig(
+        size=64, frames=17, widths=[32, 64, 128, 192], train_frames=6, quantizer=QuantizerConfig("fsq", 5, [8, 8, 8, 5, 5])
+    ),
+    "base": VideoCodecConfig(
+        size=128, frames=17, widths=[64, 128, 256, 384], blocks=2, frame_blocks=2, latent_blocks=4,
+        quantizer=QuantizerConfig("fsq", 6, [8, 8, 8, 5, 5, 5]),
+    ),
+}
+
+
+class VideoCodec(PixelCodec):
+    """Causal video codec; see the module docstring for the layout."""
+
+    kind = "video_codec"
+
+    def __init__(self, cfg: VideoCodecConfig):
+        cfg.check()
+        super().__init__(cfg, cfg.quantizer.dim, Quantizer(cfg.quantizer))
+        w, cs, r = cfg.widths, cfg.widths[-1], cfg.temporal_factor
+        self.enc2d = Encoder2d(3, w, cfg.blocks, cfg.patch)
+        self.enc_frame = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.frame_blocks)])
+        self.enc_down = CausalTimeDown(cs, cs, r)
+        self.enc_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
+        self.enc_out = CausalConv3d(cs, cfg.quantizer.dim, (1, 1, 1))
+        # Norm-free encoder: start the pre-quantization latent at about unit scale so that
+        # FSQ's rounding separates objects from the background from the first step
+        # (with torch's default init nearly every position rounds to one code).
+        nn.init.normal_(self.enc_out.conv.weight, std=2.0 / math.sqrt(cs))
+        self.dec_in = CausalConv3d(cfg.quantizer.dim, cs)
+        self.dec_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
+        self.dec_up = CausalTimeUp(cs, cs, r)
+        self.dec_frame = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.frame_blocks)])
+        self.dec2d = Decoder2d(3, w, cfg.blocks, cfg.patch)
+
+    @classmethod
+    def config_class(cls) -> type:
+        return VideoCodecConfig
+
+    def latent_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(…, F, H, W) or (B, 3, F, H, W) -> (D, f, h, w) for the continuous latent; ids drop D."""
+        F_, H, W = input_shape[-3:]
+        self._check_dims(F_, H, W)
+        s, r = self.cfg.spatial_factor, self.cfg.temporal_factor
+        return (self.cfg.quantizer.dim, 1 + (F_ - 1) // r, H // s, W // s)
+
+    def _check_dims(self, F_: int, H: int, W: int) -> None:
+        s, r = self.cfg.spatial_factor, self.cfg.temporal_factor
+        if F_ < 1 or (F_ - 1) % r or H % s or W % s or H == 0 or W == 0:
+            raise DataError(
+                f"clip of {F_} frames at {H}x{W} does not fit this codec: it needs 1 + {r}k frames"
+                f" (e.g. {self.cfg.frames}) and a size that is a multiple of {s} (trained at"
+                f" {self.cfg.size}x{self.cfg.size}); resize or trim the clip"
+            )
+
+    def prepare(self, x: Any) -> Tensor:
+        """uint8 (F, H, W, 3) / (B, F, H, W, 3), or float (B, 3, F, H, W) in [-1, 1] -> float (B, 3, F, H, W)."""
+        x = to_float_pixels(x, channels_last_dims=4)
+        if x.ndim != 5 or x.shape[1] != 3:
+            raise DataError(f"a video must be (B, 3, F, H, W) in [-1, 1] or uint8 (F, H, W, 3), got {tuple(x.shape)}")
+        self._check_dims(*x.shape[2:])
+        return x.to(self.device)
+
+    def encoder(self, x: Tensor) -> Tensor:
+        """x (B, 3, F, H, W) -> pre-quantization z (B, D, f, h, w)."""
+        B = x.shape[0]
+        h = self.enc2d(rearrange(x, "b c f h w -> (b f) c h w"))  # (B*F, Cs, h, w)
+        h = rearrange(h, "(b f) c h w -> b c f h w", b=B)
+        h = self.enc_down(self.enc_frame(h))  # (B, Cs, f, h, w)
+        return self.enc_out(self.enc_latent(h))
+
+    def decode_features(self, z: Tensor) -> Tensor:
+        """z (B, D, f, h, w) -> per-frame features (B, Cs, F, h, w)."""
+        return self.dec_frame(self.dec_up(self.dec_latent(self.dec_in(z))))
+
+    def render(self, h: Tensor) -> Tensor:
+        """Per-frame features (B, Cs, F, h, w) -> pixels (B, 3, F, H, W), unclamped."""
+        x = self.dec2d(rearrange(h, "b c f h w -> (b f) c h w"))  # (B*F, 3, H, W)
+        return rearrange(x, "(b f) c h w -> b c f h w", b=h.shape[0])
+
+    def decoder(self, z: Tensor) -> Tensor:
+        """z (B, D, f, h, w) -> x (B, 3, F, H, W), unclamped."""
+        return self.render(self.decode_features(z))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput, Tensor]:
+        """Training pass: x (B, 3, F, H, W) -> (reconstruction (B, 3, n, H, W), quantizer output, frame index (n,)).
+
+        In training mode a `latent_dropout` share of clips is decoded from the continuous
+        latent (so `decode_latents(encode_latents(x))` works for diffusion), and with
+        `train_frames` > 0 only frame 0 and a random subset of the others are rendered:
+        the per-frame 2D decoder dominates the cost and every frame shares its weights.
+        """
+        z = self.encoder(x)
+        q = self.quantizer(z)
+        zq = q.quantized
+        if self.training and self.cfg.latent_dropout > 0:
+            use_cont = torch.rand(x.shape[0], 1, 1, 1, 1, device=x.device) < self.cfg.latent_dropout
+            zq = torch.where(use_cont, self.quantizer.continuous(z), zq)
+        h = self.decode_features(zq)
+        n_frames = h.shape[2]
+        idx = torch.arange(n_frames, device=x.device)
+        if self.training and 0 < self.cfg.train_frames < n_frames:
+            rest = torch.randperm(n_frames - 1, device=x.device)[: self.cfg.train_frames - 1] + 1
+            idx = torch.cat([idx[:1], rest.sort().values])
+            h = h[:, :, idx]
+        return self.render(h), q, idx
+
+
+def build_video_codec(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> VideoCodec:
+    """A fresh codec from a preset name and `key=value` overrides (e.g. "quantizer.levels=[8,8,5,5]")."""
+    from .. import config
+
+    return VideoCodec(config.load(VideoCodecConfig, presets=VIDEO_CODEC_PRESETS, preset=preset, overrides=overrides))
