@@ -111,9 +111,12 @@ class TransformerTextEncoder(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> TextCond:
         B, T = ids.shape
-        if T > self.pos.shape[0]:
-            raise DataError(f"{T} text tokens, more than the encoder's {self.pos.shape[0]} positions")
-        x = self.embed(ids) + self.pos[:T]  # (B, T, D)
+        P = self.pos.shape[0]
+        if T > P and bool(mask[:, P:].any()):
+            raise DataError(f"{T} text tokens, more than the encoder's {P} positions")
+        pos = self.pos[:T] if T <= P else torch.cat([self.pos, self.pos.new_zeros(T - P, self.pos.shape[1])])
+        x = self.embed(ids) + pos  # (B, T, D); padding beyond P is masked out
+
         for blk in self.blocks:
             x = blk(x, None, mask)
         x = self.norm(x)

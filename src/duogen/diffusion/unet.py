@@ -87,7 +87,7 @@ class UNetBackbone(nn.Module):
         return layer(x)
 
     @staticmethod
-    def _apply(layers: nn.ModuleList, h: Tensor, emb: Tensor, cond: TextCond | None) -> Tensor:
+    def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor, cond: TextCond | None) -> Tensor:
         for layer in layers:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
@@ -104,13 +104,13 @@ class UNetBackbone(nn.Module):
         h = self._conv_io(self.conv_in, x)
         hs = [h]
         for layers in self.down:
-            h = self._apply(layers, h, emb, cond)
+            h = self._run(layers, h, emb, cond)
             hs.append(h)
-        h = self._apply(self.mid, h, emb, cond)
+        h = self._run(self.mid, h, emb, cond)
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)  # skip connection on channels
-            h = self._apply(layers, h, emb, cond)
+            h = self._run(layers, h, emb, cond)
         return self._conv_io(self.conv_out, torch.nn.functional.silu(self.norm_out(h)))
 
 

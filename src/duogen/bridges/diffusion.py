@@ -1,0 +1,104 @@
+"""The diffusion side of the `Generator` protocol: prompts -> latents -> the codec's decoder -> clips.
+
+Owns `DiffusionGenerator` (what `load_generator` returns for config.json kind
+"diffusion"). Flags mean what they mean for the AR generator (`n`, `seed`,
+`guidance`, `negative_prompt`, `callback`), plus `steps`, `sampler` (ddpm |
+ddim | dpm) and `eta`. `guidance=None` uses the model's stored default
+(config `guidance`); 1 turns guidance off. Does not own the sampling loop
+(`duogen.diffusion.sampling`) or the model (`duogen.diffusion.latent`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import DataError
+from .generate import GenerationResult, to_uint8
+
+TASKS = ("t2v", "uncond")
+# AR-only sampling flags and the values that mean "not used"
+_AR_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+class DiffusionGenerator:
+    """A `LatentDiffusionModel` (with its codec) behind the `Generator` protocol."""
+
+    kind = "diffusion"
+
+    def __init__(self, model: Any):
+        self.model = model.eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, codec: Any = None) -> "DiffusionGenerator":
+        from ..diffusion.latent import LatentDiffusionModel
+
+        return cls(LatentDiffusionModel.from_pretrained(directory, codec=codec))
+
+    def parameters(self) -> Any:
+        return self.model.parameters()
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        *,
+        task: str = "t2v",
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float | None = None,
+        guidance_rescale: float = 0.0,
+        eta: float = 0.0,
+        negative_prompt: str | None = None,
+        callback: Callable | None = None,
+        image: Any = None,
+        video: Any = None,
+        **ar_only: Any,
+    ) -> GenerationResult:
+        import torch
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise DataError(f"prompts must be a string or a list of strings, got {prompts!r}")
+        if task not in TASKS:
+            raise DataError(f"diffusion models here generate tasks {', '.join(TASKS)}; got {task!r}")
+        if image is not None or video is not None:
+            raise DataError("this diffusion model takes no --image / --video condition (text-to-video only)")
+        for k, v in ar_only.items():
+            if k not in _AR_DEFAULTS:
+                raise DataError(f"the diffusion generator does not take {k!r}")
+            if v is not None and v != _AR_DEFAULTS[k]:
+                raise DataError(f"--{k.replace('_', '-')} is a next-token sampling setting; diffusion models ignore it"
+                                " (use --steps, --sampler, --guidance)")
+        if task == "uncond":
+            prompts = ["" for _ in prompts]
+        cfg = self.model.config
+        steps = cfg.steps if steps is None else steps
+        sampler = sampler or cfg.sampler
+        g = cfg.guidance if guidance is None else guidance
+        t0 = time.perf_counter()
+        z = self.model.sample_latents(list(prompts), n=n, seed=seed, steps=steps, sampler=sampler, guidance=g,
+                                      guidance_rescale=guidance_rescale, eta=eta, negative_prompt=negative_prompt,
+                                      callback=callback)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            videos = to_uint8(self.model.decode(z))
+        t2 = time.perf_counter()
+        B = len(prompts) * n
+        guided = float(g) != 1.0
+        return GenerationResult(
+            videos=videos,
+            prompts=[p for p in prompts for _ in range(n)],
+            seeds=[seed] * B,
+            timings={"sample_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0},
+            forward_passes=B * int(steps) * (2 if guided else 1),
+            info={"task": task, "sampler": sampler, "steps": steps, "guidance": g, "guidance_rescale": guidance_rescale,
+                  "eta": eta, "negative_prompt": negative_prompt, "quantize_decode": cfg.quantize_decode},
+        )
+
+
+def load_diffusion(directory: Path) -> DiffusionGenerator:
+    return DiffusionGenerator.from_pretrained(directory)
