@@ -159,3 +159,38 @@ def test_bad_input_messages(text):
         warnings.simplefilter("error")
         assert generate_ids(m, ["a red circle"], "i2v", sampling=s, cond={"first": np.zeros((1, 4, 4), int)}).shape == (1, 1, 4, 4)
         assert generate_ids(m, ["a red circle"], "t2i", n=2, sampling=s).shape == (2, 1, 4, 4)
+
+
+def test_generate_cli_writes_clips_json_and_one_line_errors(text, tmp_path, capsys):
+    """`duogen generate` end to end on an untrained codec: files, JSON, warnings, and bad input as one line."""
+    import json
+
+    from duogen.cli import main
+    from duogen.tokenizers.video_codec import build_video_codec
+
+    codec = build_video_codec("tiny")
+    codec.save_pretrained(tmp_path / "codec")
+    f, h, w = codec.latent_shape((codec.cfg.frames, codec.cfg.size, codec.cfg.size))[1:]
+    vocab = UnifiedVocab(text.vocab_size, {"video": codec.vocab_size})
+    m = MultimodalLM(TINY, vocab, LayoutSpec(max_text=8, latent=(f, h, w), tasks=["t2v", "i2v"]), text,
+                     codec_ref=str(tmp_path / "codec"))
+    m.save_pretrained(tmp_path / "ar")
+    out = tmp_path / "gen"
+    rc = main(["generate", "--model", str(tmp_path / "ar"), "--prompt", "a red circle", "--prompt", "",
+               "--n", "1", "--out", str(out), "--guidance", "2", "--top-k", "20", "--json"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "generating unconditionally" in captured.err
+    assert summary["prompts"] == ["a red circle", ""] and summary["tokens"] == 2 * f * h * w
+    assert sorted(p.name for p in out.glob("clip_*")) == sorted(
+        f"clip_{i:03d}_00.{ext}" for i in range(2) for ext in ("mp4", "gif"))
+    assert json.loads((out / "generation.json").read_text())["seeds"] == [0, 0]
+    for argv, msg in [
+        (["--task", "t2z"], "unknown task 't2z'"),
+        (["--task", "i2v"], "needs the first frame"),
+        (["--task", "inpaint"], "not trained for task 'inpaint'"),
+    ]:
+        rc = main(["generate", "--model", str(tmp_path / "ar"), "--prompt", "x", "--out", str(out), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and msg in err[0], err

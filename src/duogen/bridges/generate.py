@@ -163,7 +163,10 @@ class ARGenerator:
 
         if unused:
             raise DataError(f"the AR generator does not take {', '.join(sorted(unused))}")
+        from ..ar_models.layouts import check_task
+
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        check_task(task, self.model.spec)
         t0 = time.perf_counter()
         cond = self.condition(task, image, video)
         t1 = time.perf_counter()
