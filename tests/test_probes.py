@@ -173,3 +173,11 @@ def test_evaluate_dataset_reports_per_attribute_accuracy(tmp_path):
 
     with pytest.raises(DataError, match="no split 'test'"):
         evaluate_dataset(tmp_path / "w", split="test")
+
+
+def test_probes_read_the_small_preset():
+    """64x64, 17 frames: thresholds scale with the frame and the crop normalizes size."""
+    cfg = replace(WORLD_PRESETS["small"], n=2000)
+    clips = [make_clip(cfg, "heldout", i) for i in range(20)]
+    acc = _mean_accuracy([c.video for c in clips], clips)
+    assert acc["color"] >= 0.95 and acc["direction"] >= 0.95 and acc["shape"] >= 0.95, acc
