@@ -133,6 +133,19 @@ def test_seeds_policy_prompt_i_uses_seed_plus_i(small_run):
         np.testing.assert_array_equal(clips[i], gen.generate([p.caption], n=2, seed=5 + i, mode="render").videos)
 
 
+def test_seeds_policy_with_several_prompts_per_call():
+    from duogen.eval.compare import sample
+
+    prompts = world_prompts()
+    entry = known_models(prompts)[0]
+    clips, _, cost, _ = sample(entry, entry.settings[0], prompts, n=2, seed=5, per_call=2)
+    assert clips.shape == (3, 2, 9, 32, 32, 3) and cost == 4
+    first = entry.generator.generate([p.caption for p in prompts[:2]], n=2, seed=5, mode="render").videos
+    np.testing.assert_array_equal(clips[:2].reshape(first.shape), first)  # call 0: prompts 0-1, seed 5
+    last = entry.generator.generate([prompts[2].caption], n=2, seed=7, mode="render").videos
+    np.testing.assert_array_equal(clips[2], last)  # call 1: prompt 2, seed 5 + 2
+
+
 def test_prompt_files_and_bad_input(tmp_path):
     from duogen.errors import ConfigError, DataError
     from duogen.eval.compare import compare, load_prompts
@@ -156,7 +169,7 @@ def test_training_info_reads_the_engine_run(tmp_path):
     """A real engine run: compare reads FLOPs and wall time from summary.json / metrics.jsonl of RUN/final."""
     import torch
 
-    from duogen.eval.compare import count_weights, read_metrics, training_info
+    from duogen.eval.compare import count_weights, model_config, read_metrics, training_info
     from duogen.eval.report import loss_curve
     from duogen.io import save_model_dir
     from duogen.train.engine import LossOutput, TrainConfig, fit
@@ -177,6 +190,7 @@ def test_training_info_reads_the_engine_run(tmp_path):
     assert info["flops"] == pytest.approx(summary.flops) and info["flops"] > 0
     assert info["steps"] == 6 and info["wall_s"] > 0
     assert count_weights(run / "final") == 5
+    assert model_config(run / "final")["run"]["train"]["steps"] == 6  # the engine's resolved config.yaml
     xs, ys = loss_curve(read_metrics(run))
     assert len(xs) == 3 and xs == sorted(xs)
 

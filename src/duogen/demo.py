@@ -10,6 +10,9 @@ output is already complete (unless `fresh`):
   dit       the DiT, to the AR run's training FLOPs        OUT/dit/summary.json
   compare   both (plus shipped reference models) -> report OUT/report/report.html
 
+An interrupted AR or DiT run (a kill, Ctrl-C) resumes from its last checkpoint
+(`resume=auto`); its time budget counts the wall time already spent.
+
 Compute matching: the AR model trains first, to its share of the time budget;
 its total training FLOPs (the engine's summary.json) become the DiT's
 `max_flops`, and the report shows each run's wall time beside its FLOPs. The
@@ -47,6 +50,20 @@ class Stage:
     done_file: str
     run: Callable[["Demo", float], dict[str, Any]]
     what: str
+
+    def done(self, out: Path) -> bool:
+        f = out / self.done_file
+        if not f.is_file():
+            return False
+        if f.name == "summary.json" and (f.parent / "checkpoints").is_dir():
+            # an engine run: finished only with final/ written and not stopped by a signal
+            # (a SIGTERM still writes summary.json, with "stopped": "signal")
+            try:
+                stopped = json.loads(f.read_text()).get("stopped")
+            except json.JSONDecodeError:
+                return False
+            return stopped != "signal" and (f.parent / "final" / "config.json").is_file()
+        return True
 
 
 class Demo:
@@ -114,9 +131,8 @@ class Demo:
         names = [s.name for s in self.stages]
         for i, st in enumerate(self.stages):
             pending = names[i:]
-            done = self.out / st.done_file
-            if done.is_file():
-                self.say(f"stage {i + 1}/{len(self.stages)} {st.name}: already done ({done}), reusing it")
+            if st.done(self.out):
+                self.say(f"stage {i + 1}/{len(self.stages)} {st.name}: already done ({self.out / st.done_file}), reusing it")
                 self.summary["stages"][st.name] = {"reused": True}
                 continue
             minutes = self.budget(st.name, pending)
@@ -166,7 +182,7 @@ def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.ar_recipe import train_ar
 
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
-                    text=d.text / "text.model", overrides=[f"train.max_minutes={minutes:.3f}"])
+                    text=d.text / "text.model", resume="auto", overrides=[f"train.max_minutes={minutes:.3f}"])
     return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters")}
 
 
@@ -178,7 +194,7 @@ def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
     if not ar_flops:
         raise ConfigError(f"{d.run_dir('ar')}: no training FLOPs in summary.json; cannot compute-match the DiT (rerun with --fresh)")
     res = train_diffusion(
-        d.data, d.run_dir("codec") / "final", d.run_dir("dit"), preset="tiny", seed=d.seed, text=d.text / "text.model",
+        d.data, d.run_dir("codec") / "final", d.run_dir("dit"), preset="tiny", seed=d.seed, text=d.text / "text.model", resume="auto",
         overrides=["denoiser=dit", f"train.max_flops={float(ar_flops):.6g}", f"train.max_minutes={minutes:.3f}"],
     )
     info = {k: res.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters")}
@@ -203,8 +219,8 @@ def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
     if "dit" in refs:
         models.append(load_model("DiT (reference)", refs["dit"]))
     prompts = dataset_prompts(d.data, per_split=d.prompts_per_split)
-    res = compare(models, prompts, d.report, n=d.n_samples, seed=d.seed, real=real_clips(d.data),
-                  data_dir=d.data, log=d.say)
+    res = compare(models, prompts, d.report, n=d.n_samples, seed=d.seed, real=real_clips(d.data, max_clips=128),
+                  data_dir=d.data, per_call=len(prompts), log=d.say)
     return {"report": res.get("report"), "models": [m["name"] for m in res["models"]]}
 
 

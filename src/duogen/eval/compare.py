@@ -7,9 +7,11 @@ model's run directory, and writes the raw clips losslessly (`clips/*.npz`) so
 `rescore(report_dir)` can recompute every accuracy. The HTML page is
 `duogen.eval.report`'s job; loading a model directory is `duogen.bridges`'.
 
-Seeds policy: prompt i is sampled with seed `seed + i` for every model and
-setting (its N samples come from that one call), so two models see the same
-noise stream wherever their samplers draw the same shapes.
+Seeds policy: with `per_call=1`, prompt i is sampled with seed `seed + i` for
+every model and setting (its N samples come from that one call); with
+`per_call=c`, prompts go c at a time (much faster for the AR sampler, whose
+cost is per decoding step) and call k uses `seed + k*c`. Either way every
+model sees the same seeds for the same prompts.
 
 Cost units: diffusion settings count denoiser forward passes per clip (steps,
 times 2 under classifier-free guidance, which evaluates conditional and
@@ -192,7 +194,7 @@ def _find_key(obj: Any, names: Sequence[str]) -> Any:
 
 def model_config(model_dir: str | Path) -> dict[str, Any]:
     """The resolved configuration that produced a model: the run's config.yaml and the model's config.json."""
-    from ..config import load_yaml
+    import yaml
 
     model_dir = Path(model_dir)
     out: dict[str, Any] = {}
@@ -201,7 +203,7 @@ def model_config(model_dir: str | Path) -> dict[str, Any]:
         out["model"] = json.loads(cfg.read_text())
     run_yaml = run_dir_of(model_dir) / "config.yaml"
     if run_yaml.is_file():
-        out["run"] = load_yaml(run_yaml)
+        out["run"] = yaml.safe_load(run_yaml.read_text())
     return out
 
 
@@ -353,24 +355,28 @@ def _result_cost(result: Any, kind: str, kwargs: Mapping[str, Any], n_clips: int
 
 
 def sample(entry: ModelEntry, setting: Setting, prompts: Sequence[Prompt], n: int, seed: int,
-           on_prompt: Callable[[int], None] | None = None) -> tuple[Clips, float, float, str]:
-    """Sample N clips per prompt -> (clips (P, N, F, H, W, 3), seconds per clip, cost per clip, unit)."""
+           per_call: int = 1) -> tuple[Clips, float, float, str]:
+    """Sample N clips per prompt -> (clips (P, N, F, H, W, 3), seconds per clip, cost per clip, unit).
+
+    Prompts go to `generate` `per_call` at a time: call k takes prompts [k*c, (k+1)*c) with
+    seed `seed + k*c`, and clip (i, j) is row (i - k*c)*n + j of its call (the bridge's order).
+    With per_call=1 every prompt has its own seed, independent of the prompt list.
+    """
     clips, seconds, cost, unit = [], 0.0, 0.0, ""
-    for i, p in enumerate(prompts):
+    c = max(1, int(per_call))
+    for k in range(0, len(prompts), c):
+        chunk = [p.caption for p in prompts[k : k + c]]
         t0 = time.perf_counter()
-        res = entry.generator.generate([p.caption], n=n, seed=seed + i, **setting.kwargs)
+        res = entry.generator.generate(chunk, n=n, seed=seed + k, **setting.kwargs)
         seconds += time.perf_counter() - t0
-        videos = getattr(res, "videos", res)
-        v = _as_uint8(videos)
-        if v.shape[0] != n:
-            raise ConfigError(f"{entry.name}: generate returned {v.shape[0]} clips for n={n}")
-        c, unit = _result_cost(res, entry.kind, setting.kwargs, n)
-        cost += c
-        clips.append(v)
-        if on_prompt:
-            on_prompt(i)
+        v = _as_uint8(getattr(res, "videos", res))
+        if v.shape[0] != len(chunk) * n:
+            raise ConfigError(f"{entry.name}: generate returned {v.shape[0]} clips for {len(chunk)} prompts x n={n}")
+        per_clip, unit = _result_cost(res, entry.kind, setting.kwargs, v.shape[0])
+        cost += per_clip * len(chunk)
+        clips.append(v.reshape((len(chunk), n) + v.shape[1:]))
     P = max(1, len(prompts))
-    return np.stack(clips), seconds / (P * n), cost / P, unit
+    return np.concatenate(clips), seconds / (P * n), cost / P, unit
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -436,7 +442,7 @@ def setting_metrics(clips: Clips, prompts: Sequence[Prompt], real_feats: np.ndar
 
 def compare(models: Sequence[ModelEntry], prompts: Sequence[Prompt], out: str | Path, *, n: int = 4,
             seed: int = 0, real: np.ndarray | None = None, data_dir: str | Path | None = None,
-            report: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            per_call: int = 1, report: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sample, score and write `out/results.json`, `out/clips/*.npz` (and the HTML report); return the results.
 
     `real` (uint8 (N, F, H, W, 3)) are the real clips the Frechet probe distance and
@@ -462,7 +468,9 @@ def compare(models: Sequence[ModelEntry], prompts: Sequence[Prompt], out: str | 
     results: dict[str, Any] = {
         "n": n,
         "seed": seed,
-        "seeds_policy": "prompt i uses seed + i for every model and setting",
+        "per_call": per_call,
+        "seeds_policy": ("prompt i uses seed + i for every model and setting" if per_call == 1 else
+                         f"prompts go {per_call} per call; call k uses seed + k*{per_call} for every model and setting"),
         "data": str(data_dir) if data_dir else None,
         "prompts": [asdict(p) for p in prompts],
         "real": {"clips": int(len(real)) if real is not None else 0, "temporal_change": real_change},
@@ -479,7 +487,7 @@ def compare(models: Sequence[ModelEntry], prompts: Sequence[Prompt], out: str | 
             md["training"], md["config"] = {}, {}
         for s in m.settings:
             say(f"{m.name} / {s.label}: sampling {len(prompts)} prompts x {n}")
-            clips, latency, cost, unit = sample(m, s, prompts, n, seed)
+            clips, latency, cost, unit = sample(m, s, prompts, n, seed, per_call)
             rel = f"clips/{slug(m.name)}__{slug(s.label)}.npz"
             np.savez_compressed(out / rel, clips=clips)
             sm = setting_metrics(clips, prompts, real_feats, real_change)
@@ -511,7 +519,7 @@ def _named(specs: Sequence[str], default: str) -> list[tuple[str, str]]:
 def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: str | Path, prompts: str | Path | None = None,
                  n: int = 4, seed: int = 0, data: str | Path | None = None, steps_sweep: str | Sequence[int] = (10, 20, 50),
                  guidance: float | None = None, per_split: int = 8, extra: Sequence[str] = (),
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 per_call: int = 8, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`duogen compare`: load model dirs, pick prompts and real clips, run `compare`; return results + headline."""
     if isinstance(steps_sweep, str):
         try:
@@ -537,7 +545,7 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
     else:
         raise DataError("no prompts: the models' run configs name no data set; pass --data DIR or --prompts FILE")
     real = real_clips(data_dir) if data_dir is not None else None
-    res = compare(models, prompt_list, out, n=n, seed=seed, real=real, data_dir=data_dir, log=log)
+    res = compare(models, prompt_list, out, n=n, seed=seed, real=real, data_dir=data_dir, per_call=per_call, log=log)
     from ..demo import headline
 
     res["headline"] = headline(out).get("models", {})
