@@ -101,17 +101,16 @@ def main(argv: list[str] | None = None) -> None:
             import deepspeed
             import torch.distributed as dist
 
-            module = model if stage != 3 else model
-            ctx = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+            # `model` is the engine's module; under ZeRO-3 its parameters must be gathered first
+            ctx = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
                    if stage == 3 else torch.no_grad())
             with ctx, torch.no_grad():
-                module.eval()
-                out = module(probe_input())
+                out = model.eval()(probe_input())
             if dist.get_rank() == 0:
                 from duogen.io import save_state_dict
 
                 save_state_dict({"out": out}, run_dir / "probe_outputs.safetensors")
-        if summary.run_dir and (a.engine == "single" or _rank() == 0):
+        if _rank() == 0:
             print(json.dumps({"stage": stage, "final_loss": summary.final_loss, "steps": summary.steps}), flush=True)
 
 

@@ -92,6 +92,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     steps_logged = [json.loads(ln)["step"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(1, steps + 1))
     assert _losses(tmp_path / "full") == _losses(tmp_path / "killed")
+    assert [p.name for p in list_checkpoints(tmp_path / "killed")] == [f"step_{s:07d}" for s in range(steps - 2, steps + 1)]
 
 
 def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
@@ -162,9 +163,11 @@ def test_grad_accum_matches_full_batch_and_ema_is_final(tmp_path):
     assert "train" in (tmp_path / "e" / "config.yaml").read_text()
 
 
-def test_overfit_one_batch_loss_falls(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_overfit_one_batch_loss_falls(tmp_path, precision):
     data = torch.utils.data.Subset(W.make_data(), range(16))
-    fit(W.make_model(dropout=0.0), W.make_loss(), data, _cfg(steps=60, lr=1e-2, warmup_steps=0), tmp_path)
+    cfg = _cfg(steps=60, lr=1e-2, warmup_steps=0, precision=precision)
+    fit(W.make_model(dropout=0.0), W.make_loss(), data, cfg, tmp_path)
     losses = _losses(tmp_path)
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
