@@ -293,3 +293,9 @@ def test_on_eval_runs_every_n_steps_with_eval_weights(tmp_path):
     recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if "eval/probe" in r] == [2, 4, 5]
     assert s.extra["eval/probe"] == recs[-1]["eval/probe"]
+
+
+def test_loader_workers_give_the_same_batches(tmp_path):
+    fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=4), tmp_path / "a")
+    fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=4, num_workers=1), tmp_path / "b")
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
