@@ -22,6 +22,7 @@ from duogen.eval.probes import (
     prompt_accuracy,
     reading_features,
 )
+from duogen.errors import DataError
 from duogen.eval.shape_classifier import ASSET_DIR, ShapeClassifierConfig, ShapeCNN, load_shape_classifier
 
 # 6,000 clips -> 300 heldout clips; the probes see 150 of them (the README's 1,000-clip figure
@@ -113,6 +114,9 @@ def test_prompt_accuracy_matches_objects_by_color():
     other = [dict(two[0]), {"shape": "square", "color": "red", "motion": "up"}]
     assert prompt_accuracy(clip.video, other) == {"color": 0.5, "direction": 0.5, "shape": 0.5, "count": 1.0}
     assert prompt_accuracy(clip.video, two[:1])["count"] == 0.0  # an extra object was read
+    assert prompt_accuracy(clip.video.astype(np.int64), two)["shape"] == 1.0  # datasets' default int64 is accepted
+    with pytest.raises(DataError, match="uint8"):
+        probe_clip(clip.video.astype(np.float32))
     assert prompt_accuracy(np.zeros_like(clip.video), two) == {"color": 0.0, "direction": 0.0, "shape": 0.0, "count": 0.0}
 
 
@@ -169,8 +173,6 @@ def test_evaluate_dataset_reports_per_attribute_accuracy(tmp_path):
     assert out["speed_mae_px_per_frame"] < 0.2
     assert out["direction_shuffled_frames"] <= out["direction_chance"] + 0.25  # 20 clips: a loose bound
     assert out["direction_noise"] <= out["direction_chance"] + 0.25
-    from duogen.errors import DataError
-
     with pytest.raises(DataError, match="no split 'test'"):
         evaluate_dataset(tmp_path / "w", split="test")
 

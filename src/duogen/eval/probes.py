@@ -200,6 +200,8 @@ def probe_clip(video: np.ndarray, cfg: ProbeConfig | None = None, classifier: An
     """Read the objects of one clip, uint8 (F, H, W, 3); largest objects first."""
     cfg = cfg or ProbeConfig()
     video = np.asarray(video)
+    if video.dtype.kind in "iu" and video.dtype != np.uint8 and video.size and 0 <= video.min() and video.max() <= 255:
+        video = video.astype(np.uint8)  # e.g. int64, as `datasets`' numpy formatter returns it
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
         raise DataError(f"probe_clip wants a uint8 array (F, H, W, 3); got {video.dtype} {video.shape}")
     F, H, W, _ = video.shape
