@@ -167,12 +167,12 @@ def train_ar(
         text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
     n_long = sum(len(tok.encode(c)) > cfg.max_text for c in captions)
 
-    f, h, w = encoded[0]["video_ids"].__len__(), len(encoded[0]["video_ids"][0]), len(encoded[0]["video_ids"][0][0])
+    records = TokenRecords(encoded, text_ids)
+    f, h, w = records.cols["video_ids"].shape[1:]  # (N, f, h, w) codec ids
     vocab = UnifiedVocab(tok.vocab_size, {"video": codec.vocab_size}, codec_refs={"video": str(codec_dir.resolve())})
-    spec = LayoutSpec(max_text=cfg.max_text, latent=(f, h, w), cond_frames=cfg.cond_frames, tasks=list(cfg.tasks))
+    spec = LayoutSpec(max_text=cfg.max_text, latent=(int(f), int(h), int(w)), cond_frames=cfg.cond_frames, tasks=list(cfg.tasks))
     seed_everything(seed)
     model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=str(codec_dir.resolve()))
-    records = TokenRecords(encoded, text_ids)
     collate = TrainCollator(model.layouts, cfg.tasks, cfg.model.cond_dropout)
     n_params = count_parameters(model)
 
@@ -188,7 +188,7 @@ def train_ar(
         "final": str(out / "final"),
         "parameters": n_params,
         "sequence_tokens": model.max_len,
-        "latent": [f, h, w],
+        "latent": [int(f), int(h), int(w)],
         "vocab_size": vocab.size,
         "text_vocab": tok.vocab_size,
         "captions_truncated": n_long,
