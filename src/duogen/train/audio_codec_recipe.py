@@ -96,7 +96,20 @@ class AudioCodecRun:
     ))
 
 
-def main(out: str | Path, run: AudioCodecRun) -> dict[str, Any]:
+def dataset_utterances(data: str | Path, split: str, limit: int) -> list[tuple[str, np.ndarray]]:
+    """(caption, audio) pairs from a data set's `audio` column (e.g. `duogen data make shapes --audio`)."""
+    from ..data import load_dataset
+    from ..errors import DataError
+
+    dd = load_dataset(data)
+    if split not in dd or "audio" not in dd[split].column_names:
+        raise DataError(f"{data}: split {split!r} has no `audio` column; make the data with --audio")
+    rows = dd[split].select_columns(["caption", "audio"]).select(range(min(limit, len(dd[split]))))
+    return [(r["caption"], np.asarray(r["audio"], np.float32)) for r in rows if len(r["audio"])]
+
+
+def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) -> dict[str, Any]:
+    """Train on espeak-ng speech (or on `data`'s audio column: train split, evaluated on validation)."""
     import torch
 
     from ..io import atomic_write_json
@@ -104,8 +117,12 @@ def main(out: str | Path, run: AudioCodecRun) -> dict[str, Any]:
 
     out = Path(out)
     seed = run.train.seed
-    train = speech_corpus(run.train_utterances, seed)
-    held = speech_corpus(run.eval_utterances, seed + 10_000, exclude={t for t, _ in train})
+    if data is None:
+        train = speech_corpus(run.train_utterances, seed)
+        held = speech_corpus(run.eval_utterances, seed + 10_000, exclude={t for t, _ in train})
+    else:
+        train = dataset_utterances(data, "train", run.train_utterances)
+        held = dataset_utterances(data, "validation", run.eval_utterances)
     seg = int(run.segment_s * 16000)
     data = torch.from_numpy(segments([a for _, a in train], seg, seg // 2))  # (N, 1, S)
 
@@ -147,6 +164,14 @@ def main(out: str | Path, run: AudioCodecRun) -> dict[str, Any]:
     return report
 
 
+def train_audio_codec(data: str | Path | None, out: str | Path, *, preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
+                      minutes: float = 4.0) -> dict[str, Any]:
+    """`duogen train tokenizer --modality audio`: `overrides` go to the codec config."""
+    run = AudioCodecRun(preset=preset, codec_overrides=list(overrides))
+    run.train = dataclasses.replace(run.train, max_minutes=minutes)
+    return main(out, run, data)
+
+
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the audio codec on espeak-ng speech; report held-out SI-SNR and mel distance.")
     p.add_argument("--out", required=True, help="run directory")
@@ -159,13 +184,14 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--utterances", type=int, default=400, help="training utterances")
     p.add_argument("--eval-utterances", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="a data set with an `audio` column instead of fresh espeak-ng speech")
     p.add_argument("overrides", nargs="*", help="codec config overrides, key=value")
     a = p.parse_args(argv)
     run = AudioCodecRun(preset=a.preset, codec_overrides=a.overrides, train_utterances=a.utterances,
                         eval_utterances=a.eval_utterances)
     run.train = dataclasses.replace(run.train, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                     precision=a.precision, max_minutes=a.minutes, seed=a.seed)
-    print(json.dumps(main(a.out, run), indent=2))
+    print(json.dumps(main(a.out, run, a.data), indent=2))
     return 0
 
 
