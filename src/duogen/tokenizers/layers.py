@@ -20,6 +20,23 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
+class ChannelRMSNorm(nn.Module):
+    """x / rms over channels at each position, times a learned per-channel gain. (B, C, ...) -> same.
+
+    Used once, before the pre-quantization projection: without it a norm-free encoder
+    can grow its output until FSQ's tanh saturates and every position gets one code.
+    """
+
+    def __init__(self, ch: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gain = nn.Parameter(torch.ones(ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        rms = x.float().square().mean(1, keepdim=True).add(self.eps).rsqrt().to(x.dtype)
+        return x * rms * self.gain.view(1, -1, *([1] * (x.ndim - 2)))
+
+
 class ResBlock2d(nn.Module):
     """x + conv(silu(conv(silu(x)))), last conv zero-initialised. (N, C, H, W) -> same."""
 

@@ -21,7 +21,6 @@ their bits on motion.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from .codec import PixelCodec, to_float_pixels
-from .layers import CausalConv3d, CausalResBlock3d, CausalTimeDown, CausalTimeUp, Decoder2d, Encoder2d
+from .layers import CausalConv3d, ChannelRMSNorm, CausalResBlock3d, CausalTimeDown, CausalTimeUp, Decoder2d, Encoder2d
 from .quantizers import Quantizer, QuantizerConfig, QuantizerOutput
 
 
@@ -96,11 +95,8 @@ class VideoCodec(PixelCodec):
         self.enc_frame = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.frame_blocks)])
         self.enc_down = CausalTimeDown(cs, cs, r)
         self.enc_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
+        self.enc_norm = ChannelRMSNorm(cs)
         self.enc_out = CausalConv3d(cs, cfg.quantizer.dim, (1, 1, 1))
-        # Norm-free encoder: start the pre-quantization latent at about unit scale so that
-        # FSQ's rounding separates objects from the background from the first step
-        # (with torch's default init nearly every position rounds to one code).
-        nn.init.normal_(self.enc_out.conv.weight, std=2.0 / math.sqrt(cs))
         self.dec_in = CausalConv3d(cfg.quantizer.dim, cs)
         self.dec_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
         self.dec_up = CausalTimeUp(cs, cs, r)
@@ -141,7 +137,7 @@ class VideoCodec(PixelCodec):
         h = self.enc2d(rearrange(x, "b c f h w -> (b f) c h w"))  # (B*F, Cs, h, w)
         h = rearrange(h, "(b f) c h w -> b c f h w", b=B)
         h = self.enc_down(self.enc_frame(h))  # (B, Cs, f, h, w)
-        return self.enc_out(self.enc_latent(h))
+        return self.enc_out(self.enc_norm(self.enc_latent(h)))
 
     def decode_features(self, z: Tensor) -> Tensor:
         """z (B, D, f, h, w) -> per-frame features (B, Cs, F, h, w)."""
