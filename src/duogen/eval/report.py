@@ -78,13 +78,31 @@ def _write_media(report_dir: Path, results: Mapping[str, Any], upscale: int) -> 
     return gifs
 
 
-def plot_accuracy_vs_cost(results: Mapping[str, Any], path: Path) -> Path:
-    """Accuracy (mean over attribute kinds) against sampling cost per clip and against latency."""
+def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _style(ax: Any) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_accuracy_vs_cost(results: Mapping[str, Any], path: Path) -> Path:
+    """Accuracy (mean over attribute kinds) against sampling cost per clip and against latency."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for m in results["models"]:
         pts = sorted(
@@ -105,14 +123,9 @@ def plot_accuracy_vs_cost(results: Mapping[str, Any], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_ylabel("prompt accuracy (mean over attributes)")
         ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax)
     fig.suptitle("Accuracy against sampling compute")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def loss_curve(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
@@ -129,11 +142,7 @@ def loss_curve(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[flo
 
 def plot_loss_vs_flops(results: Mapping[str, Any], path: Path) -> Path | None:
     """Training loss against cumulative training FLOPs, one line per model with an engine log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     curves = []
     for m in results["models"]:
         run = (m.get("training") or {}).get("run_dir")
@@ -149,14 +158,9 @@ def plot_loss_vs_flops(results: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("training FLOPs (cumulative)")
     ax.set_ylabel("training loss (each paradigm's own objective)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _style(ax)
     ax.set_title("Training loss against compute")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 _CSS = """
@@ -200,6 +204,22 @@ def _accuracy_table(results: Mapping[str, Any], kinds: list[str]) -> str:
             cells = [f"<td class=l>{html.escape(m['name'])}</td>", f"<td class=l>{split}</td>"]
             cells += [f"<td>{_pct(acc[split].get(k))}</td>" for k in kinds]
             rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table>" + "\n".join(rows) + "</table>"
+
+
+def _training_table(results: Mapping[str, Any]) -> str:
+    """Training cost per model, with FLOPs relative to the first model that has them (compute matching)."""
+    base = next(((m.get("training") or {}).get("flops") for m in results["models"] if (m.get("training") or {}).get("flops")), None)
+    head = ["model", "parameters", "steps", "train FLOPs", "FLOPs vs first", "train wall (s)", "final loss", "stopped by"]
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for m in results["models"]:
+        tr = m.get("training") or {}
+        ratio = tr["flops"] / base if base and tr.get("flops") else None
+        cells = [f"<td class=l>{html.escape(m['name'])}</td>", f"<td>{_fmt(m.get('parameters'))}</td>",
+                 f"<td>{_fmt(tr.get('steps'))}</td>", f"<td>{_fmt(tr.get('flops'))}</td>", f"<td>{_fmt(ratio)}</td>",
+                 f"<td>{_fmt(tr.get('wall_s'))}</td>", f"<td>{_fmt(tr.get('final_loss'))}</td>",
+                 f"<td class=l>{_fmt(tr.get('stopped'))}</td>"]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
     return "<table>" + "\n".join(rows) + "</table>"
 
 
@@ -265,7 +285,10 @@ def write_report(report_dir: str | Path, results: Mapping[str, Any], *, upscale:
         " <code>clips/</code> and the lossless clips as <code>.npz</code> beside them. Hover a cell for per-sample probe accuracies.</p>",
         "<h2>Sampling compute sweep</h2>", _sweep_table(results, kinds),
         f"<p><img src=\"{acc_png.relative_to(report_dir).as_posix()}\" alt=\"accuracy against sampling cost\"></p>",
-        "<h2>Training</h2>",
+        "<h2>Training</h2>", _training_table(results),
+        "<p class=note>FLOPs are the engine's count of training compute (forward and backward, measured on the first"
+        " batch with torch's FLOP counter); a compute-matched pair has a ratio near 1. Losses are each paradigm's own"
+        " objective (next-token cross-entropy, diffusion v-prediction MSE) and are not comparable with each other.</p>",
     ]
     if loss_png is not None:
         parts.append(f"<p><img src=\"{loss_png.relative_to(report_dir).as_posix()}\" alt=\"training loss against FLOPs\"></p>")
