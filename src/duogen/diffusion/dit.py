@@ -41,7 +41,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     context_dim: int = 128
     attention: Literal["joint", "factorized"] = "joint"
-    qk_norm: bool = True
+    qk_norm: bool = False  # RMS-normalised q, k: steadier long bf16 runs, ~20% slower steps on this CPU
 
     def check(self) -> None:
         if self.hidden % self.heads:
@@ -53,7 +53,7 @@ class DiTConfig:
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
-    "tiny": DiTConfig(hidden=192, depth=6, heads=6, patch_size=1),
+    "tiny": DiTConfig(hidden=192, depth=6, heads=6, patch_size=2),  # 3x8x8 latents -> 48 tokens
     "small": DiTConfig(hidden=384, depth=12, heads=6, patch_size=2),  # DiT-S
     "base": DiTConfig(hidden=768, depth=12, heads=12, patch_size=2),  # DiT-B
 }
