@@ -291,6 +291,8 @@ def make_bundled(name: str, out: str | Path, *, n: int | None = None, preset: st
     if n is not None and n < 3:
         raise DataError(f"--n must be at least 3 (one clip per split), got {n}")
     size, frames = clip_preset(preset)
+    if Path(out).exists() and not overwrite:  # before loading anything
+        raise DataError(f"output directory '{out}' already exists; pass --overwrite to replace it")
     start = time.perf_counter()
     if name in ("mnist", "digits"):
         splits, meta = _make_digits(name, n, size, frames, seed)
