@@ -12,6 +12,10 @@ within ~10%, printed):
 - duogen `UNet` (channels 64, mult [1, 2], attention at the second level)
   vs diffusers `UNet2DConditionModel` with the same layout.
 
+A third row runs duogen's DiT at the reference's depth without text (cross-attention skipped):
+the same FLOPs as diffusers' DiT, so its ratio isolates kernel efficiency from architecture.
+GFLOP per step (torch's FlopCounterMode, forward + backward) is printed for every model.
+
 Each model's steps are interleaved with its reference's (same process, same
 load), the median of `repeats` timed steps is kept, and the ratio
 duogen / diffusers is printed (< 1 means duogen is faster). Goal: <= 1.
@@ -50,6 +54,18 @@ def paired(ours, theirs, inputs_ours, inputs_theirs, precision: str, repeats: in
         a += step_time(ours, inputs_ours, precision, 1)
         b += step_time(theirs, inputs_theirs, precision, 1)
     return statistics.median(a), statistics.median(b)
+
+
+def step_gflops(model, make_inputs) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args, target = make_inputs()
+    with FlopCounterMode(display=False) as counter:
+        out = model(*args)
+        out = out.sample if hasattr(out, "sample") else out
+        (out.float() - target).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
@@ -109,14 +125,25 @@ def main() -> None:
     def unet_ref_inputs():
         return (torch.randn(B, C, S, S), torch.randint(0, 1000, (B,)), torch.randn(B, T, D)), torch.randn(B, C, S, S)
 
+    dit_same_flops = DiT(DiTConfig(in_channels=C, hidden=192, depth=5, heads=6, patch_size=2, context_dim=D))
+
+    def no_text_inputs():
+        (x, t, _), target = ours_inputs()
+        return (x, t, None), target
+
     print(f"batch {B}, latents {C}x{S}x{S}, text {T}x{D}, threads {torch.get_num_threads()}")
-    print(f"{'pair':<8}{'precision':<10}{'duogen params':>14}{'diffusers params':>18}{'duogen s':>10}{'diffusers s':>12}{'ratio':>8}")
-    for name, ours, theirs, ref_inputs in (("DiT", dit, DiTRef(ref_dit), dit_ref_inputs),
-                                           ("U-Net", unet, UNetRef(ref_unet), unet_ref_inputs)):
+    print(f"{'pair':<22}{'precision':<10}{'params duogen/diffusers':>24}{'GFLOP/step':>16}{'s duogen':>10}"
+          f"{'s diffusers':>12}{'ratio':>7}")
+    pairs = (("DiT (matched params)", dit, ours_inputs, DiTRef(ref_dit), dit_ref_inputs),
+             ("DiT (matched FLOPs)", dit_same_flops, no_text_inputs, DiTRef(ref_dit), dit_ref_inputs),
+             ("U-Net", unet, ours_inputs, UNetRef(ref_unet), unet_ref_inputs))
+    for name, ours, inputs, theirs, ref_inputs in pairs:
         po, pt = count_parameters(ours), count_parameters(theirs)
+        fo, ft = step_gflops(ours, inputs), step_gflops(theirs, ref_inputs)
         for precision in ("fp32", "bf16"):
-            a, b = paired(ours, theirs, ours_inputs, ref_inputs, precision, args.repeats)
-            print(f"{name:<8}{precision:<10}{po / 1e6:>13.2f}M{pt / 1e6:>17.2f}M{a:>10.3f}{b:>12.3f}{a / b:>8.2f}")
+            a, b = paired(ours, theirs, inputs, ref_inputs, precision, args.repeats)
+            print(f"{name:<22}{precision:<10}{po / 1e6:>11.2f}M /{pt / 1e6:>6.2f}M{fo:>8.1f} /{ft:>5.1f}"
+                  f"{a:>10.3f}{b:>12.3f}{a / b:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
