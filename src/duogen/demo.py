@@ -70,7 +70,7 @@ class Demo:
     """Runs the stages with a shared clock, printing which stage runs and how long is left."""
 
     def __init__(self, out: str | Path, minutes: float = 15.0, seed: int = 0, fresh: bool = False,
-                 stream: Any = None, n_clips: int | None = None, n_samples: int = 4, prompts_per_split: int = 8,
+                 stream: Any = None, n_clips: int | None = None, n_samples: int = 3, prompts_per_split: int = 6,
                  stages: list[Stage] | None = None, shares: dict[str, float] | None = None):
         if minutes <= 0:
             raise ConfigError(f"--minutes must be positive, got {minutes}")
@@ -209,15 +209,30 @@ def reference_models() -> dict[str, Path]:
     return {k: REFERENCE_DIR / k for k in ("ar", "dit") if (REFERENCE_DIR / k / "config.json").is_file()}
 
 
-def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
-    from .eval.compare import compare, dataset_prompts, load_model, real_clips
+def demo_diffusion_settings(guidance: float = 3.0) -> list[Any]:
+    """The demo's diffusion sweep, sized to its time: DPM-Solver++ 20 (headline) and 10, DDIM 20.
 
-    models = [load_model("AR (demo)", d.run_dir("ar") / "final"), load_model("DiT (demo)", d.run_dir("dit") / "final")]
+    `duogen compare` sweeps wider (DDIM 10/20/50 as well); on 2 shared cores a DDIM-50 pass over the
+    demo's prompts alone costs minutes.
+    """
+    from .eval.compare import Setting
+
+    g = {"guidance": guidance}
+    return [Setting("dpm++-20", {"sampler": "dpm_solver", "steps": 20, **g}),
+            Setting("dpm++-10", {"sampler": "dpm_solver", "steps": 10, **g}),
+            Setting("ddim-20", {"sampler": "ddim", "steps": 20, **g})]
+
+
+def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
+    from .eval.compare import ar_settings, compare, dataset_prompts, load_model, real_clips
+
+    ar, dit = ar_settings(), demo_diffusion_settings()
+    models = [load_model("AR (demo)", d.run_dir("ar") / "final", ar), load_model("DiT (demo)", d.run_dir("dit") / "final", dit)]
     refs = reference_models()
     if "ar" in refs:
-        models.append(load_model("AR (reference)", refs["ar"]))
+        models.append(load_model("AR (reference)", refs["ar"], ar))
     if "dit" in refs:
-        models.append(load_model("DiT (reference)", refs["dit"]))
+        models.append(load_model("DiT (reference)", refs["dit"], dit))
     prompts = dataset_prompts(d.data, per_split=d.prompts_per_split)
     res = compare(models, prompts, d.report, n=d.n_samples, seed=d.seed, real=real_clips(d.data, max_clips=128),
                   data_dir=d.data, per_call=len(prompts), log=d.say)
