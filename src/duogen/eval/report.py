@@ -243,8 +243,10 @@ def _grid(results: Mapping[str, Any], gifs: Mapping[tuple[str, int], str]) -> st
     head = "<tr><th class=l>prompt</th>" + "".join(
         f"<th class=l>{html.escape(m['name'])} <span class=split>({html.escape(m['headline'])})</span></th>" for m in models) + "</tr>"
     rows = [head]
+    per_call = max(1, int(results.get("per_call", 1)))
     for p, prompt in enumerate(results["prompts"]):
-        cells = [f"<td class=cap>{html.escape(prompt['caption'])}<br><span class=split>{html.escape(prompt['split'])}, seed {results['seed'] + p}</span></td>"]
+        seed = results["seed"] + (p // per_call) * per_call  # the seed of the generate call that made this row
+        cells = [f"<td class=cap>{html.escape(prompt['caption'])}<br><span class=split>{html.escape(prompt['split'])}, seed {seed}</span></td>"]
         for m in models:
             rel = gifs[(m["name"], p)]
             accs = _headline(m)["per_clip_accuracy"][p]
