@@ -144,6 +144,11 @@ class Demo:
             self.say(f"stage {st.name} finished in {info['wall_s']:.0f} s")
         self.summary.update(headline(self.report))
         self.summary["elapsed_min"] = round(self.elapsed_min(), 2)
+        self.say(f"report: {self.summary.get('report')}")
+        for name, h in self.summary.get("models", {}).items():
+            acc = ", ".join(f"{k} {100 * v:.0f}%" for k, v in h["accuracy"].items() if k in ("color", "direction", "shape"))
+            flops = f"{h['train_flops']:.3g}" if h.get("train_flops") else "?"
+            self.say(f"{name} [{h['sampling']}]: {acc}; training {flops} FLOPs in {h.get('train_wall_s') or 0:.0f} s")
         from .io import atomic_write_json
 
         atomic_write_json(self.out / "demo_summary.json", self.summary)
