@@ -44,6 +44,8 @@ class ARConfig:
     init_std: float = 0.02
     tie_embeddings: bool = False
     attn_dropout: float = 0.0
+    # Default measured (bench/bench_ar_prefix_lm.py, shapes world, tiny size, 250 steps, same init and
+    # batches): validation loss 0.599 prefix LM vs 0.604 causal (0.6-0.8% lower at steps 150-250).
     prefix_lm: bool = True
     cond_dropout: float = 0.1  # probability that training drops the text (for classifier-free guidance)
 
