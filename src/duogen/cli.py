@@ -467,7 +467,14 @@ def _emit(summary: dict[str, Any] | None, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (`--out X frames=17`); argparse stops
+    # filling a `nargs="*"` positional at the first option, so collect the rest here.
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = args.overrides + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:
         (getattr(args, "_group_parser", None) or parser).print_help()

@@ -10,7 +10,7 @@ directory `duogen.tokenizers.load` opens), evaluates the held-out split and
 writes `summary.json`.
 
 Text and audio dispatch to their own trainers (`duogen.tokenizers.text`,
-`duogen.tokenizers.audio_codec`).
+`duogen.train.audio_codec_recipe`).
 
 The loop is a plain one rather than `duogen.train.engine.fit`: codec training
 needs the time-based schedule, the frame-subset targets of the video codec and
@@ -436,6 +436,23 @@ def _plot_curve(curve: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def _train_text(data: str | Path, out: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """SentencePiece on the train split's captions; `vocab_size=N` and `model_type=bpe|unigram` overrides."""
+    from ..data import load_dataset
+    from ..tokenizers.text import train_text_tokenizer
+
+    opts = cfgmod.parse_overrides(overrides)
+    unknown = [k for k in opts if k not in ("vocab_size", "model_type")]
+    if unknown:
+        raise ConfigError(f"unknown text tokenizer key '{unknown[0]}'; allowed keys: vocab_size, model_type")
+    captions = load_dataset(data)["train"]["caption"]
+    out = Path(out)
+    tok = train_text_tokenizer(captions, out / "final", vocab_size=int(opts.get("vocab_size", 512)),
+                               model_type=str(opts.get("model_type", "bpe")))
+    return {"modality": "text", "out": str(out / "final" / "text.model"), "vocab_size": tok.vocab_size,
+            "captions": len(captions)}
+
+
 def main(
     modality: str,
     data: str | Path,
@@ -452,15 +469,11 @@ def main(
     elif modality == "image":
         run = cfgmod.load(ImageTokenizerRun, presets=IMAGE_RUN_PRESETS, preset=preset, file=config_file, overrides=overrides)
     elif modality == "text":
-        from ..tokenizers import text
-
-        return text.train_text_tokenizer(data, out, overrides=overrides)
+        return _train_text(data, out, overrides)
     elif modality == "audio":
-        try:
-            from ..tokenizers import audio_codec
-        except ImportError:
-            raise ConfigError("the audio codec is not available in this install") from None
-        return audio_codec.train_audio_codec(data, out, preset=preset, overrides=overrides)
+        from .audio_codec_recipe import train_audio_codec
+
+        return train_audio_codec(data, out, preset=preset, overrides=overrides)
     else:
         raise ConfigError(f"modality '{modality}'; allowed values: text, image, video, audio")
     return train_codec(run, modality, data, out)

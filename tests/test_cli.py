@@ -1,0 +1,39 @@
+"""The CLI frame: --help everywhere, one-line errors, overrides in any position."""
+
+import argparse
+
+import pytest
+
+from duogen import cli
+
+
+def _all_commands(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _all_commands(sub, prefix + (name,))
+
+
+def test_every_command_has_help(capsys):
+    commands = list(_all_commands(cli.build_parser()))
+    assert ("data", "make") in commands and ("train", "ar") in commands and ("demo",) in commands
+    for cmd in commands:
+        with pytest.raises(SystemExit) as e:
+            cli.main([*cmd, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: duogen " + " ".join(cmd)), cmd
+
+
+def test_overrides_after_options_and_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert cli.main(["data", "make", "shapes", "--out", str(out), "--n", "30", "speed=[1.0, 1.5]", "--json"]) == 0
+    assert "speed:\n- 1.0\n- 1.5" in (out / "world.yaml").read_text()
+    capsys.readouterr()
+    assert cli.main(["data", "make", "shapes", "--out", str(tmp_path / "v"), "size=abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("duogen: error:") and "size" in err[0]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["data", "make", "shapes", "--out", str(tmp_path / "u"), "--bogus"])
+    assert e.value.code == 2
