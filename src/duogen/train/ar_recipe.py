@@ -181,7 +181,8 @@ def train_ar(
 
     summary = fit(
         model, loss_fn, records, cfg.train, out, collate=collate,
-        save_model=lambda m, p: m.save_pretrained(p), run_config=cfglib.to_dict(cfg),
+        save_model=lambda m, p: m.save_pretrained(p),
+        run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": str(codec_dir.resolve())},
     )
     return {
         **{k: v for k, v in vars(summary).items()},

@@ -168,7 +168,7 @@ def train_diffusion(
         return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
 
     summary = fit(model, loss_fn, records, cfg.train, out, save_model=lambda m, p: m.save_pretrained(p),
-                  run_config=cfglib.to_dict(cfg))
+                  run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve())})
     return {
         **vars(summary),
         "final": str(out / "final"),
