@@ -504,29 +504,6 @@ def split_prompts(cfg: WorldConfig, split: str = "validation", n: int | None = N
     return out
 
 
-def _features(cfg: WorldConfig, audio: bool) -> Any:
-    import datasets
-
-    F, S = cfg.frames, cfg.size
-    feats = {
-        "video": datasets.Array4D((F, S, S, 3), "uint8"),
-        "caption": datasets.Value("string"),
-        "attributes": datasets.List(
-            {
-                "shape": datasets.Value("string"),
-                "color": datasets.Value("string"),
-                "motion": datasets.Value("string"),
-                "speed": datasets.Value("float64"),
-                "size": datasets.Value("int32"),
-            }
-        ),
-        "boxes": datasets.List(datasets.List(datasets.List(datasets.Value("int32"), length=4), length=F)),
-    }
-    if audio:
-        feats["audio"] = datasets.List(datasets.Value("float32"))
-    return datasets.Features(feats)
-
-
 def _speaker() -> Any:
     try:
         from .speech import speak
@@ -546,13 +523,14 @@ def make_world(out: str | Path, cfg: WorldConfig, *, audio: bool = False, overwr
     from .. import config
     from ..io import atomic_dir
     from ..utils import progress
+    from .folder import clip_features
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"output directory '{out}' already exists; pass --overwrite to replace it")
     speak = _speaker() if audio else None
     sizes = cfg.split_sizes()
-    features = _features(cfg, audio)
+    features = clip_features(cfg.frames, cfg.size, audio=audio)
     start = time.perf_counter()
     bar = progress(total=cfg.n, desc="rendering shapes", unit="clip")
 
