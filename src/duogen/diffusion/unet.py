@@ -114,6 +114,16 @@ class UNetBackbone(nn.Module):
         return self._conv_io(self.conv_out, torch.nn.functional.silu(self.norm_out(h)))
 
 
+def check_backbone_args(owner: str, channels: int, channel_mult: list[int], attention_levels: list[int], heads: int) -> None:
+    """Raise ConfigError (prefixed with `owner`) unless `UNetBackbone` can be built from these widths."""
+    if channels % 8 or not channel_mult or any(m < 1 for m in channel_mult):
+        raise ConfigError(f"{owner}: channels must be a multiple of 8 and channel_mult positive integers")
+    if any(not 0 <= lv < len(channel_mult) for lv in attention_levels):
+        raise ConfigError(f"{owner}: attention_levels must index channel_mult (0..{len(channel_mult) - 1})")
+    if any((channels * m) % heads for m in channel_mult):
+        raise ConfigError(f"{owner}: every level width must be divisible by heads={heads}")
+
+
 @dataclass
 class UNetConfig:
     """2D U-Net. `frames` > 0 means inputs are videos (B, C, F, H, W) folded into F*C channels."""
@@ -130,12 +140,7 @@ class UNetConfig:
     dropout: float = 0.0
 
     def check(self) -> None:
-        if self.channels % 8 or any(m < 1 for m in self.channel_mult) or not self.channel_mult:
-            raise ConfigError("unet: channels must be a multiple of 8 and channel_mult positive integers")
-        if any(not 0 <= lv < len(self.channel_mult) for lv in self.attention_levels):
-            raise ConfigError(f"unet: attention_levels must index channel_mult (0..{len(self.channel_mult) - 1})")
-        if any((self.channels * m) % self.heads for m in self.channel_mult):
-            raise ConfigError(f"unet: every level width must be divisible by heads={self.heads}")
+        check_backbone_args("unet", self.channels, self.channel_mult, self.attention_levels, self.heads)
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {

@@ -17,8 +17,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from .blocks import TextCond, timesteps_for
-from .unet import UNetBackbone
-from ..errors import ConfigError
+from .unet import UNetBackbone, check_backbone_args
 
 
 @dataclass
@@ -36,12 +35,7 @@ class VideoUNetConfig:
     dropout: float = 0.0
 
     def check(self) -> None:
-        if self.channels % 8 or not self.channel_mult or any(m < 1 for m in self.channel_mult):
-            raise ConfigError("video_unet: channels must be a multiple of 8 and channel_mult positive integers")
-        if any(not 0 <= lv < len(self.channel_mult) for lv in self.attention_levels):
-            raise ConfigError(f"video_unet: attention_levels must index channel_mult (0..{len(self.channel_mult) - 1})")
-        if any((self.channels * m) % self.heads for m in self.channel_mult):
-            raise ConfigError(f"video_unet: every level width must be divisible by heads={self.heads}")
+        check_backbone_args("video_unet", self.channels, self.channel_mult, self.attention_levels, self.heads)
 
 
 VIDEO_UNET_PRESETS: dict[str, VideoUNetConfig] = {
