@@ -17,3 +17,17 @@ def _seeded():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny ops: one thread is 10-40x faster than two when teammates load the 2 cores.
+
+    Opt in per module with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ CAPS = [f"a {c} {s} moves {d}" for c in ("red", "blue", "green") for s in ("circ
 TINY = ARConfig(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one thread is 10-40x faster than two when teammates load the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
