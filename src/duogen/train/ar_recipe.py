@@ -12,7 +12,6 @@ vocab.json, text.model, the codec's path).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any, Sequence
 from .. import config as cfglib
 from ..ar_models.layouts import MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .engine import LossOutput, TrainConfig, fit
+from .recipe_common import encode_clips, load_split, resolve_cache_dir, text_tokenizer
 
 CACHE_VERSION = 1
 
@@ -60,21 +60,11 @@ AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
 }
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, tasks: Sequence[str],
                    cache_dir: Path, batch_size: int = 32) -> Any:
     """Codec ids for every clip (and its masked versions for inpaint / outpaint), cached on disk."""
     import numpy as np
     import torch
-
-    from .data import pretokenize
 
     masked = sorted(t for t in tasks if t in MASKED_TASKS)
 
@@ -88,11 +78,8 @@ def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_na
                 out[f"{'masked' if t == 'inpaint' else 'outpaint'}_ids"] = codec.encode(m).to(torch.int32).numpy()
         return out
 
-    key = {"v": CACHE_VERSION, "codec": str(codec_dir.resolve()), "weights": _file_hash(codec_dir / "model.safetensors"),
-           "data": str(data.resolve()), "split": split_name, "masked": masked}
-    # numpy format without a dtype: `pretokenize` saves the mapped set, and a dtype in the format is not JSON
-    return pretokenize(split.with_format("numpy", columns=["video"], output_all_columns=True), fn, cache_dir, key=key, batch_size=batch_size,
-                       remove_columns=list(split.column_names), desc="encoding clips with the codec")
+    return encode_clips(split, fn, codec_dir, data, split_name, cache_dir, batch_size=batch_size,
+                        desc="encoding clips with the codec", v=CACHE_VERSION, masked=masked)
 
 
 class TokenRecords:
@@ -130,8 +117,6 @@ def train_ar(
     import warnings
 
     from ..bridges.generate import load_codec
-    from ..data import load_dataset
-    from ..tokenizers.text import TextTokenizer, train_text_tokenizer
     from ..tokenizers.vocab import UnifiedVocab
     from ..utils import count_parameters, seed_everything
     from .engine import apply_resume
@@ -144,23 +129,14 @@ def train_ar(
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
-    ds = load_dataset(data)
-    if cfg.split not in ds:
-        raise DataError(f"data set '{data}' has no split {cfg.split!r}; it has: {', '.join(ds)}")
-    split = ds[cfg.split]
-    if cfg.max_clips:
-        split = split.select(range(min(cfg.max_clips, len(split))))
+    split = load_split(data, cfg.split, cfg.max_clips)
     if "audio" in cfg.tasks or any(t in ("t2a", "v2a") for t in cfg.tasks):
         raise ConfigError("tasks t2a / v2a need an audio codec, which `train ar` does not take yet; drop them from --tasks")
     captions = list(split["caption"])
 
-    if text is not None:
-        tok = TextTokenizer.load(text)
-    else:
-        tok = train_text_tokenizer(captions, out, vocab_size=cfg.text_vocab)
+    tok = text_tokenizer(text, captions, out, cfg.text_vocab)
     codec = load_codec(codec_dir)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
-    encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, cache)
+    encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, resolve_cache_dir(cfg.cache_dir, out))
     t_encode = time.perf_counter() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
-from ..errors import DataError
 from .engine import LossOutput, TrainConfig, fit
+from .recipe_common import encode_clips, load_split, resolve_cache_dir, text_tokenizer
 
 CACHE_VERSION = 1
 
@@ -77,18 +77,13 @@ def encode_latents_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, 
     import numpy as np
     import torch
 
-    from .ar_recipe import _file_hash
-    from .data import pretokenize
-
     def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
         video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B, F, H, W, 3)
         with torch.inference_mode():
             return {"latents": codec.encode_latents(video).float().cpu().numpy()}  # (B, C, f, h, w)
 
-    key = {"v": CACHE_VERSION, "what": "latents", "codec": str(codec_dir.resolve()),
-           "weights": _file_hash(codec_dir / "model.safetensors"), "data": str(data.resolve()), "split": split_name}
-    return pretokenize(split.with_format("numpy", columns=["video"], output_all_columns=True), fn, cache_dir, key=key,
-                       batch_size=batch_size, remove_columns=list(split.column_names), desc="encoding clip latents")
+    return encode_clips(split, fn, codec_dir, data, split_name, cache_dir, batch_size=batch_size,
+                        desc="encoding clip latents", v=CACHE_VERSION, what="latents")
 
 
 class LatentRecords:
@@ -121,8 +116,6 @@ def train_diffusion(
     import torch
 
     from ..bridges.generate import load_codec
-    from ..data import load_dataset
-    from ..tokenizers.text import TextTokenizer, train_text_tokenizer
     from ..utils import count_parameters, seed_everything
     from .engine import apply_resume
 
@@ -133,20 +126,14 @@ def train_diffusion(
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
-    ds = load_dataset(data)
-    if cfg.split not in ds:
-        raise DataError(f"data set '{data}' has no split {cfg.split!r}; it has: {', '.join(ds)}")
-    split = ds[cfg.split]
-    if cfg.max_clips:
-        split = split.select(range(min(cfg.max_clips, len(split))))
+    split = load_split(data, cfg.split, cfg.max_clips)
     captions = list(split["caption"])
 
     codec = load_codec(codec_dir)
     if bool((codec.latent_scale == 1).all()) and bool((codec.latent_shift == 0).all()):
         warnings.warn(f"{codec_dir}: the codec stored no latent statistics (scale 1, shift 0); latents are used"
                       " unnormalized", UserWarning, stacklevel=2)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
-    encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, cache)
+    encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, resolve_cache_dir(cfg.cache_dir, out))
     with torch.no_grad():
         raw = torch.from_numpy(np.asarray(encoded["latents"], dtype=np.float32))  # (N, C, f, h, w)
         latents = codec.normalize_latents(raw.to(codec.device)).cpu()
@@ -155,7 +142,7 @@ def train_diffusion(
     mcfg = cfg.model
     tok = None
     if mcfg.text.kind == "transformer":
-        tok = TextTokenizer.load(text) if text is not None else train_text_tokenizer(captions, out, vocab_size=cfg.text_vocab)
+        tok = text_tokenizer(text, captions, out, cfg.text_vocab)
         mcfg.text.vocab_size = tok.vocab_size
     mcfg.latent = [int(v) for v in latents.shape[1:]]
     seed_everything(seed)

@@ -1,0 +1,68 @@
+"""The steps the AR and diffusion recipes share before their models differ.
+
+Opening the training split, the text tokenizer (given, or trained on the
+split's captions), and the on-disk cache of what the codec makes of every
+clip (keyed by the codec's weights, the data set and the split). Each recipe
+still reads top to bottom in its own `train_*`; this module does not own the
+models, the engine, or the per-batch encode functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DataError
+
+
+def file_hash(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256 (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_split(data: Path, split: str, max_clips: int = 0) -> Any:
+    """Split `split` of the data set at `data` (an HF `Dataset`), cut to its first `max_clips` rows (0 = all)."""
+    from ..data import load_dataset
+
+    ds = load_dataset(data)
+    if split not in ds:
+        raise DataError(f"data set '{data}' has no split {split!r}; it has: {', '.join(ds)}")
+    rows = ds[split]
+    if max_clips:
+        rows = rows.select(range(min(max_clips, len(rows))))
+    return rows
+
+
+def text_tokenizer(text: str | Path | None, captions: list[str], out: Path, vocab_size: int) -> Any:
+    """The SentencePiece model saved at `text`, or one of `vocab_size` pieces trained on `captions` into `out`."""
+    from ..tokenizers.text import TextTokenizer, train_text_tokenizer
+
+    if text is not None:
+        return TextTokenizer.load(text)
+    return train_text_tokenizer(captions, out, vocab_size=vocab_size)
+
+
+def resolve_cache_dir(configured: str, out: Path) -> Path:
+    """The encode cache's folder: the configured one, else OUT/../.cache (shared by runs under one folder)."""
+    return Path(configured) if configured else out.parent / ".cache"
+
+
+def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]], codec_dir: Path, data: Path,
+                 split_name: str, cache: Path, *, batch_size: int, desc: str, **key: Any) -> Any:
+    """`fn` mapped over batches of `split`'s clips (column `video` as numpy), once: cached under `cache`.
+
+    The cache key covers the codec's path and weights, the data set, the split
+    and `key` (the recipe's cache version and whatever else its output depends on).
+    """
+    from .data import pretokenize
+
+    key = {**key, "codec": str(codec_dir.resolve()), "weights": file_hash(codec_dir / "model.safetensors"),
+           "data": str(data.resolve()), "split": split_name}
+    # numpy format without a dtype: `pretokenize` saves the mapped set, and a dtype in the format is not JSON
+    return pretokenize(split.with_format("numpy", columns=["video"], output_all_columns=True), fn, cache, key=key,
+                       batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
