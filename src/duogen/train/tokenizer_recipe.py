@@ -114,14 +114,9 @@ def load_pixels(data: str | Path, split: str, modality: str, limit: int | None =
             raise DataError(f"split '{split}' not in mnist; allowed values: {', '.join(parts)}")
         out = parts[split]
         return out[:limit] if limit else out
-    from ..data import load_dataset
+    from .recipe_common import load_split
 
-    dd = load_dataset(data)
-    if split not in dd:
-        raise DataError(f"data set '{data}' has no split '{split}'; it has: {', '.join(dd)}")
-    ds = dd[split]
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
+    ds = load_split(Path(data), split, limit or 0)
     col = "video" if "video" in ds.column_names else "image" if "image" in ds.column_names else None
     if col is None:
         raise DataError(f"data set '{data}' has no 'video' or 'image' column (columns: {', '.join(ds.column_names)})")
