@@ -299,3 +299,21 @@ def test_loader_workers_give_the_same_batches(tmp_path):
     fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=4), tmp_path / "a")
     fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=4, num_workers=1), tmp_path / "b")
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_budget_schedule_ends_the_decay_with_the_budget(tmp_path):
+    """With max_flops, the cosine horizon is the budget's step count, not `steps`."""
+    fps = 10.0
+    cfg = _cfg(steps=1000, warmup_steps=2, min_lr_ratio=0.1, log_every=1, max_flops=16 * fps * 8)
+    s = fit(W.make_model(), W.make_loss(), W.make_data(), cfg, tmp_path / "a", flops_per_sample=fps)
+    assert s.stopped == "max_flops" and s.steps == 8
+    lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    f = lr_lambda(warmup=2, total=8, min_ratio=0.1)
+    assert lrs == pytest.approx([cfg.lr * f(i) for i in range(8)])
+    state = json.loads((tmp_path / "a" / "checkpoints" / "step_0000008" / "trainer_state.json").read_text())
+    assert state["horizon"] == 8
+    cfg_off = _cfg(steps=1000, warmup_steps=2, min_lr_ratio=0.1, log_every=1, max_flops=16 * fps * 8,
+                   budget_schedule=False)
+    fit(W.make_model(), W.make_loss(), W.make_data(), cfg_off, tmp_path / "b", flops_per_sample=fps)
+    lrs_off = [json.loads(ln)["lr"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs_off[-1] > 0.99 * cfg.lr and lrs[-1] < 0.2 * cfg.lr

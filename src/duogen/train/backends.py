@@ -25,18 +25,23 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    """Linear warmup for `warmup` steps, then cosine decay to `min_ratio` at `total` steps."""
+def lr_lambda(warmup: int, total: "int | Callable[[], int]", min_ratio: float):
+    """Linear warmup for `warmup` steps, then cosine decay to `min_ratio` at `total` steps.
+
+    `total` may be a callable read at every step: the engine shortens the horizon to the
+    steps a time or FLOPs budget allows, so the decay ends when the budget does.
+    """
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        horizon = total() if callable(total) else total
+        progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
@@ -66,6 +71,7 @@ class SingleBackend:
     """One process: plain module, torch AdamW, LambdaLR."""
 
     rank, world_size, local_rank = 0, 1, 0
+    horizon = 0  # steps over which the LR decays; set by `fit` before `setup`
 
     def __init__(self, cfg: Any):
         import torch
@@ -84,7 +90,7 @@ class SingleBackend:
         self.module = model.to(self.device)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+            self.optimizer, lr_lambda(cfg.warmup_steps, lambda: self.horizon, cfg.min_lr_ratio)
         )
         self.forward_model = torch.compile(model) if cfg.compile else model
         self._wrap()
@@ -227,7 +233,7 @@ class DeepSpeedBackend(DDPBackend):
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
-        f = lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        f = lr_lambda(cfg.warmup_steps, lambda: self.horizon, cfg.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(self.device),
             model_parameters=param_groups(model, cfg.weight_decay),

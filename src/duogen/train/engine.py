@@ -43,6 +43,9 @@ from ..errors import ConfigError, TrainingError
 
 __all__ = ["TrainConfig", "LossOutput", "TrainSummary", "fit", "apply_resume", "add_resume_argument"]
 
+# Steps timed (after a session's first, which pays for warm-up) before a time budget fixes the LR horizon.
+_HORIZON_TIMING_STEPS = 10
+
 
 @dataclass
 class TrainConfig:
@@ -69,6 +72,9 @@ class TrainConfig:
     resume: str = "no"  # "no" | "auto" | path to a checkpoint or run directory
     max_minutes: float = 0.0  # 0 = no limit
     max_flops: float = 0.0  # 0 = no limit
+    # With a max_minutes / max_flops budget, end the cosine decay where the budget ends rather
+    # than at `steps` (the horizon is fixed after a few timed steps and kept in the checkpoint).
+    budget_schedule: bool = True
     num_workers: int = 0
 
     def check(self) -> None:
@@ -309,6 +315,7 @@ def fit(
     cfg.check()
     run_dir = Path(run_dir)
     backend = make_backend(cfg)
+    backend.horizon = cfg.steps
     rank, world = backend.rank, backend.world_size
     is_main = rank == 0
     seed_everything(cfg.seed + rank)
@@ -322,7 +329,8 @@ def fit(
     model_config = model_config_of(module, run_config)
 
     # -- resume
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "flops": 0.0, "flops_per_step": None, "wall_s": 0.0}
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "flops": 0.0, "flops_per_step": None, "wall_s": 0.0,
+             "horizon": None}
     ckpt = resolve_resume(cfg.resume, run_dir)
     if ckpt is not None:
         saved = read_json(ckpt / "trainer_state.json")
@@ -356,6 +364,10 @@ def fit(
                                        backward=cfg.engine != "deepspeed")
             state["flops_per_step"] = per_micro * cfg.grad_accum * world
     loader = make_loader(train_data, sampler, collate, cfg.num_workers, generator_seed=cfg.seed)
+    if state["horizon"] is None and cfg.budget_schedule and cfg.max_flops > 0:
+        state["horizon"] = min(cfg.steps, max(1, math.ceil(cfg.max_flops / state["flops_per_step"])))
+    backend.horizon = state["horizon"] or cfg.steps
+    timing_from = None  # (step, elapsed) after this session's first step, to time steps for the horizon
 
     def save_checkpoint() -> Path:
         def write(tmp: Path) -> None:
@@ -437,6 +449,14 @@ def fit(
             state["wall_s"] = wall_offset + vec[3].item() / world
             session_items += step_items
             log_items += step_items
+            if cfg.budget_schedule and cfg.max_minutes > 0 and state["horizon"] is None:
+                if timing_from is None:
+                    timing_from = (state["step"], vec[3].item() / world)
+                elif state["step"] - timing_from[0] >= _HORIZON_TIMING_STEPS:
+                    per_step = (vec[3].item() / world - timing_from[1]) / (state["step"] - timing_from[0])
+                    left = 60 * cfg.max_minutes - state["wall_s"]
+                    state["horizon"] = min(backend.horizon, state["step"] + max(1, int(left / max(per_step, 1e-9))))
+                    backend.horizon = state["horizon"]
             bar.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 now = time.perf_counter()
