@@ -90,7 +90,7 @@ class SingleBackend:
         self.module = model.to(self.device)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.warmup_steps, lambda: self.horizon, cfg.min_lr_ratio)
+            self.optimizer, lr_lambda(cfg.warmup_steps, lambda: self.horizon or cfg.steps, cfg.min_lr_ratio)
         )
         self.forward_model = torch.compile(model) if cfg.compile else model
         self._wrap()
@@ -233,7 +233,7 @@ class DeepSpeedBackend(DDPBackend):
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
-        f = lr_lambda(cfg.warmup_steps, lambda: self.horizon, cfg.min_lr_ratio)
+        f = lr_lambda(cfg.warmup_steps, lambda: self.horizon or cfg.steps, cfg.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(self.device),
             model_parameters=param_groups(model, cfg.weight_decay),
