@@ -122,3 +122,10 @@ def _rank() -> int:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        # Tear the group down before interpreter exit: a gloo thread still running at exit
+        # aborts the process ("terminate called without an active exception") now and then.
+        dist.barrier()
+        dist.destroy_process_group()

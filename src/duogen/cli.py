@@ -490,8 +490,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("duogen: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     _emit(summary, getattr(args, "json", False))
     return 0
+
+
+def _close_process_group() -> None:
+    """Leave torchrun / DeepSpeed runs cleanly: a gloo thread alive at interpreter exit can abort it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
