@@ -37,3 +37,15 @@ def test_overrides_after_options_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["data", "make", "shapes", "--out", str(tmp_path / "u"), "--bogus"])
     assert e.value.code == 2
+
+
+def test_python_dash_m_and_scripts_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "duogen", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("usage: duogen"), res.stderr
+    res = subprocess.run([sys.executable, str(root / "scripts" / "train_references.py"), "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--codec-steps" in res.stdout, res.stderr

@@ -238,3 +238,18 @@ def test_recipe_writes_loadable_codec(tmp_path):
     assert ev["psnr"] == pytest.approx(s["heldout"]["psnr"], abs=1e-4)
     assert ev["tokens_per_item"] == 48 and ev["bits_per_pixel"] == pytest.approx(48 * math.log2(125) / (9 * 16 * 16))
     assert 0 < ev["codebook_usage"] <= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is there")
+def test_codec_training_on_a_missing_gpu_is_a_clear_error(tmp_path):
+    from duogen import config
+    from duogen.errors import ConfigError
+    from duogen.train.tokenizer_recipe import VideoTokenizerRun, train_codec
+    from duogen.utils import resolve_device
+
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    run = config.from_dict(VideoTokenizerRun, {"model": config.to_dict(build_video_codec("tiny", VIDEO_TEST).cfg),
+                                               "train": {"steps": 1, "max_minutes": 0, "device": "cuda"}})
+    items = ((_clips(b=2) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    with pytest.raises(ConfigError, match="torch sees no GPU"):
+        train_codec(run, "video", "synthetic", tmp_path / "run", train_items=items, val_items=items, heldout_items=items)

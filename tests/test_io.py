@@ -40,3 +40,28 @@ def test_wrong_model_names_file(tmp_path):
     net = torch.nn.Linear(3, 2)
     with pytest.raises(CheckpointError, match="weights do not fit"):
         io.load_weights_into(net, {"weight": torch.zeros(5, 5), "bias": torch.zeros(2)}, "x.safetensors")
+
+
+def test_half_precision_copy_loads_and_matches(tmp_path):
+    import torch
+
+    from duogen.io import half_precision_copy, load_model_dir, save_model_dir
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.LayerNorm(64), torch.nn.Linear(64, 4))
+    save_model_dir(tmp_path / "m", {"kind": "test"}, net.state_dict())
+    save_model_dir(tmp_path / "m" / "codec", {"kind": "codec"}, {"latent_scale": torch.tensor([0.6538, 0.3528])})
+    size = half_precision_copy(tmp_path / "m", tmp_path / "h")
+    full = sum(f.stat().st_size for f in (tmp_path / "m").rglob("*") if f.is_file())
+    assert size < 0.6 * full
+    _, state = load_model_dir(tmp_path / "h")
+    assert state["0.weight"].dtype == torch.float16 and state["0.bias"].dtype == torch.float32
+    _, codec_state = load_model_dir(tmp_path / "h" / "codec")  # 1-D statistics stay exact
+    assert torch.equal(codec_state["latent_scale"], torch.tensor([0.6538, 0.3528]))
+    copy = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.LayerNorm(64), torch.nn.Linear(64, 4))
+    copy.load_state_dict(state)  # casts back to float32
+    x = torch.randn(5, 32)
+    assert copy[0].weight.dtype == torch.float32
+    torch.testing.assert_close(copy(x), net(x), atol=2e-3, rtol=2e-3)
+    with pytest.raises(CheckpointError, match="not a model directory"):
+        half_precision_copy(tmp_path / "nothing", tmp_path / "x")

@@ -163,3 +163,25 @@ def load_weights_into(module: Any, state: Mapping[str, Any], source: str | Path)
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"{source}: weights do not fit this model ({what})")
+
+
+def half_precision_copy(src: str | Path, dst: str | Path) -> int:
+    """Copy a model directory with its float32 weight matrices stored as float16; return its size in bytes.
+
+    Every `model.safetensors` under `src` (a diffusion model carries its codec in `codec/`) is
+    rewritten; tensors of one dimension (biases, norms, a codec's latent statistics, which
+    loaders compare exactly) stay float32. Loading casts back to float32, so the copy loads
+    wherever the original does, at half the size (how the reference checkpoints ship).
+    """
+    import torch
+
+    src, dst = Path(src), Path(dst)
+    if not (src / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{src}: not a model directory (no {CONFIG_NAME})")
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        for weights in sorted(Path(tmp).rglob(WEIGHTS_NAME)):
+            state = load_state_dict(weights)
+            half = {k: v.half() if v.dtype == torch.float32 and v.ndim >= 2 else v for k, v in state.items()}
+            save_state_dict(half, weights, metadata={"stored_as": "float16 matrices"})
+    return sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())

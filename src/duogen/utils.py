@@ -31,6 +31,19 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
     return tqdm(iterable, disable=disable, **kwargs)
 
 
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is returned as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError(f"device {device!r} asked for, but torch sees no GPU (use device=cpu or auto)")
+    return device
+
+
 @contextlib.contextmanager
 def autocast(precision: str, device: str = "cpu") -> Iterator[None]:
     """bf16 autocast when asked for (the CPU's AMX units make it the fast path), else nothing."""

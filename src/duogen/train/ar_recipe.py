@@ -22,7 +22,7 @@ from ..ar_models.layouts import MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, 
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import encode_clips, load_split, resolve_cache_dir, text_tokenizer
+from .recipe_common import codec_on_accelerator, encode_clips, load_split, resolve_cache_dir, text_tokenizer
 
 CACHE_VERSION = 1
 
@@ -72,10 +72,10 @@ def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_na
         video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B,F,H,W,3)
         out: dict[str, Any] = {}
         with torch.inference_mode():
-            out["video_ids"] = codec.encode(video).to(torch.int32).numpy()  # (B,f,h,w)
+            out["video_ids"] = codec.encode(video).to(torch.int32).cpu().numpy()  # (B,f,h,w)
             for t in masked:
                 m = np.stack([masked_clip(v, t) for v in video])
-                out[f"{'masked' if t == 'inpaint' else 'outpaint'}_ids"] = codec.encode(m).to(torch.int32).numpy()
+                out[f"{'masked' if t == 'inpaint' else 'outpaint'}_ids"] = codec.encode(m).to(torch.int32).cpu().numpy()
         return out
 
     return encode_clips(split, fn, codec_dir, data, split_name, cache_dir, batch_size=batch_size,
@@ -136,7 +136,8 @@ def train_ar(
 
     tok = text_tokenizer(text, captions, out, cfg.text_vocab)
     codec = load_codec(codec_dir)
-    encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, resolve_cache_dir(cfg.cache_dir, out))
+    with codec_on_accelerator(codec):
+        encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, resolve_cache_dir(cfg.cache_dir, out))
     t_encode = time.perf_counter() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below

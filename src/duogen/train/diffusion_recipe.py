@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import encode_clips, load_split, resolve_cache_dir, text_tokenizer
+from .recipe_common import codec_on_accelerator, encode_clips, load_split, resolve_cache_dir, text_tokenizer
 
 CACHE_VERSION = 1
 
@@ -133,7 +133,8 @@ def train_diffusion(
     if bool((codec.latent_scale == 1).all()) and bool((codec.latent_shift == 0).all()):
         warnings.warn(f"{codec_dir}: the codec stored no latent statistics (scale 1, shift 0); latents are used"
                       " unnormalized", UserWarning, stacklevel=2)
-    encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, resolve_cache_dir(cfg.cache_dir, out))
+    with codec_on_accelerator(codec):
+        encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, resolve_cache_dir(cfg.cache_dir, out))
     with torch.no_grad():
         raw = torch.from_numpy(np.asarray(encoded["latents"], dtype=np.float32))  # (N, C, f, h, w)
         latents = codec.normalize_latents(raw.to(codec.device)).cpu()

@@ -9,9 +9,10 @@ models, the engine, or the per-batch encode functions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import DataError
 
@@ -50,6 +51,19 @@ def text_tokenizer(text: str | Path | None, captions: list[str], out: Path, voca
 def resolve_cache_dir(configured: str, out: Path) -> Path:
     """The encode cache's folder: the configured one, else OUT/../.cache (shared by runs under one folder)."""
     return Path(configured) if configured else out.parent / ".cache"
+
+
+@contextlib.contextmanager
+def codec_on_accelerator(codec: Any) -> Iterator[Any]:
+    """The codec on the GPU (when torch sees one) for the one-off encode, back on the CPU afterwards."""
+    from ..utils import resolve_device
+
+    device = resolve_device("auto")
+    codec.to(device)
+    try:
+        yield codec
+    finally:
+        codec.cpu()
 
 
 def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]], codec_dir: Path, data: Path,

@@ -56,6 +56,7 @@ class CodecTrainConfig:
     log_every: int = 10
     stats_items: int = 512  # training items used for latent_scale / latent_shift
     seed: int = 0
+    device: str = "auto"  # "auto": the GPU when torch sees one, else the CPU
     threads: int = 0  # torch intra-op threads for this run (0 = torch's default). 1 is far faster on a shared, oversubscribed CPU
 
     def check(self) -> None:
@@ -314,7 +315,7 @@ def train_codec(
     heldout_items: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train a codec from `run` on `data`; write the run directory `out`; return the summary."""
-    from ..utils import autocast, count_parameters, progress, seed_everything
+    from ..utils import autocast, count_parameters, progress, resolve_device, seed_everything
 
     tc = run.train
     tc.check()
@@ -328,11 +329,13 @@ def train_codec(
     val = val_items if val_items is not None else load_pixels(data, "validation", modality, limit=tc.eval_items)
     val = val[: tc.eval_items]
     codec: VideoCodec | ImageCodec = VideoCodec(run.model) if modality == "video" else ImageCodec(run.model)
+    device = resolve_device(tc.device)
+    codec.to(device)
     codec.prepare(_to_batch(train[:1], modality))  # a wrong-size data set fails here, with the codec's message
     opt = torch.optim.AdamW(codec.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     disc = d_opt = None
     if run.loss.adv_weight > 0:
-        disc = PatchDiscriminator()
+        disc = PatchDiscriminator().to(device)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=tc.lr * 0.5, betas=(0.5, 0.9))
     g = torch.Generator().manual_seed(tc.seed)
     metrics_f = open(out / "metrics.jsonl", "w")
@@ -365,7 +368,8 @@ def train_codec(
             x = _to_batch(train[np.sort(idx)], modality)
             if tc.augment:
                 x = augment(x, g)
-            with autocast(tc.precision):
+            x = x.to(device, non_blocking=True)
+            with autocast(tc.precision, device.split(":")[0]):
                 recon, q, frames = codec(x)
             target = x if frames is None else x[:, :, frames]
             res = codec_loss(recon, target, q.aux_loss, run.loss, step=step, discriminator=disc)
@@ -398,9 +402,9 @@ def train_codec(
     with torch.no_grad():
         zs = [codec.encode_latents(_to_batch(train[i : i + 64], modality)) for i in range(0, min(len(train), tc.stats_items), 64)]
         codec.set_latent_stats(torch.cat(zs))
-    codec.save_pretrained(out / "final", extra={"trained_on": str(data), "steps": step})
     held = heldout_items if heldout_items is not None else load_pixels(data, "heldout", modality)
     final = evaluate_codec(codec, held, crop=2 if str(data) == "mnist" else 0)
+    codec.cpu().save_pretrained(out / "final", extra={"trained_on": str(data), "steps": step, "device": device})
     summary = {
         "modality": modality, "out": str(out), "final": str(out / "final"), "steps": step,
         "train_seconds": round(train_seconds, 1), "items_seen": step * tc.batch_size,

@@ -1,0 +1,129 @@
+"""Train duogen's reference checkpoints (tiny codec, AR model, DiT) with the project's own recipes.
+
+    python scripts/train_references.py --out runs/references
+
+Each stage is one `duogen` command, logged to OUT/logs/<stage>.log and skipped when its
+`final/` already exists, so a cut run resumes. Budgets are step counts (not minutes), so
+the same command trains the same recipe on any machine; the defaults are sized for two
+CPU cores (see README.md, "Reference checkpoints", for the measured time per stage).
+
+Extra models to train beside the defaults (a sweep) are given as NAME:key=value,key=value:
+    --ar ar_long:train.steps=8000 --dit dit_p1:dit.patch_size=1,train.steps=2500
+
+At the end every model is sampled and scored by the probes with `duogen compare`
+(OUT/compare/results.json) and OUT/references.json gathers steps, FLOPs, wall time,
+device and accuracy per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_AR = "ar:train.steps=2600"
+DEFAULT_DIT = "dit:train.steps=3500"
+
+
+def duogen(args: list[str], log: Path, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"$ duogen {' '.join(args)}\n")
+    return subprocess.Popen([sys.executable, "-m", "duogen", *args], stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
+
+
+def wait_all(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
+    failed = []
+    for name, (p, log) in procs.items():
+        if p.wait() != 0:
+            failed.append(f"{name} (exit {p.returncode}, log {log})")
+    if failed:
+        sys.exit("failed: " + "; ".join(failed))
+
+
+def parse_specs(specs: list[str]) -> list[tuple[str, list[str]]]:
+    out = []
+    for s in specs:
+        name, _, ov = s.partition(":")
+        out.append((name, [o for o in ov.split(",") if o]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/references")
+    ap.add_argument("--world-n", type=int, default=20000, help="clips in the tiny shapes world (default: 20000)")
+    ap.add_argument("--codec-steps", type=int, default=6000)
+    ap.add_argument("--codec-minutes", type=float, default=0.0, help="also stop the codec at this many minutes (0: no cap)")
+    ap.add_argument("--ar", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_AR})")
+    ap.add_argument("--dit", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_DIT})")
+    ap.add_argument("--parallel", action="store_true", help="train the AR and diffusion models at once (for a GPU)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    ap.add_argument("--eval-n", type=int, default=2, help="samples per prompt in the final comparison")
+    ap.add_argument("--eval-per-split", type=int, default=32, help="validation and heldout prompts in the comparison")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    out, t0 = Path(a.out), time.time()
+    logs, data, text, codec = out / "logs", out / "data", out / "text", out / "codec"
+    timing: dict[str, float] = {}
+
+    def stage(name: str, args: list[str], done: Path) -> None:
+        if done.exists():
+            print(f"[{name}] done already ({done})", flush=True)
+            return
+        t = time.time()
+        print(f"[{name}] duogen {' '.join(args)}", flush=True)
+        wait_all({name: (duogen(args, logs / f"{name}.log", a.threads), logs / f"{name}.log")})
+        timing[name] = round(time.time() - t, 1)
+
+    seed = ["--seed", str(a.seed)]
+    stage("data", ["data", "make", "shapes", "--out", str(data), "--n", str(a.world_n), "--overwrite", *seed],
+          data / "dataset_dict.json")
+    stage("text", ["train", "tokenizer", "--modality", "text", "--data", str(data), "--out", str(text), *seed],
+          text / "final" / "text.model")
+    stage("codec", ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(codec), "--preset",
+                    "tiny", *seed, f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}"], codec / "final" / "config.json")
+
+    jobs = [("ar", n, ov) for n, ov in parse_specs(a.ar or [DEFAULT_AR])]
+    jobs += [("diffusion", n, ["denoiser=dit", *ov]) for n, ov in parse_specs(a.dit or [DEFAULT_DIT])]
+    common = ["--data", str(data), "--tokenizer", str(codec / "final"), "--text", str(text / "final" / "text.model"), *seed]
+    pending: dict[str, tuple[subprocess.Popen, Path]] = {}
+    for kind, name, ov in jobs:
+        run = out / name / "run"  # one folder per model: its own encode cache beside it
+        if (run / "final" / "config.json").exists():
+            continue
+        args = ["train", kind, *common, "--out", str(run), "--resume", "auto", *ov]
+        print(f"[{name}] duogen {' '.join(args)}", flush=True)
+        pending[name] = (duogen(args, logs / f"{name}.log", a.threads), logs / f"{name}.log")
+        if not a.parallel:
+            wait_all(pending)
+            pending = {}
+    wait_all(pending)
+    timing["models"] = round(time.time() - t0 - sum(timing.values()), 1)
+
+    cmp_args = ["compare", "--out", str(out / "compare"), "--data", str(data), "--n", str(a.eval_n),
+                "--per-split", str(a.eval_per_split), "--steps-sweep", "20,50", *seed]
+    for kind, name, _ in jobs:
+        cmp_args += ["--ar" if kind == "ar" else "--diffusion", f"{name}={out / name / 'run' / 'final'}"]
+    stage("compare", cmp_args, out / "compare" / "results.json")
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from duogen.demo import headline
+
+    summary = {"out": str(out), "seconds": timing, "codec": json.loads((codec / "summary.json").read_text())["heldout"],
+               "models": headline(out / "compare")["models"]}
+    for kind, name, ov in jobs:
+        s = json.loads((out / name / "run" / "summary.json").read_text())
+        summary["models"].setdefault(name, {}).update(
+            overrides=ov, steps=s.get("steps"), train_flops=s.get("flops"), train_wall_s=s.get("wall_s"))
+    (out / "references.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
