@@ -4,8 +4,9 @@
 
 Each stage is one `duogen` command, logged to OUT/logs/<stage>.log and skipped when its
 `final/` already exists, so a cut run resumes. Budgets are step counts (not minutes), so
-the same command trains the same recipe on any machine; the defaults are sized for two
-CPU cores (see README.md, "Reference checkpoints", for the measured time per stage).
+the same command trains the same recipe on any machine: the defaults are the step counts of
+the checkpoints in `src/duogen/assets/reference/`, sized to fit two hours on two CPU cores
+(docs/references/README.md gives the measured time per stage and the training logs).
 
 Extra models to train beside the defaults (a sweep) are given as NAME:key=value,key=value:
     --ar ar_long:train.steps=8000 --dit dit_p1:dit.patch_size=1,train.steps=2500
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 DEFAULT_AR = "ar:train.steps=2600"
-DEFAULT_DIT = "dit:train.steps=3500"
+DEFAULT_DIT = "dit:train.steps=2400"
 
 
 def duogen(args: list[str], log: Path, threads: int) -> subprocess.Popen:
@@ -58,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/references")
     ap.add_argument("--world-n", type=int, default=20000, help="clips in the tiny shapes world (default: 20000)")
-    ap.add_argument("--codec-steps", type=int, default=6000)
+    ap.add_argument("--codec-steps", type=int, default=2465)
     ap.add_argument("--codec-minutes", type=float, default=0.0, help="also stop the codec at this many minutes (0: no cap)")
     ap.add_argument("--ar", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_AR})")
     ap.add_argument("--dit", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_DIT})")

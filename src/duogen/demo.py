@@ -235,9 +235,9 @@ def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
     models = [load_model("AR (demo)", d.run_dir("ar") / "final", ar), load_model("DiT (demo)", d.run_dir("dit") / "final", dit)]
     refs = reference_models()
     if "ar" in refs:
-        models.append(load_model("AR (reference)", refs["ar"], ar))
+        models.append(load_model("AR (reference, GPU-trained)", refs["ar"], ar))
     if "dit" in refs:
-        models.append(load_model("DiT (reference)", refs["dit"], dit))
+        models.append(load_model("DiT (reference, GPU-trained)", refs["dit"], dit))
     prompts = dataset_prompts(d.data, per_split=d.prompts_per_split)
     res = compare(models, prompts, d.report, n=d.n_samples, seed=d.seed, real=real_clips(d.data, max_clips=128),
                   data_dir=d.data, per_call=len(prompts), log=d.say)
