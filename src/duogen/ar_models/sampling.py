@@ -69,17 +69,23 @@ class LlamaDecoder:
         self.embed = m.embed_tokens.weight
         self.head = lm.lm_head.weight  # (V, D)
         self.norm_w, self.eps = m.norm.weight, m.norm.variance_epsilon
+        # Projections are stored transposed and contiguous, (in, out): at one token per row, x @ W_t runs
+        # 1.3-1.8x faster than F.linear(x, W) on this CPU (bench/bench_ar_sampling.py measures the whole loop).
+        def t(w: torch.Tensor) -> torch.Tensor:
+            return w.detach().t().contiguous()
+
         self.layers = []
         for layer in m.layers:
             a, f = layer.self_attn, layer.mlp
             self.layers.append((
                 layer.input_layernorm.weight,
-                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),  # (Hq+2Hkv)*Dh, D
-                a.o_proj.weight,
+                t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # (D, (Hq+2Hkv)*Dh)
+                t(a.o_proj.weight),  # (Hq*Dh, D)
                 layer.post_attention_layernorm.weight,
-                torch.cat([f.gate_proj.weight, f.up_proj.weight]).detach(),  # (2M, D)
-                f.down_proj.weight,
+                t(torch.cat([f.gate_proj.weight, f.up_proj.weight])),  # (D, 2M)
+                t(f.down_proj.weight),  # (M, D)
             ))
+        self._head_t: dict[tuple[int, int | None], torch.Tensor] = {}  # (lo, hi) -> (D, R), built on first use
         pos = torch.arange(self.max_len)[None]
         probe = torch.zeros(1, 1, c.hidden_size, dtype=self.embed.dtype)
         cos, sin = m.rotary_emb(probe, position_ids=pos)  # (1, T, Dh)
@@ -119,7 +125,7 @@ class LlamaDecoder:
         rot = self.rot[start] if t == 1 else None  # (Dh, Dh)
         for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), w_in, self.eps)
-            qkv = F.linear(h, w_qkv)  # (B,t,(Hq+2Hkv)*Dh)
+            qkv = torch.matmul(h, w_qkv)  # (B,t,(Hq+2Hkv)*Dh)
             if rot is not None:  # one token: rotate queries and keys together
                 qk = torch.matmul(qkv[..., : nq + nkv].view(B, self.hq + self.hkv, self.dh), rot)  # (B,Hq+Hkv,Dh)
                 q, k = qk[:, : self.hq, None], qk[:, self.hq :, None]  # (B,H,1,Dh)
@@ -138,15 +144,18 @@ class LlamaDecoder:
             else:  # a chunk after cached tokens: causal within the chunk, full to the past
                 mask = torch.ones(t, end, dtype=torch.bool).tril(start) if causal else None
                 o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=mask, enable_gqa=gqa)
-            x = x + F.linear(o.transpose(1, 2).reshape(B, t, nq), w_o)
+            x = x + torch.matmul(o.transpose(1, 2).reshape(B, t, nq), w_o)
             h = F.rms_norm(x, (x.shape[-1],), w_post, self.eps)
-            gate, up = F.linear(h, w_gu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
+            gate, up = torch.matmul(h, w_gu).chunk(2, dim=-1)
+            x = x + torch.matmul(F.silu(gate) * up, w_down)
         return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm_w, self.eps)  # (B,D)
 
     def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """Logits of ids lo..hi-1 only: (B,D) -> (B,R)."""
-        return F.linear(h, self.head[lo:hi])
+        w = self._head_t.get((lo, hi))
+        if w is None:
+            w = self._head_t[(lo, hi)] = self.head[lo:hi].detach().t().contiguous()
+        return h @ w
 
 
 def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
