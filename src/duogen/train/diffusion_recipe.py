@@ -59,7 +59,7 @@ def _preset(**model: Any) -> DiffusionRecipeConfig:
 
 DIFFUSION_RECIPE_PRESETS: dict[str, DiffusionRecipeConfig] = {
     # tiny: lr 2e-3, measured at the 10-minute CPU budget (DiT, 874 steps x 64, same codec and data):
-    # shape 13% / 20% / 27% and direction 65% / 74% / 74% at lr 5e-4 / 1e-3 / 2e-3 (docs/references/README.md)
+    # shape 13% / 20% / 27% and direction 65% / 73% / 74% at lr 5e-4 / 1e-3 / 2e-3 (docs/references/README.md)
     "tiny": _preset(size="tiny", lr=2e-3),
     "small": _preset(size="small"),
     "base": _preset(size="base"),
