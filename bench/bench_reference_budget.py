@@ -49,8 +49,8 @@ def main() -> None:
     ap.add_argument("--codec-steps", type=int, default=2465, help="the reference step counts to project to")
     ap.add_argument("--world-n", type=int, default=20000, help="clips the reference world has (for the encode time)")
     a = ap.parse_args()
-    ar_steps = int(dict(o.split("=") for o in parse_specs([DEFAULT_AR])[0][1])["train.steps"])
-    dit_steps = int(dict(o.split("=") for o in parse_specs([DEFAULT_DIT])[0][1])["train.steps"])
+    ar_steps, dit_steps = (int(dict(o.split("=", 1) for o in parse_specs([spec])[0][1])["train.steps"])
+                           for spec in (DEFAULT_AR, DEFAULT_DIT))
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         data = Path(a.data)

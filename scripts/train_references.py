@@ -33,9 +33,10 @@ DEFAULT_DIT = "dit:train.steps=2400"
 def duogen(args: list[str], log: Path, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
+    with open(log, "a") as f:  # the child keeps its own copy of the handle
         f.write(f"$ duogen {' '.join(args)}\n")
-    return subprocess.Popen([sys.executable, "-m", "duogen", *args], stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
+        f.flush()
+        return subprocess.Popen([sys.executable, "-m", "duogen", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_all(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
@@ -48,6 +49,7 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
 
 
 def parse_specs(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """["NAME:k=v,k2=v2", "NAME2"] -> [(NAME, ["k=v", "k2=v2"]), (NAME2, [])]; a value cannot hold a comma."""
     out = []
     for s in specs:
         name, _, ov = s.partition(":")

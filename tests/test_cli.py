@@ -49,3 +49,15 @@ def test_python_dash_m_and_scripts_help():
     assert res.returncode == 0 and res.stdout.startswith("usage: duogen"), res.stderr
     res = subprocess.run([sys.executable, str(root / "scripts" / "train_references.py"), "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--codec-steps" in res.stdout, res.stderr
+
+
+def test_reference_script_parses_model_specs():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_references import DEFAULT_AR, parse_specs
+
+    assert parse_specs(["dit_p1:dit.patch_size=1,train.steps=2500", "plain"]) == [
+        ("dit_p1", ["dit.patch_size=1", "train.steps=2500"]), ("plain", [])]
+    assert parse_specs([DEFAULT_AR]) == [("ar", ["train.steps=2600"])]  # the shipped AR reference's step count
