@@ -20,7 +20,7 @@ from duogen.io import load_state_dict, load_weights_into
 from duogen.train.backends import lr_lambda
 from duogen.train.checkpoint import latest_checkpoint, list_checkpoints
 from duogen.train.data import ShardedBatchSampler, DataPosition, pretokenize
-from duogen.train.engine import TrainConfig, fit
+from duogen.train.engine import LossOutput, TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import engine_worker as W  # noqa: E402
@@ -278,6 +278,37 @@ def test_compile_and_bf16_train(tmp_path):
     fit(W.make_model(dropout=0.0), W.make_loss(), data, _cfg(steps=40, lr=1e-2, precision="bf16", compile=True), tmp_path)
     losses = _losses(tmp_path)
     assert losses[-1] < losses[0] / 5
+
+
+def test_compile_reaches_a_model_method_the_loss_calls(tmp_path, monkeypatch):
+    """compile=True compiles the recipe's loss_fn, so a loss that calls `model.loss(batch)` (the AR
+    recipe does) runs the model's layers inside the compiled graph; compiling only the module's
+    __call__ left such a method eager. A recording dynamo backend stands in for inductor (fast)."""
+    graph_ops: list[str] = []
+
+    def record(gm, example_inputs):
+        graph_ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_module" or n.op == "call_function")
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=record))
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = W.make_model(dropout=0.0)
+
+        def loss(self, batch):
+            x, y = batch
+            return ((self.net(x).squeeze(-1) - y) ** 2).mean()
+
+    def loss_fn(m, batch):
+        return LossOutput(m.loss(batch), len(batch[0]), {})
+
+    torch._dynamo.reset()
+    fit(WithLoss(), loss_fn, W.make_data(), _cfg(steps=3, compile=True), tmp_path)
+    assert any("linear" in op for op in graph_ops), graph_ops
+    assert len(_losses(tmp_path)) == 3
 
 
 def test_on_eval_runs_every_n_steps_with_eval_weights(tmp_path):

@@ -92,7 +92,7 @@ class SingleBackend:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.warmup_steps, lambda: self.horizon or cfg.steps, cfg.min_lr_ratio)
         )
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.forward_model = model  # `fit` compiles the recipe's loss function, model calls included
         self._wrap()
 
     def _wrap(self) -> None:

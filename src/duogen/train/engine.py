@@ -6,7 +6,8 @@
 recipe writes; `n_items` (samples, tokens, ...) drives the throughput figure.
 The engine owns: backends (`backends.py`: single / torchrun DDP / DeepSpeed ZeRO),
 bf16 autocast, gradient accumulation and clipping, AdamW with warmup + cosine,
-EMA, torch.compile, gradient checkpointing, the rank-sharded data order
+EMA, torch.compile (of `loss_fn`, so a recipe that calls a model method such as
+`model.loss(batch)` is compiled too, not only `model.__call__`), gradient checkpointing, the rank-sharded data order
 (`data.py`), checkpoints (`checkpoint.py`), SIGINT/SIGTERM handling, time and
 FLOP budgets, metrics.jsonl, summary.json, loss.png and `final/`.
 
@@ -364,6 +365,9 @@ def fit(
                                        backward=cfg.engine != "deepspeed")
             state["flops_per_step"] = per_micro * cfg.grad_accum * world
     loader = make_loader(train_data, sampler, collate, cfg.num_workers, generator_seed=cfg.seed)
+    # Compiling loss_fn rather than the module: dynamo traces whatever the recipe calls (model.loss(batch),
+    # model(batch), ...); compiling the module alone would leave a method call such as model.loss eager.
+    step_loss = torch.compile(loss_fn) if cfg.compile else loss_fn
     if state["horizon"] is None and cfg.budget_schedule and cfg.max_flops > 0:
         state["horizon"] = min(cfg.steps, max(1, math.ceil(cfg.max_flops / state["flops_per_step"])))
     backend.horizon = state["horizon"] or cfg.steps
@@ -414,7 +418,7 @@ def fit(
             for m in range(cfg.grad_accum):
                 batch = _to_device(next(loader), backend.device)
                 with autocast(cfg.precision, backend.device.split(":")[0]):
-                    out = loss_fn(backend.forward_model, batch)
+                    out = step_loss(backend.forward_model, batch)
                 loss = out.loss
                 bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
                 if backend.all_reduce_sum(bad).item() > 0:
