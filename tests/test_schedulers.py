@@ -18,7 +18,7 @@ from duogen.diffusion.schedulers import (
     make_scheduler,
     make_timesteps,
 )
-from duogen.diffusion.schedules import NoiseSchedule, ScheduleConfig, training_loss
+from duogen.diffusion.schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, training_loss
 from duogen.errors import ConfigError
 
 TOL = 1e-5
@@ -122,6 +122,38 @@ def test_training_loss_is_the_lecture_step():
     a = training_loss(denoiser, x0, None, s, "v", generator=torch.Generator().manual_seed(1))
     b = training_loss(denoiser, x0, None, s, "v", generator=torch.Generator().manual_seed(1))
     assert a.item() == b.item()
+
+
+def test_min_snr_weighting_is_one_loss_for_every_target():
+    """Min-SNR-gamma: whichever target the denoiser predicts, the weighted loss is min(SNR, gamma) times the
+    x0 error of the same prediction (so the three weightings agree), and with no cap the epsilon loss is the plain MSE."""
+    s = NoiseSchedule.make("cosine")
+    x0 = torch.randn(64, 3, 4, 4, dtype=torch.float64)
+    x0_hat = torch.randn(64, 3, 4, 4, dtype=torch.float64)  # one fixed guess, expressed as each target
+    seen = {}
+
+    def denoiser_for(pred):
+        def denoiser(x_t, t, cond):
+            ab = s.alpha_bar[t].view(-1, 1, 1, 1)
+            eps_hat = (x_t - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
+            seen["t"] = t
+            return {"epsilon": eps_hat, "x0": x0_hat, "v": ab.sqrt() * eps_hat - (1 - ab).sqrt() * x0_hat}[pred]
+        return denoiser
+
+    losses = {}
+    for pred in PRED:
+        losses[pred] = training_loss(denoiser_for(pred), x0, None, s, pred, generator=torch.Generator().manual_seed(5),
+                                     snr_gamma=5.0).item()
+    snr = s.snr(seen["t"])
+    expected = (snr.clamp(max=5.0) * (x0_hat - x0).square().flatten(1).mean(1)).mean().item()
+    for pred in PRED:
+        assert losses[pred] == pytest.approx(expected, rel=1e-6), (pred, losses)
+    assert float(snr.min()) < 5.0 < float(snr.max())  # the cap is active in this draw
+    # no cap: the epsilon weights are all 1 and the loss is the plain epsilon MSE
+    plain = training_loss(denoiser_for("epsilon"), x0, None, s, "epsilon", generator=torch.Generator().manual_seed(5))
+    uncapped = training_loss(denoiser_for("epsilon"), x0, None, s, "epsilon", generator=torch.Generator().manual_seed(5),
+                             snr_gamma=float("inf"))
+    assert min_snr_weight(snr, float("inf"), "epsilon").eq(1).all() and uncapped.item() == pytest.approx(plain.item())
 
 
 # --- schedulers vs diffusers ---------------------------------------------------------------------

@@ -52,6 +52,7 @@ class LatentDiffusionConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine"))
     prediction_type: str = "v"
     cond_dropout: float = 0.1  # share of training captions replaced by the empty prompt (for guidance)
+    snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = the plain MSE
     latent: list[int] = field(default_factory=list)  # (C, f, h, w) of one clip's latent
     quantize_decode: bool = False  # decode through the quantizer (ids), like the AR model, instead of directly
     # sampling defaults (what `generate` uses when not told otherwise)
@@ -61,6 +62,8 @@ class LatentDiffusionConfig:
 
     def check(self) -> None:
         check_prediction_type(self.prediction_type)
+        if self.snr_gamma < 0:
+            raise ConfigError(f"snr_gamma must be >= 0 (0 = off; 5 is the paper's value), got {self.snr_gamma}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.latent and len(self.latent) != 4:
@@ -177,7 +180,8 @@ class LatentDiffusionModel(nn.Module):
                 ids = torch.where(drop[:, None], null_ids.to(ids.device), ids)
                 mask = torch.where(drop[:, None], null_mask.to(mask.device), mask)
         cond = self.text_encoder(ids, mask)
-        return training_loss(self.denoiser, z0.float(), cond, self.schedule, self.config.prediction_type)
+        return training_loss(self.denoiser, z0.float(), cond, self.schedule, self.config.prediction_type,
+                             snr_gamma=self.config.snr_gamma)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

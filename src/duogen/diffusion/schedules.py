@@ -222,11 +222,13 @@ def training_loss(
     schedule: NoiseSchedule,
     prediction_type: str = "epsilon",
     generator: torch.Generator | None = None,
+    snr_gamma: float = 0.0,
 ) -> torch.Tensor:
     """One DDPM training step's loss (Ho et al. 2020, Algorithm 1), for any of the three targets.
 
     Samples t ~ U{0..N-1} and eps ~ N(0, I), forms x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,
     and returns the mean squared error between `denoiser(x_t, t, cond)` and the target. x0: (B, ...).
+    With `snr_gamma` > 0 each sample's error is weighted by `min_snr_weight` (Min-SNR-gamma).
     """
     check_prediction_type(prediction_type)
     t = schedule.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)  # (B,)
@@ -234,7 +236,26 @@ def training_loss(
     x_t = schedule.add_noise(x0, eps, t)
     pred = denoiser(x_t, t, cond)
     target = schedule.target(x0, eps, t, prediction_type)
-    return torch.nn.functional.mse_loss(pred.float(), target.float())
+    if snr_gamma <= 0:
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+    per_sample = (pred.float() - target.float()).square().flatten(1).mean(1)  # (B,)
+    w = min_snr_weight(schedule.snr(t.cpu()), snr_gamma, prediction_type).to(per_sample)
+    return (per_sample * w).mean()
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), for a loss on the given target. snr (B,) -> (B,).
+
+    The x0 loss is weighted by min(SNR, gamma), so that the many low-noise steps, whose x0 error is
+    easy and whose gradients conflict with the rest, stop dominating. The epsilon and v losses are
+    the x0 loss times SNR and SNR + 1 (x0 - x0_hat = sqrt(1 - alpha_bar) (v_hat - v)), so their weights
+    are min(SNR, gamma) / SNR = min(1, gamma / SNR) and min(SNR, gamma) / (SNR + 1).
+    """
+    check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return (gamma / snr).clamp(max=1.0)  # SNR = 0 gives 1, not 0/0
+    capped = snr.clamp(max=gamma)
+    return capped / (snr + 1.0) if prediction_type == "v" else capped
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
