@@ -9,6 +9,7 @@ from duogen.tokenizers.audio_codec import (
     AudioCodec,
     build_audio_codec,
     codec_loss,
+    evaluate,
     mel_distance,
     mel_filterbank,
     multi_resolution_stft_loss,
@@ -148,3 +149,24 @@ def test_mel_distance_and_filterbank():
     a = torch.from_numpy(x)[None]
     assert multi_resolution_stft_loss(a, a, [256, 512]).item() == pytest.approx(0.0, abs=1e-6)
     assert multi_resolution_stft_loss(0.5 * a, a, [256, 512]).item() > 0.4
+
+
+def test_evaluate_reports_bitrate_and_compression():
+    codec = build_audio_codec("tiny", SMALL)
+    t = np.arange(8000) / 16000
+    tones = [(0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32) for f in (220, 440)]
+    res = evaluate(codec, tones)
+    assert res["utterances"] == 2 and res["seconds"] == 1.0
+    # 16000 / 320 = 50 frames/s x 4 levels x log2(16) bits; 16-bit PCM at 16 kHz is 256,000 bit/s
+    assert res["bits_per_second"] == codec.bits_per_second == 800 and res["compression_ratio"] == 320
+    assert 0 < res["codebook_usage"] <= 1 and 1 <= res["perplexity"] <= 16
+    assert build_audio_codec("tiny").bits_per_second == 1600  # the module docstring's 1.6 kbit/s
+    with pytest.raises(DataError, match="no utterances"):
+        evaluate(codec, [])
+
+
+def test_recipe_splits_overrides_into_run_and_codec_settings():
+    from duogen.train.audio_codec_recipe import split_overrides
+
+    run, codec = split_overrides(["train.max_minutes=2", "channels=8", "segment_s=0.25", "model.quantizer.codebook_size=16"])
+    assert run == ["train.max_minutes=2", "segment_s=0.25"] and codec == ["channels=8", "quantizer.codebook_size=16"]

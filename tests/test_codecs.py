@@ -13,6 +13,8 @@ from duogen.tokenizers.image_codec import ImageCodec, build_image_codec
 from duogen.tokenizers.losses import (
     CodecLossConfig,
     PatchDiscriminator,
+    PatchDiscriminator3d,
+    build_discriminator,
     codec_loss,
     foreground_weight,
     gradient_loss,
@@ -197,6 +199,22 @@ def test_adversarial_term_switches_on_after_warmup():
     assert float(after.loss.detach()) == pytest.approx(float(before.loss.detach()) + 0.1 * after.metrics["adv_g"], rel=1e-5)
 
 
+def test_3d_discriminator_maps_clips_to_space_time_patches():
+    d = PatchDiscriminator3d(8)
+    x = _clips()  # (2, 3, 9, 16, 16)
+    assert d(x).shape == (2, 1, 5, 4, 4)  # time halved once (ceil), space by 4
+    assert d(x[:, :, :1]).shape == (2, 1, 1, 4, 4)  # a one-frame clip (an image) fits
+    # its kernels span frames, locally: frame 8 reaches time patches 1-4 (frames 7-8 after layer 1,
+    # patches 3-4 after the stride-2 layer, two kernel-3 layers after that), never patch 0 (it sees frames 0-6)
+    y = x.clone()
+    y[:, :, 8] = 1.0
+    with torch.no_grad():
+        diff = (d(y) - d(x)).abs().amax(dim=(0, 1, 3, 4))  # (5,)
+    assert diff[0] == 0 and (diff[1:] > 0).all()
+    assert isinstance(build_discriminator("video"), PatchDiscriminator3d)
+    assert isinstance(build_discriminator("image"), PatchDiscriminator)
+
+
 def test_overfit_one_batch():
     """A tiny video codec on one batch of two clips: the loss must fall at least 3x in 60 steps (measured: 1.89 -> 0.49)."""
     torch.manual_seed(0)
@@ -238,6 +256,25 @@ def test_recipe_writes_loadable_codec(tmp_path):
     assert ev["psnr"] == pytest.approx(s["heldout"]["psnr"], abs=1e-4)
     assert ev["tokens_per_item"] == 48 and ev["bits_per_pixel"] == pytest.approx(48 * math.log2(125) / (9 * 16 * 16))
     assert 0 < ev["codebook_usage"] <= 1
+
+
+def test_video_recipe_trains_against_the_3d_discriminator_after_warmup(tmp_path):
+    from duogen import config
+    from duogen.train.tokenizer_recipe import VideoTokenizerRun, train_codec
+
+    run = config.from_dict(VideoTokenizerRun, {"model": config.to_dict(build_video_codec("tiny", VIDEO_TEST).cfg),
+                                               "loss": {"adv_weight": 0.1, "adv_start": 1},
+                                               "train": {"steps": 3, "max_minutes": 0, "batch_size": 2, "eval_items": 2,
+                                                         "eval_every_s": 1000, "stats_items": 4, "precision": "fp32",
+                                                         "log_every": 1}})
+    items = ((_clips(b=4) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()  # (N, F, H, W, 3)
+    train_codec(run, "video", "synthetic", tmp_path / "run", train_items=items, val_items=items[:2], heldout_items=items[2:])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in rows if "eval" not in r}
+    assert sorted(steps) == [1, 2, 3]
+    assert "adv_g" not in steps[1] and "adv_d" not in steps[1]  # step 0 is before adv_start
+    for k in (2, 3):
+        assert math.isfinite(steps[k]["adv_g"]) and steps[k]["adv_d"] > 0  # hinge D loss is >= 0, 2 at a blank start
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is there")

@@ -23,7 +23,8 @@ commitment loss. There is no adversarial term: without one the codec gets the
 spectral envelope right and smears fine phase, which SI-SNR punishes.
 
 Metrics (`si_snr`, `mel_distance`) are defined in their docstrings; `evaluate`
-reports both on whole utterances. The training recipe lives in
+reports both on whole utterances, with codebook usage, bits per second and the
+compression ratio against 16-bit PCM. The training recipe lives in
 `duogen.train.audio_codec_recipe` (tokenizers never import train).
 """
 
@@ -43,6 +44,7 @@ from .codec import PixelCodec
 from .quantizers import Quantizer, QuantizerConfig
 
 SAMPLE_RATE = 16000
+PCM_BITS = 16  # the reference for the compression ratio: 16-bit PCM, 256 kbit/s at 16 kHz
 
 
 @dataclass
@@ -203,6 +205,11 @@ class AudioCodec(PixelCodec):
     def num_levels(self) -> int:
         return self.cfg.quantizer.num_quantizers
 
+    @property
+    def bits_per_second(self) -> float:
+        """Bitrate of the ids: frames per second * Q levels * log2(K) bits."""
+        return self.cfg.sample_rate / self.hop * self.num_levels * math.log2(self.cfg.quantizer.codebook_size)
+
     def latent_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int]:
         """(…, S) -> (D, T) with T = ceil(S / hop) (inputs are zero-padded to a multiple of hop); ids are (Q, T)."""
         return (self.cfg.latent_dim, -(-int(input_shape[-1]) // self.hop))
@@ -330,11 +337,25 @@ def mel_distance(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate(codec: AudioCodec, utterances: list[np.ndarray]) -> dict[str, float]:
-    """Mean SI-SNR (dB) and mel distance of codec reconstructions (through the ids) of whole utterances."""
+    """Codec reconstructions (through the ids) of whole utterances: mean SI-SNR (dB) and mel distance,
+    codebook usage and perplexity over all of them (mean over RVQ levels), bits per second and the
+    compression ratio against 16-bit PCM at the codec's sample rate."""
+    from .quantizers import CodebookUsage
+
+    if not utterances:
+        raise DataError("no utterances to evaluate the audio codec on")
     codec.eval()
+    usage = CodebookUsage(codec.cfg.quantizer.codebook_size, levels=codec.num_levels)
     snrs, mels = [], []
     for u in utterances:
-        rec = codec.reconstruct(u)
+        ids = codec.encode(u)  # (1, Q, T)
+        usage.update(ids.transpose(1, 2))  # (1, T, Q)
+        rec = codec.decode(ids)[0, 0, : len(u)].cpu().numpy()
         snrs.append(si_snr(rec, u))
         mels.append(mel_distance(rec, u))
-    return {"si_snr_db": float(np.mean(snrs)), "mel_distance": float(np.mean(mels)), "utterances": len(utterances)}
+    st = usage.stats()
+    return {"si_snr_db": float(np.mean(snrs)), "mel_distance": float(np.mean(mels)), "utterances": len(utterances),
+            "seconds": sum(len(u) for u in utterances) / codec.cfg.sample_rate,
+            "codebook_usage": st["usage"], "perplexity": st["perplexity"], "codebook_size": codec.cfg.quantizer.codebook_size,
+            "bits_per_second": codec.bits_per_second,
+            "compression_ratio": PCM_BITS * codec.cfg.sample_rate / codec.bits_per_second}

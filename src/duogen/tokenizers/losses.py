@@ -8,10 +8,11 @@
   along each spatial axis, which rewards sharp edges in the right place.
 - the quantizer's auxiliary loss (commitment for VQ, entropy + commitment for LFQ)
   is added by `codec_loss` with its own weight.
-- `PatchDiscriminator` + `hinge_d_loss` / `generator_adv_loss`: a PatchGAN
-  (Isola et al. 2017) on frames, switched on after `adv_start` steps with the
-  hinge loss (Lim & Ye 2017). Off by default: on the shapes world it does not
-  help PSNR within minutes of CPU training.
+- `PatchDiscriminator` (a PatchGAN on frames, Isola et al. 2017) for images and
+  `PatchDiscriminator3d` (the same on space-time patches) for video, picked by
+  `build_discriminator`, + `hinge_d_loss` / `generator_adv_loss` (the hinge loss,
+  Lim & Ye 2017), switched on after `adv_start` steps. Off by default: on the
+  shapes world it does not help PSNR within minutes of CPU training.
 
 This module owns loss math only; the training loop lives in
 `duogen.train.tokenizer_recipe`.
@@ -35,7 +36,7 @@ class CodecLossConfig:
     fg_threshold: float = -0.8  # a pixel is foreground where any channel exceeds this (in [-1, 1])
     grad_weight: float = 0.5  # finite-difference edge term
     quantizer_weight: float = 1.0  # multiplies the quantizer's aux loss
-    adv_weight: float = 0.0  # PatchGAN generator term (0 = off)
+    adv_weight: float = 0.0  # generator term against a PatchGAN (images) or a 3D PatchGAN (video); 0 = off
     adv_start: int = 2000  # optimizer step at which the adversarial term switches on
 
 
@@ -98,6 +99,31 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(_frames(x))
+
+
+class PatchDiscriminator3d(nn.Module):
+    """3D PatchGAN on clips: (B, 3, F, H, W) -> (B, 1, ceil(F/2), H/4, W/4) real/fake logits per space-time patch.
+
+    A per-frame PatchGAN cannot see flicker or wrong motion; these kernels span three
+    frames. Time is halved once (kernel 3, padding 1), so a one-frame clip fits too.
+    """
+
+    def __init__(self, ch: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv3d(3, ch, (3, 4, 4), (1, 2, 2), 1), nn.LeakyReLU(0.2),  # (B, ch, F, H/2, W/2)
+            nn.Conv3d(ch, ch * 2, (3, 4, 4), (2, 2, 2), 1), nn.LeakyReLU(0.2),  # (B, 2ch, ceil(F/2), H/4, W/4)
+            nn.Conv3d(ch * 2, ch * 2, 3, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv3d(ch * 2, 1, 3, 1, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def build_discriminator(modality: str, ch: int = 32) -> nn.Module:
+    """The adversary of a codec: a PatchGAN on frames for images, a 3D PatchGAN for video."""
+    return PatchDiscriminator3d(ch) if modality == "video" else PatchDiscriminator(ch)
 
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:

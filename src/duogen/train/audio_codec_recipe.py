@@ -19,7 +19,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -96,16 +96,21 @@ class AudioCodecRun:
     ))
 
 
-def dataset_utterances(data: str | Path, split: str, limit: int) -> list[tuple[str, np.ndarray]]:
-    """(caption, audio) pairs from a data set's `audio` column (e.g. `duogen data make shapes --audio`)."""
+def dataset_utterances(data: str | Path, split: str, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """(caption, audio) pairs from a data set's `audio` column (e.g. `duogen data make shapes --audio`);
+    the first `limit` rows (None = all), empty clips left out."""
     from ..data import load_dataset
     from ..errors import DataError
 
     dd = load_dataset(data)
     if split not in dd or "audio" not in dd[split].column_names:
         raise DataError(f"{data}: split {split!r} has no `audio` column; make the data with --audio")
-    rows = dd[split].select_columns(["caption", "audio"]).select(range(min(limit, len(dd[split]))))
-    return [(r["caption"], np.asarray(r["audio"], np.float32)) for r in rows if len(r["audio"])]
+    n = len(dd[split]) if limit is None else min(limit, len(dd[split]))
+    rows = dd[split].select_columns(["caption", "audio"]).select(range(n))
+    out = [(r["caption"], np.asarray(r["audio"], np.float32)) for r in rows if len(r["audio"])]
+    if not out:
+        raise DataError(f"{data}: split {split!r} has no non-empty audio")
+    return out
 
 
 def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) -> dict[str, Any]:
@@ -143,32 +148,49 @@ def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) ->
                   run_config={"model": {"kind": "audio_codec", "preset": run.preset, "overrides": run.codec_overrides},
                               "recipe": dataclasses.asdict(run)})
     codec.eval()
-    held_audio = [a for _, a in held]
-    result = evaluate(codec, held_audio)
-    seconds = sum(len(a) for a in held_audio) / 16000
-    cfg = codec.cfg
+    result = evaluate(codec, [a for _, a in held])
     report = {
         "heldout": result,
-        "heldout_seconds": round(seconds, 1),
+        "heldout_seconds": round(result["seconds"], 1),
         "train_utterances": len(train),
         "train_segments": int(data.shape[0]),
         "steps": summary.steps,
         "train_wall_s": round(summary.wall_s, 1),
         "stopped": summary.stopped,
         "final_loss": summary.final_loss,
-        "frame_rate_hz": 16000 / cfg.hop,
-        "bitrate_bps": 16000 / cfg.hop * cfg.quantizer.num_quantizers * float(np.log2(cfg.quantizer.codebook_size)),
+        "frame_rate_hz": codec.cfg.sample_rate / codec.hop,
+        "bitrate_bps": codec.bits_per_second,
         "codec": str(out / "final"),
     }
     atomic_write_json(out / "eval.json", report)
     return report
 
 
-def train_audio_codec(data: str | Path | None, out: str | Path, *, preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
-                      minutes: float = 4.0) -> dict[str, Any]:
-    """`duogen train tokenizer --modality audio`: `overrides` go to the codec config."""
-    run = AudioCodecRun(preset=preset, codec_overrides=list(overrides))
-    run.train = dataclasses.replace(run.train, max_minutes=minutes)
+RUN_KEYS = ("train_utterances", "eval_utterances", "segment_s")  # the recipe's own top-level keys
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`key=value` overrides -> (the run's: `train.*` and RUN_KEYS; the codec's: the rest, a `model.` prefix dropped)."""
+    run: list[str] = []
+    codec: list[str] = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("train.") or key in RUN_KEYS:
+            run.append(item)
+        else:
+            codec.append(item.removeprefix("model."))
+    return run, codec
+
+
+def train_audio_codec(data: str | Path | None, out: str | Path, *, preset: str = "tiny", overrides: Sequence[str] = (),
+                      config_file: str | Path | None = None) -> dict[str, Any]:
+    """`duogen train tokenizer --modality audio`: `train.*` overrides (max_minutes, steps, seed, ...) and
+    RUN_KEYS set the run, every other key the codec config; `config_file` is a YAML of `AudioCodecRun` fields."""
+    from .. import config
+
+    run_overrides, codec_overrides = split_overrides(overrides)
+    run = config.load(AudioCodecRun, file=config_file, overrides=run_overrides)
+    run = dataclasses.replace(run, preset=preset, codec_overrides=[*run.codec_overrides, *codec_overrides])
     return main(out, run, data)
 
 

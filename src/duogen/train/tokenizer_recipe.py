@@ -33,7 +33,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError, DataError, TrainingError
 from ..tokenizers.image_codec import IMAGE_CODEC_PRESETS, ImageCodec, ImageCodecConfig
-from ..tokenizers.losses import CodecLossConfig, PatchDiscriminator, adversarial_active, codec_loss, hinge_d_loss, psnr
+from ..tokenizers.losses import CodecLossConfig, adversarial_active, build_discriminator, codec_loss, hinge_d_loss, psnr
 from ..tokenizers.quantizers import CodebookUsage
 from ..tokenizers.video_codec import VIDEO_CODEC_PRESETS, VideoCodec, VideoCodecConfig
 
@@ -217,12 +217,19 @@ def _ssim(rec: torch.Tensor, x: torch.Tensor) -> np.ndarray:
 
 def evaluate_model(model: str | Path, data: str | Path, split: str = "heldout", n: int | None = None,
                    ssim: bool = True) -> dict[str, Any]:
-    """`duogen tokenizer eval`: load a codec directory and evaluate it on a split of a data set."""
+    """`duogen tokenizer eval`: load a codec directory and evaluate it on a split of a data set
+    (an audio codec on the split's `audio` column: SI-SNR, mel distance, bits per second)."""
     from ..tokenizers import load
 
     codec = load(model)
+    if codec.kind == "audio_codec":
+        from ..tokenizers.audio_codec import evaluate as evaluate_audio
+        from .audio_codec_recipe import dataset_utterances
+
+        utterances = [a for _, a in dataset_utterances(data, split, n)]
+        return {"model": str(model), "data": str(data), "split": split, **evaluate_audio(codec, utterances)}
     if not isinstance(codec, (VideoCodec, ImageCodec)):
-        raise DataError(f"{model}: `duogen tokenizer eval` measures image and video codecs; this is a {codec.kind}")
+        raise DataError(f"{model}: `duogen tokenizer eval` measures image, video and audio codecs; this is a {codec.kind}")
     modality = "video" if isinstance(codec, VideoCodec) else "image"
     items = load_pixels(data, split, modality, limit=n)
     if modality == "video" and items.shape[1] == 1 and codec.cfg.frames > 1:
@@ -231,11 +238,17 @@ def evaluate_model(model: str | Path, data: str | Path, split: str = "heldout", 
     return {"model": str(model), "data": str(data), "split": split, **evaluate_codec(codec, items, ssim=ssim, crop=crop)}
 
 
+PIXEL_OUTPUTS = (".gif", ".mp4", ".png", ".jpg", ".jpeg")  # what `reconstruct_file` writes for image / video codecs
+AUDIO_OUTPUTS = (".wav",)
+
+
 def reconstruct_file(model: str | Path, input_path: str | Path, out: str | Path) -> dict[str, Any]:
-    """`duogen tokenizer recon`: encode a file to ids, decode it, write the result and a side-by-side GIF.
+    """`duogen tokenizer recon`: encode a file to ids, decode it, write the result and a side-by-side GIF (WAV for audio).
 
     Video / image input of another size is resized to the codec's training size
-    (and a video trimmed or looped to its clip length), with a warning.
+    (and a video trimmed or looped to its clip length), audio of another rate
+    resampled to the codec's, with a warning. An `out` suffix the codec's kind
+    cannot write (a .gif from an audio codec, a .wav from a video codec) is a DataError.
     """
     from ..data import media
     from ..tokenizers import load
@@ -243,17 +256,21 @@ def reconstruct_file(model: str | Path, input_path: str | Path, out: str | Path)
     codec = load(model)
     kind = media.media_kind(input_path)
     out = Path(out)
+    allowed = AUDIO_OUTPUTS if codec.kind == "audio_codec" else PIXEL_OUTPUTS
+    if out.suffix.lower() not in allowed:
+        raise DataError(f"{out}: a {codec.kind} writes {' / '.join(allowed)} files, not {out.suffix or 'no suffix'}; change --out")
     if codec.kind == "audio_codec":
         if kind != "audio":
             raise DataError(f"{input_path}: the audio codec reconstructs audio files, not {kind}")
-        x, sr = media.read_audio(input_path, sample_rate=codec.cfg.sample_rate)
-        wav = torch.from_numpy(np.asarray(x, np.float32)).view(1, 1, -1)
-        with torch.no_grad():
-            rec = codec.decode(codec.encode(wav)).view(-1).numpy()[: wav.shape[-1]]
+        x, sr = media.read_audio(input_path)
+        if sr != codec.cfg.sample_rate:
+            warnings.warn(f"{input_path}: {sr} Hz audio resampled to {codec.cfg.sample_rate} Hz (the codec's rate)")
+            x, sr = media.resample_audio(x, sr, codec.cfg.sample_rate), codec.cfg.sample_rate
+        rec = codec.reconstruct(x)
         media.write_wav(out, rec, sr)
         side = out.with_name(out.stem + "_side_by_side.wav")
-        media.write_wav(side, np.concatenate([np.asarray(x, np.float32), np.zeros(sr // 4, np.float32), rec]), sr)
-        return {"input": str(input_path), "out": str(out), "side_by_side": str(side), "samples": int(wav.shape[-1])}
+        media.write_wav(side, np.concatenate([x, np.zeros(sr // 4, np.float32), rec]), sr)
+        return {"input": str(input_path), "out": str(out), "side_by_side": str(side), "samples": len(x)}
     if kind == "audio":
         raise DataError(f"{input_path}: an audio file needs an audio codec; {model} is a {codec.kind}")
     video = media.read_video(input_path) if kind == "video" else media.read_image(input_path)[None]
@@ -281,6 +298,8 @@ def reconstruct_file(model: str | Path, input_path: str | Path, out: str | Path)
         p = float(psnr(rec.unsqueeze(0), x.unsqueeze(0)))
     rec_u8 = ((rec + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     if out.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        if len(rec_u8) > 1:
+            warnings.warn(f"{out}: an image file holds the first of {len(rec_u8)} frames; the side-by-side GIF has them all")
         media.write_image(out, rec_u8[0])
     elif out.suffix.lower() == ".mp4":
         media.write_mp4(out, rec_u8)
@@ -335,7 +354,7 @@ def train_codec(
     opt = torch.optim.AdamW(codec.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     disc = d_opt = None
     if run.loss.adv_weight > 0:
-        disc = PatchDiscriminator().to(device)
+        disc = build_discriminator(modality).to(device)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=tc.lr * 0.5, betas=(0.5, 0.9))
     g = torch.Generator().manual_seed(tc.seed)
     metrics_f = open(out / "metrics.jsonl", "w")
@@ -462,7 +481,7 @@ def main(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """`duogen train tokenizer`: dispatch on modality; image and video codecs train here."""
-    overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None and modality in ("image", "video") else [])
+    overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None and modality != "text" else [])
     if modality == "video":
         run = cfgmod.load(VideoTokenizerRun, presets=VIDEO_RUN_PRESETS, preset=preset, file=config_file, overrides=overrides)
     elif modality == "image":
@@ -472,7 +491,7 @@ def main(
     elif modality == "audio":
         from .audio_codec_recipe import train_audio_codec
 
-        return train_audio_codec(data, out, preset=preset, overrides=overrides)
+        return train_audio_codec(data, out, preset=preset, overrides=overrides, config_file=config_file)
     else:
         raise ConfigError(f"modality '{modality}'; allowed values: text, image, video, audio")
     return train_codec(run, modality, data, out)
