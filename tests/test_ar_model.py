@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from duogen.ar_models.layouts import TASKS, LayoutSpec, TrainCollator
 from duogen.ar_models.model import ARConfig, MultimodalLM, prefix_lm_mask
-from duogen.ar_models.sampling import SamplingConfig, generate_ids
+from duogen.ar_models.sampling import LlamaDecoder, SamplingConfig, generate_ids
 from duogen.errors import CheckpointError, DataError
 from duogen.tokenizers.text import PromptWarning, train_text_tokenizer
 from duogen.tokenizers.vocab import UnifiedVocab
@@ -155,22 +155,98 @@ def test_bad_input_messages(text):
         assert generate_ids(m, ["a red circle"], "t2i", n=2, sampling=s).shape == (2, 1, 4, 4)
 
 
-def test_generate_cli_writes_clips_json_and_one_line_errors(text, tmp_path, capsys):
+def test_condition_dropout_blanks_the_text_and_keeps_the_task_token(text):
+    """cond_dropout ~1: every text segment is the empty prompt (all <pad>), the task token and the masked clip stay."""
+    m = make(text)
+    recs = records(text, 6)
+    lay = m.layouts
+    for task in ("t2v", "inpaint"):
+        def seq(rec, words):
+            return lay.example(task, words, rec["video_ids"], {"masked": rec["masked_ids"]}).ids
+
+        dropped = TrainCollator(lay, [task], cond_dropout=0.999)(recs)["ids"]
+        kept = TrainCollator(lay, [task], cond_dropout=0.0)(recs)["ids"]
+        for i, rec in enumerate(recs):
+            caption = rec["text_ids"][: lay.spec.max_text]  # the collator truncates as encode_prompt does
+            assert dropped[i].tolist() == seq(rec, []) and kept[i].tolist() == seq(rec, caption)
+        # <bos> <task> pad.. <bot> text <eot>: dropped = max_text pads, then <bot> <eot>; kept = the caption
+        eot = 3 + lay.spec.max_text
+        assert (dropped[:, 1] == m.vocab.id(f"<{task}>")).all() and (kept[:, 1] == dropped[:, 1]).all()
+        assert (dropped[:, 2 : eot - 1] == m.vocab.id("<pad>")).all() and (dropped[:, eot - 1] == m.vocab.id("<bot>")).all()
+        assert (kept[:, 2:eot] != dropped[:, 2:eot]).any(dim=1).all()
+        assert torch.equal(kept[:, eot:], dropped[:, eot:])  # the condition clip and the target are untouched
+
+
+def test_uncond_without_the_uncond_task_uses_the_empty_prompt_layout(text):
+    """A model trained on t2v only never saw <uncond>: uncond samples its t2v layout with no text, and says so."""
+
+    class PrefixSpy(LlamaDecoder):
+        def forward(self, ids, start, bidirectional=False):
+            if start == 0:
+                self.prefix = ids.clone()
+            return super().forward(ids, start, bidirectional)
+
+    s = SamplingConfig(temperature=1.0)
+    for tasks, task_token in [(("t2v",), "<t2v>"), (("t2v", "uncond"), "<uncond>")]:
+        m = make(text, tasks=tasks).eval()
+        spy = PrefixSpy(m.lm, m.max_len)
+        if "uncond" in tasks:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # trained with uncond: its own layout, no warning
+                generate_ids(m, ["ignored"], "uncond", n=2, seed=3, sampling=s, decoder=spy)
+        else:
+            with pytest.warns(UserWarning, match="generating unconditionally with the t2v layout"):
+                fallback = generate_ids(m, ["ignored"], "uncond", n=2, seed=3, sampling=s, decoder=spy)
+            with pytest.warns(PromptWarning, match="unconditionally"):
+                assert torch.equal(fallback, generate_ids(m, [""], "t2v", n=2, seed=3, sampling=s))
+        assert (spy.prefix[:, 1] == m.vocab.id(task_token)).all()
+        text_segment = spy.prefix[:, 2 : 2 + m.spec.max_text]
+        assert (text_segment == m.vocab.id("<pad>")).all()
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_n_below_one_is_a_clear_error(text, n):
+    with pytest.raises(DataError, match="--n must be >= 1"):
+        generate_ids(make(text), ["a red circle"], n=n, sampling=SamplingConfig())
+
+
+@pytest.fixture(scope="module")
+def ar_dir(text, tmp_path_factory):
+    """An untrained tiny video codec and a t2v + i2v model over it, saved: what `duogen generate` reads."""
+    from duogen.tokenizers.video_codec import build_video_codec
+
+    root = tmp_path_factory.mktemp("ar_gen")
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny")
+    codec.save_pretrained(root / "codec")
+    f, h, w = codec.latent_shape((codec.cfg.frames, codec.cfg.size, codec.cfg.size))[1:]
+    vocab = UnifiedVocab(text.vocab_size, {"video": codec.vocab_size})
+    m = MultimodalLM(TINY, vocab, LayoutSpec(max_text=8, latent=(f, h, w), tasks=["t2v", "i2v"]), text,
+                     codec_ref=str(root / "codec"))
+    m.save_pretrained(root / "ar")
+    return root / "ar"
+
+
+def test_condition_resize_warning_names_an_image_or_a_clip(ar_dir):
+    from duogen.bridges.generate import ARGenerator
+
+    gen = ARGenerator.from_pretrained(ar_dir)
+    with pytest.warns(UserWarning, match=r"condition image \(20, 20\) resized to \(32, 32\)"):
+        ids = gen.condition("i2v", image=np.zeros((20, 20, 3), np.uint8))["first"]
+    assert ids.shape == (1, 8, 8)
+    with pytest.warns(UserWarning, match=r"condition clip \(5, 20, 20\) resized to \(9, 32, 32\)"):
+        assert torch.equal(gen.condition("i2v", video=np.zeros((5, 20, 20, 3), np.uint8))["first"], ids)
+
+
+def test_generate_cli_writes_clips_json_and_one_line_errors(ar_dir, tmp_path, capsys):
     """`duogen generate` end to end on an untrained codec: files, JSON, warnings, and bad input as one line."""
     import json
 
     from duogen.cli import main
-    from duogen.tokenizers.video_codec import build_video_codec
 
-    codec = build_video_codec("tiny")
-    codec.save_pretrained(tmp_path / "codec")
-    f, h, w = codec.latent_shape((codec.cfg.frames, codec.cfg.size, codec.cfg.size))[1:]
-    vocab = UnifiedVocab(text.vocab_size, {"video": codec.vocab_size})
-    m = MultimodalLM(TINY, vocab, LayoutSpec(max_text=8, latent=(f, h, w), tasks=["t2v", "i2v"]), text,
-                     codec_ref=str(tmp_path / "codec"))
-    m.save_pretrained(tmp_path / "ar")
+    f, h, w = MultimodalLM.from_pretrained(ar_dir).spec.latent
     out = tmp_path / "gen"
-    rc = main(["generate", "--model", str(tmp_path / "ar"), "--prompt", "a red circle", "--prompt", "",
+    rc = main(["generate", "--model", str(ar_dir), "--prompt", "a red circle", "--prompt", "",
                "--n", "1", "--out", str(out), "--guidance", "2", "--top-k", "20", "--json"])
     assert rc == 0
     captured = capsys.readouterr()
@@ -184,7 +260,9 @@ def test_generate_cli_writes_clips_json_and_one_line_errors(text, tmp_path, caps
         (["--task", "t2z"], "unknown task 't2z'"),
         (["--task", "i2v"], "needs the first frame"),
         (["--task", "inpaint"], "not trained for task 'inpaint'"),
+        (["--n", "0"], "--n must be >= 1"),
+        (["--n", "-2"], "--n must be >= 1"),
     ]:
-        rc = main(["generate", "--model", str(tmp_path / "ar"), "--prompt", "x", "--out", str(out), *argv])
+        rc = main(["generate", "--model", str(ar_dir), "--prompt", "x", "--out", str(out), *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and msg in err[0], err

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from duogen.ar_models.layouts import LayoutSpec
 from duogen.ar_models.model import ARConfig, MultimodalLM
-from duogen.ar_models.sampling import LlamaDecoder, SamplingConfig, generate_ids, sample_plans
+from duogen.ar_models.sampling import LlamaDecoder, SamplingConfig, _filter, generate_ids, sample_plans
 from duogen.errors import DataError
 from duogen.tokenizers.text import train_text_tokenizer
 from duogen.tokenizers.vocab import UnifiedVocab
@@ -132,6 +132,58 @@ def test_top_k_one_is_greedy(model):
     a = generate_ids(model, ["a blue square"], n=2, seed=1, sampling=SamplingConfig(temperature=1.0, top_k=1))
     b = generate_ids(model, ["a blue square"], n=2, seed=2, sampling=SamplingConfig(temperature=0))
     assert torch.equal(a, b)
+
+
+# probabilities 0.1, 0.5, 0.15, 0.25 (row 0) and the same mass in another order (row 1)
+PROBS = torch.tensor([[0.1, 0.5, 0.15, 0.25], [0.25, 0.15, 0.1, 0.5]])
+
+
+@pytest.mark.parametrize("top_p, kept", [
+    (0.4, [0.5]),  # 0.5 >= 0.4 already
+    (0.6, [0.5, 0.25]),  # 0.5 < 0.6 <= 0.75
+    (0.8, [0.5, 0.25, 0.15]),  # 0.75 < 0.8 <= 0.9
+    (0.95, [0.5, 0.25, 0.15, 0.1]),
+    (1.0, [0.5, 0.25, 0.15, 0.1]),  # off
+])
+def test_top_p_keeps_the_smallest_set_that_reaches_p(top_p, kept):
+    logits = PROBS.log()
+    out = _filter(logits.clone(), top_k=0, top_p=top_p)
+    keep = torch.isin(PROBS, torch.tensor(kept))  # the probabilities are distinct, so this names the tokens
+    assert torch.equal(out[keep], logits[keep])  # kept logits are untouched
+    assert torch.isneginf(out[~keep]).all()
+
+
+def test_top_p_stops_when_the_mass_reaches_p_exactly():
+    """0.5 + 0.25 = 0.75 exactly (dyadic, so exact in floating point): top_p = 0.75 keeps two tokens, not three."""
+    probs = torch.tensor([[0.125, 0.5, 0.125, 0.25]])
+    out = _filter(probs.log(), top_k=0, top_p=0.75)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True]]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 10])
+def test_top_k_keeps_exactly_k(k):
+    logits = PROBS.log()
+    out = _filter(logits.clone(), top_k=k, top_p=1.0)
+    keep = PROBS >= PROBS.sort(dim=-1, descending=True).values[:, min(k, 4) - 1 : min(k, 4)]
+    assert (torch.isfinite(out).sum(-1) == min(k, 4)).all()
+    assert torch.equal(out[keep], logits[keep]) and torch.isneginf(out[~keep]).all()
+
+
+def test_filter_matches_transformers_warpers():
+    """Random logits (ties and exact boundaries have probability 0): the same kept set as transformers' warpers."""
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 2
+    ids = torch.zeros(6, 1, dtype=torch.long)
+    for top_k, top_p in [(0, 0.9), (0, 0.3), (10, 1.0), (10, 0.5), (1, 0.9)]:
+        ref = logits.clone()
+        if top_k:
+            ref = TopKLogitsWarper(top_k)(ids, ref)
+        if top_p < 1.0:
+            ref = TopPLogitsWarper(top_p)(ids, ref)
+        ours = _filter(logits.clone(), top_k, top_p)
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(ref)), (top_k, top_p)
+        assert torch.equal(ours[torch.isfinite(ours)], logits[torch.isfinite(ours)])
 
 
 def test_callback_sees_every_step_and_can_steer(model):

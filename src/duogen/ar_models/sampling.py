@@ -166,7 +166,7 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_p < 1.0:
         sorted_l, idx = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_l.softmax(-1).cumsum(-1)
-        drop = cum - sorted_l.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        drop = cum - sorted_l.softmax(-1) >= top_p  # keep the smallest set whose mass reaches top_p
         logits.scatter_(-1, idx, sorted_l.masked_fill(drop, float("-inf")))
     return logits
 
@@ -257,15 +257,19 @@ def generate_ids(
 
     Sample j of prompt i is row i*n + j. `cond` holds the condition codec ids
     for i2v ("first"), inpaint/outpaint ("masked") and v2a ("video"); it is shared by all prompts.
+    Task "uncond" on a model that never trained it decodes the t2v layout with an empty prompt.
     """
     sampling = sampling or SamplingConfig()
     check_task(task, model.spec)
     if not prompts:
         raise DataError("no prompts given")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"--n must be >= 1 (clips per prompt), got {n!r}")
+    layout = uncond_layout(model) if task == "uncond" else task
     plans: list[DecodePlan] = []
     for p in prompts:
         ids = model.encode_prompt(p) if task != "uncond" else []
-        plans += [model.layouts.decode_plan(task, ids, cond)] * n
+        plans += [model.layouts.decode_plan(layout, ids, cond)] * n
     if task == "uncond" and sampling.guidance is not None:
         warnings.warn("guidance has no effect on unconditional generation; ignored", UserWarning, stacklevel=2)
     uncond = None
@@ -277,6 +281,22 @@ def generate_ids(
     decoder = decoder or LlamaDecoder(model.lm, model.max_len)
     g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback)
     return to_codec_ids(model, task, g)
+
+
+def uncond_layout(model: Any) -> str:
+    """The layout that samples unconditionally: `uncond` where trained, else t2v with no text (warned).
+
+    A model trained without the uncond task never updated its `<uncond>`
+    embedding; condition dropout trained its t2v layout with an empty text
+    segment, the same unconditional stream that guidance uses.
+    """
+    if "uncond" in model.spec.tasks:
+        return "uncond"
+    p = model.cfg.cond_dropout
+    why = f"condition dropout (p={p:g}) trained it" if p > 0 else "it was trained without condition dropout: expect poor clips"
+    warnings.warn(f"generating unconditionally with the t2v layout and an empty prompt ({why}); this model was not"
+                  " trained with the uncond task", UserWarning, stacklevel=3)
+    return "t2v"
 
 
 def to_codec_ids(model: Any, task: str, g: torch.Tensor) -> torch.Tensor:

@@ -91,12 +91,15 @@ class ARGenerator:
         return cls(model, load_codec(path))
 
     # ------------------------------------------------------------------ conditions
-    def _fit_clip(self, video: np.ndarray) -> np.ndarray:
+    def _fit_clip(self, video: np.ndarray, image: bool = False) -> np.ndarray:
+        """A condition clip (F, H, W, 3), or an image as (1, H, W, 3), at the codec's size (warned when resized)."""
         from ..data.media import resize_video
 
-        size, frames = int(self.codec.cfg.size), int(self.codec.cfg.frames)
+        size = int(self.codec.cfg.size)
+        frames = 1 if image else int(self.codec.cfg.frames)
         if video.shape[1:3] != (size, size) or video.shape[0] != frames:
-            warnings.warn(f"condition clip {video.shape[:3]} resized to ({frames}, {size}, {size}), the model's size",
+            have, want = (video.shape[1:3], (size, size)) if image else (video.shape[:3], (frames, size, size))
+            warnings.warn(f"condition {'image' if image else 'clip'} {have} resized to {want}, the model's size",
                           UserWarning, stacklevel=3)
             video = resize_video(video, size, frames)
         return video
@@ -123,8 +126,7 @@ class ARGenerator:
                     img = np.asarray(image)
                     if img.ndim != 3 or img.shape[-1] != 3:
                         raise DataError(f"an image must be uint8 (H, W, 3), got shape {img.shape}")
-                    clip = self._fit_clip(img[None]) if img.shape[:2] != (self.codec.cfg.size,) * 2 else img[None]
-                    ids = self.codec.encode(clip[:1])[0, :1]
+                    ids = self.codec.encode(self._fit_clip(img[None], image=True))[0, :1]
                 else:
                     raise DataError("task i2v needs the first frame: pass --image FILE or --video FILE")
                 return {"first": ids}

@@ -1,0 +1,46 @@
+"""`train_ar` end to end on a tiny shapes world: a loadable final/, and the codec encodes the data set only once."""
+
+import numpy as np
+import pytest
+import torch
+
+from duogen.ar_models.model import MultimodalLM
+from duogen.tokenizers.video_codec import VideoCodec, build_video_codec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.kv_heads=2", "model.mlp=64", "max_text=16",
+        "text_vocab=300", "train.steps=2", "train.batch_size=4", "train.log_every=1", "train.precision=fp32"]
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_train_ar_writes_a_loadable_model_and_reuses_the_encoded_clips(tmp_path, monkeypatch):
+    from duogen.data import make_dataset
+    from duogen.train.ar_recipe import train_ar
+
+    make_dataset("shapes", tmp_path / "data", n=16, preset="tiny", seed=0)
+    torch.manual_seed(0)
+    build_video_codec("tiny", ["widths=[16]"]).save_pretrained(tmp_path / "codec")
+    encodes = []
+    encode = VideoCodec.encode
+    monkeypatch.setattr(VideoCodec, "encode", lambda self, *a, **k: encodes.append(1) or encode(self, *a, **k))
+
+    info = train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / "run1", tasks=["t2v", "inpaint"], overrides=TINY)
+    assert info["steps"] == 2 and np.isfinite(info["final_loss"]) and info["tasks"] == ["t2v", "inpaint"]
+    assert encodes, "the first run encodes the clips (and their masked versions) with the codec"
+    m = MultimodalLM.from_pretrained(tmp_path / "run1" / "final")
+    assert m.spec.tasks == ["t2v", "inpaint"] and tuple(m.spec.latent) == tuple(info["latent"])
+    assert m.cfg.hidden == 32 and m.codec_path() == (tmp_path / "codec").resolve()
+
+    cache = tmp_path / ".cache"  # default: OUT/../.cache, shared by runs under one folder
+    before = _snapshot(cache)
+    assert before
+    encodes.clear()
+    again = train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / "run2", tasks=["t2v", "inpaint"],
+                     overrides=TINY, text=tmp_path / "run1" / "final" / "text.model")
+    assert not encodes, "a second run over the same data and codec loads the cached ids"
+    assert _snapshot(cache) == before
+    assert again["final_loss"] == pytest.approx(info["final_loss"], rel=1e-4)  # same data, seed and text ids
