@@ -148,9 +148,11 @@ def test_replacing_processor_changes_the_output_only_where_installed():
     torch.testing.assert_close(m(z, 10, cond), ref)  # restored
 
 
-@pytest.mark.parametrize("name", ["dit-factorized", "video-unet-2+1d"])
+@pytest.mark.parametrize("name", ["dit-factorized", "video-unet-2+1d", "video-unet-3d", "unet2d-frames"])
 def test_overfit_one_batch(name):
-    """Fixed x_t, t and v target: 60 Adam steps cut the loss by at least 50x (80 steps measured 1000x DiT, 680x U-Net)."""
+    """Fixed x_t, t and v target: 60 Adam steps (lr 2e-3) cut the loss by at least 50x.
+
+    Measured with this seed: 58x DiT, 170x (2+1)D U-Net, 7500x 3D U-Net, 2400x 2D U-Net."""
     torch.manual_seed(0)
     m = make(name)
     sched = NoiseSchedule.make("cosine")

@@ -73,17 +73,21 @@ def test_decode_goes_through_the_codec_decoder_with_the_quantize_flag(model):
     assert direct.shape == (1, 3, 9, 32, 32) and (quantized - direct).abs().max() > 0
 
 
-def test_training_loss_and_condition_dropout(model):
+def test_training_loss_reaches_the_text_encoder_and_condition_dropout(model):
     ids, mask = model.text_encoder.tokenize(CAPTIONS[:4], strict=False)
     batch = {"latents": torch.randn(4, *model.config.latent), "text_ids": ids, "text_mask": mask}
     model.train()
     try:
         loss = model(batch)
         loss.backward()
+        # the text encoder is trained jointly: the diffusion loss alone gives every one of its tensors a gradient
+        grads = {name: p.grad for name, p in model.text_encoder.named_parameters()}
     finally:
         model.eval()
         model.zero_grad()
     assert loss.ndim == 0 and torch.isfinite(loss)
+    assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values()), {
+        name: None if g is None else g.abs().sum().item() for name, g in grads.items()}
     # the dropped condition is exactly the empty prompt's
     null_ids, null_mask = model.text_encoder.null_ids(ids.shape[1])
     with warnings.catch_warnings():
@@ -127,6 +131,19 @@ def test_generate_through_the_bridge(model, tmp_path, sampler, steps):
     assert res.prompts == ["a red circle moves left"] * 2 + ["a blue square moves up"] * 2
 
 
+def test_ddpm_variance_reaches_the_scheduler(model):
+    """sigma_t^2 = beta_t or beta_tilde_t (Ho et al. 2020, Sec. 3.2): the choice changes DDPM samples; the default
+    stays the scheduler's, beta_tilde."""
+    run = lambda **kw: model.sample_latents(["a red circle moves left"], seed=5, steps=3, sampler="ddpm",  # noqa: E731
+                                            guidance=2.0, **kw)
+    default = run()
+    assert torch.equal(default, run(ddpm_variance="beta_tilde"))
+    beta = run(ddpm_variance="beta")
+    assert beta.shape == default.shape and (beta - default).abs().max() > 1e-3
+    res = DiffusionGenerator(model).generate(["a red circle"], seed=5, steps=3, sampler="ddpm", ddpm_variance="beta")
+    assert res.info["ddpm_variance"] == "beta"
+
+
 def test_bad_input_is_a_clear_error(model):
     gen = DiffusionGenerator(model)
     with pytest.raises(ConfigError, match="guidance scale must be in"):
@@ -139,6 +156,10 @@ def test_bad_input_is_a_clear_error(model):
         gen.generate(["a red circle"], steps=5000)
     with pytest.raises(ConfigError, match="unknown sampler"):
         gen.generate(["a red circle"], sampler="euler")
+    with pytest.raises(ConfigError, match="DDPM variance must be"):
+        gen.generate(["a red circle"], sampler="ddpm", ddpm_variance="large")
+    with pytest.raises(ConfigError, match="ddpm_variance sets the DDPM sampler"):
+        gen.generate(["a red circle"], sampler="ddim", ddpm_variance="beta")
     with pytest.raises(DataError, match="prompts must be a string"):
         gen.generate([1, 2])
     with pytest.raises(DataError, match="must be a string"):

