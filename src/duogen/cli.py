@@ -214,8 +214,8 @@ def _add_train(sub: Any) -> None:
         from .train.ar_recipe import train_ar
 
         tasks = [t for t in a.tasks.split(",") if t] if a.tasks else None
-        return train_ar(a.data, a.tokenizer, a.out, preset=a.preset, tasks=tasks, text=a.text, file=a.config,
-                        overrides=a.overrides, seed=a.seed, resume=a.resume)
+        return train_ar(a.data, a.tokenizer, a.out, audio_tokenizer=a.audio_tokenizer, preset=a.preset, tasks=tasks,
+                        text=a.text, file=a.config, overrides=a.overrides, seed=a.seed, resume=a.resume)
 
     p = _command(
         train, "ar", "train the multimodal next-token model (a Llama over text + codec tokens)", ar,
@@ -223,15 +223,21 @@ def _add_train(sub: Any) -> None:
             "Train the multimodal next-token model on a data set through a trained video codec. Trains the"
             " SentencePiece text tokenizer on the captions (or reuses --text), encodes every clip once with the"
             " codec (cached), trains with the shared engine and writes OUT/final (a model directory for"
-            " `duogen generate`).\n\nTasks: t2v, t2i, i2v, inpaint, outpaint, uncond (t2a / v2a need audio)."
+            " `duogen generate`).\n\nTasks: t2v, t2i, i2v, inpaint, outpaint, uncond, t2a, v2a."
+            "\nAudio (t2a: text to audio, v2a: video to audio): pass --audio-tokenizer (an audio codec from"
+            " `duogen train tokenizer --modality audio`) and data with an `audio` column at the codec's 16 kHz"
+            " (`duogen data make shapes --audio`). Every example's audio is cropped to its first audio_seconds"
+            " (default 2.0) or padded with silence to that length, so each sound is the same number of codec"
+            " frames (x residual levels) tokens; the audio is encoded once into the same cache as the clips."
             "\nOverrides: model.* (hidden, layers, heads, prefix_lm, cond_dropout), train.* (steps, batch_size,"
-            " lr, max_minutes, precision, ...), max_text, text_vocab, cond_frames, max_clips."
+            " lr, max_minutes, precision, ...), max_text, text_vocab, cond_frames, audio_seconds, max_clips."
         ),
     )
     p.add_argument("--data", required=True, help="data set directory (from `duogen data make`)")
     p.add_argument("--tokenizer", required=True, help="trained video codec directory (RUN/final)")
+    p.add_argument("--audio-tokenizer", default=None, help="trained audio codec directory (RUN/final); needed by t2a / v2a")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--tasks", default=None, help="comma-separated tasks, e.g. t2v,i2v (default: the preset's, t2v)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks, e.g. t2v,i2v or t2v,t2a,v2a (default: the preset's, t2v)")
     p.add_argument("--preset", default="tiny", help="tiny | small | base")
     p.add_argument("--text", default=None, help="reuse this text.model instead of training one")
     p.add_argument("--config", default=None, help="YAML file with recipe settings")
@@ -301,19 +307,23 @@ def _add_generate(sub: Any) -> None:
         return {**summary, "warnings": notes}
 
     p = _command(
-        sub, "generate", "generate clips from text prompts with a trained model", generate,
+        sub, "generate", "generate clips (or, for t2a / v2a, sounds) from text prompts with a trained model", generate,
         description=(
             "Sample clips from a trained model directory (next-token or diffusion: read from its config.json)"
             " and write one MP4 and one GIF per clip plus generation.json (prompts, seeds, timings)."
+            " Audio tasks of a next-token model trained with them write one WAV per sound instead, decoded"
+            " through the audio codec it was trained on: --task t2a (from the prompt) or --task v2a --video FILE"
+            " (from a clip, fitted to the model's clip size, and the prompt); each lasts the model's fixed"
+            " audio length (its training audio_seconds)."
             " An empty prompt generates unconditionally (with a warning); a prompt longer than the model's"
             " text budget is truncated (with a warning)."
         ),
     )
     p.add_argument("--model", required=True, help="model directory (RUN/final)")
     p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for several)")
-    p.add_argument("--task", default="t2v", help="t2v | t2i | i2v | inpaint | outpaint | uncond")
+    p.add_argument("--task", default="t2v", help="t2v | t2i | i2v | inpaint | outpaint | uncond | t2a | v2a (AR; audio: WAV)")
     p.add_argument("--image", default=None, help="condition image (i2v: the first frame)")
-    p.add_argument("--video", default=None, help="condition clip (i2v: its first frames; inpaint / outpaint)")
+    p.add_argument("--video", default=None, help="condition clip (i2v: its first frames; inpaint / outpaint; v2a: the clip to sound)")
     p.add_argument("--n", type=int, default=1, help="clips per prompt")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: off for AR models; a diffusion model's stored default)")

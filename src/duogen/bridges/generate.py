@@ -2,8 +2,9 @@
 
 Owns: the `Generator` protocol and `GenerationResult`, `load_generator(dir)`
 (dispatch on `config.json` "kind"), the AR implementation (`ARGenerator`:
-prompt -> tokens -> the codec's decoder), reading and fitting user condition
-files (--image / --video), and `generate_to_dir` (MP4 + GIF per clip and a
+prompt -> tokens -> the codec's decoder; t2a / v2a through the audio codec),
+reading and fitting user condition files (--image / --video), and
+`generate_to_dir` (MP4 + GIF per clip, or a WAV per sound, and a
 `generation.json` with prompts, seeds and timings) behind `duogen generate`.
 
 The diffusion paradigm plugs in at `_GENERATORS["diffusion"]` (its loader
@@ -25,7 +26,10 @@ from ..errors import CheckpointError, DataError
 
 @dataclass
 class GenerationResult:
-    """Clips as uint8 (B, F, H, W, 3), sample i*n + j for prompt i, with what produced them."""
+    """Clips as uint8 (B, F, H, W, 3), sample i*n + j for prompt i, with what produced them.
+
+    Audio tasks (t2a, v2a) give no clips (`videos` has B = 0) and `audio` instead.
+    """
 
     videos: np.ndarray
     prompts: list[str]  # (B,): the prompt of each clip
@@ -34,6 +38,8 @@ class GenerationResult:
     tokens: int = 0  # AR: tokens sampled (cost for the comparison); diffusion: 0
     forward_passes: int = 0  # diffusion: denoiser evaluations; AR: 0
     info: dict[str, Any] = field(default_factory=dict)
+    audio: np.ndarray | None = None  # (B, S) float32 in [-1, 1] at `sample_rate`, for audio tasks
+    sample_rate: int = 0
 
 
 class Generator(Protocol):
@@ -68,18 +74,23 @@ def to_uint8(x: Any) -> np.ndarray:
 
 
 class ARGenerator:
-    """A `MultimodalLM` + its codec behind the `Generator` protocol."""
+    """A `MultimodalLM` + its codec (and audio codec, for t2a / v2a) behind the `Generator` protocol."""
 
     kind = "ar"
 
-    def __init__(self, model: Any, codec: Any):
+    def __init__(self, model: Any, codec: Any, audio_codec: Any = None):
         from ..ar_models.sampling import LlamaDecoder
 
-        self.model, self.codec = model.eval(), codec
+        self.model, self.codec, self.audio_codec = model.eval(), codec, audio_codec
         self.decoder = LlamaDecoder(model.lm, model.max_len)  # built once: weights fused, rotary tables cached
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, codec: str | Path | None = None) -> "ARGenerator":
+    def from_pretrained(cls, directory: str | Path, codec: str | Path | None = None,
+                        audio_codec: str | Path | None = None) -> "ARGenerator":
+        """The model in `directory` with the codecs it references (or `codec` / `audio_codec` instead).
+
+        A missing audio codec is an error only when an audio task is asked for (in `generate`).
+        """
         from ..ar_models.model import MultimodalLM
 
         model = MultimodalLM.from_pretrained(directory)
@@ -88,7 +99,8 @@ class ARGenerator:
             raise CheckpointError(
                 f"{directory}: the codec it was trained on ({model.codec_ref}) is not there; pass --codec DIR"
             )
-        return cls(model, load_codec(path))
+        audio = Path(audio_codec) if audio_codec is not None else model.codec_path(directory, audio=True)
+        return cls(model, load_codec(path), load_codec(audio) if audio is not None and audio.exists() else None)
 
     # ------------------------------------------------------------------ conditions
     def _fit_clip(self, video: np.ndarray, image: bool = False) -> np.ndarray:
@@ -165,10 +177,13 @@ class ARGenerator:
 
         if unused:
             raise DataError(f"the AR generator does not take {', '.join(sorted(unused))}")
-        from ..ar_models.layouts import check_task
+        from ..ar_models.layouts import AUDIO_TASKS, check_task
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         check_task(task, self.model.spec)
+        if task in AUDIO_TASKS and self.audio_codec is None:
+            raise DataError(f"task {task} decodes through the audio codec this model was trained on"
+                            f" ({self.model.audio_codec_ref}), which is not there")
         t0 = time.perf_counter()
         cond = self.condition(task, image, video)
         t1 = time.perf_counter()
@@ -176,15 +191,20 @@ class ARGenerator:
         ids = generate_ids(self.model, prompts, task, n=n, seed=seed, sampling=s, negative_prompt=negative_prompt,
                            cond=cond, callback=callback, decoder=self.decoder)
         t2 = time.perf_counter()
-        if task in ("t2a", "v2a"):
-            raise DataError("audio output needs an audio codec; this AR generator decodes video only")
-        if task == "i2v":
-            first = torch.as_tensor(cond["first"]).to(ids.dtype)[None].expand(ids.shape[0], -1, -1, -1)
-            ids = torch.cat([first, ids], dim=1)  # (B, f, h, w): given frames + generated ones
-        with torch.inference_mode():
-            videos = to_uint8(self.codec.decode(ids.to(self.codec.device)))
-        t3 = time.perf_counter()
         B = len(prompts) * n
+        audio, rate = None, 0
+        if task in AUDIO_TASKS:
+            a = ids.reshape(B, self.model.spec.audio_tokens, -1).transpose(1, 2)  # (B, T, L) -> (B, L, T), the codec's order
+            with torch.inference_mode():
+                audio = self.audio_codec.decode(a.to(self.audio_codec.device))[:, 0].float().cpu().numpy()  # (B, S)
+            videos, rate = np.zeros((0, 0, 0, 0, 3), np.uint8), int(self.audio_codec.cfg.sample_rate)
+        else:
+            if task == "i2v":
+                first = torch.as_tensor(cond["first"]).to(ids.dtype)[None].expand(ids.shape[0], -1, -1, -1)
+                ids = torch.cat([first, ids], dim=1)  # (B, f, h, w): given frames + generated ones
+            with torch.inference_mode():
+                videos = to_uint8(self.codec.decode(ids.to(self.codec.device)))
+        t3 = time.perf_counter()
         return GenerationResult(
             videos=videos,
             prompts=[p for p in prompts for _ in range(n)],
@@ -192,7 +212,9 @@ class ARGenerator:
             timings={"condition_s": t1 - t0, "sample_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0},
             tokens=B * int(ids[0].numel() if task != "i2v" else ids[0, self.model.spec.cond_frames :].numel()),
             info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                  "negative_prompt": negative_prompt},
+                  "negative_prompt": negative_prompt, **({"sample_rate": rate} if audio is not None else {})},
+            audio=audio,
+            sample_rate=rate,
         )
 
 
@@ -226,8 +248,9 @@ def load_generator(directory: str | Path) -> Generator:
 
 def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, *, n: int = 1, seed: int = 0,
                     fps: float = 8, **kwargs: Any) -> dict[str, Any]:
-    """`duogen generate`: write clip_PPP_NN.mp4 / .gif per sample and generation.json; return the summary."""
-    from ..data.media import write_gif, write_image, write_mp4
+    """`duogen generate`: write clip_PPP_NN.mp4 / .gif (audio tasks: audio_PPP_NN.wav) per sample and
+    generation.json; return the summary."""
+    from ..data.media import write_gif, write_image, write_mp4, write_wav
     from ..io import atomic_write_json
 
     t0 = time.perf_counter()
@@ -244,6 +267,8 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
         else:
             files.append(str(write_mp4(stem.with_suffix(".mp4"), clip, fps=fps)))
             files.append(str(write_gif(stem.with_suffix(".gif"), clip, fps=fps)))
+    for i, wave in enumerate(res.audio if res.audio is not None else []):
+        files.append(str(write_wav(out / f"audio_{i // n:03d}_{i % n:02d}.wav", wave, sample_rate=res.sample_rate)))
     summary = {
         "model": str(model),
         "kind": gen.kind,
@@ -253,7 +278,7 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
         "files": files,
         "timings": {"load_s": t_load, **res.timings},
         "tokens": res.tokens,
-        "clips_per_s": len(res.videos) / max(res.timings.get("total_s", 0.0), 1e-9),
+        "clips_per_s": len(res.prompts) / max(res.timings.get("total_s", 0.0), 1e-9),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in {**res.info, **kwargs}.items()
                      if k not in ("callback",) and not isinstance(v, np.ndarray)},
     }

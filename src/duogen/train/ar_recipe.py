@@ -1,13 +1,16 @@
 """Recipe: train the multimodal next-token model on a data set, through a trained video codec.
 
     train_ar(data="data/shapes", tokenizer="runs/vq/final", out="runs/ar", preset="tiny")
+    train_ar(..., audio_tokenizer="runs/audio/final", tasks=["t2v", "t2a", "v2a"])
 
 Steps: train (or reuse) the SentencePiece model on the training captions;
 encode every clip once with the codec into a cache keyed by the codec's
-weights and the data set (`duogen.train.data.pretokenize`); build the unified
+weights and the data set (`duogen.train.data.pretokenize`), and with audio
+tasks every example's `audio`, cropped or padded with silence to
+`audio_seconds`, with the audio codec into the same cache; build the unified
 vocabulary and the layouts; train with the shared engine; `final/` is a
 `MultimodalLM` directory (config.json kind "ar", model.safetensors,
-vocab.json, text.model, the codec's path).
+vocab.json, text.model, the paths of the codecs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import config as cfglib
-from ..ar_models.layouts import MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
+from ..ar_models.layouts import AUDIO_TASKS, MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
 from .engine import LossOutput, TrainConfig, fit
@@ -37,6 +40,10 @@ class ARRecipeConfig:
     max_text: int = 32  # text tokens per prompt; longer prompts are truncated (warned)
     text_vocab: int = 512  # shapes captions: at most 26 pieces at 512, 43 at 384
     cond_frames: int = 1  # latent frames given to i2v
+    # t2a / v2a: every example's audio is cropped (or padded with silence) to this many seconds, rounded to
+    # whole codec frames, so the audio segment has a fixed length. Shapes captions spoken by espeak-ng last
+    # 1.2-5.5 s (median 2.5 s); 2 s at the tiny audio codec is 100 frames x 4 levels = 400 tokens.
+    audio_seconds: float = 2.0
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache (shared by runs under one folder)
@@ -47,6 +54,8 @@ class ARRecipeConfig:
             raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS)}")
         if not self.tasks:
             raise ConfigError("tasks must name at least one task")
+        if self.audio_seconds <= 0:
+            raise ConfigError(f"audio_seconds must be positive, got {self.audio_seconds}")
 
 
 AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
@@ -82,6 +91,34 @@ def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_na
                         desc="encoding clips with the codec", v=CACHE_VERSION, masked=masked)
 
 
+def fit_audio(waves: Sequence[Any], samples: int) -> Any:
+    """Waveforms of any length -> float32 (B, samples): the first `samples` of each, zero-padded (silence) after."""
+    import numpy as np
+
+    out = np.zeros((len(waves), samples), np.float32)
+    for i, a in enumerate(waves):
+        a = np.asarray(a, dtype=np.float32).reshape(-1)[:samples]
+        out[i, : len(a)] = a
+    return out
+
+
+def encode_audio(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, frames: int, cache_dir: Path,
+                 batch_size: int = 32) -> Any:
+    """Audio codec ids (T, L) of every example's `audio`, cropped or padded to `frames` codec frames, cached on disk."""
+    import torch
+
+    samples = frames * codec.hop
+
+    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        x = torch.from_numpy(fit_audio(batch["audio"], samples))[:, None]  # (B, 1, S)
+        with torch.inference_mode():
+            ids = codec.encode(x)  # (B, L, T)
+        return {"audio_ids": ids.transpose(1, 2).to(torch.int32).cpu().numpy()}  # (B, T, L): time-major, as the layout
+
+    return encode_clips(split, fn, codec_dir, data, split_name, cache_dir, batch_size=batch_size, column="audio",
+                        desc="encoding audio with the audio codec", v=CACHE_VERSION, samples=samples)
+
+
 class TokenRecords:
     """The dataset the engine indexes: pre-encoded codec ids + text ids, as dicts the collator reads."""
 
@@ -105,6 +142,7 @@ def train_ar(
     tokenizer: str | Path,
     out: str | Path,
     *,
+    audio_tokenizer: str | Path | None = None,
     preset: str = "tiny",
     tasks: Sequence[str] | None = None,
     text: str | Path | None = None,
@@ -113,7 +151,11 @@ def train_ar(
     seed: int = 0,
     resume: str | None = None,
 ) -> dict[str, Any]:
-    """Train an AR model; returns the engine's summary plus the model's facts."""
+    """Train an AR model; returns the engine's summary plus the model's facts.
+
+    Audio tasks (t2a, v2a) need `audio_tokenizer` (an audio codec directory) and
+    a data set with an `audio` column at the codec's sample rate.
+    """
     import warnings
 
     from ..bridges.generate import load_codec
@@ -129,15 +171,37 @@ def train_ar(
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
+    audio_tasks = [t for t in cfg.tasks if t in AUDIO_TASKS]
+    if audio_tasks and audio_tokenizer is None:
+        raise ConfigError(f"task(s) {', '.join(audio_tasks)} need an audio codec: pass --audio-tokenizer DIR"
+                          " (the final/ of `duogen train tokenizer --modality audio`), or drop them from --tasks")
+    if audio_tokenizer is not None and not audio_tasks:
+        warnings.warn("--audio-tokenizer is ignored: no audio task (t2a, v2a) in --tasks", UserWarning, stacklevel=2)
+        audio_tokenizer = None
+    audio_codec, audio_frames = None, 0
+    if audio_tokenizer is not None:
+        audio_dir = Path(audio_tokenizer)
+        audio_codec = load_codec(audio_dir)
+        if getattr(audio_codec, "kind", None) != "audio_codec":
+            raise ConfigError(f"--audio-tokenizer {audio_dir} holds a {getattr(audio_codec, 'kind', '?')!r}, not an audio codec")
+        audio_frames = max(1, round(cfg.audio_seconds * audio_codec.cfg.sample_rate / audio_codec.hop))
     split = load_split(data, cfg.split, cfg.max_clips)
-    if "audio" in cfg.tasks or any(t in ("t2a", "v2a") for t in cfg.tasks):
-        raise ConfigError("tasks t2a / v2a need an audio codec, which `train ar` does not take yet; drop them from --tasks")
+    if audio_tasks and "audio" not in split.column_names:
+        raise ConfigError(f"task(s) {', '.join(audio_tasks)} need an `audio` column, and split {cfg.split!r} of {data}"
+                          " has none: make the data with `duogen data make shapes --audio`")
     captions = list(split["caption"])
 
     tok = text_tokenizer(text, captions, out, cfg.text_vocab)
     codec = load_codec(codec_dir)
+    cache = resolve_cache_dir(cfg.cache_dir, out)
     with codec_on_accelerator(codec):
-        encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, resolve_cache_dir(cfg.cache_dir, out))
+        encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, cfg.tasks, cache)
+    if audio_codec is not None:
+        import datasets
+
+        with codec_on_accelerator(audio_codec):
+            audio = encode_audio(split, audio_codec, audio_dir, data, cfg.split, audio_frames, cache)
+        encoded = datasets.concatenate_datasets([encoded, audio], axis=1)
     t_encode = time.perf_counter() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below
@@ -146,10 +210,16 @@ def train_ar(
 
     records = TokenRecords(encoded, text_ids)
     f, h, w = records.cols["video_ids"].shape[1:]  # (N, f, h, w) codec ids
-    vocab = UnifiedVocab(tok.vocab_size, {"video": codec.vocab_size}, codec_refs={"video": str(codec_dir.resolve())})
-    spec = LayoutSpec(max_text=cfg.max_text, latent=(int(f), int(h), int(w)), cond_frames=cfg.cond_frames, tasks=list(cfg.tasks))
+    codecs: dict[str, Any] = {"video": codec.vocab_size}
+    refs = {"video": str(codec_dir.resolve())}
+    if audio_codec is not None:
+        codecs["audio"] = (audio_codec.vocab_size, audio_codec.num_levels)
+        refs["audio"] = str(audio_dir.resolve())
+    vocab = UnifiedVocab(tok.vocab_size, codecs, codec_refs=refs)
+    spec = LayoutSpec(max_text=cfg.max_text, latent=(int(f), int(h), int(w)), cond_frames=cfg.cond_frames, tasks=list(cfg.tasks),
+                      audio_tokens=audio_frames, audio_levels=audio_codec.num_levels if audio_codec is not None else 1)
     seed_everything(seed)
-    model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=str(codec_dir.resolve()))
+    model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=refs["video"], audio_codec_ref=refs.get("audio"))
     collate = TrainCollator(model.layouts, cfg.tasks, cfg.model.cond_dropout)
     n_params = count_parameters(model)
 
@@ -159,7 +229,8 @@ def train_ar(
     summary = fit(
         model, loss_fn, records, cfg.train, out, collate=collate,
         save_model=lambda m, p: m.save_pretrained(p),
-        run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": str(codec_dir.resolve())},
+        run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": refs["video"],
+                    "audio_tokenizer": refs.get("audio")},
     )
     return {
         **{k: v for k, v in vars(summary).items()},
@@ -167,6 +238,8 @@ def train_ar(
         "parameters": n_params,
         "sequence_tokens": model.max_len,
         "latent": [int(f), int(h), int(w)],
+        "audio_tokens": [audio_frames, spec.audio_levels] if audio_codec is not None else None,
+        "audio_s": audio_frames * audio_codec.hop / audio_codec.cfg.sample_rate if audio_codec is not None else None,
         "vocab_size": vocab.size,
         "text_vocab": tok.vocab_size,
         "captions_truncated": n_long,

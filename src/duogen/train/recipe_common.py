@@ -67,8 +67,8 @@ def codec_on_accelerator(codec: Any) -> Iterator[Any]:
 
 
 def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]], codec_dir: Path, data: Path,
-                 split_name: str, cache: Path, *, batch_size: int, desc: str, **key: Any) -> Any:
-    """`fn` mapped over batches of `split`'s clips (column `video` as numpy), once: cached under `cache`.
+                 split_name: str, cache: Path, *, batch_size: int, desc: str, column: str = "video", **key: Any) -> Any:
+    """`fn` mapped over batches of `split`'s `column` (clips, or `audio` waveforms) as numpy, once: cached under `cache`.
 
     The cache key covers the codec's path and weights, the data set, the split
     and `key` (the recipe's cache version and whatever else its output depends on).
@@ -78,5 +78,5 @@ def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]
     key = {**key, "codec": str(codec_dir.resolve()), "weights": file_hash(codec_dir / "model.safetensors"),
            "data": str(data.resolve()), "split": split_name}
     # numpy format without a dtype: `pretokenize` saves the mapped set, and a dtype in the format is not JSON
-    return pretokenize(split.with_format("numpy", columns=["video"], output_all_columns=True), fn, cache, key=key,
+    return pretokenize(split.with_format("numpy", columns=[column], output_all_columns=True), fn, cache, key=key,
                        batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
