@@ -49,8 +49,9 @@ def main() -> None:
     ap.add_argument("--codec-steps", type=int, default=2465, help="the reference step counts to project to")
     ap.add_argument("--world-n", type=int, default=20000, help="clips the reference world has (for the encode time)")
     a = ap.parse_args()
-    ar_steps, dit_steps = (int(dict(o.split("=", 1) for o in parse_specs([spec])[0][1])["train.steps"])
-                           for spec in (DEFAULT_AR, DEFAULT_DIT))
+    (ar_steps, ar_model), (dit_steps, dit_model) = (
+        (int(ov.pop("train.steps")), [f"{k}={v}" for k, v in ov.items()])  # steps, and the spec's other overrides
+        for ov in (dict(o.split("=", 1) for o in parse_specs([spec])[0][1]) for spec in (DEFAULT_AR, DEFAULT_DIT)))
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         data = Path(a.data)
@@ -58,11 +59,11 @@ def main() -> None:
              "train.max_minutes=0", f"train.steps={a.steps}", "train.eval_every_s=100000", "train.device=cpu"])
         codec = steady_rate(t / "codec" / "metrics.jsonl", "seconds")
         common = ["--data", str(data), "--tokenizer", str(t / "codec" / "final"), "train.log_every=10"]
-        enc_ar = run(["train", "ar", *common, "--out", str(t / "ar" / "run"), "train.steps=1"])
-        run(["train", "ar", *common, "--out", str(t / "ar" / "run2"), f"train.steps={a.steps}"])
+        enc_ar = run(["train", "ar", *common, "--out", str(t / "ar" / "run"), *ar_model, "train.steps=1"])
+        run(["train", "ar", *common, "--out", str(t / "ar" / "run2"), *ar_model, f"train.steps={a.steps}"])
         ar = steady_rate(t / "ar" / "run2" / "metrics.jsonl", "wall_s")
-        enc_dit = run(["train", "diffusion", *common, "--out", str(t / "dit" / "run"), "denoiser=dit", "train.steps=1"])
-        run(["train", "diffusion", *common, "--out", str(t / "dit" / "run2"), "denoiser=dit", f"train.steps={a.steps}"])
+        enc_dit = run(["train", "diffusion", *common, "--out", str(t / "dit" / "run"), "denoiser=dit", *dit_model, "train.steps=1"])
+        run(["train", "diffusion", *common, "--out", str(t / "dit" / "run2"), "denoiser=dit", *dit_model, f"train.steps={a.steps}"])
         dit = steady_rate(t / "dit" / "run2" / "metrics.jsonl", "wall_s")
     from duogen.data import load_dataset
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_AR = "ar:train.steps=2600"
+DEFAULT_AR = "ar:train.steps=2600,model.hidden=256,model.mlp=704"  # the shipped AR is 256 wide (tiny is 128 now)
 DEFAULT_DIT = "dit:train.steps=2400"
 
 

@@ -1,6 +1,7 @@
 """The CLI frame: --help everywhere, one-line errors, overrides in any position."""
 
 import argparse
+import json
 
 import pytest
 
@@ -60,4 +61,10 @@ def test_reference_script_parses_model_specs():
 
     assert parse_specs(["dit_p1:dit.patch_size=1,train.steps=2500", "plain"]) == [
         ("dit_p1", ["dit.patch_size=1", "train.steps=2500"]), ("plain", [])]
-    assert parse_specs([DEFAULT_AR]) == [("ar", ["train.steps=2600"])]  # the shipped AR reference's step count
+    # the default AR spec rebuilds the shipped AR reference: its step count and its size (wider than tiny now)
+    ref = Path(__file__).resolve().parents[1] / "src" / "duogen" / "assets" / "reference" / "ar"
+    (name, overrides), = parse_specs([DEFAULT_AR])
+    ov = dict(o.split("=", 1) for o in overrides)
+    shipped = json.loads((ref / "config.json").read_text())["model"]
+    assert int(ov.pop("train.steps")) == json.loads((ref / "summary.json").read_text())["steps"]
+    assert ov and all(int(v) == shipped[k.removeprefix("model.")] for k, v in ov.items())
