@@ -332,6 +332,26 @@ def test_loader_workers_give_the_same_batches(tmp_path):
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
+def test_time_budget_schedule_follows_a_change_in_step_time(tmp_path):
+    """With max_minutes, the horizon is re-estimated from the recent step rate: steps that become 6x slower
+    after the first estimate (a machine that gets busy) still end the cosine decay with the budget. A horizon
+    fixed at the fast rate would stop the run with the LR near its peak."""
+    calls = {"n": 0}
+    inner = W.make_loss()
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        time.sleep(0.005 if calls["n"] <= 20 else 0.03)
+        return inner(model, batch)
+
+    cfg = _cfg(steps=100000, warmup_steps=2, min_lr_ratio=0.1, log_every=1, max_minutes=0.05)
+    s = fit(W.make_model(), loss_fn, W.make_data(), cfg, tmp_path)
+    assert s.stopped == "max_minutes" and s.steps > 40
+    lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] < 0.3 * cfg.lr  # the decay reached (near) its floor by the end of the budget
+    assert max(lrs[20:]) > 0.5 * cfg.lr  # and did not get there right after the first estimate
+
+
 def test_budget_schedule_ends_the_decay_with_the_budget(tmp_path):
     """With max_flops, the cosine horizon is the budget's step count, not `steps`."""
     fps = 10.0

@@ -44,8 +44,12 @@ from ..errors import ConfigError, TrainingError
 
 __all__ = ["TrainConfig", "LossOutput", "TrainSummary", "fit", "apply_resume", "add_resume_argument"]
 
-# Steps timed (after a session's first, which pays for warm-up) before a time budget fixes the LR horizon.
+# With a time budget the LR horizon is estimated from the step rate: first after this many timed steps
+# (a session's first step, which pays for warm-up, is not timed), then again every this many steps from
+# the rate over the last `_HORIZON_WINDOW` estimates, so the decay still ends with the budget when the
+# machine's load (and so the step time) changes during the run.
 _HORIZON_TIMING_STEPS = 10
+_HORIZON_WINDOW = 5
 
 
 @dataclass
@@ -74,7 +78,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0 = no limit
     max_flops: float = 0.0  # 0 = no limit
     # With a max_minutes / max_flops budget, end the cosine decay where the budget ends rather
-    # than at `steps` (the horizon is fixed after a few timed steps and kept in the checkpoint).
+    # than at `steps` (a time budget re-estimates the horizon from the recent step rate every few
+    # steps; the horizon is kept in the checkpoint).
     budget_schedule: bool = True
     num_workers: int = 0
 
@@ -368,10 +373,14 @@ def fit(
     # Compiling loss_fn rather than the module: dynamo traces whatever the recipe calls (model.loss(batch),
     # model(batch), ...); compiling the module alone would leave a method call such as model.loss eager.
     step_loss = torch.compile(loss_fn) if cfg.compile else loss_fn
-    if state["horizon"] is None and cfg.budget_schedule and cfg.max_flops > 0:
-        state["horizon"] = min(cfg.steps, max(1, math.ceil(cfg.max_flops / state["flops_per_step"])))
+    # the horizon a time estimate may not exceed: `steps`, or the steps a FLOP budget allows
+    horizon_cap = cfg.steps
+    if cfg.budget_schedule and cfg.max_flops > 0:
+        horizon_cap = min(cfg.steps, max(1, math.ceil(cfg.max_flops / state["flops_per_step"])))
+        if state["horizon"] is None:
+            state["horizon"] = horizon_cap
     backend.horizon = state["horizon"] or cfg.steps
-    timing_from = None  # (step, elapsed) after this session's first step, to time steps for the horizon
+    timing: list[tuple[int, float]] = []  # (step, elapsed) marks of this session, to time steps for the horizon
 
     def save_checkpoint() -> Path:
         def write(tmp: Path) -> None:
@@ -453,14 +462,15 @@ def fit(
             state["wall_s"] = wall_offset + vec[3].item() / world
             session_items += step_items
             log_items += step_items
-            if cfg.budget_schedule and cfg.max_minutes > 0 and state["horizon"] is None:
-                if timing_from is None:
-                    timing_from = (state["step"], vec[3].item() / world)
-                elif state["step"] - timing_from[0] >= _HORIZON_TIMING_STEPS:
-                    per_step = (vec[3].item() / world - timing_from[1]) / (state["step"] - timing_from[0])
-                    left = 60 * cfg.max_minutes - state["wall_s"]
-                    state["horizon"] = min(backend.horizon, state["step"] + max(1, int(left / max(per_step, 1e-9))))
-                    backend.horizon = state["horizon"]
+            if cfg.budget_schedule and cfg.max_minutes > 0:
+                if not timing or state["step"] - timing[-1][0] >= _HORIZON_TIMING_STEPS:
+                    timing = [*timing[-_HORIZON_WINDOW:], (state["step"], vec[3].item() / world)]
+                    if len(timing) > 1:  # re-estimate from the recent step rate
+                        per_step = (timing[-1][1] - timing[0][1]) / (timing[-1][0] - timing[0][0])
+                        left = 60 * cfg.max_minutes - state["wall_s"]
+                        steps_left = max(1, int(left / max(per_step, 1e-9)))
+                        state["horizon"] = min(horizon_cap, state["step"] + steps_left)
+                        backend.horizon = state["horizon"]
             bar.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 now = time.perf_counter()
