@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 DEFAULT_AR = "ar:train.steps=2600,model.hidden=256,model.mlp=704"  # the shipped AR is 256 wide (tiny is 128 now)
-DEFAULT_DIT = "dit:train.steps=2400"
+DEFAULT_DIT = "dit:train.steps=2400,dit.hidden=192,dit.heads=6"  # the shipped DiT is 192 wide (tiny is 128 now)
 
 
 def duogen(args: list[str], log: Path, threads: int) -> subprocess.Popen:

@@ -53,7 +53,9 @@ class DiTConfig:
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
-    "tiny": DiTConfig(hidden=192, depth=6, heads=6, patch_size=2),  # 3x8x8 latents -> 48 tokens
+    # 3x8x8 latents -> 48 tokens. tiny is 128 wide: at the 10-minute CPU budget it beat 192 wide in the same
+    # wall time (1,381 vs 865 steps; color / direction / shape 98 / 74 / 39% vs 95 / 71 / 27%, README).
+    "tiny": DiTConfig(hidden=128, depth=6, heads=4, patch_size=2),
     "small": DiTConfig(hidden=384, depth=12, heads=6, patch_size=2),  # DiT-S
     "base": DiTConfig(hidden=768, depth=12, heads=12, patch_size=2),  # DiT-B
 }
