@@ -6,10 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from duogen import tokenizers
 from duogen.errors import CheckpointError, ConfigError, DataError
-from duogen.tokenizers.image_codec import ImageCodec, build_image_codec
+from duogen.tokenizers.image_codec import IMAGE_CODEC_PRESETS, ImageCodec, build_image_codec
+from duogen.tokenizers.layers import CausalResBlock3d
 from duogen.tokenizers.losses import (
     CodecLossConfig,
     PatchDiscriminator,
@@ -25,6 +27,9 @@ from duogen.tokenizers.video_codec import VideoCodec, build_video_codec
 VIDEO_TEST = ["patch=2", "widths=[16,32]", "latent_blocks=1", "size=16", "frames=9",
               "quantizer.dim=3", "quantizer.levels=[5,5,5]", "latent_dropout=0", "train_frames=0"]
 IMAGE_TEST = ["patch=2", "widths=[16,32]", "size=16", "quantizer.dim=3", "quantizer.levels=[5,5,5]"]
+# the 'small' preset's 8x spatial factor (patch 1, four levels), narrow
+VIDEO_8X = ["widths=[8,8,8,16]", "latent_blocks=1", "size=16", "frames=9",
+            "quantizer.dim=3", "quantizer.levels=[5,5,5]", "latent_dropout=0", "train_frames=0"]
 
 
 def _clips(b=2, f=9, s=16, seed=0):
@@ -42,6 +47,19 @@ def _clips(b=2, f=9, s=16, seed=0):
 def video():
     torch.manual_seed(0)
     return build_video_codec("tiny", VIDEO_TEST).eval()
+
+
+@pytest.fixture(scope="module")
+def video8x():
+    torch.manual_seed(0)
+    codec = build_video_codec("small", VIDEO_8X).eval()
+    # Residual branches start at zero (SkipInit), which makes every causal 3D block the identity;
+    # small random last convs make the causality test below reach the blocks' temporal kernels.
+    with torch.no_grad():
+        for block in codec.modules():
+            if isinstance(block, CausalResBlock3d):
+                nn.init.normal_(block.convs[-1].conv.weight, std=0.05)
+    return codec
 
 
 @pytest.fixture(scope="module")
@@ -72,23 +90,57 @@ def test_image_shapes(image):
         assert image.latent_shape(x.shape) == (3, 4, 4) and image.decode(ids).shape == x.shape
 
 
+@pytest.mark.parametrize("preset, factor", [("tiny", 4), ("small", 8), ("base", 16)])
+def test_image_shapes_at_each_downsampling_factor(preset, factor):
+    # the preset's depth and patch (so its factor) with narrow widths and one block per level
+    depth = len(IMAGE_CODEC_PRESETS[preset].widths)
+    codec = build_image_codec(preset, [f"widths={[8] * (depth - 1) + [16]}", "blocks=1"]).eval()
+    assert codec.cfg.spatial_factor == factor
+    x = _clips(s=48)[:, :, 0, :32]  # (2, 3, 32, 48): not square, so swapped h and w would show
+    h, w = 32 // factor, 48 // factor
+    with torch.no_grad():
+        ids = codec.encode(x)
+        assert ids.shape == (2, h, w) and codec.encode_latents(x).shape == (2, codec.cfg.quantizer.dim, h, w)
+        assert codec.latent_shape(x.shape) == (codec.cfg.quantizer.dim, h, w)
+        assert codec.decode(ids).shape == x.shape
+    with pytest.raises(DataError, match=f"multiple of {factor}"):
+        codec.encode(x[:, :, :30])
+
+
+def test_video_8x_shapes(video8x):
+    x = _clips(s=32)[..., :16, :]  # (2, 3, 9, 16, 32)
+    with torch.no_grad():
+        ids = video8x.encode(x)
+        assert video8x.cfg.spatial_factor == 8
+        assert ids.shape == (2, 3, 2, 4)  # 9 frames -> 1 + 2 latent frames, 16 x 32 -> 2 x 4
+        assert video8x.encode_latents(x).shape == (2, 3, 3, 2, 4) and video8x.latent_shape(x.shape) == (3, 3, 2, 4)
+        assert video8x.decode(ids).shape == x.shape
+        assert torch.equal(video8x(x)[1].ids, ids)
+
+
+def _check_id_paths(codec, x):
+    """encode(x) -> ids; decode(ids) is decode_latents(ids_to_latents(ids)) and the ids round the latents."""
+    ids = codec.encode(x)
+    assert torch.equal(codec.decode(ids), codec.decode_latents(codec.ids_to_latents(ids)))
+    assert torch.equal(codec.latents_to_ids(codec.encode_latents(x)), ids)
+    assert torch.equal(codec.latents_to_ids(codec.ids_to_latents(ids)), ids)
+    return ids
+
+
 @pytest.mark.parametrize("name", ["video", "image"])
 def test_ids_and_latent_paths_agree(name, video, image):
     codec = video if name == "video" else image
     x = _clips() if name == "video" else _clips()[:, :, 0]
     with torch.no_grad():
-        ids = codec.encode(x)
-        # decode(ids) is decode_latents(ids_to_latents(ids)), exactly
-        assert torch.equal(codec.decode(ids), codec.decode_latents(codec.ids_to_latents(ids)))
-        # the ids are the rounding of the continuous latents
-        assert torch.equal(codec.latents_to_ids(codec.encode_latents(x)), ids)
-        assert torch.equal(codec.latents_to_ids(codec.ids_to_latents(ids)), ids)
+        ids = _check_id_paths(codec, x)
         # FSQ continuous latents stay within half a level of their codes
         gap = (codec.encode_latents(x) - codec.ids_to_latents(ids)).abs().max()
         assert float(gap) <= 0.5 / 2 + 1e-4
 
 
-def test_causal_first_frame_and_prefix(video):
+@pytest.mark.parametrize("name", ["video", "video8x"])
+def test_causal_first_frame_and_prefix(name, request):
+    video = request.getfixturevalue(name)
     x = _clips()
     with torch.no_grad():
         z_all, z_first, z_five = video.encode_latents(x), video.encode_latents(x[:, :, :1]), video.encode_latents(x[:, :, :5])
@@ -104,6 +156,27 @@ def test_causal_first_frame_and_prefix(video):
         y[:, :, 8] = 1.0
         torch.testing.assert_close(video.encode_latents(y)[:, :, :2], z_all[:, :, :2], atol=1e-5, rtol=0)
         assert not torch.allclose(video.encode_latents(y)[:, :, 2], z_all[:, :, 2])
+
+
+@pytest.mark.parametrize("kind", ["vq", "lfq"])
+@pytest.mark.parametrize("name", ["video", "image"])
+def test_vq_and_lfq_codecs_keep_the_contract(kind, name, tmp_path):
+    torch.manual_seed(0)
+    base = VIDEO_TEST if name == "video" else IMAGE_TEST
+    quant = [f"quantizer.kind={kind}", "quantizer.dim=4", "quantizer.codebook_size=16", "quantizer.kmeans_iters=2"]
+    build = build_video_codec if name == "video" else build_image_codec
+    codec = build("tiny", [o for o in base if not o.startswith("quantizer.")] + quant)
+    x = _clips() if name == "video" else _clips()[:, :, 0]
+    with torch.no_grad():
+        codec.train()(x)  # VQ: k-means initialises the (all-zero) codebook on this first training batch
+        codec.eval()
+        ids = _check_id_paths(codec, x)
+        assert ids.shape == (2, *codec.latent_shape(x.shape)[1:]) and codec.vocab_size == 16
+        assert int(ids.min()) >= 0 and int(ids.max()) < 16 and ids.unique().numel() > 1
+        assert codec.decode(ids).shape == x.shape
+        assert torch.equal(codec(x)[1].ids, ids)  # the library's own eval-mode lookup picks the same codes
+        codec.save_pretrained(tmp_path / "c")
+        assert torch.equal(tokenizers.load(tmp_path / "c").encode(x), ids)
 
 
 def test_uint8_input_matches_float(video, image):
