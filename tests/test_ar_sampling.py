@@ -202,6 +202,23 @@ def test_callback_sees_every_step_and_can_steer(model):
     assert calls[0][1] == len(plan.prefix) and calls[0][2] == (2, 64) and calls[5][3] == (2, 5)
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.999])  # 1.0: the top-k-only path; 0.999: the masking path (same set here)
+def test_top_k_sampling_draws_from_the_softmax_of_the_k_largest(model, top_p):
+    """Fixed logits (forced through the callback): top-k 3 at temperature 2 gives the three largest ids with
+    frequencies softmax(top-3 logits / 2) and never another id (8 x 32 x 16 = 4,096 draws)."""
+    fixed = torch.tensor([0.0, 3.0, 1.0, 2.5, -1.0, 2.0] + [-2.0] * 58)
+
+    def force(n, pos, logits, tokens):
+        return fixed.expand_as(logits).clone()
+
+    s = SamplingConfig(temperature=2.0, top_k=3, top_p=top_p)
+    out = generate_ids(model, ["a red circle"] * 8, n=16, seed=3, sampling=s, callback=force).flatten()
+    counts = torch.bincount(out, minlength=64).double()
+    assert counts[[1, 3, 5]].sum() == out.numel()  # ids 1, 3, 5 hold the three largest logits
+    want = (fixed[[1, 3, 5]] / 2.0).softmax(-1).double()
+    assert torch.allclose(counts[[1, 3, 5]] / out.numel(), want, atol=0.03), (counts[[1, 3, 5]] / out.numel(), want)
+
+
 def test_i2v_keeps_the_given_frames_as_prefix(model):
     first = np.arange(16).reshape(1, 4, 4)
     plan = model.layouts.decode_plan("i2v", [], {"first": first})

@@ -229,6 +229,12 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
                 logits = repl
         if cfg.temperature == 0:
             tok = logits.argmax(-1)
+        elif cfg.top_p >= 1.0 and 0 < cfg.top_k < logits.shape[-1]:
+            # top-k alone: draw among the k largest logits, the same distribution as masking the rest to
+            # -inf, without a softmax and a mask over the whole range
+            vals, idx = torch.topk(logits, cfg.top_k, dim=-1)  # (B,k)
+            pick = torch.multinomial((vals / cfg.temperature).softmax(-1), 1, generator=gen)  # (B,1)
+            tok = idx.gather(-1, pick)[:, 0]
         else:
             logits = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
             tok = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
