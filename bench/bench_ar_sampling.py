@@ -1,6 +1,6 @@
 """Tokens/s of duogen's AR sampler vs `transformers` generate() (with its cache) vs no cache.
 
-Same tiny model (the `tiny` ARConfig over a 1,400-id vocabulary, ~3.9M
+Same tiny model (the `tiny` ARConfig over a 1,400-id vocabulary, ~1.2M
 parameters), same prompt, same number of new tokens (one 3x8x8 latent clip =
 192 tokens), top-k 50 sampling; with and without classifier-free guidance
 (duogen batches the conditional and unconditional streams; generate() uses its
