@@ -21,12 +21,15 @@ def make(name: str) -> torch.nn.Module:
         return UNet(UNetConfig(in_channels=C, frames=F, channels=32, context_dim=D))
     if name == "video-unet-2+1d":
         return VideoUNet(VideoUNetConfig(in_channels=C, channels=32, context_dim=D))
+    if name == "video-unet-frame-aware":
+        return VideoUNet(VideoUNetConfig(in_channels=C, channels=32, context_dim=D, positions=True,
+                                         temporal_text=True, joint_attention="mid"))
     if name == "video-unet-3d":
         return VideoUNet(VideoUNetConfig(in_channels=C, channels=32, context_dim=D, conv="3d"))
     raise KeyError(name)
 
 
-NAMES = ["dit-joint", "dit-factorized", "unet2d-frames", "video-unet-2+1d", "video-unet-3d"]
+NAMES = ["dit-joint", "dit-factorized", "unet2d-frames", "video-unet-2+1d", "video-unet-frame-aware", "video-unet-3d"]
 
 
 def randomize(model: torch.nn.Module) -> torch.nn.Module:
@@ -169,3 +172,64 @@ def test_overfit_one_batch(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 50, (losses[0], losses[-1])
+
+
+def test_video_unet_frame_aware_layers():
+    """positions: the spatial layers know each token's frame, so a clip of one repeated frame comes out
+    different per frame even with no temporal layers; temporal_text: temporal layers cross-attend to the
+    text; joint_attention: the bottleneck ("mid") or every level ("all") attends over all frames' positions
+    in one sequence."""
+    z = latents(1)[:, :, :1].expand(1, C, F, H, W).contiguous()  # one frame repeated
+    cond = text(1)
+
+    def frame_spread(positions: bool) -> float:
+        torch.manual_seed(0)
+        m = randomize(VideoUNet(VideoUNetConfig(in_channels=C, channels=32, context_dim=D, temporal_attention=False,
+                                                positions=positions))).eval()
+        with torch.no_grad():
+            for conv in m.modules():  # identity temporal taps: frames stay independent
+                if type(conv).__name__ == "Conv" and conv.temporal is not None:
+                    conv.temporal.weight.zero_()
+                    conv.temporal.weight[:, :, 1, 0].copy_(torch.eye(conv.temporal.weight.shape[0]))
+                    conv.temporal.bias.zero_()
+            out = m(z, 10, cond)
+        return float((out[:, :, 0] - out[:, :, 2]).abs().max())
+
+    assert frame_spread(False) < 1e-5 and frame_spread(True) > 1e-3
+
+    aware = randomize(make("video-unet-frame-aware")).eval()
+    temporal = [m for m in aware.modules() if type(m).__name__ == "TemporalTransformer"]
+    assert temporal and all(m.cross is not None for m in temporal)
+    x = torch.randn(1, 64, F, 4, 4)
+    with torch.no_grad():
+        assert (temporal[0](x, cond) - temporal[0](x, text(2).index(slice(1, 2)))).abs().max() > 1e-4
+        store = AttentionStore(kinds=("self",))
+        with attention_processor(aware, store):
+            aware(z, 10, cond)
+    mid = [v[0] for k, v in store.maps.items() if k.startswith("backbone.mid")]
+    assert mid and mid[0].shape[-1] == F * (H // 2) * (W // 2)  # joint: every frame's 4x4 positions
+    every = VideoUNet(VideoUNetConfig(in_channels=C, channels=32, context_dim=D, joint_attention="all")).eval()
+    assert not [m for m in every.modules() if type(m).__name__ == "TemporalTransformer"]
+    store = AttentionStore(kinds=("self",))
+    with torch.no_grad(), attention_processor(every, store):
+        every(z, 10, cond)
+    assert {v[0].shape[-1] for v in store.maps.values()} == {F * (H // 2) * (W // 2)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_trains_from_init(name):
+    """From the zero-initialised start, a few optimizer steps move every weight. Zero-initialised layers
+    in series would deadlock (each one's gradient is a product with the other's zeros): the (2+1)D
+    U-Net's residual convs once stayed exactly zero through a whole training run that way."""
+    torch.manual_seed(0)
+    m = make(name)
+    init = {k: p.detach().clone() for k, p in m.named_parameters()}
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    z, t, cond = latents(2), torch.tensor([100, 700]), text(2)
+    target = torch.randn_like(z)
+    for _ in range(4):
+        opt.zero_grad()
+        (m(z, t, cond) - target).square().mean().backward()
+        opt.step()
+    frozen = [k for k, p in m.named_parameters() if torch.equal(p.detach(), init[k])]
+    assert not frozen, frozen

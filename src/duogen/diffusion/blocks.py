@@ -244,6 +244,16 @@ def sinusoidal_embedding(pos: Tensor, dim: int, max_period: float = 10000.0) -> 
     return emb
 
 
+def sincos_positions(f: int, h: int, w: int, dim: int, device: torch.device) -> Tensor:
+    """Fixed positions (F*H*W, dim): 2D sine-cosine over (h, w) (half the width each, as DiT)
+    plus 1D sine-cosine over frames (zero when f == 1, so images get plain 2D positions)."""
+    half = dim // 2
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    spatial = torch.cat([sinusoidal_embedding(ys.flatten(), half), sinusoidal_embedding(xs.flatten(), half)], dim=-1)
+    frames = sinusoidal_embedding(torch.arange(f, device=device), dim) if f > 1 else torch.zeros(1, dim, device=device)
+    return (frames[:, None, :] + spatial[None, :, :]).reshape(f * h * w, dim)  # (F*H*W, D)
+
+
 class TimestepEmbedder(nn.Module):
     """t (B,) -> (B, D): sinusoids of the (possibly fractional) timestep, then an MLP (DDPM / DiT)."""
 
@@ -369,8 +379,8 @@ class Upsample(nn.Module):
 class ResBlock(nn.Module):
     """Residual block with a time-embedding shift/scale (DDPM / improved DDPM), image or video.
 
-    forward(x (B, C, [F,] H, W), emb (B, E)) -> (B, out, [F,] H, W). The second conv is
-    zero-initialised so each block starts as its skip path.
+    forward(x (B, C, [F,] H, W), emb (B, E)) -> (B, out, [F,] H, W). The second conv's output
+    is zero-initialised so each block starts as its skip path.
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, kind: ConvKind = "2d", dropout: float = 0.0) -> None:
@@ -378,7 +388,10 @@ class ResBlock(nn.Module):
         self.norm1, self.conv1 = group_norm(in_ch), Conv(in_ch, out_ch, kind)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2, self.drop = group_norm(out_ch), nn.Dropout(dropout)
-        self.conv2 = zero_(Conv(out_ch, out_ch, kind))
+        self.conv2 = Conv(out_ch, out_ch, kind)
+        # Zero only the conv that writes the output. Zeroing both halves of a (2+1)D conv deadlocks them:
+        # each one's gradient is a product with the other's zero weights, so neither ever moves.
+        zero_(self.conv2.temporal if self.conv2.temporal is not None else self.conv2.conv)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -408,33 +421,63 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
+class PositionEmbedding(nn.Module):
+    """(F, H, W) grid -> (F, H*W, C): fixed sine-cosine positions through a zero-initialised linear map,
+    so a layer that adds them starts exactly as it was without them."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.dim = ch + ch % 4  # sincos_positions wants a multiple of 4
+        self.proj = zero_(nn.Linear(self.dim, ch))
+
+    def forward(self, f: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        pos = sincos_positions(f, h, w, self.dim, device).to(self.proj.weight.dtype)  # (F*H*W, dim)
+        return self.proj(pos).to(dtype).reshape(f, h * w, -1)
+
+
 class SpatialTransformer(nn.Module):
     """Attention over the H*W positions of each image / frame, with cross-attention to text.
 
     (B, C, [F,] H, W) -> same shape; the output projection is zero-initialised
     so the block starts as the identity (Stable Diffusion's layout).
+
+    For videos, `positions` adds a learned embedding of each token's (frame,
+    row, column), so the text cross-attention can ask for different things in
+    different frames (where an object is at frame f of "moves left") and
+    attention can relate positions across frames; `joint` attends over all
+    F*H*W tokens of a clip at once instead of frame by frame (cheap at a
+    U-Net's coarse levels, where a clip has few tokens).
     """
 
-    def __init__(self, ch: int, heads: int, context_dim: int | None, depth: int = 1) -> None:
+    def __init__(self, ch: int, heads: int, context_dim: int | None, depth: int = 1,
+                 positions: bool = False, joint: bool = False) -> None:
         super().__init__()
         self.norm, self.proj_in = group_norm(ch), nn.Linear(ch, ch)
+        self.pos_embed = PositionEmbedding(ch) if positions else None
+        self.joint = joint
         self.blocks = nn.ModuleList([TransformerBlock(ch, heads, context_dim) for _ in range(depth)])
         self.proj_out = zero_(nn.Linear(ch, ch))
 
     def forward(self, x: Tensor, cond: TextCond | None) -> Tensor:
-        video = x.dim() == 5
-        b, f = x.shape[0], (x.shape[2] if video else 1)
-        h, w = x.shape[-2:]
-        y = rearrange(x, "b c f h w -> (b f) c h w") if video else x
-        y = rearrange(self.norm(y), "n c h w -> n (h w) c")  # (B*F, H*W, C)
-        y = self.proj_in(y)
-        frame_cond = cond.repeat(f) if (cond is not None and video) else cond
+        if x.dim() == 4:
+            h, w = x.shape[-2:]
+            y = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))
+            for blk in self.blocks:
+                y = blk(y, cond)
+            return x + rearrange(self.proj_out(y), "b (h w) c -> b c h w", h=h, w=w)
+        b, c, f, h, w = x.shape
+        y = self.norm(rearrange(x, "b c f h w -> (b f) c h w"))  # GroupNorm frame by frame
+        y = self.proj_in(rearrange(y, "(b f) c h w -> b f (h w) c", b=b))
+        if self.pos_embed is not None:
+            y = y + self.pos_embed(f, h, w, x.device, y.dtype)[None]
+        if self.joint:
+            y, frame_cond = rearrange(y, "b f t c -> b (f t) c"), cond
+        else:
+            y, frame_cond = rearrange(y, "b f t c -> (b f) t c"), (cond.repeat(f) if cond is not None else None)
         for blk in self.blocks:
             y = blk(y, frame_cond)
-        y = rearrange(self.proj_out(y), "n (h w) c -> n c h w", h=h, w=w)
-        if video:
-            y = rearrange(y, "(b f) c h w -> b c f h w", b=b)
-        return x + y
+        pattern = "b (f h w) c -> b c f h w" if self.joint else "(b f) (h w) c -> b c f h w"
+        return x + rearrange(self.proj_out(y), pattern, b=b, f=f, h=h, w=w)
 
 
 class TemporalTransformer(nn.Module):
@@ -442,20 +485,27 @@ class TemporalTransformer(nn.Module):
 
     (B, C, F, H, W) -> same shape. Frame positions enter as sinusoids; the
     output projection is zero-initialised (the block starts as the identity).
+    With `context_dim`, each position's frame sequence also cross-attends to
+    the text, so the temporal layers know which motion the prompt asks for.
     """
 
-    def __init__(self, ch: int, heads: int) -> None:
+    def __init__(self, ch: int, heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         self.norm, self.proj_in = group_norm(ch), nn.Linear(ch, ch)
         self.norm1, self.attn = nn.LayerNorm(ch), Attention(ch, heads, kind="temporal")
+        self.cross = Attention(ch, heads, context_dim, kind="cross") if context_dim else None
+        self.norm_cross = nn.LayerNorm(ch) if context_dim else None
         self.norm2, self.mlp = nn.LayerNorm(ch), FeedForward(ch, 4.0)
         self.proj_out = zero_(nn.Linear(ch, ch))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: TextCond | None = None) -> Tensor:
         b, c, f, h, w = x.shape
         y = rearrange(self.norm(x), "b c f h w -> (b h w) f c")  # (B*H*W, F, C)
         y = self.proj_in(y) + sinusoidal_embedding(torch.arange(f, device=x.device), c).to(y.dtype)
         y = y + self.attn(self.norm1(y))
+        if self.cross is not None and cond is not None:
+            pos_cond = cond.repeat(h * w)  # (B*H*W, T, D), sample-major like y
+            y = y + self.cross(self.norm_cross(y), pos_cond.tokens, pos_cond.mask)
         y = y + self.mlp(self.norm2(y))
         y = rearrange(self.proj_out(y), "(b h w) f c -> b c f h w", b=b, h=h, w=w)
         return x + y

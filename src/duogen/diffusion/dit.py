@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .blocks import Attention, FeedForward, TextCond, TimestepEmbedder, modulate, sinusoidal_embedding, timesteps_for, zero_
+from .blocks import Attention, FeedForward, TextCond, TimestepEmbedder, modulate, sincos_positions, timesteps_for, zero_
 from ..errors import ConfigError
 
 
@@ -59,16 +59,6 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     "small": DiTConfig(hidden=384, depth=12, heads=6, patch_size=2),  # DiT-S
     "base": DiTConfig(hidden=768, depth=12, heads=12, patch_size=2),  # DiT-B
 }
-
-
-def sincos_positions(f: int, h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """Fixed positions (F*H*W, dim): 2D sine-cosine over (h, w) (half the width each, as DiT)
-    plus 1D sine-cosine over frames (zero when f == 1, so images get plain 2D positions)."""
-    half = dim // 2
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    spatial = torch.cat([sinusoidal_embedding(ys.flatten(), half), sinusoidal_embedding(xs.flatten(), half)], dim=-1)
-    frames = sinusoidal_embedding(torch.arange(f, device=device), dim) if f > 1 else torch.zeros(1, dim, device=device)
-    return (frames[:, None, :] + spatial[None, :, :]).reshape(f * h * w, dim)  # (F*H*W, D)
 
 
 class DiTBlock(nn.Module):

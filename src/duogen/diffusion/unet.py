@@ -40,7 +40,8 @@ class UNetBackbone(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, channels: int, channel_mult: list[int], num_res_blocks: int,
                  attention_levels: list[int], heads: int, context_dim: int, transformer_depth: int = 1,
-                 dropout: float = 0.0, conv: ConvKind = "2d", temporal_attention: bool = False) -> None:
+                 dropout: float = 0.0, conv: ConvKind = "2d", temporal_attention: bool = False,
+                 positions: bool = False, temporal_text: bool = False, joint_attention: str = "none") -> None:
         super().__init__()
         emb_dim = 4 * channels
         self.time_embed = TimestepEmbedder(emb_dim)
@@ -48,12 +49,16 @@ class UNetBackbone(nn.Module):
         self.conv_in = nn.Conv2d(in_ch, channels, 3, padding=1) if conv != "3d" else nn.Conv3d(in_ch, channels, 3, padding=1)
 
         def attn_layers(ch: int, level: int | None) -> list[nn.Module]:
-            """Spatial (+ temporal) attention at the levels that have it; level None = always."""
+            """Spatial (+ temporal) attention at the levels that have it; level None = the bottleneck."""
             if level is not None and level not in attention_levels:
                 return []
-            layers: list[nn.Module] = [SpatialTransformer(ch, heads, context_dim, transformer_depth)]
-            if temporal_attention:
-                layers.append(TemporalTransformer(ch, heads))
+            # one space-time attention replaces spatial + temporal: at the bottleneck ("mid") or everywhere ("all")
+            joint = joint_attention == "all" or (joint_attention == "mid" and level is None)
+            layers: list[nn.Module] = [
+                SpatialTransformer(ch, heads, context_dim, transformer_depth, positions=positions, joint=joint)
+            ]
+            if temporal_attention and not joint:
+                layers.append(TemporalTransformer(ch, heads, context_dim if temporal_text else None))
             return layers
 
         res = lambda i, o: ResBlock(i, o, emb_dim, conv, dropout)  # noqa: E731
@@ -91,9 +96,9 @@ class UNetBackbone(nn.Module):
         for layer in layers:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
-            elif isinstance(layer, SpatialTransformer):
+            elif isinstance(layer, (SpatialTransformer, TemporalTransformer)):
                 h = layer(h, cond)
-            else:  # Downsample, Upsample, TemporalTransformer
+            else:  # Downsample, Upsample
                 h = layer(h)
         return h
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .blocks import TextCond, timesteps_for
 from .unet import UNetBackbone, check_backbone_args
+from ..errors import ConfigError
 
 
 @dataclass
@@ -25,6 +26,11 @@ class VideoUNetConfig:
     in_channels: int = 4
     conv: Literal["2+1d", "3d"] = "2+1d"
     temporal_attention: bool = True
+    positions: bool = False  # spatial transformers add a learned (frame, row, column) embedding
+    temporal_text: bool = False  # temporal transformers cross-attend to the text too
+    # "mid": the bottleneck attends over space and time jointly; "all": every attention level does
+    # (no temporal transformers then); "none": spatial then temporal attention everywhere
+    joint_attention: Literal["none", "mid", "all"] = "none"
     channels: int = 64
     channel_mult: list[int] = field(default_factory=lambda: [1, 2])
     num_res_blocks: int = 1
@@ -36,6 +42,8 @@ class VideoUNetConfig:
 
     def check(self) -> None:
         check_backbone_args("video_unet", self.channels, self.channel_mult, self.attention_levels, self.heads)
+        if self.joint_attention not in ("none", "mid", "all"):
+            raise ConfigError(f"video_unet: joint_attention must be none, mid or all, got {self.joint_attention!r}")
 
 
 VIDEO_UNET_PRESETS: dict[str, VideoUNetConfig] = {
@@ -61,6 +69,7 @@ class VideoUNet(nn.Module):
             c, c, config.channels, config.channel_mult, config.num_res_blocks, config.attention_levels,
             config.heads, config.context_dim, config.transformer_depth, config.dropout,
             conv=config.conv, temporal_attention=config.temporal_attention,
+            positions=config.positions, temporal_text=config.temporal_text, joint_attention=config.joint_attention,
         )
 
     def forward(self, z_t: Tensor, t: Tensor | float, cond: TextCond | None) -> Tensor:
