@@ -368,3 +368,30 @@ def test_budget_schedule_ends_the_decay_with_the_budget(tmp_path):
     fit(W.make_model(), W.make_loss(), W.make_data(), cfg_off, tmp_path / "b", flops_per_sample=fps)
     lrs_off = [json.loads(ln)["lr"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert lrs_off[-1] > 0.99 * cfg.lr and lrs[-1] < 0.2 * cfg.lr
+
+
+def test_progress_bar_total_is_the_expected_last_step_under_a_budget(tmp_path, monkeypatch):
+    """Under a time or FLOP budget the bar counts toward where the run will stop, not toward `steps`."""
+    import duogen.utils
+
+    bars = []
+    real = duogen.utils.progress
+
+    def recording(*args, **kwargs):
+        bars.append(real(*args, **{**kwargs, "disable": True}))
+        return bars[-1]
+
+    monkeypatch.setattr(duogen.utils, "progress", recording)
+    fps = 10.0
+    fit(W.make_model(), W.make_loss(), W.make_data(), _cfg(steps=1000, max_flops=16 * fps * 8), tmp_path / "f",
+        flops_per_sample=fps)
+    assert bars[-1].total == 8
+
+    def slow_loss(model, batch, inner=W.make_loss()):
+        time.sleep(0.01)
+        return inner(model, batch)
+
+    s = fit(W.make_model(), slow_loss, W.make_data(), _cfg(steps=100000, max_minutes=0.02, budget_schedule=False),
+            tmp_path / "t")
+    assert s.stopped == "max_minutes"
+    assert s.steps / 2 < bars[-1].total < 2 * s.steps  # an estimate of the stop, far below steps=100000

@@ -375,10 +375,10 @@ def fit(
     step_loss = torch.compile(loss_fn) if cfg.compile else loss_fn
     # the horizon a time estimate may not exceed: `steps`, or the steps a FLOP budget allows
     horizon_cap = cfg.steps
-    if cfg.budget_schedule and cfg.max_flops > 0:
+    if cfg.max_flops > 0 and state["flops_per_step"] > 0:
         horizon_cap = min(cfg.steps, max(1, math.ceil(cfg.max_flops / state["flops_per_step"])))
-        if state["horizon"] is None:
-            state["horizon"] = horizon_cap
+    if cfg.budget_schedule and cfg.max_flops > 0 and state["horizon"] is None:
+        state["horizon"] = horizon_cap
     backend.horizon = state["horizon"] or cfg.steps
     timing: list[tuple[int, float]] = []  # (step, elapsed) marks of this session, to time steps for the horizon
 
@@ -420,7 +420,9 @@ def fit(
     wall_offset = state["wall_s"]
     session_items, last_loss, stopped, last_ckpt = 0, float("nan"), "steps", None
     log_t, log_items = session_t0, 0
-    bar = progress(total=cfg.steps, initial=state["step"], desc="train", disable=None if is_main else True)
+    # the bar's total is the step the run is expected to stop at: `steps`, the FLOP budget's last step, or
+    # under a time budget an estimate from the recent step rate (updated with the LR horizon)
+    bar = progress(total=horizon_cap, initial=state["step"], desc="train", disable=None if is_main else True)
     with _StopFlag() as stop:
         while state["step"] < cfg.steps:
             loss_sum, items, extra = 0.0, 0, {}
@@ -462,15 +464,16 @@ def fit(
             state["wall_s"] = wall_offset + vec[3].item() / world
             session_items += step_items
             log_items += step_items
-            if cfg.budget_schedule and cfg.max_minutes > 0:
+            if cfg.max_minutes > 0:
                 if not timing or state["step"] - timing[-1][0] >= _HORIZON_TIMING_STEPS:
                     timing = [*timing[-_HORIZON_WINDOW:], (state["step"], vec[3].item() / world)]
                     if len(timing) > 1:  # re-estimate from the recent step rate
                         per_step = (timing[-1][1] - timing[0][1]) / (timing[-1][0] - timing[0][0])
                         left = 60 * cfg.max_minutes - state["wall_s"]
-                        steps_left = max(1, int(left / max(per_step, 1e-9)))
-                        state["horizon"] = min(horizon_cap, state["step"] + steps_left)
-                        backend.horizon = state["horizon"]
+                        expected_end = min(horizon_cap, state["step"] + max(1, int(left / max(per_step, 1e-9))))
+                        bar.total = expected_end
+                        if cfg.budget_schedule:
+                            state["horizon"] = backend.horizon = expected_end
             bar.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 now = time.perf_counter()
