@@ -153,9 +153,10 @@ def test_replacing_processor_changes_the_output_only_where_installed():
 
 @pytest.mark.parametrize("name", ["dit-factorized", "video-unet-2+1d", "video-unet-3d", "unet2d-frames"])
 def test_overfit_one_batch(name):
-    """Fixed x_t, t and v target: 60 Adam steps (lr 2e-3) cut the loss by at least 50x.
+    """Fixed x_t, t and v target: 100 Adam steps (lr 2e-3) cut the loss by at least 1000x.
 
-    Measured with this seed: 58x DiT, 170x (2+1)D U-Net, 7500x 3D U-Net, 2400x 2D U-Net."""
+    Measured with this seed: joint DiT 34,000x, factorized DiT 3,600x, (2+1)D U-Net 175,000x (with
+    positions, temporal text and joint mid attention 3,200x), 3D U-Net 118,000x, 2D U-Net 34,000x."""
     torch.manual_seed(0)
     m = make(name)
     sched = NoiseSchedule.make("cosine")
@@ -165,13 +166,13 @@ def test_overfit_one_batch(name):
     cond = text(2)
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     losses = []
-    for _ in range(60):
+    for _ in range(100):
         loss = (m(x_t, t, cond) - target).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] / 50, (losses[0], losses[-1])
+    assert losses[-1] < losses[0] / 1000, (losses[0], losses[-1])
 
 
 def test_video_unet_frame_aware_layers():

@@ -3,10 +3,14 @@
 It is the `UNetBackbone` of `unet.py` run on (B, C, F, H, W) with a video
 conv kind: "2+1d" factorises each 3x3x3 conv into a 3x3 spatial conv and a
 3-tap temporal conv (R(2+1)D, Tran et al. 2018; the Video Diffusion Models
-layout of Ho et al. 2022), "3d" uses full 3x3x3 convs. Spatial transformers
-attend within each frame and to the text; temporal transformers attend along
-frames at each position. Frames are never downsampled, so any clip length
-works. Schedules and samplers live elsewhere.
+layout of Ho et al. 2022), "3d" uses full 3x3x3 convs. Attention, at the
+chosen levels and the bottleneck, is either factorized (spatial transformers
+attend within each frame and to the text, temporal transformers along frames
+at each position; `joint_attention="none"`) or joint over all of a clip's
+positions (`"all"`, or `"mid"` for the bottleneck only), like the DiT's;
+`positions` gives the attention tokens (frame, row, column) embeddings.
+Frames are never downsampled, so any clip length works. Schedules and
+samplers live elsewhere.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ class VideoUNetConfig:
 
 
 VIDEO_UNET_PRESETS: dict[str, VideoUNetConfig] = {
-    "tiny": VideoUNetConfig(channels=64, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1], heads=4),
+    # tiny: joint space-time attention with (frame, row, column) positions at its one attention level and the
+    # bottleneck. At 16 minutes on one core it beat spatial + temporal attention (with the same fixed
+    # (2+1)D convs): 871 vs 661 steps; color / direction / shape 99 / 67 / 25% vs 91 / 60 / 14% (README).
+    "tiny": VideoUNetConfig(channels=64, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1], heads=4,
+                            positions=True, joint_attention="all"),
     "small": VideoUNetConfig(channels=128, channel_mult=[1, 2, 2], num_res_blocks=2, attention_levels=[1, 2], heads=8),
     "base": VideoUNetConfig(channels=256, channel_mult=[1, 2, 4], num_res_blocks=2, attention_levels=[1, 2], heads=8),
 }
