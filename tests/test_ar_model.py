@@ -26,14 +26,15 @@ def text():
     return train_text_tokenizer(CAPS, None, vocab_size=300)
 
 
-def make(text, prefix_lm=True, tasks=("t2v", "t2i", "i2v", "inpaint", "outpaint", "uncond"), codebook=64, audio=False):
+def make(text, prefix_lm=True, tasks=("t2v", "t2i", "i2v", "inpaint", "outpaint", "uncond"), codebook=64, audio=False,
+         factorized=False):
     codecs = {"video": codebook}
     spec = LayoutSpec(max_text=8, latent=(2, 4, 4), tasks=list(tasks))
     if audio:
         codecs["audio"] = (16, 2)
         spec.audio_tokens, spec.audio_levels = 6, 2
     vocab = UnifiedVocab(text.vocab_size, codecs)
-    cfg = ARConfig(**{**TINY.__dict__, "prefix_lm": prefix_lm})
+    cfg = ARConfig(**{**TINY.__dict__, "prefix_lm": prefix_lm, "factorized_positions": factorized})
     return MultimodalLM(cfg, vocab, spec, text, codec_ref="runs/vq/final")
 
 
@@ -115,8 +116,42 @@ def test_overfit_one_batch(text, prefix_lm):
     assert float(loss.detach()) < first / 10, (first, float(loss.detach()))
 
 
-def test_save_load_identical_logits(text, tmp_path):
-    m = make(text).eval()
+def test_factorized_positions_number_every_clip_from_frame_zero(text):
+    """Each video segment (the output, i2v's given frames, the masked clip, v2a's condition) is indexed
+    0..f*h*w-1 in raster order, continuing across i2v's prefix / output boundary; other tokens get -1."""
+    m = make(text, tasks=TASKS, audio=True, factorized=True)
+    rec = records(text, 1)[0]
+    n, v = 2 * 4 * 4, m.vocab.range("video")
+    for task in TASKS:
+        ids = TrainCollator(m.layouts, [task], cond_dropout=0.0)([rec])["ids"]
+        idx = m.visual_pos.index(ids)[0][0]
+        visual = (ids[0] >= v.start) & (ids[0] < v.stop)
+        assert torch.equal(idx >= 0, visual), task
+        clips = {"t2i": [16], "inpaint": [n, n], "outpaint": [n, n], "t2a": []}.get(task, [n])
+        assert idx[visual].tolist() == [i for c in clips for i in range(c)], task
+        # chunked (as the KV-cached decoder feeds them) gives the same indices
+        state, parts = None, []
+        for a, b in [(0, 5), (5, 20), (20, 21), (21, ids.shape[1])]:
+            part, state = m.visual_pos.index(ids[:, a:b], state)
+            parts.append(part)
+        assert torch.equal(torch.cat(parts, 1)[0], idx), task
+    # a fresh model is exactly the flat-position model: the tables start at zero
+    torch.manual_seed(0)
+    flat = make(text).eval()
+    torch.manual_seed(0)
+    fac = make(text, factorized=True).eval()
+    b = TrainCollator(flat.layouts, ["t2v"], 0.0)(records(text, 2))
+    with torch.no_grad():
+        assert torch.equal(flat(b["ids"], b["prefix_len"]), fac(b["ids"], b["prefix_len"]))
+
+
+@pytest.mark.parametrize("factorized", [False, True])
+def test_save_load_identical_logits(text, tmp_path, factorized):
+    m = make(text, factorized=factorized).eval()
+    if factorized:
+        with torch.no_grad():
+            for p in m.visual_pos.parameters():
+                p.normal_()
     b = TrainCollator(m.layouts, ["t2v"], 0.0)(records(text, 2))
     m.save_pretrained(tmp_path / "ar")
     for f in ("config.json", "model.safetensors", "vocab.json", "text.model"):

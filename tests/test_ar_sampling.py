@@ -19,15 +19,19 @@ CFG = ARConfig(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(prefix_lm=True, seed=0):
+def build(prefix_lm=True, seed=0, factorized=False):
     torch.manual_seed(seed)
     text = train_text_tokenizer(CAPS, None, vocab_size=320)
     vocab = UnifiedVocab(text.vocab_size, {"video": 64, "audio": (16, 2)})
     spec = LayoutSpec(max_text=12, latent=(2, 4, 4), tasks=["t2v", "t2i", "i2v", "t2a"], audio_tokens=5, audio_levels=2)
-    m = MultimodalLM(ARConfig(**{**CFG.__dict__, "prefix_lm": prefix_lm}), vocab, spec, text).eval()
+    cfg = ARConfig(**{**CFG.__dict__, "prefix_lm": prefix_lm, "factorized_positions": factorized})
+    m = MultimodalLM(cfg, vocab, spec, text).eval()
     # random init leaves logits nearly flat; sharpen them so that sampling choices are decided by the model
     with torch.no_grad():
         m.lm.lm_head.weight.mul_(20)
+        if factorized:  # the position tables start at zero; give them values so they matter
+            for p in m.visual_pos.parameters():
+                p.normal_(0, 0.5)
     return m
 
 
@@ -36,16 +40,16 @@ def model():
     return build()
 
 
-@pytest.mark.parametrize("prefix_lm", [True, False])
-def test_cached_decoding_equals_full_forward(prefix_lm):
-    m = build(prefix_lm)
+@pytest.mark.parametrize("prefix_lm,factorized", [(True, False), (False, False), (True, True)])
+def test_cached_decoding_equals_full_forward(prefix_lm, factorized):
+    m = build(prefix_lm, factorized=factorized)
     plan = m.layouts.decode_plan("t2v", m.encode_prompt("a red circle moves left"))
     P = len(plan.prefix)
     ids = torch.tensor([plan.prefix + list(range(m.vocab.range("video").start, m.vocab.range("video").start + 20))] * 2)
     ids[1, P:] = ids[1, P:].flip(0)
     with torch.no_grad():
         full = m(ids, torch.tensor([P, P]))  # (B,T,V), transformers' own forward
-    dec = LlamaDecoder(m.lm, m.max_len)
+    dec = m.decoder()
     dec.reset(2)
     with torch.inference_mode():
         h = dec.forward(ids[:, :P], 0, bidirectional=prefix_lm)

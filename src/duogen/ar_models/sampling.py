@@ -59,8 +59,10 @@ class SamplingConfig:
 class LlamaDecoder:
     """A `LlamaForCausalLM`'s weights behind a static-KV-cache forward (float32 or the weights' dtype)."""
 
-    def __init__(self, lm: Any, max_len: int | None = None):
+    def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None):
+        """`positions`: the model's `VisualPositions` (factorized visual positions), if it has them."""
         m = lm.model
+        self.positions, self._pos_state = positions, None
         c = lm.config
         self.n_layers = c.num_hidden_layers
         self.hq, self.hkv = c.num_attention_heads, c.num_key_value_heads
@@ -118,6 +120,9 @@ class LlamaDecoder:
         B, t = ids.shape
         end = start + t
         x = F.embedding(ids, self.embed)  # (B,t,D)
+        if self.positions is not None:
+            emb, self._pos_state = self.positions(ids, None if start == 0 else self._pos_state)
+            x = x + emb.to(x.dtype)
         cos, sin = self.cos[start:end], self.sin[start:end]  # (t,Dh)
         nq, nkv = self.hq * self.dh, self.hkv * self.dh
         causal = t > 1 and not bidirectional
@@ -284,7 +289,7 @@ def generate_ids(
         u = model.layouts.decode_plan(task, neg, cond)
         uncond = torch.tensor([u.prefix] * len(plans))
     prefix = torch.tensor([pl.prefix for pl in plans])  # (B,P): fixed-length layouts, no padding needed
-    decoder = decoder or LlamaDecoder(model.lm, model.max_len)
+    decoder = decoder or model.decoder()
     g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback)
     return to_codec_ids(model, task, g)
 

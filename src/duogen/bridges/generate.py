@@ -79,10 +79,8 @@ class ARGenerator:
     kind = "ar"
 
     def __init__(self, model: Any, codec: Any, audio_codec: Any = None):
-        from ..ar_models.sampling import LlamaDecoder
-
         self.model, self.codec, self.audio_codec = model.eval(), codec, audio_codec
-        self.decoder = LlamaDecoder(model.lm, model.max_len)  # built once: weights fused, rotary tables cached
+        self.decoder = model.decoder()  # built once: weights fused, rotary tables cached
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, codec: str | Path | None = None,
