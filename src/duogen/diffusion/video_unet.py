@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from .blocks import TextCond, timesteps_for
 from .unet import UNetBackbone, check_backbone_args
-from ..errors import ConfigError
 
 
 @dataclass
@@ -46,8 +45,6 @@ class VideoUNetConfig:
 
     def check(self) -> None:
         check_backbone_args("video_unet", self.channels, self.channel_mult, self.attention_levels, self.heads)
-        if self.joint_attention not in ("none", "mid", "all"):
-            raise ConfigError(f"video_unet: joint_attention must be none, mid or all, got {self.joint_attention!r}")
 
 
 VIDEO_UNET_PRESETS: dict[str, VideoUNetConfig] = {
