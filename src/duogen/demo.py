@@ -142,6 +142,8 @@ class Demo:
             info["wall_s"] = round(time.monotonic() - t, 1)
             self.summary["stages"][st.name] = info
             self.say(f"stage {st.name} finished in {info['wall_s']:.0f} s")
+        from .eval.compare import headline
+
         self.summary.update(headline(self.report))
         self.summary["elapsed_min"] = round(self.elapsed_min(), 2)
         self.say(f"report: {self.summary.get('report')}")
@@ -252,29 +254,6 @@ STAGES = [
     Stage("dit", "dit/summary.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
     Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
 ]
-
-
-def headline(report_dir: str | Path) -> dict[str, Any]:
-    """The numbers the demo prints: report path and, per model, headline accuracy by kind and training cost."""
-    report_dir = Path(report_dir)
-    res_path = report_dir / "results.json"
-    if not res_path.is_file():
-        return {}
-    res = json.loads(res_path.read_text())
-    out: dict[str, Any] = {"report": str(report_dir / "report.html"), "models": {}}
-    for m in res["models"]:
-        s = next(st for st in m["settings"] if st["label"] == m["headline"])
-        tr = m.get("training") or {}
-        out["models"][m["name"]] = {
-            "sampling": s["label"],
-            "accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("all", {}).items()},
-            "heldout_accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("heldout", {}).items()},
-            "frechet_probe_distance": s.get("frechet_probe_distance"),
-            "train_flops": tr.get("flops"),
-            "train_wall_s": tr.get("wall_s"),
-            "latency_s_per_clip": s["latency_s_per_clip"],
-        }
-    return out
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 15.0, seed: int = 0, fresh: bool = False, **kw: Any) -> dict[str, Any]:

@@ -203,6 +203,20 @@ class Layouts:
         prefix, ranges, _, suffix = self.segments(task, text_ids, cond, None)
         return DecodePlan(prefix, ranges, suffix)
 
+    def batch(self, examples: Sequence[Example]) -> dict[str, Any]:
+        """Examples -> the model's batch: ids (B,T) right-padded with <pad>, prefix_len (B,), loss_mask (B,T)
+        True where ids[t] is an output token (what `MultimodalLM.loss` trains on and `score` scores)."""
+        import torch
+
+        T = max(len(e.ids) for e in examples)
+        ids = torch.full((len(examples), T), self.t["<pad>"], dtype=torch.long)
+        loss_mask = torch.zeros((len(examples), T), dtype=torch.bool)
+        for i, e in enumerate(examples):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            loss_mask[i, e.out_start : e.out_end] = True
+        prefix_len = torch.tensor([e.prefix_len for e in examples], dtype=torch.long)
+        return {"ids": ids, "prefix_len": prefix_len, "loss_mask": loss_mask}
+
     def max_len(self) -> int:
         """Longest sequence over the spec's tasks and `uncond` (sizes the position table)."""
         zeros_v = [0] * self.spec.video_tokens
@@ -262,18 +276,8 @@ class TrainCollator:
         return self.layouts.example(task, text, target, cond)
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
         exs = [self.build(r, self.tasks[min(int(self._rand() * len(self.tasks)), len(self.tasks) - 1)]) for r in records]
-        T = max(len(e.ids) for e in exs)
-        pad = self.layouts.t["<pad>"]
-        ids = torch.full((len(exs), T), pad, dtype=torch.long)
-        loss_mask = torch.zeros((len(exs), T), dtype=torch.bool)
-        for i, e in enumerate(exs):
-            ids[i, : len(e.ids)] = torch.tensor(e.ids)
-            loss_mask[i, e.out_start : e.out_end] = True
-        prefix_len = torch.tensor([e.prefix_len for e in exs], dtype=torch.long)
-        return {"ids": ids, "prefix_len": prefix_len, "loss_mask": loss_mask}
+        return self.layouts.batch(exs)
 
 
 def masked_clip(video: Any, task: str, box: tuple[int, int, int, int] | None = None) -> Any:

@@ -2,7 +2,7 @@
 
 Owns: `ARConfig` and its presets, building the Llama (random init, SDPA
 attention, no hub access), the prefix-LM attention mask, the output-only
-next-token loss, and model directories (`config.json` with `"kind": "ar"`,
+next-token loss and per-example log-likelihoods (`score`, the same path), and model directories (`config.json` with `"kind": "ar"`,
 `model.safetensors`, `vocab.json`, `text.model`, and the paths of the codecs the
 model was trained on: the video codec, and the audio codec where it has audio tasks).
 
@@ -78,6 +78,14 @@ class LossOutput(NamedTuple):
     loss: torch.Tensor
     n_items: int
     metrics: dict[str, float]
+
+
+class ScoreOutput(NamedTuple):
+    """Per-example scores of the output tokens (`MultimodalLM.score`)."""
+
+    logp_sum: torch.Tensor  # (B,) float32: sum of log p(token | tokens before it) over the example's output tokens
+    logp_tokens: torch.Tensor  # (B,T) float32: log p(ids[b, t] | ids[b, :t]) at output tokens, 0 elsewhere
+    n_tokens: torch.Tensor  # (B,) int64: output tokens scored (logp_sum / n_tokens is the per-token mean)
 
 
 def build_llama(cfg: ARConfig, vocab_size: int, max_len: int) -> nn.Module:
@@ -198,16 +206,36 @@ class MultimodalLM(nn.Module):
         """ids (B,T), prefix_len (B,) -> logits (B,T,V); logits[:, t] predict ids[:, t+1]."""
         return self.lm.lm_head(self.hidden(ids, prefix_len))
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
-        """Next-token cross-entropy on output tokens only (`loss_mask`), logits computed only there."""
+    def output_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits of the output tokens (`loss_mask`) only: (logits (N,V), targets (N,), where (B,T-1) bool).
+
+        where[b, t] is True when position t predicts output token t+1; N = where.sum(). `loss` and `score` share it.
+        """
         ids, mask = batch["ids"], batch["loss_mask"]
         h = self.hidden(ids, batch.get("prefix_len"))  # (B,T,D)
         pred_at = mask[:, 1:]  # position t predicts token t+1
         logits = self.lm.lm_head(h[:, :-1][pred_at])  # (N,V)
         target = ids[:, 1:][pred_at]  # (N,)
+        return logits, target, pred_at
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Next-token cross-entropy on output tokens only (`loss_mask`), logits computed only there."""
+        logits, target, _ = self.output_logits(batch)
         loss = F.cross_entropy(logits.float(), target)
         n = int(target.numel())
         return LossOutput(loss, n, {"loss": float(loss.detach())})
+
+    def score(self, batch: dict[str, torch.Tensor]) -> ScoreOutput:
+        """Each example's log-likelihood of its output tokens given everything before them (its condition).
+
+        The same batch and logits as `loss` (`TrainCollator`, or `layouts.batch` of `layouts.example`s), so
+        loss = -logp_sum.sum() / n_tokens.sum(). Gradients flow; wrap in `torch.no_grad()` to only score.
+        """
+        logits, target, pred_at = self.output_logits(batch)
+        logp = -F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
+        per = torch.zeros(pred_at.shape, dtype=logp.dtype, device=logp.device).masked_scatter(pred_at, logp)  # (B,T-1)
+        logp_tokens = F.pad(per, (1, 0))  # (B,T): the log-prob of token t sits at t
+        return ScoreOutput(logp_tokens.sum(1), logp_tokens, pred_at.sum(1))
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: str) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import DataError
-from .generate import GenerationResult, to_uint8
+from .result import GenerationResult, to_uint8
 
 TASKS = ("t2v", "uncond")
 # AR-only sampling flags and the values that mean "not used"

@@ -1,76 +1,30 @@
 """One `generate` over both paradigms: load any model directory, sample clips from prompts.
 
-Owns: the `Generator` protocol and `GenerationResult`, `load_generator(dir)`
-(dispatch on `config.json` "kind"), the AR implementation (`ARGenerator`:
+Owns: `load_generator(dir)` (dispatch on `config.json` "kind"), the AR implementation (`ARGenerator`:
 prompt -> tokens -> the codec's decoder; t2a / v2a through the audio codec),
 reading and fitting user condition files (--image / --video), and
 `generate_to_dir` (MP4 + GIF per clip, or a WAV per sound, and a
-`generation.json` with prompts, seeds and timings) behind `duogen generate`.
+`generation.json` with prompts, seeds and timings; with `save_latents`, the
+result's ids / noise / latents as safetensors) behind `duogen generate`.
 
-The diffusion paradigm plugs in at `_GENERATORS["diffusion"]` (its loader
-takes the model directory and returns a `Generator`).
+The diffusion paradigm plugs in at `_GENERATORS["diffusion"]` (`diffusion.py`;
+its loader takes the model directory and returns a `Generator`). The
+`Generator` protocol and `GenerationResult` live in `result.py`, below both.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import CheckpointError, DataError
-
-
-@dataclass
-class GenerationResult:
-    """Clips as uint8 (B, F, H, W, 3), sample i*n + j for prompt i, with what produced them.
-
-    Audio tasks (t2a, v2a) give no clips (`videos` has B = 0) and `audio` instead.
-    """
-
-    videos: np.ndarray
-    prompts: list[str]  # (B,): the prompt of each clip
-    seeds: list[int]  # (B,): the seed that reproduces each clip's call
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    tokens: int = 0  # AR: tokens sampled (cost for the comparison); diffusion: 0
-    forward_passes: int = 0  # diffusion: denoiser evaluations; AR: 0
-    info: dict[str, Any] = field(default_factory=dict)
-    audio: np.ndarray | None = None  # (B, S) float32 in [-1, 1] at `sample_rate`, for audio tasks
-    sample_rate: int = 0
-
-
-class Generator(Protocol):
-    kind: str
-
-    def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0, **kwargs: Any) -> GenerationResult: ...
-
-
-def load_codec(path: str | Path) -> Any:
-    """A trained codec directory -> codec (via `duogen.tokenizers.load` where it is available)."""
-    from .. import tokenizers
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: not a codec directory (no config.json); pass the codec run's final/ folder")
-    loader = getattr(tokenizers, "load", None)
-    if loader is not None:
-        codec = loader(path)
-    else:
-        from ..tokenizers.video_codec import VideoCodec
-
-        codec = VideoCodec.from_pretrained(path)
-    return codec.eval()
-
-
-def to_uint8(x: Any) -> np.ndarray:
-    """float (B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3)."""
-    import torch
-
-    x = x.detach().float().clamp(-1, 1) if isinstance(x, torch.Tensor) else torch.as_tensor(x).float().clamp(-1, 1)
-    return ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+from ..tokenizers import load as load_codec
+from .diffusion import load_diffusion
+from .result import GenerationResult, Generator, to_uint8
 
 
 class ARGenerator:
@@ -220,14 +174,8 @@ def _load_ar(directory: Path) -> Generator:
     return ARGenerator.from_pretrained(directory)
 
 
-def _load_diffusion(directory: Path) -> Generator:
-    from .diffusion import load_diffusion
-
-    return load_diffusion(directory)
-
-
 # kind in config.json -> loader
-_GENERATORS: dict[str, Callable[[Path], Generator]] = {"ar": _load_ar, "diffusion": _load_diffusion}
+_GENERATORS: dict[str, Callable[[Path], Generator]] = {"ar": _load_ar, "diffusion": load_diffusion}
 
 
 def load_generator(directory: str | Path) -> Generator:

@@ -13,13 +13,13 @@ model uses: `decode_latents` directly, or with `quantize_decode` through
 The codec is held outside the module's parameters: it is frozen, not
 trained, not in `model.safetensors`; `save_pretrained` copies it into
 `codec/` so a model directory is self-contained. Training is `forward(batch)`
-(the engine's loss); sampling loops live in `sampling.py`.
+(the engine's loss), the mean of `loss_per_example` (each example's loss at
+given t and noise, for scoring); sampling loops live in `sampling.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .blocks import TextCond
 from .dit import DIT_PRESETS, DiT, DiTConfig
-from .schedules import NoiseSchedule, ScheduleConfig, check_prediction_type, training_loss
+from .schedules import NoiseSchedule, ScheduleConfig, check_prediction_type, denoising_loss, randn_like
 from .text_encoder import TextEncoderConfig, build_text_encoder
 from .unet import UNET_PRESETS, UNet, UNetConfig
 from .video_unet import VIDEO_UNET_PRESETS, VideoUNet, VideoUNetConfig
@@ -171,17 +171,38 @@ class LatentDiffusionModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """The DDPM training loss on one batch (Ho et al. 2020, Algorithm 1), with caption dropout for CFG."""
-        z0, ids, mask = batch["latents"], batch["text_ids"], batch["text_mask"].bool()
+        """The DDPM training loss on one batch (Ho et al. 2020, Algorithm 1), with caption dropout for CFG.
+
+        Draws (from torch's global RNG, in this order) the dropped captions when training, t ~ U{0..N-1}
+        and eps ~ N(0, I), and returns the mean of `loss_per_example` at them.
+        """
+        z0, ids, mask = batch["latents"].float(), batch["text_ids"], batch["text_mask"].bool()
         if self.training and self.config.cond_dropout > 0:
             drop = torch.rand(ids.shape[0], device=ids.device) < self.config.cond_dropout  # (B,)
             if bool(drop.any()):
                 null_ids, null_mask = self.text_encoder.null_ids(ids.shape[1])
                 ids = torch.where(drop[:, None], null_ids.to(ids.device), ids)
                 mask = torch.where(drop[:, None], null_mask.to(mask.device), mask)
-        cond = self.text_encoder(ids, mask)
-        return training_loss(self.denoiser, z0.float(), cond, self.schedule, self.config.prediction_type,
-                             snr_gamma=self.config.snr_gamma)
+        t = self.schedule.sample_timesteps(z0.shape[0], device=z0.device)  # (B,)
+        eps = randn_like(z0)
+        return self.loss_per_example({"latents": z0, "text_ids": ids, "text_mask": mask}, t=t, noise=eps).mean()
+
+    def loss_per_example(self, batch: dict[str, Tensor], t: Tensor | int, noise: Tensor) -> Tensor:
+        """Each example's denoising loss at the caller's timesteps and noise: (B,) float32.
+
+        batch as for `forward` (latents (B, C, f, h, w) normalized, text_ids, text_mask); t: (B,) int64 or
+        one int for all; noise: eps (B, C, f, h, w). No caption dropout: every example is scored under its
+        own caption, so passing the same t and noise for each candidate caption of one clip compares the
+        captions alone (a diffusion classifier's score, Li et al. 2023). Min-SNR weighted when the model
+        trains with `snr_gamma`, so the mean over a batch is `forward`'s loss at the same t and noise.
+        """
+        z0 = batch["latents"].float()
+        if tuple(noise.shape) != tuple(z0.shape):
+            raise DataError(f"noise must have the latents' shape {tuple(z0.shape)}, got {tuple(noise.shape)}")
+        t = torch.as_tensor(t, device=z0.device).long().expand(z0.shape[0])  # (B,)
+        cond = self.text_encoder(batch["text_ids"], batch["text_mask"].bool())
+        return denoising_loss(self.denoiser, z0, cond, self.schedule, self.config.prediction_type, t,
+                              noise.to(z0), snr_gamma=self.config.snr_gamma)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -289,23 +310,8 @@ class LatentDiffusionModel(nn.Module):
             codec = directory / conf["codec"]
         if codec is not None:
             if isinstance(codec, (str, Path)):
-                codec = _load_codec(Path(codec))
+                from ..tokenizers import load as load_codec
+
+                codec = load_codec(Path(codec))
             model.set_codec(codec, conf.get("codec_stats"))
         return model.to(map_location).eval()
-
-
-def _load_codec(path: Path) -> Any:
-    """A codec directory -> codec, through `duogen.tokenizers.load` when it exists."""
-    from .. import tokenizers
-
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: not a codec directory (no config.json)")
-    loader = getattr(tokenizers, "load", None)
-    if loader is not None:
-        return loader(path).eval()
-    kind = json.loads((path / "config.json").read_text()).get("kind")
-    if kind != "video_codec":
-        raise CheckpointError(f"{path}: a {kind!r} codec; diffusion models here run on the video codec")
-    from ..tokenizers.video_codec import VideoCodec
-
-    return VideoCodec.from_pretrained(path).eval()

@@ -226,21 +226,38 @@ def training_loss(
 ) -> torch.Tensor:
     """One DDPM training step's loss (Ho et al. 2020, Algorithm 1), for any of the three targets.
 
-    Samples t ~ U{0..N-1} and eps ~ N(0, I), forms x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,
-    and returns the mean squared error between `denoiser(x_t, t, cond)` and the target. x0: (B, ...).
-    With `snr_gamma` > 0 each sample's error is weighted by `min_snr_weight` (Min-SNR-gamma).
+    Samples t ~ U{0..N-1} and eps ~ N(0, I) (in that order, from `generator` or torch's global RNG) and
+    returns the batch mean of `denoising_loss` at them. x0: (B, ...).
     """
-    check_prediction_type(prediction_type)
     t = schedule.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)  # (B,)
     eps = randn_like(x0, generator)
+    return denoising_loss(denoiser, x0, cond, schedule, prediction_type, t, eps, snr_gamma).mean()
+
+
+def denoising_loss(
+    denoiser: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    x0: torch.Tensor,
+    cond: Any,
+    schedule: NoiseSchedule,
+    prediction_type: str,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    snr_gamma: float = 0.0,
+) -> torch.Tensor:
+    """Each example's denoising loss at given timesteps and noise (the inner term of Algorithm 1): (B,) float32.
+
+    Forms x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps and returns the mean squared error between
+    `denoiser(x_t, t, cond)` and the target over each example; with `snr_gamma` > 0, weighted by
+    `min_snr_weight` (Min-SNR-gamma). x0, eps: (B, ...); t: (B,) int64.
+    """
+    check_prediction_type(prediction_type)
     x_t = schedule.add_noise(x0, eps, t)
     pred = denoiser(x_t, t, cond)
     target = schedule.target(x0, eps, t, prediction_type)
-    if snr_gamma <= 0:
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
     per_sample = (pred.float() - target.float()).square().flatten(1).mean(1)  # (B,)
-    w = min_snr_weight(schedule.snr(t.cpu()), snr_gamma, prediction_type).to(per_sample)
-    return (per_sample * w).mean()
+    if snr_gamma <= 0:
+        return per_sample
+    return per_sample * min_snr_weight(schedule.snr(t.cpu()), snr_gamma, prediction_type).to(per_sample)
 
 
 def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:

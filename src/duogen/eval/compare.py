@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DataError
 from . import metrics
+from .files import read_metrics, slug
 
 Clips = np.ndarray  # uint8 (P, N, F, H, W, 3): prompts x samples
 
@@ -69,12 +69,6 @@ class ModelEntry:
     kind: str
     settings: list[Setting]
     path: str | None = None
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a label ("DDIM 50 (ref)" -> "ddim-50-ref")."""
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return s or "x"
 
 
 def diffusion_settings(steps: Sequence[int] = (10, 20, 50), guidance: float | None = None) -> list[Setting]:
@@ -250,22 +244,6 @@ def count_weights(model_dir: str | Path) -> int:
         for k in f.keys():
             n += math.prod(f.get_slice(k).get_shape())
     return int(n)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The engine's metrics.jsonl as a list of dicts (an absent file gives [])."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill; the rest is still good
-    return rows
 
 
 def training_info(model_dir: str | Path) -> dict[str, Any]:
@@ -546,10 +524,31 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
         raise DataError("no prompts: the models' run configs name no data set; pass --data DIR or --prompts FILE")
     real = real_clips(data_dir) if data_dir is not None else None
     res = compare(models, prompt_list, out, n=n, seed=seed, real=real, data_dir=data_dir, per_call=per_call, log=log)
-    from ..demo import headline
-
     res["headline"] = headline(out).get("models", {})
     return res
+
+
+def headline(report_dir: str | Path) -> dict[str, Any]:
+    """The numbers the demo prints: report path and, per model, headline accuracy by kind and training cost."""
+    report_dir = Path(report_dir)
+    res_path = report_dir / "results.json"
+    if not res_path.is_file():
+        return {}
+    res = json.loads(res_path.read_text())
+    out: dict[str, Any] = {"report": str(report_dir / "report.html"), "models": {}}
+    for m in res["models"]:
+        s = next(st for st in m["settings"] if st["label"] == m["headline"])
+        tr = m.get("training") or {}
+        out["models"][m["name"]] = {
+            "sampling": s["label"],
+            "accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("all", {}).items()},
+            "heldout_accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("heldout", {}).items()},
+            "frechet_probe_distance": s.get("frechet_probe_distance"),
+            "train_flops": tr.get("flops"),
+            "train_wall_s": tr.get("wall_s"),
+            "latency_s_per_clip": s["latency_s_per_clip"],
+        }
+    return out
 
 
 def rescore(report_dir: str | Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:

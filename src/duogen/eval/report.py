@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .compare import read_metrics, slug
+from .files import read_metrics, slug
 
 ATTR_ORDER = ("color", "motion", "direction", "shape", "size", "speed", "count", "all")
 

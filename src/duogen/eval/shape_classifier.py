@@ -1,6 +1,6 @@
 """The learned half of the probes: a small CNN that names the shape or digit of an object crop.
 
-Input: the square intensity crop `probes.object_crops` makes (B, 16, 16) in [0, 1];
+Input: the square intensity crop `objects.object_crops` makes (B, 16, 16) in [0, 1];
 output: logits over `duogen.data.shapes.SHAPES` (circle, square, triangle, 0-9).
 It is trained only on ground-truth renders of the shapes world (random sizes,
 positions, colors, digit exemplars), some of them degraded (blur, 2x/4x
@@ -132,7 +132,7 @@ def _degrade(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def training_crops(n: int, rng: np.random.Generator, crop: int = 16, clean_fraction: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
     """n labelled crops (n, crop, crop) float32 and labels (n,) from fresh single-object renders."""
-    from .probes import ProbeConfig, object_crops, object_masks
+    from .objects import ProbeConfig, object_crops, object_masks
 
     pcfg = ProbeConfig()
     xs, ys = [], []

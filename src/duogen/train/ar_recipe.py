@@ -158,7 +158,7 @@ def train_ar(
     """
     import warnings
 
-    from ..bridges.generate import load_codec
+    from ..tokenizers import load as load_codec
     from ..tokenizers.vocab import UnifiedVocab
     from ..utils import count_parameters, seed_everything
     from .engine import apply_resume

@@ -120,7 +120,7 @@ def train_diffusion(
     import numpy as np
     import torch
 
-    from ..bridges.generate import load_codec
+    from ..tokenizers import load as load_codec
     from ..utils import count_parameters, seed_everything
     from .engine import apply_resume
 
