@@ -300,7 +300,7 @@ def _add_generate(sub: Any) -> None:
         prompts = a.prompt if a.prompt else [""]
         with warnings.catch_warnings(record=True) as caught:  # warnings as one line each, and in the summary
             warnings.simplefilter("always")
-            summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, **kw)
+            summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, save_latents=a.save_latents, **kw)
         notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         for note in notes:
             print(f"duogen: warning: {note}", file=sys.stderr)
@@ -326,6 +326,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--video", default=None, help="condition clip (i2v: its first frames; inpaint / outpaint; v2a: the clip to sound)")
     p.add_argument("--n", type=int, default=1, help="clips per prompt")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write latents.safetensors: per clip, the AR output ids or the diffusion initial noise"
+                   " and final latents (to continue from in Python: generate(ids=...), (noise=...), (latents=..., start_step=...))")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: off for AR models; a diffusion model's stored default)")
     p.add_argument("--negative-prompt", default=None, help="the unconditional stream's text when guiding")
     p.add_argument("--temperature", type=float, default=1.0)

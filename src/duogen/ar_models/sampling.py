@@ -6,7 +6,7 @@ mask building or output dataclasses, which is where `generate()` spends its
 time on small models), `sample_plans` (the loop: temperature, top-k, top-p,
 classifier-free guidance with conditional and unconditional streams in one
 batch, logits restricted to each output position's id range, a per-step
-callback), and `generate_ids` (prompts -> codec ids through the layouts).
+callback, given tokens kept in place of draws), and `generate_ids` (prompts -> codec ids through the layouts).
 
 Constraint by construction: at each output position only the logits of the
 allowed range [lo, hi) are computed (`h @ W[lo:hi].T`), so a sampled id can
@@ -197,20 +197,25 @@ def sample_plans(
     prefix_lm: bool = True,
     seed: int = 0,
     callback: StepCallback | None = None,
+    forced: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode N tokens after prefix (B,P); token n is drawn from global ids ranges[n] = [lo, hi).
 
     With `uncond_prefix` (B,P) and `cfg.guidance`, both streams run as one batch
     of 2B and the logits are guided as l_c + (s - 1)(l_c - l_u) (Ho & Salimans
-    2022, written so that s = 1 gives l_c exactly). Returns (B,N) global ids.
+    2022, written so that s = 1 gives l_c exactly). `forced` (B,N) global ids
+    replace the drawn token wherever >= 0 (-1: keep the draw); the draw still
+    happens, so forcing the tokens a seed produced reproduces that seed's run.
+    Returns (B,N) global ids.
     """
     cfg.check()
     with _threads(cfg.threads), torch.inference_mode():
-        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback)
+        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback, forced)
 
 
 def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[int, int]], cfg: SamplingConfig,
-            uncond_prefix: torch.Tensor | None, prefix_lm: bool, seed: int, callback: StepCallback | None) -> torch.Tensor:
+            uncond_prefix: torch.Tensor | None, prefix_lm: bool, seed: int, callback: StepCallback | None,
+            forced: torch.Tensor | None = None) -> torch.Tensor:
     guided = cfg.guidance is not None and uncond_prefix is not None
     B, P = prefix.shape
     N = len(ranges)
@@ -244,6 +249,8 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
             logits = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
             tok = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
         tok += lo
+        if forced is not None:
+            tok = torch.where(forced[:, n] >= 0, forced[:, n], tok)
         out[:, n] = tok
         if n + 1 < N:
             step = torch.cat([tok, tok]) if guided else tok
@@ -263,12 +270,14 @@ def generate_ids(
     cond: dict[str, Any] | None = None,
     callback: StepCallback | None = None,
     decoder: LlamaDecoder | None = None,
+    forced_ids: Any = None,
 ) -> torch.Tensor:
     """Prompts -> output codec ids: (len(prompts)*n, f, h, w) for video tasks, (.., h, w) for t2i, (.., T, L) audio.
 
     Sample j of prompt i is row i*n + j. `cond` holds the condition codec ids
     for i2v ("first"), inpaint/outpaint ("masked") and v2a ("video"); it is shared by all prompts.
     Task "uncond" on a model that never trained it decodes the t2v layout with an empty prompt.
+    `forced_ids`: output codec ids to keep instead of sampling (`forced_tokens`).
     """
     sampling = sampling or SamplingConfig()
     check_task(task, model.spec)
@@ -290,8 +299,32 @@ def generate_ids(
         uncond = torch.tensor([u.prefix] * len(plans))
     prefix = torch.tensor([pl.prefix for pl in plans])  # (B,P): fixed-length layouts, no padding needed
     decoder = decoder or model.decoder()
-    g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback)
+    forced = None if forced_ids is None else forced_tokens(forced_ids, plans[0].ranges, len(plans))
+    g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback, forced)
     return to_codec_ids(model, task, g)
+
+
+def forced_tokens(ids: Any, ranges: Sequence[tuple[int, int]], batch: int) -> torch.Tensor:
+    """Output codec ids to force -> (B,N) global ids for `sample_plans(forced=...)`, -1 where the sampler draws.
+
+    ids: (B or 1, ...) shaped like the output (e.g. a `GenerationResult.ids`, (B, f, h, w)) or flat (B or 1, k)
+    with k <= N: the first k output tokens (a prefix); entries < 0 are drawn. Each id is local to its
+    position's range (a codec id), so position n forces global id ranges[n][0] + id.
+    """
+    t = torch.as_tensor(ids).long().cpu()
+    if t.ndim == 0 or t.shape[0] not in (1, batch):
+        raise DataError(f"ids must hold one row per clip ({batch}) or one for all; got shape {tuple(t.shape)}")
+    t = t.reshape(t.shape[0], -1).expand(batch, -1)  # (B,k)
+    N, k = len(ranges), t.shape[1]
+    if k > N:
+        raise DataError(f"ids give {k} tokens per clip; the output has {N}")
+    lo = torch.tensor([r[0] for r in ranges[:k]])
+    size = torch.tensor([r[1] - r[0] for r in ranges[:k]])
+    if bool((t >= size).any()):
+        raise DataError(f"ids must be codec ids below the codebook size ({int(size.max())}), got {int(t.max())}")
+    out = torch.full((batch, N), -1, dtype=torch.long)
+    out[:, :k] = torch.where(t >= 0, t + lo, -1)
+    return out
 
 
 def uncond_layout(model: Any) -> str:

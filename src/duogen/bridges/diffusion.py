@@ -5,7 +5,9 @@ Owns `DiffusionGenerator` (what `load_generator` returns for config.json kind
 `guidance`, `negative_prompt`, `callback`), plus `steps`, `sampler` (ddpm |
 ddim | dpm), `eta` (DDIM) and `ddpm_variance` (DDPM: beta | beta_tilde).
 `guidance=None` uses the model's stored default (config `guidance`); 1
-turns guidance off. Does not own the sampling loop
+turns guidance off. A result carries each clip's initial noise and final
+latents; `noise=` starts from given noise, `latents=` with `start_step=` from
+a given sample mid-way (SDEdit). Does not own the sampling loop
 (`duogen.diffusion.sampling`) or the model (`duogen.diffusion.latent`).
 """
 
@@ -57,8 +59,14 @@ class DiffusionGenerator:
         callback: Callable | None = None,
         image: Any = None,
         video: Any = None,
+        noise: Any = None,
+        latents: Any = None,
+        start_step: int | None = None,
         **ar_only: Any,
     ) -> GenerationResult:
+        """Clips for `prompts` (n each); start from `noise` (x_T, (B, C, f, h, w), e.g. a result's `noise`), or
+        from `latents` at step `start_step` of `steps` (SDEdit: `model.timesteps(steps)[start_step]` is its noise
+        level; start_step = steps decodes them as they are). B = len(prompts) * n."""
         import torch
 
         if isinstance(prompts, str):
@@ -82,9 +90,12 @@ class DiffusionGenerator:
         sampler = sampler or cfg.sampler
         g = cfg.guidance if guidance is None else guidance
         t0 = time.perf_counter()
+        if noise is None and latents is None and isinstance(n, int) and n >= 1:  # the x_T sample_latents draws, kept
+            noise = self.model.initial_noise(len(prompts) * n, torch.Generator().manual_seed(int(seed)))
         z = self.model.sample_latents(list(prompts), n=n, seed=seed, steps=steps, sampler=sampler, guidance=g,
                                       guidance_rescale=guidance_rescale, eta=eta, ddpm_variance=ddpm_variance,
-                                      negative_prompt=negative_prompt, callback=callback)
+                                      negative_prompt=negative_prompt, callback=callback, noise=noise, latents=latents,
+                                      start_step=0 if start_step is None else start_step)
         t1 = time.perf_counter()
         with torch.inference_mode():
             videos = to_uint8(self.model.decode(z))
@@ -96,10 +107,12 @@ class DiffusionGenerator:
             prompts=[p for p in prompts for _ in range(n)],
             seeds=[seed] * B,
             timings={"sample_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0},
-            forward_passes=B * int(steps) * (2 if guided else 1),
+            forward_passes=B * (int(steps) - (start_step or 0)) * (2 if guided else 1),
             info={"task": task, "sampler": sampler, "steps": steps, "guidance": g, "guidance_rescale": guidance_rescale,
                   "eta": eta, "ddpm_variance": ddpm_variance, "negative_prompt": negative_prompt,
-                  "quantize_decode": cfg.quantize_decode},
+                  "quantize_decode": cfg.quantize_decode, **({"start_step": start_step} if latents is not None else {})},
+            noise=None if latents is not None else torch.as_tensor(noise).float().cpu(),
+            latents=z.float().cpu(),
         )
 
 

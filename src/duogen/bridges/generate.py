@@ -121,8 +121,12 @@ class ARGenerator:
         image: Any = None,
         video: Any = None,
         callback: Callable | None = None,
+        ids: Any = None,
         **unused: Any,
     ) -> GenerationResult:
+        """Clips (or sounds) for `prompts`, n each. `ids`: output codec ids to keep instead of sampling, per clip
+        (B = len(prompts) * n rows, or one row for all): a result's `ids` (the same seed decodes the same clip),
+        a flat (B, k) prefix of them (the rest is sampled), entries < 0 sampled."""
         import torch
 
         from ..ar_models.sampling import SamplingConfig, generate_ids
@@ -140,8 +144,10 @@ class ARGenerator:
         cond = self.condition(task, image, video)
         t1 = time.perf_counter()
         s = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
+        forced = ids
         ids = generate_ids(self.model, prompts, task, n=n, seed=seed, sampling=s, negative_prompt=negative_prompt,
-                           cond=cond, callback=callback, decoder=self.decoder)
+                           cond=cond, callback=callback, decoder=self.decoder, forced_ids=forced)
+        out_ids = ids.clone()  # (B, ...) the output segment's codec ids, before i2v prepends the given frames
         t2 = time.perf_counter()
         B = len(prompts) * n
         audio, rate = None, 0
@@ -164,15 +170,19 @@ class ARGenerator:
             timings={"condition_s": t1 - t0, "sample_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0},
             tokens=B * int(ids[0].numel() if task != "i2v" else ids[0, self.model.spec.cond_frames :].numel()),
             info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                  "negative_prompt": negative_prompt, **({"sample_rate": rate} if audio is not None else {})},
+                  "negative_prompt": negative_prompt, **({"sample_rate": rate} if audio is not None else {}),
+                  **({"forced_ids": True} if forced is not None else {})},
             audio=audio,
             sample_rate=rate,
+            ids=out_ids,
         )
 
 
 def _load_ar(directory: Path) -> Generator:
     return ARGenerator.from_pretrained(directory)
 
+
+LATENTS_FILE = "latents.safetensors"  # what `duogen generate --save-latents` writes beside the clips
 
 # kind in config.json -> loader
 _GENERATORS: dict[str, Callable[[Path], Generator]] = {"ar": _load_ar, "diffusion": load_diffusion}
@@ -193,11 +203,16 @@ def load_generator(directory: str | Path) -> Generator:
 
 
 def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, *, n: int = 1, seed: int = 0,
-                    fps: float = 8, **kwargs: Any) -> dict[str, Any]:
+                    fps: float = 8, save_latents: bool = False, **kwargs: Any) -> dict[str, Any]:
     """`duogen generate`: write clip_PPP_NN.mp4 / .gif (audio tasks: audio_PPP_NN.wav) per sample and
-    generation.json; return the summary."""
+    generation.json; return the summary.
+
+    `save_latents`: also write LATENTS_FILE, the result's per-clip tensors as safetensors (row i = the
+    i-th file: AR "ids"; diffusion "noise" and "latents"), which `generate` takes back (ids= / noise= /
+    latents= with start_step=); generation.json names it under "latents_file".
+    """
     from ..data.media import write_gif, write_image, write_mp4, write_wav
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, save_state_dict
 
     t0 = time.perf_counter()
     gen = load_generator(model)
@@ -215,6 +230,9 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
             files.append(str(write_gif(stem.with_suffix(".gif"), clip, fps=fps)))
     for i, wave in enumerate(res.audio if res.audio is not None else []):
         files.append(str(write_wav(out / f"audio_{i // n:03d}_{i % n:02d}.wav", wave, sample_rate=res.sample_rate)))
+    latents_file = None
+    if save_latents:
+        latents_file = str(save_state_dict(res.tensors(), out / LATENTS_FILE, {"kind": gen.kind, "n": str(n)}))
     summary = {
         "model": str(model),
         "kind": gen.kind,
@@ -226,7 +244,8 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
         "tokens": res.tokens,
         "clips_per_s": len(res.prompts) / max(res.timings.get("total_s", 0.0), 1e-9),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in {**res.info, **kwargs}.items()
-                     if k not in ("callback",) and not isinstance(v, np.ndarray)},
+                     if k not in ("callback",) and not hasattr(v, "shape")},  # arrays and tensors are not settings
+        **({"latents_file": latents_file} if latents_file else {}),
     }
     atomic_write_json(out / "generation.json", summary)
     return summary

@@ -39,8 +39,7 @@ class GenerationResult:
 
     def tensors(self) -> dict[str, Any]:
         """The per-clip tensors this result carries ({"ids"} or {"noise", "latents"}), for `--save-latents`."""
-        return {k: v.detach().cpu().contiguous() for k, v in
-                (("ids", self.ids), ("noise", self.noise), ("latents", self.latents)) if v is not None}
+        return {k: v for k, v in (("ids", self.ids), ("noise", self.noise), ("latents", self.latents)) if v is not None}
 
 
 class Generator(Protocol):

@@ -221,11 +221,19 @@ class LatentDiffusionModel(nn.Module):
         negative_prompt: str | None = None,
         spacing: str = "trailing",
         callback: Callable | None = None,
+        noise: Tensor | None = None,
+        latents: Tensor | None = None,
+        start_step: int = 0,
     ) -> Tensor:
         """Normalized latents (len(prompts) * n, C, f, h, w), sample i*n + j for prompt i.
 
         `eta` is DDIM's noise scale; `ddpm_variance` is DDPM's sigma_t^2, 'beta' or 'beta_tilde' (Ho et al. 2020,
         Sec. 3.2; None = the scheduler's default, beta_tilde).
+
+        Where to start: by default from x_T = `initial_noise(B, seed)`; `noise` (B, C, f, h, w) gives x_T
+        instead; `latents` (B, C, f, h, w) with `start_step` = k starts the loop at its k-th step from that
+        sample (at timestep `timesteps(steps, spacing)[k]`; SDEdit). The seed's generator still draws x_T
+        first, so the noise of the later steps (DDPM, DDIM with eta > 0) is the same stream either way.
         """
         from .guidance import check_guidance
         from .sampling import sample
@@ -263,11 +271,33 @@ class LatentDiffusionModel(nn.Module):
         B = len(cond)
         gen = torch.Generator().manual_seed(int(seed))
         dev = next(self.denoiser.parameters()).device
-        z = sample(self.denoiser, scheduler, (B, *cfg.latent), cond, steps=steps, spacing=spacing,
+        x_T = self.initial_noise(B, gen)
+        if noise is not None and latents is not None:
+            raise ConfigError("give noise= (start from x_T) or latents= with start_step= (start mid-way), not both")
+        if latents is None and start_step != 0:
+            raise ConfigError(f"start_step={start_step} needs latents= (the sample at that step) to start from")
+        start = noise if noise is not None else latents
+        if start is not None:
+            start = torch.as_tensor(start)
+            if tuple(start.shape) != tuple(x_T.shape):
+                what = "noise" if noise is not None else "latents"
+                raise DataError(f"{what} must have shape {tuple(x_T.shape)} (clips, C, f, h, w), got {tuple(start.shape)}")
+            x_T = start.float()
+        z = sample(self.denoiser, scheduler, x_T.to(dev), cond, steps=steps, spacing=spacing,
                    guidance=float(guidance), uncond=uncond, guidance_rescale=guidance_rescale,
-                   generator=gen, callback=callback, device=dev)
+                   generator=gen, callback=callback, device=dev, start_step=start_step)
         self.train(was_training)
         return z
+
+    def initial_noise(self, batch: int, generator: torch.Generator) -> Tensor:
+        """x_T ~ N(0, I): (batch, C, f, h, w) float32, drawn on the generator's device (a CPU seed reproduces anywhere)."""
+        return torch.randn((batch, *self.config.latent), generator=generator, device=generator.device)
+
+    def timesteps(self, steps: int | None = None, spacing: str = "trailing") -> Tensor:
+        """The sampler's descending timesteps for `steps` steps: (steps,) int64; `start_step` = k starts at [k]."""
+        from .schedulers import make_timesteps
+
+        return make_timesteps(self.schedule.num_train_timesteps, self.config.steps if steps is None else steps, spacing)
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -5,7 +5,8 @@ and `ddim_invert`. Both take a denoiser `denoiser(x_t, t, cond) -> prediction`
 with x_t (B, ...) and t (B,) int64, a scheduler, and an optional per-step
 `callback(step_index, t, x, pred_x0)` called after every step with the new
 sample x; a callback that returns a tensor replaces x (editing and control
-hook in there). Does not own: the schedule, the reverse-step math, guidance
+hook in there); `sample(..., start_step=k)` starts the loop at its k-th step
+from a given sample (SDEdit). Does not own: the schedule, the reverse-step math, guidance
 (`guidance.py`; `sample(..., guidance=s, uncond=u)` wraps the denoiser in a
 `CFGDenoiser` for you).
 """
@@ -39,10 +40,13 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     device: Any = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Run the reverse process from x_T (a tensor, or a shape to draw N(0, I) noise of) to x_0: (B, ...).
 
     The noise is drawn in float32 on the generator's device (then moved), so a CPU seed gives the same x_T anywhere.
+    `start_step` = k skips the first k of the `steps` timesteps: x_T is then the sample at timestep
+    `scheduler.timesteps[k]` (SDEdit, Meng et al. 2022: a clean latent noised to that level); k = steps returns it.
     """
     check_guidance(guidance, guidance_rescale)
     if guidance != 1.0:
@@ -53,7 +57,11 @@ def sample(
         gen_device = generator.device if generator is not None else device
         x = torch.randn(tuple(x_T), generator=generator, device=gen_device).to(device)
     scheduler.set_timesteps(steps, spacing)
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= steps:
+        raise ConfigError(f"start_step must be an integer in [0, steps={steps}], got {start_step!r}")
     for i, t in enumerate(scheduler.timesteps):
+        if i < start_step:
+            continue
         t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)  # (B,)
         model_output = denoiser(x, t_batch, cond).to(x.dtype)
         x, pred_x0 = scheduler.step(model_output, t, x, generator=generator)
