@@ -138,6 +138,22 @@ def test_ar_i2v_ids_are_the_generated_frames(ar):
     assert np.array_equal(again.videos, res.videos)
 
 
+def test_forced_ids_follow_each_position_range_for_residual_audio(text):  # noqa: F811
+    """t2a output ids are (B, T, L) with each residual level in its own id range: given back, every level lands in
+    its range (the same ids), and a level's id at or past the codebook size is refused."""
+    from duogen.ar_models.sampling import SamplingConfig, generate_ids
+    from test_ar_model import make
+
+    m = make(text, tasks=("t2v", "t2a"), audio=True).eval()
+    s = SamplingConfig(temperature=1.0)
+    a = generate_ids(m, ["a red circle"], "t2a", n=2, seed=1, sampling=s)
+    assert a.shape == (2, m.spec.audio_tokens, m.spec.audio_levels)
+    assert torch.equal(generate_ids(m, ["a red circle"], "t2a", n=2, seed=2, sampling=s, forced_ids=a), a)
+    assert not torch.equal(generate_ids(m, ["a red circle"], "t2a", n=2, seed=2, sampling=s), a)
+    with pytest.raises(DataError, match="below the codebook size"):
+        generate_ids(m, ["a red circle"], "t2a", sampling=s, forced_ids=torch.full((1, 2), 16))
+
+
 def test_ar_bad_ids_are_clear_errors(ar):
     n_out = int(np.prod(ar.model.spec.latent))
     with pytest.raises(DataError, match="one row per clip"):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from duogen.ar_models.layouts import TrainCollator
-from test_ar_model import make, records
+from test_ar_model import make, records, text  # noqa: F401 (`text`: the SentencePiece fixture)
 from test_latent_diffusion import CAPTIONS, model  # noqa: F401 (`model`: the tiny live DiT with its codec, a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,14 +16,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def ar(text):
     torch.manual_seed(0)
     return make(text, prefix_lm=True, factorized=True).eval()
-
-
-@pytest.fixture(scope="module")
-def text():
-    from duogen.tokenizers.text import train_text_tokenizer
-    from test_ar_model import CAPS
-
-    return train_text_tokenizer(CAPS, None, vocab_size=300)
 
 
 # ----------------------------------------------------------------------------- AR

@@ -6,7 +6,8 @@ mask building or output dataclasses, which is where `generate()` spends its
 time on small models), `sample_plans` (the loop: temperature, top-k, top-p,
 classifier-free guidance with conditional and unconditional streams in one
 batch, logits restricted to each output position's id range, a per-step
-callback, given tokens kept in place of draws), and `generate_ids` (prompts -> codec ids through the layouts).
+callback, given tokens kept in place of draws), and `generate_ids` (prompts ->
+codec ids through the layouts).
 
 Constraint by construction: at each output position only the logits of the
 allowed range [lo, hi) are computed (`h @ W[lo:hi].T`), so a sampled id can
