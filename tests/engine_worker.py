@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig(
             steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=3e-3, weight_decay=0.01,
             warmup_steps=2, grad_clip=1.0, engine=a.engine, zero_stage=stage or 0, ckpt_every=a.ckpt_every,
-            keep_last=a.keep_last, log_every=1, resume=a.resume, ema=a.ema, seed=0, eval_every=a.crash_at,
+            keep_last=a.keep_last, log_every=1, resume=a.resume, ema=a.ema, seed=0, eval_every=a.crash_at, precision="fp32",
         )
 
         def crash(model: nn.Module, step: int) -> None:

@@ -88,25 +88,30 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
 
 
 def test_overfit_one_clip():
-    """40 Adam steps on one 0.4 s utterance cut the training loss at least 1.5x from its initial value.
+    """40 Adam steps (the recipe's lr 1e-3 and gradient clipping at 1) on one 0.4 s utterance, in fp32:
+    the mean loss of the last 10 steps is at least 1.5x below the first.
 
-    (Measured here: 5.95 -> 3.37 after 40 steps, 3.1 after 60; the floor early on is the
-    log-magnitude STFT term, which falls slowly.)
+    At lr 3e-3 without clipping the curve depended on the CPU's numerics (an AVX2 machine went
+    5.95 -> 3.83, then back up to 4.77 by step 40; seed 2 here climbed from 3.3 to 6.6). With the recipe's
+    settings it falls smoothly: seeds 0-4 on a 2-core AVX2 AMD EPYC, 1 and 2 threads, measured
+    5.95 -> 3.08, 6.88 -> 3.03, 6.18 -> 3.05, 5.21 -> 3.07, 11.81 -> 3.25 (first -> mean of the last 10),
+    at least 1.69x. The floor early on is the log-magnitude STFT term, which falls slowly.
     """
     torch.manual_seed(0)
     codec = build_audio_codec("tiny", SMALL)
     x = torch.from_numpy(_speech())[None, None]  # (1, 1, 6400)
-    opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(codec.parameters(), lr=1e-3)
     losses = []
     codec.train()
     for _ in range(40):
         out = codec_loss(codec, x)
         opt.zero_grad()
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
         opt.step()
         losses.append(out.loss.item())
     assert np.isfinite(losses).all()
-    assert np.mean(losses[-5:]) < losses[0] / 1.5, (losses[:3], losses[-5:])
+    assert np.mean(losses[-10:]) < losses[0] / 1.5, (losses[:3], losses[-10:])
 
 
 def test_bad_input_is_a_clear_error():

@@ -184,7 +184,7 @@ def test_training_info_reads_the_engine_run(tmp_path):
         save_model_dir(path, {"kind": "linear"}, m.state_dict())
 
     run = tmp_path / "run"
-    summary = fit(model, loss_fn, data, TrainConfig(steps=6, batch_size=8, log_every=2), run, save_model=save)
+    summary = fit(model, loss_fn, data, TrainConfig(steps=6, batch_size=8, log_every=2, precision="fp32"), run, save_model=save)
     info = training_info(run / "final")
     assert info["run_dir"] == str(run)
     assert info["flops"] == pytest.approx(summary.flops) and info["flops"] > 0

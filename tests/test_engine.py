@@ -44,7 +44,7 @@ def _spawn(run_dir: Path, *args: str) -> subprocess.Popen:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(steps=8, batch_size=16, lr=3e-3, warmup_steps=2, log_every=1, seed=0)
+    base = dict(steps=8, batch_size=16, lr=3e-3, warmup_steps=2, log_every=1, seed=0, precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 

@@ -35,7 +35,7 @@ class ARRecipeConfig:
     model: ARConfig = field(default_factory=ARConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, batch_size=32, lr=1e-3, weight_decay=0.01, warmup_steps=50, min_lr_ratio=0.1,
-        precision="bf16", log_every=20, ckpt_every=500))
+        precision="auto", log_every=20, ckpt_every=500))
     tasks: list[str] = field(default_factory=lambda: ["t2v"])
     max_text: int = 32  # text tokens per prompt; longer prompts are truncated (warned)
     text_vocab: int = 512  # shapes captions: at most 26 pieces at 512, 43 at 384
@@ -61,10 +61,10 @@ class ARRecipeConfig:
 AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
     "tiny": ARRecipeConfig(model=AR_PRESETS["tiny"]),
     "small": ARRecipeConfig(model=AR_PRESETS["small"], train=TrainConfig(
-        steps=20000, batch_size=32, lr=6e-4, weight_decay=0.01, warmup_steps=200, precision="bf16",
+        steps=20000, batch_size=32, lr=6e-4, weight_decay=0.01, warmup_steps=200, precision="auto",
         log_every=50, ckpt_every=1000), max_text=48, text_vocab=1024),
     "base": ARRecipeConfig(model=AR_PRESETS["base"], train=TrainConfig(
-        steps=100000, batch_size=64, lr=3e-4, weight_decay=0.05, warmup_steps=1000, precision="bf16",
+        steps=100000, batch_size=64, lr=3e-4, weight_decay=0.05, warmup_steps=1000, precision="auto",
         log_every=100, ckpt_every=2000), max_text=64, text_vocab=1024),
 }
 

@@ -92,7 +92,7 @@ class AudioCodecRun:
     segment_s: float = 0.5
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=100_000, batch_size=8, lr=1e-3, warmup_steps=20, min_lr_ratio=1.0, grad_clip=1.0,
-        precision="bf16", max_minutes=4.0, log_every=10,
+        precision="auto", max_minutes=4.0, log_every=10,
     ))
 
 
@@ -202,7 +202,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--precision", default="bf16", help="bf16 | fp32")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where this machine runs it fast, else fp32) | bf16 | fp32")
     p.add_argument("--utterances", type=int, default=400, help="training utterances")
     p.add_argument("--eval-utterances", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)

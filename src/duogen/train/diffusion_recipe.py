@@ -36,7 +36,7 @@ class DiffusionRecipeConfig:
     model: LatentDiffusionConfig = field(default_factory=LatentDiffusionConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=20000, batch_size=64, lr=5e-4, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.1,
-        precision="bf16", ema=0.995, log_every=20, ckpt_every=1000))
+        precision="auto", ema=0.995, log_every=20, ckpt_every=1000))
     text_vocab: int = 512  # SentencePiece size when training one (the AR recipe's default: same ids)
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split

@@ -5,7 +5,7 @@
 `loss_fn(model, batch) -> LossOutput(loss, n_items, metrics)` is the only thing a
 recipe writes; `n_items` (samples, tokens, ...) drives the throughput figure.
 The engine owns: backends (`backends.py`: single / torchrun DDP / DeepSpeed ZeRO),
-bf16 autocast, gradient accumulation and clipping, AdamW with warmup + cosine,
+precision (`auto` | fp32 | bf16 autocast: `duogen.precision`), gradient accumulation and clipping, AdamW with warmup + cosine,
 EMA, torch.compile (of `loss_fn`, so a recipe that calls a model method such as
 `model.loss(batch)` is compiled too, not only `model.__call__`), gradient checkpointing, the rank-sharded data order
 (`data.py`), checkpoints (`checkpoint.py`), SIGINT/SIGTERM handling, time and
@@ -63,7 +63,7 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # 0 = off
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the device runs it fast (duogen.precision)
     ema: float = 0.0  # EMA decay; 0 = off
     compile: bool = False
     grad_checkpointing: bool = False
@@ -92,6 +92,8 @@ class TrainConfig:
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision is {self.precision!r}; allowed values: auto, fp32, bf16")
 
 
 class LossOutput(NamedTuple):
@@ -292,6 +294,24 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     tmp.replace(out)
 
 
+def _resolve_precision(cfg: TrainConfig, backend: Any) -> tuple[TrainConfig, Any]:
+    """`precision=auto` -> fp32 or bf16 for this device (duogen.precision), announced as the run's first
+    line; on several CPU processes bf16 only when every rank measured it fast, so all ranks agree."""
+    import torch
+
+    from ..precision import PrecisionChoice, announce, resolve_precision
+
+    choice = resolve_precision(cfg.precision, backend.device)
+    if cfg.precision == "auto" and backend.world_size > 1 and backend.device == "cpu":
+        votes = backend.all_reduce_sum(torch.tensor([float(choice.precision == "bf16")], dtype=torch.float64))
+        if choice.precision == "bf16" and votes.item() < backend.world_size:
+            choice = PrecisionChoice("fp32", f"{choice.reason}; fp32: another rank measured bf16 slow", choice.ratio)
+    if backend.rank == 0:
+        announce(choice)
+    backend.cfg = cfg = dataclasses.replace(cfg, precision=choice.precision)
+    return cfg, choice
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -313,6 +333,7 @@ def fit(
     import yaml
 
     from ..io import atomic_write_json, atomic_write_text, load_state_dict, read_json, save_model_dir
+    from ..precision import annotate_config_yaml
     from ..utils import autocast, progress, seed_everything
     from .backends import make_backend
     from .checkpoint import load_rng, model_config_of, resolve_resume, save_rng, write_checkpoint
@@ -324,6 +345,7 @@ def fit(
     backend.horizon = cfg.steps
     rank, world = backend.rank, backend.world_size
     is_main = rank == 0
+    cfg, precision = _resolve_precision(cfg, backend)
     seed_everything(cfg.seed + rank)
     if cfg.grad_checkpointing:
         _enable_grad_checkpointing(model)
@@ -332,6 +354,7 @@ def fit(
     module = backend.module
     ema = EMA(module, cfg.ema) if cfg.ema > 0 else None
     resolved = {"train": dataclasses.asdict(cfg), "run": run_config or {}}
+    config_text = annotate_config_yaml(yaml.safe_dump(resolved, sort_keys=False), precision)
     model_config = model_config_of(module, run_config)
 
     # -- resume
@@ -351,7 +374,7 @@ def fit(
     metrics_path = run_dir / "metrics.jsonl"
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", config_text)
         old = metrics_path.read_text().splitlines() if (ckpt is not None and metrics_path.is_file()) else []
         keep = [ln for ln in old if ln.strip() and json.loads(ln).get("step", 0) <= state["step"]]
         atomic_write_text(metrics_path, "".join(ln + "\n" for ln in keep))
@@ -391,7 +414,7 @@ def fit(
                     from ..io import save_state_dict
 
                     save_state_dict(ema.state_dict(module), tmp / "ema.safetensors")
-                atomic_write_text(tmp / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+                atomic_write_text(tmp / "config.yaml", config_text)
                 atomic_write_json(tmp / "model_config.json", model_config)
                 pos = sampler.position
                 atomic_write_json(tmp / "trainer_state.json", {

@@ -19,6 +19,7 @@ the budget-bound evaluation, and it runs on one process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -47,7 +48,7 @@ class CodecTrainConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 where this machine runs it fast, else fp32 (duogen.precision)
     max_minutes: float = 10.0  # wall-clock budget for the optimisation loop (0 = no limit)
     steps: int = 0  # stop after this many steps (0 = no limit; one of the two must be set)
     augment: bool = True  # flips, 90-degree rotations, colour-channel permutations, time reversal (video)
@@ -62,8 +63,8 @@ class CodecTrainConfig:
     def check(self) -> None:
         if self.max_minutes <= 0 and self.steps <= 0:
             raise ConfigError("set train.max_minutes or train.steps (both are 0: the run would never stop)")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"config key 'train.precision' is {self.precision!r}; allowed values: fp32, bf16")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"config key 'train.precision' is {self.precision!r}; allowed values: auto, fp32, bf16")
 
 
 @dataclass
@@ -334,6 +335,8 @@ def train_codec(
     heldout_items: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train a codec from `run` on `data`; write the run directory `out`; return the summary."""
+    from ..io import atomic_write_text
+    from ..precision import announce, annotate_config_yaml, resolve_precision
     from ..utils import autocast, count_parameters, progress, resolve_device, seed_everything
 
     tc = run.train
@@ -341,14 +344,18 @@ def train_codec(
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)
+    device = resolve_device(tc.device)
+    precision = resolve_precision(tc.precision, device)
+    announce(precision)
+    run = dataclasses.replace(run, train=dataclasses.replace(tc, precision=precision.precision))
+    tc = run.train
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfgmod.save_yaml(run, out / "config.yaml")
+    atomic_write_text(out / "config.yaml", annotate_config_yaml(cfgmod.dump_yaml(run), precision))
     train = train_items if train_items is not None else load_pixels(data, "train", modality)
     val = val_items if val_items is not None else load_pixels(data, "validation", modality, limit=tc.eval_items)
     val = val[: tc.eval_items]
     codec: VideoCodec | ImageCodec = VideoCodec(run.model) if modality == "video" else ImageCodec(run.model)
-    device = resolve_device(tc.device)
     codec.to(device)
     codec.prepare(_to_batch(train[:1], modality))  # a wrong-size data set fails here, with the codec's message
     opt = torch.optim.AdamW(codec.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
@@ -427,7 +434,7 @@ def train_codec(
     summary = {
         "modality": modality, "out": str(out), "final": str(out / "final"), "steps": step,
         "train_seconds": round(train_seconds, 1), "items_seen": step * tc.batch_size,
-        "parameters": count_parameters(codec), "heldout": final, "curve": curve,
+        "parameters": count_parameters(codec), "precision": tc.precision, "heldout": final, "curve": curve,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot_curve(curve, out / "psnr.png")
