@@ -205,6 +205,15 @@ def _add_demo(sub: Any) -> None:
 # ----------------------------------------------------------------------------- train
 
 
+def _add_init_from(p: Any) -> None:
+    p.add_argument(
+        "--init-from", default=None, metavar="MODEL_DIR",
+        help="fine-tune: start from this trained model (its config, weights, codec and text tokenizer; model.*"
+             " overrides may only change dropout). train.trainable='GLOB,GLOB' trains only matching parameters,"
+             " and OUT/final is then a delta over MODEL_DIR",
+    )
+
+
 def _add_train(sub: Any) -> None:
     train = _group(sub, "train", "train codecs, next-token models and diffusion models")
     _add_train_tools(train)
@@ -215,7 +224,8 @@ def _add_train(sub: Any) -> None:
 
         tasks = [t for t in a.tasks.split(",") if t] if a.tasks else None
         return train_ar(a.data, a.tokenizer, a.out, audio_tokenizer=a.audio_tokenizer, preset=a.preset, tasks=tasks,
-                        text=a.text, file=a.config, overrides=a.overrides, seed=a.seed, resume=a.resume)
+                        text=a.text, file=a.config, overrides=a.overrides, seed=a.seed, resume=a.resume,
+                        init_from=a.init_from)
 
     p = _command(
         train, "ar", "train the multimodal next-token model (a Llama over text + codec tokens)", ar,
@@ -234,7 +244,7 @@ def _add_train(sub: Any) -> None:
         ),
     )
     p.add_argument("--data", required=True, help="data set directory (from `duogen data make`)")
-    p.add_argument("--tokenizer", required=True, help="trained video codec directory (RUN/final)")
+    p.add_argument("--tokenizer", default=None, help="trained video codec directory (RUN/final); with --init-from, default: the model's codec")
     p.add_argument("--audio-tokenizer", default=None, help="trained audio codec directory (RUN/final); needed by t2a / v2a")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--tasks", default=None, help="comma-separated tasks, e.g. t2v,i2v or t2v,t2a,v2a (default: the preset's, t2v)")
@@ -243,13 +253,14 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--config", default=None, help="YAML file with recipe settings")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    _add_init_from(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=10 model.layers=6")
 
     def diffusion(a: argparse.Namespace) -> dict[str, Any]:
         from .train.diffusion_recipe import train_diffusion
 
         return train_diffusion(a.data, a.tokenizer, a.out, preset=a.preset, text=a.text, file=a.config,
-                               overrides=a.overrides, seed=a.seed, resume=a.resume)
+                               overrides=a.overrides, seed=a.seed, resume=a.resume, init_from=a.init_from)
 
     p = _command(
         train, "diffusion", "train a latent diffusion model (DiT or video U-Net) on the codec's latents", diffusion,
@@ -267,13 +278,14 @@ def _add_train(sub: Any) -> None:
         ),
     )
     p.add_argument("--data", required=True, help="data set directory (from `duogen data make`)")
-    p.add_argument("--tokenizer", required=True, help="trained video codec directory (RUN/final)")
+    p.add_argument("--tokenizer", default=None, help="trained video codec directory (RUN/final); with --init-from, default: the model's codec")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--preset", default="tiny", help="tiny | small | base")
     p.add_argument("--text", default=None, help="reuse this text.model instead of training one")
     p.add_argument("--config", default=None, help="YAML file with recipe settings")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    _add_init_from(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. denoiser=unet train.max_minutes=10")
 
 

@@ -5,11 +5,20 @@ whatever else the model needs to run (`vocab.json`, `text.model`, ...). Every
 write goes to a temporary path first and is renamed into place, so a crash
 never leaves a half-written file under the final name. Loading never unpickles:
 weights come from safetensors, configs from JSON.
+
+A delta directory (a partial fine-tune saved small) is a model directory
+whose `config.json` carries `"delta_of": {"path": BASE, "sha256": ...}` and
+whose `model.safetensors` holds only the tensors that differ from BASE's.
+`load_model_dir` reads BASE's weights (itself possibly a delta), checks its
+checksum, and lays the delta's tensors over them, so every `from_pretrained`
+loads a delta as if it were the full model. A missing or changed base is a
+one-line CheckpointError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +30,7 @@ from .errors import CheckpointError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DELTA_KEY = "delta_of"
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
@@ -142,14 +152,72 @@ def save_model_dir(
 
 
 def load_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read `(config, state_dict)` from a model directory, without unpickling anything."""
+    """Read `(config, state_dict)` from a model directory, without unpickling anything.
+
+    A delta directory gives its base's weights with the delta's tensors laid over them.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a model directory (it does not exist)")
     config = read_json(directory / CONFIG_NAME)
     if not isinstance(config, dict):
         raise CheckpointError(f"{directory / CONFIG_NAME}: expected a JSON object")
-    return config, load_state_dict(directory / WEIGHTS_NAME)
+    state = load_state_dict(directory / WEIGHTS_NAME)
+    if DELTA_KEY in config:
+        base = delta_base(directory, config)
+        _, full = load_model_dir(base)
+        full.update(state)
+        state = full
+    return config, state
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def delta_base(directory: str | Path, config: Mapping[str, Any] | None = None) -> Path:
+    """The base model directory of a delta, checked: it exists and its weights have the recorded checksum."""
+    directory = Path(directory)
+    config = read_json(directory / CONFIG_NAME) if config is None else config
+    ref = config.get(DELTA_KEY) or {}
+    if not isinstance(ref, Mapping) or "path" not in ref or "sha256" not in ref:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: '{DELTA_KEY}' needs a path and a sha256")
+    base = Path(ref["path"])
+    if not base.is_absolute():
+        base = directory / base
+    if not (base / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{directory}: a delta over the base model {base}, which is missing;"
+                              " put the base model back at that path (or rewrite delta_of.path in its config.json)")
+    got = file_sha256(base / WEIGHTS_NAME)
+    if got != ref["sha256"]:
+        raise CheckpointError(f"{directory}: its base model {base} changed since the delta was saved (sha256"
+                              f" {got[:12]}.., expected {str(ref['sha256'])[:12]}..); restore the base it was trained from")
+    return base
+
+
+def write_delta(directory: str | Path, base: str | Path) -> int:
+    """Turn the full model directory `directory` into a delta over `base`: keep only the tensors that differ
+    from the base's (or that it lacks), record the base's path and checksum; returns the tensors kept."""
+    import torch
+
+    directory, base = Path(directory), Path(base).resolve()
+    if (directory / WEIGHTS_NAME).resolve() == (base / WEIGHTS_NAME).resolve():
+        raise CheckpointError(f"{directory}: cannot be a delta over itself")
+    _, base_state = load_model_dir(base)
+    config = read_json(directory / CONFIG_NAME)
+    state = load_state_dict(directory / WEIGHTS_NAME)
+    changed = {k: v for k, v in state.items()
+               if k not in base_state or base_state[k].shape != v.shape
+               or not torch.equal(base_state[k].to(v.dtype), v)}
+    save_state_dict(changed, directory / WEIGHTS_NAME, metadata={DELTA_KEY: str(base)})
+    config[DELTA_KEY] = {"path": str(base), "sha256": file_sha256(base / WEIGHTS_NAME)}
+    atomic_write_json(directory / CONFIG_NAME, config)
+    return len(changed)
 
 
 def load_weights_into(module: Any, state: Mapping[str, Any], source: str | Path) -> None:

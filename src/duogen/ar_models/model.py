@@ -244,6 +244,47 @@ class MultimodalLM(nn.Module):
             raise CheckpointError("this model has no text tokenizer (text.model); it cannot read prompts")
         return self.text.encode_prompt(prompt, self.spec.max_text)
 
+    # ------------------------------------------------------------------ growing the vocabulary
+    @torch.no_grad()
+    def add_tokens(self, text: dict[str, str] | None = None, tasks: dict[str, str] | None = None) -> dict[str, int]:
+        """Append new text tokens (placeholders, {"<v1>": "circle"}) and task tokens ({"<edit>": "<t2v>"});
+        returns their global ids. No existing id moves; each new embedding row (and lm_head row) starts as a
+        copy of the given word's (the mean over its text pieces) or of the given existing token's row."""
+        from ..errors import ConfigError
+
+        if text and self.text is None:
+            raise ConfigError("this model has no text tokenizer (text.model): it cannot take text placeholders")
+        if text and self.text.vocab_size != self.vocab.text_size:
+            raise ConfigError(f"text tokenizer has {self.text.vocab_size} ids, the vocabulary's text range"
+                              f" {self.vocab.text_size}: they must grow together")
+        inits = {**(text or {}), **(tasks or {})}
+        src = {tok: self._init_rows(word) for tok, word in inits.items()}  # before any id changes
+        new: dict[str, int] = {}
+        for tok in text or {}:
+            self.text.add_placeholder(tok)
+            new[tok] = self.vocab.add_text_token(tok)
+        for tok in tasks or {}:
+            new[tok] = self.vocab.add_task_token(tok)
+        self.lm.resize_token_embeddings(self.vocab.size, mean_resizing=False)
+        for tok, i in new.items():
+            for table in {id(t): t for t in (self.lm.get_input_embeddings(), self.lm.get_output_embeddings())}.values():
+                table.weight[i] = table.weight[src[tok]].mean(0)
+        self.layouts = Layouts(self.vocab, self.spec)
+        return new
+
+    def _init_rows(self, word: str) -> list[int]:
+        """Global ids whose rows a new token copies: an existing token's, or the pieces of a text word."""
+        from ..errors import ConfigError
+
+        if word in self.vocab.tokens:
+            return [self.vocab.tokens[word]]
+        if self.text is None:
+            raise ConfigError(f"cannot initialise from {word!r}: not a token, and the model has no text tokenizer")
+        ids = self.text.encode(word)
+        if not ids:
+            raise ConfigError(f"cannot initialise a new token from {word!r}: it encodes to no text pieces")
+        return [int(i) for i in self.vocab.text_to_global(ids)]
+
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict[str, Any]:
         return {
@@ -260,7 +301,7 @@ class MultimodalLM(nn.Module):
 
         files: dict[str, Any] = {VOCAB_NAME: self.vocab.to_dict()}
         if self.text is not None:
-            files[TEXT_MODEL_NAME] = self.text.to_bytes()
+            files.update(self.text.files())  # text.model (+ text_tokens.json when placeholders were added)
         return save_model_dir(directory, self.config_dict(), self.state_dict(), files)
 
     @classmethod

@@ -307,7 +307,7 @@ class LatentDiffusionModel(nn.Module):
 
         files: dict[str, Any] = {}
         if self.tokenizer is not None:
-            files["text.model"] = self.tokenizer.to_bytes()
+            files.update(self.tokenizer.files())  # text.model (+ text_tokens.json with placeholders)
         conf: dict[str, Any] = {"kind": KIND, "config": cfglib.to_dict(self.config)}
         if self.codec is not None:
             conf["codec"] = "codec"

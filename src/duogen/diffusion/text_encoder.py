@@ -109,6 +109,24 @@ class TransformerTextEncoder(nn.Module):
         """The empty prompt padded to T: ids (1, T), mask (1, T)."""
         return self.tokenize([""], pad_to=T, strict=False)
 
+    @torch.no_grad()
+    def add_placeholder(self, token: str, init: str) -> int:
+        """Give the text `token` (e.g. "<v1>") a new id and embedding row, a copy of the word `init`'s (the mean
+        over its pieces); returns the id. Existing ids and rows do not change; `config.vocab_size` grows by one."""
+        if self.tokenizer is None:
+            raise ConfigError("this text encoder has no tokenizer attached: it cannot add a placeholder")
+        src = self.tokenizer.encode(init)
+        if not src:
+            raise ConfigError(f"cannot initialise placeholder {token!r} from {init!r}: it encodes to no text pieces")
+        i = self.tokenizer.add_placeholder(token)
+        old = self.embed.weight  # (V, D)
+        row = old[src].mean(0, keepdim=True)  # (1, D)
+        self.embed = nn.Embedding(old.shape[0] + 1, old.shape[1], device=old.device, dtype=old.dtype)
+        self.embed.weight.copy_(torch.cat([old, row]))
+        self.embed.weight.requires_grad_(old.requires_grad)
+        self.config.vocab_size = self.embed.num_embeddings
+        return i
+
     def forward(self, ids: Tensor, mask: Tensor) -> TextCond:
         B, T = ids.shape
         P = self.pos.shape[0]

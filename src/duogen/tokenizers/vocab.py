@@ -10,6 +10,14 @@ Layout (in order): `special` (structural tokens, `<pad>` = 0), `task` (one
 token per task), `text` (the SentencePiece model's ids), then one range per
 codec. A residual codec with L levels (audio) gets one range per level,
 named `audio.0`, `audio.1`, ...: each level has its own embedding rows.
+
+Growing a trained vocabulary (`add_text_token`, `add_task_token`) appends one
+id per new token after every existing range (a range `+<v1>` of size 1), so
+no existing id moves and a model's old embedding rows keep their meaning. A
+new text token (a placeholder the text tokenizer gives local id `text_size + k`)
+converts both ways like any text id; a new task token is looked up by name
+like the built-in ones. `vocab.json` lists the additions in order under
+`"added"`; a vocabulary without additions writes exactly what it always did.
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ class UnifiedVocab:
         self.ranges: dict[str, IdRange] = {}
         self.codec_levels: dict[str, int] = {}
         self.codec_refs: dict[str, str] = dict(codec_refs or {})
+        self.added: list[dict[str, Any]] = []  # [{"token", "kind": "text" | "task", "id"}] in order of addition
+        self.text_extra: list[int] = []  # global ids of added text tokens; local text id text_size + k
         self._add("special", len(SPECIAL_TOKENS))
         for i, t in enumerate(SPECIAL_TOKENS):
             self.tokens[t] = self.ranges["special"].start + i
@@ -117,6 +127,33 @@ class UnifiedVocab:
         else:
             for lvl in range(levels):
                 self._add(f"{name}.{lvl}", k)
+
+    def _append_token(self, token: str, kind: str) -> int:
+        if not isinstance(token, str) or not token.strip():
+            raise DataError(f"a new token needs a non-empty name, got {token!r}")
+        if token in self.tokens or any(a["token"] == token for a in self.added):
+            raise DataError(f"token {token!r} is already in the vocabulary")
+        i = self._add(f"+{token}", 1).start
+        self.added.append({"token": token, "kind": kind, "id": i})
+        return i
+
+    def add_text_token(self, token: str) -> int:
+        """Append a text token (a placeholder such as "<v1>"); returns its global id. Its local text id is
+        `text_size + k` (k-th added), the id the text tokenizer's `add_placeholder` gives it."""
+        i = self._append_token(token, "text")
+        self.text_extra.append(i)
+        return i
+
+    def add_task_token(self, token: str) -> int:
+        """Append a task token (e.g. "<edit>"); returns its global id, also `vocab.id(token)` from now on."""
+        i = self._append_token(token, "task")
+        self.tokens[token] = i
+        return i
+
+    @property
+    def text_size(self) -> int:
+        """Local text ids: the text range plus the text tokens added after it."""
+        return self.ranges["text"].size + len(self.text_extra)
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -195,10 +232,48 @@ class UnifiedVocab:
         return _restore(arr - r.start, kind)
 
     def text_to_global(self, ids: Any) -> Any:
-        return self._to_global(self.ranges["text"], ids, "text")
+        r = self.ranges["text"]
+        if not self.text_extra:
+            return self._to_global(r, ids, "text")
+        arr, kind = _as_array(ids)
+        if arr.numel() if hasattr(arr, "numel") else arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.text_size:
+                raise DataError(f"text id {lo if lo < 0 else hi} is outside 0..{self.text_size - 1}")
+        table = self._text_table(arr, kind)
+        return _restore(table[arr], kind)
 
     def global_to_text(self, ids: Any) -> Any:
-        return self._from_global(self.ranges["text"], ids)
+        r = self.ranges["text"]
+        if not self.text_extra:
+            return self._from_global(r, ids)
+        arr, kind = _as_array(ids)
+        table = self._text_table(arr, kind)
+        if arr.numel() if hasattr(arr, "numel") else arr.size:
+            ok = ((arr >= r.start) & (arr < r.stop))
+            for g in self.text_extra:
+                ok = ok | (arr == g)
+            if not bool(ok.all()):
+                bad = int(arr[~ok].reshape(-1)[0])
+                raise DataError(f"global id {bad} is not a text id (range 'text' {r.start}..{r.stop - 1} or an added text token)")
+        inverse = {int(g): k for k, g in enumerate(table.tolist())}
+        out = arr.clone() if kind == "torch" else arr.copy()
+        flat = out.reshape(-1)
+        for j, g in enumerate(arr.reshape(-1).tolist()):
+            flat[j] = inverse[int(g)]
+        return _restore(out, kind)
+
+    def _text_table(self, arr: Any, kind: str) -> Any:
+        """Local text id -> global id, as an array of the caller's kind (for fancy indexing)."""
+        import numpy as np
+
+        r = self.ranges["text"]
+        table = np.concatenate([np.arange(r.start, r.stop, dtype=np.int64), np.asarray(self.text_extra, dtype=np.int64)])
+        if kind == "torch":
+            import torch
+
+            return torch.as_tensor(table, device=arr.device).to(arr.dtype)
+        return table
 
     def codec_to_global(self, name: str, ids: Any, level: int | None = None) -> Any:
         """Codec ids -> global ids. For a residual codec with `level=None`, the last axis is the level."""
@@ -223,7 +298,7 @@ class UnifiedVocab:
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format_version": FORMAT_VERSION,
             "size": self.size,
             "text_size": self.ranges["text"].size,
@@ -233,6 +308,9 @@ class UnifiedVocab:
             "ranges": [{"name": r.name, "start": r.start, "size": r.size} for r in self.ranges.values()],
             "tokens": self.tokens,
         }
+        if self.added:  # only then: a vocabulary that never grew writes what it always did
+            d["added"] = [dict(a) for a in self.added]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "vocab.json") -> "UnifiedVocab":
@@ -240,6 +318,10 @@ class UnifiedVocab:
             if d.get("format_version") != FORMAT_VERSION:
                 raise CheckpointError(f"{source}: unsupported vocab format {d.get('format_version')!r}")
             v = cls(int(d["text_size"]), dict(d["codecs"]), dict(d.get("codec_refs", {})))
+            for a in d.get("added", []):
+                i = v.add_text_token(a["token"]) if a["kind"] == "text" else v.add_task_token(a["token"])
+                if i != a["id"]:
+                    raise DataError(f"added token {a['token']!r} has id {a['id']}, expected {i}")
         except (KeyError, TypeError, ValueError, DataError) as e:
             raise CheckpointError(f"{source}: not a duogen vocabulary ({e})") from None
         saved = [(r["name"], r["start"], r["size"]) for r in d.get("ranges", [])]

@@ -11,6 +11,15 @@ tasks every example's `audio`, cropped or padded with silence to
 vocabulary and the layouts; train with the shared engine; `final/` is a
 `MultimodalLM` directory (config.json kind "ar", model.safetensors,
 vocab.json, text.model, the paths of the codecs).
+
+Fine-tuning (`init_from=MODEL_DIR`, `duogen train ar --init-from DIR`): the
+model starts from DIR's weights with DIR's config, vocabulary, text tokenizer
+and layout (its tasks unless `tasks` is given); the codec defaults to DIR's and
+must be the same weights; a `model.*` override other than `cond_dropout` /
+`attn_dropout` that differs from DIR's config is an error. `add_tokens` /
+`add_task_tokens` (`<v1>=circle`) grow the vocabulary first. With
+`train.trainable` set too, `final/` is a delta over DIR (only the tensors that
+changed, plus DIR's path and checksum; `duogen.io.write_delta`).
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from ..ar_models.layouts import AUDIO_TASKS, MASKED_TASKS, TASKS, LayoutSpec, Tr
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import codec_on_accelerator, encode_clips, load_split, resolve_cache_dir, text_tokenizer
+from .recipe_common import (base_model_config, check_same_codec, check_same_text, codec_on_accelerator, encode_clips,
+                            load_split, parse_new_tokens, resolve_cache_dir, text_tokenizer)
 
 CACHE_VERSION = 1
 
@@ -47,6 +57,10 @@ class ARRecipeConfig:
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache (shared by runs under one folder)
+    # New tokens appended to the vocabulary before training, TOKEN=WORD (the new embedding row starts as WORD's):
+    # text placeholders (`<v1>=circle`: the text "<v1>" encodes as the one new id) and task tokens (`<edit>=<t2v>`)
+    add_tokens: list[str] = field(default_factory=list)
+    add_task_tokens: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -139,7 +153,7 @@ class TokenRecords:
 
 def train_ar(
     data: str | Path,
-    tokenizer: str | Path,
+    tokenizer: str | Path | None,
     out: str | Path,
     *,
     audio_tokenizer: str | Path | None = None,
@@ -150,15 +164,20 @@ def train_ar(
     overrides: Sequence[str] = (),
     seed: int = 0,
     resume: str | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train an AR model; returns the engine's summary plus the model's facts.
+    """Train an AR model (from scratch, or from the model in `init_from`); returns the engine's summary plus the
+    model's facts. `tokenizer` (the codec) may be None with `init_from`: the base model's codec.
 
     Audio tasks (t2a, v2a) need `audio_tokenizer` (an audio codec directory) and
     a data set with an `audio` column at the codec's sample rate.
     """
     import warnings
 
+    import dataclasses
+
     from ..tokenizers import load as load_codec
+    from ..io import write_delta
     from ..tokenizers.vocab import UnifiedVocab
     from ..utils import count_parameters, seed_everything
     from .engine import apply_resume
@@ -168,6 +187,24 @@ def train_ar(
         overrides.append("tasks=" + ",".join(tasks))
     cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset=preset, file=file, overrides=overrides)
     cfg.train = apply_resume(cfg.train, resume)
+    base = None
+    if init_from is not None:  # fine-tune: the base model decides architecture, vocabulary, text and layout
+        init_from = Path(init_from)
+        base = MultimodalLM.from_pretrained(init_from)
+        cfg.model = base_model_config(base.cfg, cfg.model, overrides, ("cond_dropout", "attn_dropout"), init_from)
+        cfg.max_text = base.spec.max_text
+        if not tasks:
+            cfg.tasks = list(base.spec.tasks)
+        base_codec = base.codec_path(init_from)
+        if tokenizer is None and base_codec is None:
+            raise ConfigError(f"--init-from {init_from} names no codec; pass --tokenizer DIR")
+        tokenizer = tokenizer if tokenizer is not None else base_codec
+        check_same_codec(Path(tokenizer), base_codec, init_from)
+        check_same_text(text, base.text, init_from)
+        if audio_tokenizer is None:
+            audio_tokenizer = base.codec_path(init_from, audio=True)
+    if tokenizer is None:
+        raise ConfigError("pass --tokenizer DIR (the trained video codec), or --init-from a trained model")
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
@@ -176,7 +213,8 @@ def train_ar(
         raise ConfigError(f"task(s) {', '.join(audio_tasks)} need an audio codec: pass --audio-tokenizer DIR"
                           " (the final/ of `duogen train tokenizer --modality audio`), or drop them from --tasks")
     if audio_tokenizer is not None and not audio_tasks:
-        warnings.warn("--audio-tokenizer is ignored: no audio task (t2a, v2a) in --tasks", UserWarning, stacklevel=2)
+        if base is None:
+            warnings.warn("--audio-tokenizer is ignored: no audio task (t2a, v2a) in --tasks", UserWarning, stacklevel=2)
         audio_tokenizer = None
     audio_codec, audio_frames = None, 0
     if audio_tokenizer is not None:
@@ -185,13 +223,15 @@ def train_ar(
         if getattr(audio_codec, "kind", None) != "audio_codec":
             raise ConfigError(f"--audio-tokenizer {audio_dir} holds a {getattr(audio_codec, 'kind', '?')!r}, not an audio codec")
         audio_frames = max(1, round(cfg.audio_seconds * audio_codec.cfg.sample_rate / audio_codec.hop))
+        if base is not None and base.spec.audio_tokens:
+            audio_frames = base.spec.audio_tokens
     split = load_split(data, cfg.split, cfg.max_clips)
     if audio_tasks and "audio" not in split.column_names:
         raise ConfigError(f"task(s) {', '.join(audio_tasks)} need an `audio` column, and split {cfg.split!r} of {data}"
                           " has none: make the data with `duogen data make shapes --audio`")
     captions = list(split["caption"])
 
-    tok = text_tokenizer(text, captions, out, cfg.text_vocab)
+    tok = base.text if base is not None else text_tokenizer(text, captions, out, cfg.text_vocab)
     codec = load_codec(codec_dir)
     cache = resolve_cache_dir(cfg.cache_dir, out)
     with codec_on_accelerator(codec):
@@ -203,13 +243,8 @@ def train_ar(
             audio = encode_audio(split, audio_codec, audio_dir, data, cfg.split, audio_frames, cache)
         encoded = datasets.concatenate_datasets([encoded, audio], axis=1)
     t_encode = time.perf_counter() - t0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below
-        text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
-    n_long = sum(len(tok.encode(c)) > cfg.max_text for c in captions)
 
-    records = TokenRecords(encoded, text_ids)
-    f, h, w = records.cols["video_ids"].shape[1:]  # (N, f, h, w) codec ids
+    f, h, w = encoded.with_format("numpy")[:1]["video_ids"].shape[1:]  # (N, f, h, w) codec ids
     codecs: dict[str, Any] = {"video": codec.vocab_size}
     refs = {"video": str(codec_dir.resolve())}
     if audio_codec is not None:
@@ -218,19 +253,49 @@ def train_ar(
     vocab = UnifiedVocab(tok.vocab_size, codecs, codec_refs=refs)
     spec = LayoutSpec(max_text=cfg.max_text, latent=(int(f), int(h), int(w)), cond_frames=cfg.cond_frames, tasks=list(cfg.tasks),
                       audio_tokens=audio_frames, audio_levels=audio_codec.num_levels if audio_codec is not None else 1)
+    if base is not None:
+        if list(base.spec.latent) != [int(f), int(h), int(w)]:
+            raise ConfigError(f"the clips of {data} make {f}x{h}x{w} codec latents; --init-from {init_from} was trained"
+                              f" on {'x'.join(map(str, base.spec.latent))}: use data of the base model's clip size")
+        for n, lv in vocab.codec_levels.items():
+            lvl = 0 if lv > 1 else None
+            if base.vocab.codec_levels.get(n) != lv or base.vocab.codec_range(n, lvl).size != vocab.codec_range(n, lvl).size:
+                raise ConfigError(f"--init-from {init_from} has vocabulary {base.vocab!r}; the codecs given make"
+                                  f" {vocab!r}: pass the codecs the model was trained on")
+        vocab = base.vocab  # its codec_refs and any tokens added to it
+        spec = dataclasses.replace(base.spec, tasks=list(cfg.tasks))
+        if "audio" not in refs and base.audio_codec_ref:
+            refs["audio"] = str(base.codec_path(init_from, audio=True))
     seed_everything(seed)
     model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=refs["video"], audio_codec_ref=refs.get("audio"))
+    if base is not None:
+        model.load_state_dict(base.state_dict())
+        del base
+    if cfg.add_tokens or cfg.add_task_tokens:
+        model.add_tokens(parse_new_tokens(cfg.add_tokens, "add_tokens"),
+                         parse_new_tokens(cfg.add_task_tokens, "add_task_tokens"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below
+        text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
+    n_long = sum(len(tok.encode(c)) > cfg.max_text for c in captions)
+    records = TokenRecords(encoded, text_ids)
     collate = TrainCollator(model.layouts, cfg.tasks, cfg.model.cond_dropout)
     n_params = count_parameters(model)
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(*m.loss(batch))
 
+    delta_of = init_from if init_from is not None and cfg.train.trainable else None
+
+    def save_model(m: Any, p: Path) -> None:
+        m.save_pretrained(p)
+        if delta_of is not None:  # a partial fine-tune: final/ holds only the changed tensors
+            write_delta(p, delta_of)
+
     summary = fit(
-        model, loss_fn, records, cfg.train, out, collate=collate,
-        save_model=lambda m, p: m.save_pretrained(p),
+        model, loss_fn, records, cfg.train, out, collate=collate, save_model=save_model,
         run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": refs["video"],
-                    "audio_tokenizer": refs.get("audio")},
+                    "audio_tokenizer": refs.get("audio"), "init_from": str(init_from.resolve()) if init_from else None},
     )
     return {
         **{k: v for k, v in vars(summary).items()},
@@ -245,4 +310,6 @@ def train_ar(
         "captions_truncated": n_long,
         "encode_s": round(t_encode, 2),
         "tasks": list(cfg.tasks),
+        "init_from": str(init_from) if init_from is not None else None,
+        "delta": delta_of is not None,
     }

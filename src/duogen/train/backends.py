@@ -131,18 +131,18 @@ class SingleBackend:
     # -- state
     def save(self, directory: Path) -> None:
         from ..io import save_state_dict
-        from .checkpoint import save_optimizer, save_scheduler
+        from .checkpoint import save_optimizer, save_scheduler, trained_state_dict
 
         if self.rank == 0:
-            save_state_dict(self.module.state_dict(), directory / "model.safetensors")
+            save_state_dict(trained_state_dict(self.module), directory / "model.safetensors")
             save_optimizer(self.optimizer, directory)
             save_scheduler(self.scheduler, directory)
 
     def load(self, directory: Path) -> None:
-        from ..io import load_state_dict, load_weights_into
-        from .checkpoint import load_optimizer, load_scheduler
+        from ..io import load_state_dict
+        from .checkpoint import load_optimizer, load_scheduler, load_trained_state
 
-        load_weights_into(self.module, load_state_dict(directory / "model.safetensors"), directory / "model.safetensors")
+        load_trained_state(self.module, load_state_dict(directory / "model.safetensors"), directory / "model.safetensors")
         load_optimizer(self.optimizer, directory)
         load_scheduler(self.scheduler, directory)
 

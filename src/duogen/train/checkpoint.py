@@ -5,8 +5,9 @@ A checkpoint is `run_dir/checkpoints/step_NNNNNNN/`:
     trainer_state.json        step, data position, flops, wall time (written last)
     config.yaml               resolved TrainConfig + the recipe's run config
     model_config.json         what `convert_deepspeed` writes as the model's config.json
-    model.safetensors         model weights (single / DDP)
-    ema.safetensors           EMA weights (when EMA is on)
+    model.safetensors         model weights (single / DDP); with `train.trainable` only the trained ones
+    trainable.json            with `train.trainable`: the trained names and a checksum of the frozen tensors
+    ema.safetensors           EMA weights (when EMA is on; only the trained ones with `train.trainable`)
     optimizer.safetensors     optimizer tensors; optimizer.json holds the rest (single / DDP)
     scheduler.json            LR scheduler state (single / DDP)
     rng_rank{r}.json          python + numpy generator states of rank r
@@ -18,12 +19,20 @@ Everything duogen writes is safetensors or JSON. The one exception is the
 files, and DeepSpeed loads them itself (with `weights_only=False`); use
 `convert_deepspeed` to get a plain safetensors model directory out of it.
 
+Partial training (`train.trainable=PATTERNS`, globs over parameter names):
+`select_trainable` freezes every other parameter before the engine builds its
+optimizer, so the optimizer, the EMA and the checkpoint hold only what
+trains. Resuming rebuilds the frozen part the way the run did (the recipe's
+`--init-from`) and checks it against the checksum in `trainable.json`.
+
 Every rank writes into `.step_NNNNNNN.tmp/`; rank 0 renames it into place after
 a barrier, so a checkpoint directory either exists complete or not at all.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import random
 import re
@@ -31,11 +40,105 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_state_dict, read_json, save_model_dir, save_state_dict
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
+TRAINABLE_FILE = "trainable.json"
+
+
+# ----------------------------------------------------------------------------- partial training
+
+
+def select_trainable(model: Any, patterns: str) -> list[str]:
+    """Freeze every parameter whose name matches none of the comma-separated globs; return the trained names.
+
+    `""` trains everything (nothing is frozen). A pattern that matches no parameter is a ConfigError
+    that shows a few names to pick from (`*.q_proj.*` matches `lm.model.layers.0.self_attn.q_proj.weight`).
+    """
+    globs = [g.strip() for g in str(patterns or "").split(",") if g.strip()]
+    names = [n for n, _ in model.named_parameters()]
+    if not globs:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    for g in globs:
+        if not any(fnmatch.fnmatchcase(n, g) for n in names):
+            step = max(1, len(names) // 6)
+            few = ", ".join(names[::step][:6])
+            raise ConfigError(f"train.trainable pattern {g!r} matches no parameter; names look like: {few}")
+    trained = []
+    for n, p in model.named_parameters():
+        keep = any(fnmatch.fnmatchcase(n, g) for g in globs)
+        p.requires_grad_(keep and p.requires_grad)
+        if p.requires_grad:
+            trained.append(n)
+    if not trained:
+        raise ConfigError(f"train.trainable={patterns!r} matches only parameters that the model keeps frozen")
+    return trained
+
+
+def is_partial(module: Any) -> bool:
+    """True when some parameters are frozen (the checkpoint then holds only the trained ones)."""
+    return any(not p.requires_grad for p in module.parameters())
+
+
+def trained_state_dict(module: Any) -> dict[str, Any]:
+    """What a checkpoint holds of the model: everything, or only the trained parameters when some are frozen."""
+    if not is_partial(module):
+        return dict(module.state_dict())
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trained_state(module: Any, state: Mapping[str, Any], source: Path) -> None:
+    """Load what `trained_state_dict` wrote: the full state, or exactly the trained parameters."""
+    import torch
+
+    from ..io import load_weights_into
+
+    if not is_partial(module):
+        load_weights_into(module, state, source)
+        return
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise CheckpointError(f"{source}: the trained parameters differ from this run's train.trainable ({what})")
+    with torch.no_grad():
+        for n, p in params.items():
+            if p.shape != state[n].shape:
+                raise CheckpointError(f"{source}: {n} has shape {tuple(state[n].shape)}, the model {tuple(p.shape)}")
+            p.copy_(state[n])
+
+
+def frozen_checksum(module: Any) -> str:
+    """SHA-256 over the names and bytes of the frozen parameters (what a resume must rebuild identically)."""
+    h = hashlib.sha256()
+    for n, p in module.named_parameters():
+        if not p.requires_grad:
+            h.update(n.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_trainable(directory: Path, module: Any) -> None:
+    if is_partial(module):
+        trained = [n for n, p in module.named_parameters() if p.requires_grad]
+        atomic_write_json(directory / TRAINABLE_FILE, {"trained": trained, "frozen_sha256": frozen_checksum(module)})
+
+
+def check_trainable(directory: Path, module: Any) -> None:
+    """A resume must freeze the same parameters to the same values as the checkpointed run."""
+    path = directory / TRAINABLE_FILE
+    if not path.is_file():
+        if is_partial(module):
+            raise CheckpointError(f"{directory}: saved with every parameter training; this run sets train.trainable")
+        return
+    saved = read_json(path)
+    if not is_partial(module):
+        raise CheckpointError(f"{directory}: saved with train.trainable (only some parameters); pass the same value")
+    if saved.get("frozen_sha256") != frozen_checksum(module):
+        raise CheckpointError(f"{directory}: the frozen weights differ from the checkpointed run's; resume with the"
+                              " same --init-from model and train.trainable")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -220,6 +323,8 @@ def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> 
     checkpoint = Path(checkpoint)
     ema_file = checkpoint / "ema.safetensors"
     if ema is not False and ema_file.is_file():
+        if (checkpoint / TRAINABLE_FILE).is_file():  # EMA of the trained parameters only: over the model's weights
+            return {**deepspeed_state_dict(checkpoint, ema=False), **load_state_dict(ema_file)}
         return load_state_dict(ema_file)
     if ema:
         raise CheckpointError(f"{ema_file}: file not found (the run had no EMA)")

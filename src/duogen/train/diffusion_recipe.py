@@ -12,6 +12,14 @@ model.safetensors, text.model, codec/).
 
 Overrides: `model.*` keys may be given without the `model.` prefix
 (`denoiser=unet`, `dit.depth=8`, `prediction_type=epsilon`), `train.*` as usual.
+
+Fine-tuning (`init_from=MODEL_DIR`, `duogen train diffusion --init-from DIR`):
+the model starts from DIR's weights, config and text tokenizer; the codec
+defaults to DIR's and must be the same weights; a model override other than
+the training / sampling behaviour (`FINETUNE_KEEP`) that differs from DIR's
+config is an error. `add_tokens` (`<v1>=circle`) gives the text encoder new
+placeholder rows first. With `train.trainable` set too, `final/` is a delta
+over DIR (`duogen.io.write_delta`).
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ from typing import Any, Sequence
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import codec_on_accelerator, encode_clips, load_split, resolve_cache_dir, text_tokenizer
+from .recipe_common import (base_model_config, check_same_codec, check_same_text, codec_on_accelerator, encode_clips,
+                            load_split, parse_new_tokens, resolve_cache_dir, text_tokenizer)
 
 CACHE_VERSION = 1
+# model keys a fine-tune may change from its base model's config (training and sampling behaviour, not shapes)
+FINETUNE_KEEP = ("cond_dropout", "snr_gamma", "guidance", "sampler", "steps", "quantize_decode")
 
 
 @dataclass
@@ -41,6 +52,7 @@ class DiffusionRecipeConfig:
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache (shared by runs under one folder)
+    add_tokens: list[str] = field(default_factory=list)  # text placeholders TOKEN=WORD, e.g. <v1>=circle
 
 
 def _preset(**model: Any) -> DiffusionRecipeConfig:
@@ -106,7 +118,7 @@ class LatentRecords:
 
 def train_diffusion(
     data: str | Path,
-    tokenizer: str | Path,
+    tokenizer: str | Path | None,
     out: str | Path,
     *,
     preset: str = "tiny",
@@ -115,12 +127,16 @@ def train_diffusion(
     overrides: Sequence[str] = (),
     seed: int = 0,
     resume: str | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train a latent diffusion model; returns the engine's summary plus the model's facts."""
+    """Train a latent diffusion model (from scratch, or from the model in `init_from`); returns the engine's
+    summary plus the model's facts. `tokenizer` (the codec) may be None with `init_from`: the base model's."""
     import numpy as np
     import torch
 
     from ..tokenizers import load as load_codec
+    from ..errors import ConfigError
+    from ..io import write_delta
     from ..utils import count_parameters, seed_everything
     from .engine import apply_resume
 
@@ -128,6 +144,21 @@ def train_diffusion(
     cfg = cfglib.load(DiffusionRecipeConfig, presets=DIFFUSION_RECIPE_PRESETS, preset=preset, file=file,
                       overrides=overrides)
     cfg.train = apply_resume(cfg.train, resume)
+    base = None
+    if init_from is not None:  # fine-tune: the base model decides the architecture and the text tokenizer
+        from ..io import read_json
+
+        init_from = Path(init_from)
+        ref = read_json(init_from / "config.json").get("codec")
+        base_codec = init_from / ref if ref else None
+        if tokenizer is None and base_codec is None:
+            raise ConfigError(f"--init-from {init_from} names no codec; pass --tokenizer DIR")
+        tokenizer = tokenizer if tokenizer is not None else base_codec
+        check_same_codec(Path(tokenizer), base_codec, init_from)
+        base = LatentDiffusionModel.from_pretrained(init_from, codec=tokenizer)  # refuses other latent statistics
+        check_same_text(text, base.tokenizer, init_from)
+    if tokenizer is None:
+        raise ConfigError("pass --tokenizer DIR (the trained video codec), or --init-from a trained model")
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
@@ -147,12 +178,23 @@ def train_diffusion(
 
     mcfg = cfg.model
     tok = None
-    if mcfg.text.kind == "transformer":
+    if base is not None:
+        mcfg = cfg.model = base_model_config(base.config, cfg.model, overrides, FINETUNE_KEEP, init_from)
+        tok = base.tokenizer
+        if list(mcfg.latent) != [int(v) for v in latents.shape[1:]]:
+            raise ConfigError(f"the clips of {data} make latents {list(latents.shape[1:])}; --init-from {init_from}"
+                              f" was trained on {list(mcfg.latent)}: use data of the base model's clip size")
+    elif mcfg.text.kind == "transformer":
         tok = text_tokenizer(text, captions, out, cfg.text_vocab)
         mcfg.text.vocab_size = tok.vocab_size
     mcfg.latent = [int(v) for v in latents.shape[1:]]
     seed_everything(seed)
     model = LatentDiffusionModel(mcfg, tok, codec)
+    if base is not None:
+        model.load_state_dict(base.state_dict())
+        del base
+    for token, word in parse_new_tokens(cfg.add_tokens, "add_tokens").items():
+        model.text_encoder.add_placeholder(token, word)
     ids, mask = model.text_encoder.tokenize(captions, strict=False)  # (N, T) each
     records = LatentRecords(latents, ids, mask)
     n_params = count_parameters(model)
@@ -160,8 +202,16 @@ def train_diffusion(
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
 
-    summary = fit(model, loss_fn, records, cfg.train, out, save_model=lambda m, p: m.save_pretrained(p),
-                  run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve())})
+    delta_of = init_from if init_from is not None and cfg.train.trainable else None
+
+    def save_model(m: Any, p: Path) -> None:
+        m.save_pretrained(p)
+        if delta_of is not None:  # a partial fine-tune: final/ holds only the changed tensors
+            write_delta(p, delta_of)
+
+    summary = fit(model, loss_fn, records, cfg.train, out, save_model=save_model,
+                  run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve()),
+                              "init_from": str(init_from.resolve()) if init_from is not None else None})
     return {
         **vars(summary),
         "final": str(out / "final"),
@@ -172,4 +222,6 @@ def train_diffusion(
         "latent_std_after_normalization": float(latents.std()),
         "clips": int(latents.shape[0]),
         "encode_s": round(t_encode, 2),
+        "init_from": str(init_from) if init_from is not None else None,
+        "delta": delta_of is not None,
     }

@@ -82,6 +82,9 @@ class TrainConfig:
     # steps; the horizon is kept in the checkpoint).
     budget_schedule: bool = True
     num_workers: int = 0
+    # Comma-separated globs over parameter names (`*.q_proj.*,*.v_proj.*`): only those train; the optimizer,
+    # EMA and checkpoints hold only them. "" = every parameter (checkpoint.select_trainable).
+    trainable: str = ""
 
     def check(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -173,7 +176,10 @@ class EMA:
         torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
 
     def state_dict(self, module: Any) -> dict[str, Any]:
-        """The module's full state dict with parameters replaced by their averages."""
+        """The module's full state dict with parameters replaced by their averages (only the averages when
+        some parameters are frozen: `train.trainable`)."""
+        if len(self.names) < sum(1 for _ in module.parameters()):
+            return dict(zip(self.names, self.shadow))
         sd = dict(module.state_dict())
         sd.update(dict(zip(self.names, self.shadow)))
         return sd
@@ -336,7 +342,8 @@ def fit(
     from ..precision import annotate_config_yaml
     from ..utils import autocast, progress, seed_everything
     from .backends import make_backend
-    from .checkpoint import load_rng, model_config_of, resolve_resume, save_rng, write_checkpoint
+    from .checkpoint import (check_trainable, load_rng, model_config_of, resolve_resume, save_rng,
+                             select_trainable, write_checkpoint, write_trainable)
     from .data import DataPosition, ShardedBatchSampler, make_loader
 
     cfg.check()
@@ -350,6 +357,7 @@ def fit(
     if cfg.grad_checkpointing:
         _enable_grad_checkpointing(model)
     model.train()
+    select_trainable(model, cfg.trainable)  # before the optimizer exists: it holds only what trains
     backend.setup(model)
     module = backend.module
     ema = EMA(module, cfg.ema) if cfg.ema > 0 else None
@@ -366,6 +374,7 @@ def fit(
         if saved.get("batch_size") != cfg.batch_size:
             raise ConfigError(f"{ckpt}: saved with batch_size={saved.get('batch_size')}, now {cfg.batch_size}; keep it")
         state.update({k: saved[k] for k in state if k in saved})
+        check_trainable(ckpt, module)
         backend.load(ckpt)
         if ema is not None:
             ema.load(load_state_dict(ckpt / "ema.safetensors"), ckpt / "ema.safetensors")
@@ -410,6 +419,7 @@ def fit(
             backend.save(tmp)
             save_rng(tmp, rank)
             if is_main:
+                write_trainable(tmp, module)
                 if ema is not None:
                     from ..io import save_state_dict
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import DataError
 
@@ -80,3 +80,77 @@ def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]
     # numpy format without a dtype: `pretokenize` saves the mapped set, and a dtype in the format is not JSON
     return pretokenize(split.with_format("numpy", columns=[column], output_all_columns=True), fn, cache, key=key,
                        batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
+
+
+def base_model_config(base_cfg: Any, run_cfg: Any, overrides: Sequence[str], keep: Sequence[str],
+                      init_from: Path) -> Any:
+    """The model config a fine-tune (`--init-from`) trains: the base model's.
+
+    Only the `keep` keys (training behaviour such as `cond_dropout`) are taken from the `model.*`
+    overrides; an override of any other key that differs from the base model is a ConfigError,
+    and the preset's model values are ignored (the base model's config decides the architecture).
+    """
+    import dataclasses
+
+    from .. import config as cfglib
+    from ..errors import ConfigError
+
+    given = cfglib.parse_overrides(list(overrides)).get("model", {})
+    base_d, run_d = cfglib.to_dict(base_cfg), cfglib.to_dict(run_cfg)
+
+    def leaves(tree: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from leaves(v, (*path, k))
+        else:
+            yield path
+
+    def at(d: Any, path: tuple[str, ...]) -> Any:
+        for k in path:
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+
+    for path in leaves(given):
+        b, r = at(base_d, path), at(run_d, path)
+        if path[0] not in keep and b != r:
+            raise ConfigError(f"model.{'.'.join(path)}={r} conflicts with --init-from {init_from} ({b}): the base"
+                              " model's config decides the architecture; drop the override")
+    return dataclasses.replace(base_cfg, **{k: getattr(run_cfg, k) for k in keep if k in given})
+
+
+def check_same_codec(codec_dir: Path, base_codec: Path | None, init_from: Path) -> None:
+    """A fine-tune keeps the codec its base model was trained on: `--tokenizer` must hold the same weights."""
+    from ..errors import ConfigError
+
+    if base_codec is None or not (base_codec / "model.safetensors").is_file():
+        return  # the base's codec is not on this machine: the recipe compares latent shapes instead
+    if file_hash(codec_dir / "model.safetensors") != file_hash(base_codec / "model.safetensors"):
+        raise ConfigError(f"--tokenizer {codec_dir} is not the codec --init-from {init_from} was trained on"
+                          f" ({base_codec}); pass --tokenizer {base_codec} or leave --tokenizer out")
+
+
+def check_same_text(text: str | Path | None, base_tok: Any, init_from: Path) -> None:
+    """A fine-tune keeps its base model's text tokenizer: a different `--text` is an error naming both."""
+    from ..errors import ConfigError
+    from ..tokenizers.text import TextTokenizer
+
+    if text is None:
+        return
+    given = TextTokenizer.load(text)
+    if base_tok is None or given.to_bytes() != base_tok.to_bytes():
+        have = f"{base_tok.vocab_size} ids" if base_tok is not None else "none"
+        raise ConfigError(f"--text {text} ({given.vocab_size} ids) is not the text tokenizer of --init-from {init_from}"
+                          f" ({have}); leave --text out: a fine-tune keeps its model's text tokenizer")
+
+
+def parse_new_tokens(entries: Sequence[str], what: str) -> dict[str, str]:
+    """`["<v1>=circle"]` -> `{"<v1>": "circle"}` (a new token and the word or token its embedding starts from)."""
+    from ..errors import ConfigError
+
+    out: dict[str, str] = {}
+    for e in entries:
+        tok, sep, init = str(e).partition("=")
+        if not sep or not tok.strip() or not init.strip():
+            raise ConfigError(f"{what} entry {e!r} must look like TOKEN=WORD, e.g. <v1>=circle")
+        out[tok.strip()] = init.strip()
+    return out
