@@ -161,6 +161,7 @@ def train_ar(
     from ..bridges.generate import load_codec
     from ..tokenizers.vocab import UnifiedVocab
     from ..utils import count_parameters, seed_everything
+    from .backends import check_launch
     from .engine import apply_resume
 
     overrides = list(overrides) + [f"train.seed={seed}"]
@@ -168,6 +169,7 @@ def train_ar(
         overrides.append("tasks=" + ",".join(tasks))
     cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset=preset, file=file, overrides=overrides)
     cfg.train = apply_resume(cfg.train, resume)
+    check_launch(cfg.train)  # a launch mistake fails here, before the data is prepared
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 

@@ -122,12 +122,14 @@ def train_diffusion(
 
     from ..bridges.generate import load_codec
     from ..utils import count_parameters, seed_everything
+    from .backends import check_launch
     from .engine import apply_resume
 
     overrides = _model_overrides(overrides) + [f"train.seed={seed}"]
     cfg = cfglib.load(DiffusionRecipeConfig, presets=DIFFUSION_RECIPE_PRESETS, preset=preset, file=file,
                       overrides=overrides)
     cfg.train = apply_resume(cfg.train, resume)
+    check_launch(cfg.train)  # a launch mistake fails here, before the data is prepared
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
