@@ -180,6 +180,7 @@ def train_ar(
     from ..io import write_delta
     from ..tokenizers.vocab import UnifiedVocab
     from ..utils import count_parameters, seed_everything
+    from .backends import check_launch
     from .engine import apply_resume
 
     overrides = list(overrides) + [f"train.seed={seed}"]
@@ -205,6 +206,7 @@ def train_ar(
             audio_tokenizer = base.codec_path(init_from, audio=True)
     if tokenizer is None:
         raise ConfigError("pass --tokenizer DIR (the trained video codec), or --init-from a trained model")
+    check_launch(cfg.train)  # a launch mistake fails here, before the data is prepared
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 

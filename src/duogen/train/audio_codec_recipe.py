@@ -120,8 +120,11 @@ def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) ->
     from ..io import atomic_write_json
     from ..tokenizers.audio_codec import build_audio_codec, codec_loss, evaluate
 
+    from .backends import check_launch, launch_rank
+
     out = Path(out)
     seed = run.train.seed
+    check_launch(run.train)  # a launch mistake fails here, before the speech is made
     if data is None:
         train = speech_corpus(run.train_utterances, seed)
         held = speech_corpus(run.eval_utterances, seed + 10_000, exclude={t for t, _ in train})
@@ -147,6 +150,12 @@ def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) ->
     summary = fit(codec, loss_fn, data, run.train, out, save_model=save,
                   run_config={"model": {"kind": "audio_codec", "preset": run.preset, "overrides": run.codec_overrides},
                               "recipe": dataclasses.asdict(run)})
+    if launch_rank() != 0:  # under torchrun rank 0 evaluates and reports
+        return {"steps": summary.steps, "stopped": summary.stopped, "final_loss": summary.final_loss}
+    if (out / "final").is_dir():
+        from ..tokenizers import load as load_codec_dir
+
+        codec = load_codec_dir(out / "final")  # the saved weights (whole under ZeRO-3 too)
     codec.eval()
     result = evaluate(codec, [a for _, a in held])
     report = {

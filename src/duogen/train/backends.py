@@ -6,9 +6,14 @@ clipping), collectives the loop needs, and saving/loading model + optimizer +
 scheduler state. The training loop in `engine.py` is the same for all three.
 
 Processes: `ddp` and `deepspeed` read RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT from the environment torchrun sets (and default to a
-one-process group without torchrun). The process group uses gloo on CPU and
-nccl on GPU.
+MASTER_ADDR / MASTER_PORT from the environment torchrun sets; `check_launch`
+turns a launch mistake (no torchrun, several processes with engine=single, a
+global batch the processes do not divide) into one ConfigError line. The
+process group uses gloo on CPU and nccl on GPU.
+
+A recipe's `loss_fn(model, batch)` may call any model method (`model.loss(batch)`):
+under DDP and DeepSpeed it runs inside the wrapper's `forward` (`_through_forward`),
+where DDP prepares its gradient all-reduce and ZeRO-3 gathers parameters.
 
 DeepSpeed on a CPU machine: `DS_ACCELERATOR=cpu` is set before it is imported,
 its `deepspeed_shm_comm` op (a 35-60 s JIT build on first use) is switched off by
@@ -54,17 +59,104 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _through_forward(wrapper: Any, module: Any, loss_fn: Callable[[Any, Any], Any], batch: Any) -> Any:
+    """`loss_fn(module, batch)` run inside `wrapper(batch)`, so that DDP's and DeepSpeed's forward hooks see it.
+
+    DDP prepares its gradient all-reduce, and ZeRO-3 gathers the root module's parameters, only in the
+    wrapper's `forward`; a recipe's loss that calls a model method (`model.loss(batch)`) would bypass
+    both. For the length of one call the module's `forward` is the recipe's loss (restored before the
+    loss runs, so a loss that calls `model(...)` itself gets the real forward).
+    """
+
+    def forward(b: Any) -> Any:
+        del module.forward  # the class's forward again, for loss_fn's own model(...) calls
+        return loss_fn(module, b)
+
+    module.forward = forward
+    try:
+        return wrapper(batch)
+    finally:
+        vars(module).pop("forward", None)
+
+
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+LAUNCH_HINT = "torchrun --nproc_per_node N -m duogen train ..."
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; launch with `{LAUNCH_HINT}`") from None
+
+
+def launch_rank() -> int:
+    """This process's rank among those torchrun started (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def check_launch(cfg: Any) -> int:
+    """The launch mistakes a user can make, as one-line ConfigErrors before any work; returns the world size.
+
+    `cfg` is a TrainConfig (or any object with engine, batch_size, grad_accum). A recipe calls this
+    first so that a wrong launch fails before its data preparation; `make_backend` calls it again.
+    """
+    world = launched_world_size()
+    engine = cfg.engine
+    if engine in ("ddp", "deepspeed"):
+        missing = [v for v in _LAUNCH_VARS if v not in os.environ]
+        if missing:
+            raise ConfigError(f"train.engine={engine} needs torchrun's environment ({', '.join(missing)} not set):"
+                              f" launch with `{LAUNCH_HINT} train.engine={engine}`, or use train.engine=single")
+        if engine == "deepspeed":
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise ConfigError("train.engine=deepspeed needs the deepspeed package: `pip install deepspeed`,"
+                                  " or use train.engine=ddp")
+    elif world > 1:
+        raise ConfigError(f"{world} processes were launched but train.engine={engine}: each would train alone"
+                          " into the same run directory; add train.engine=ddp or train.engine=deepspeed")
+    per_step = getattr(cfg, "grad_accum", 1) * world
+    if cfg.batch_size % per_step:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is the global batch and must be a multiple of"
+                          f" grad_accum x processes = {getattr(cfg, 'grad_accum', 1)} x {world}; e.g."
+                          f" train.batch_size={max(1, round(cfg.batch_size / per_step)) * per_step}")
+    return world
+
+
 def _init_process_group(device: str) -> tuple[int, int, int]:
     import torch.distributed as dist
 
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[bool]:
+    """Under torchrun, rank 0 runs the block before the other ranks (which then find its caches and files).
+
+    For a recipe's one-off preparation that writes shared files (a text tokenizer, an encode cache):
+    rank 0 writes them, every other rank waits and then reads them. Yields True on rank 0 (and in a
+    single process). With several machines the files must be on a shared filesystem, or each machine's
+    ranks make their own copy.
+    """
+    if launched_world_size() <= 1:
+        yield True
+        return
+    import torch
+    import torch.distributed as dist
+
+    _init_process_group("cuda" if torch.cuda.is_available() else "cpu")
+    if dist.get_rank() != 0:
+        dist.barrier()
+    yield dist.get_rank() == 0
+    if dist.get_rank() == 0:
+        dist.barrier()
 
 
 class SingleBackend:
@@ -97,6 +189,17 @@ class SingleBackend:
 
     def _wrap(self) -> None:
         pass
+
+    # -- one micro-step
+    def loss(self, loss_fn: Callable[[Any, Any], Any], batch: Any) -> Any:
+        """`loss_fn(model, batch)`, through the wrapper's `forward` when there is one (see `_through_forward`)."""
+        if self.forward_model is self.module:
+            return loss_fn(self.module, batch)
+        return _through_forward(self.forward_model, self.module, loss_fn, batch)
+
+    def accumulating(self, last_micro: bool) -> Any:
+        """Context around one micro-step's forward and backward; DDP skips the all-reduce inside it."""
+        return contextlib.nullcontext()
 
     # -- one optimizer step
     def backward(self, loss: Any, last_micro: bool) -> None:
@@ -169,11 +272,10 @@ class DDPBackend(SingleBackend):
         ids = [self.local_rank] if self.device.startswith("cuda") else None
         self.forward_model = DDP(self.forward_model, device_ids=ids)
 
-    def backward(self, loss: Any, last_micro: bool) -> None:
-        # skip the gradient all-reduce on all but the last accumulation micro-step
-        ctx = contextlib.nullcontext() if last_micro else self.forward_model.no_sync()
-        with ctx:
-            (loss / self.cfg.grad_accum).backward()
+    def accumulating(self, last_micro: bool) -> Any:
+        # skip the gradient all-reduce on all but the last accumulation micro-step; DDP reads the flag in
+        # its forward, so the context spans forward and backward
+        return contextlib.nullcontext() if last_micro else self.forward_model.no_sync()
 
     def all_reduce_sum(self, t: Any) -> Any:
         import torch.distributed as dist
@@ -291,4 +393,5 @@ class DeepSpeedBackend(DDPBackend):
 
 
 def make_backend(cfg: Any) -> SingleBackend:
+    check_launch(cfg)
     return {"single": SingleBackend, "ddp": DDPBackend, "deepspeed": DeepSpeedBackend}[cfg.engine](cfg)

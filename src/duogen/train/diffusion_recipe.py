@@ -138,6 +138,7 @@ def train_diffusion(
     from ..errors import ConfigError
     from ..io import write_delta
     from ..utils import count_parameters, seed_everything
+    from .backends import check_launch
     from .engine import apply_resume
 
     overrides = _model_overrides(overrides) + [f"train.seed={seed}"]
@@ -159,6 +160,7 @@ def train_diffusion(
         check_same_text(text, base.tokenizer, init_from)
     if tokenizer is None:
         raise ConfigError("pass --tokenizer DIR (the trained video codec), or --init-from a trained model")
+    check_launch(cfg.train)  # a launch mistake fails here, before the data is prepared
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 

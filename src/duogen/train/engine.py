@@ -461,16 +461,17 @@ def fit(
             loss_sum, items, extra = 0.0, 0, {}
             for m in range(cfg.grad_accum):
                 batch = _to_device(next(loader), backend.device)
-                with autocast(cfg.precision, backend.device.split(":")[0]):
-                    out = step_loss(backend.forward_model, batch)
-                loss = out.loss
-                bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
-                if backend.all_reduce_sum(bad).item() > 0:
-                    raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at step {state['step'] + 1}; the last good checkpoint is "
-                        f"{last_ckpt or resolve_resume('auto', run_dir) or 'none'}; lower lr or check the data"
-                    )
-                backend.backward(loss, last_micro=m == cfg.grad_accum - 1)
+                with backend.accumulating(last_micro=m == cfg.grad_accum - 1):
+                    with autocast(cfg.precision, backend.device.split(":")[0]):
+                        out = backend.loss(step_loss, batch)
+                    loss = out.loss
+                    bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
+                    if backend.all_reduce_sum(bad).item() > 0:
+                        raise TrainingError(
+                            f"non-finite loss ({loss.item()}) at step {state['step'] + 1}; the last good checkpoint "
+                            f"is {last_ckpt or resolve_resume('auto', run_dir) or 'none'}; lower lr or check the data"
+                        )
+                    backend.backward(loss, last_micro=m == cfg.grad_accum - 1)
                 loss_sum += float(loss.detach())
                 items += int(out.n_items)
                 for k, v in (out.metrics or {}).items():

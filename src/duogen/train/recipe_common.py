@@ -41,11 +41,15 @@ def load_split(data: Path, split: str, max_clips: int = 0) -> Any:
 
 def text_tokenizer(text: str | Path | None, captions: list[str], out: Path, vocab_size: int) -> Any:
     """The SentencePiece model saved at `text`, or one of `vocab_size` pieces trained on `captions` into `out`."""
-    from ..tokenizers.text import TextTokenizer, train_text_tokenizer
+    from ..tokenizers.text import TEXT_MODEL_NAME, TextTokenizer, train_text_tokenizer
+    from .backends import rank_zero_first
 
     if text is not None:
         return TextTokenizer.load(text)
-    return train_text_tokenizer(captions, out, vocab_size=vocab_size)
+    with rank_zero_first() as first:  # under torchrun every rank reads the one rank 0 trained
+        if not first:
+            return TextTokenizer.load(out / TEXT_MODEL_NAME)
+        return train_text_tokenizer(captions, out, vocab_size=vocab_size)
 
 
 def resolve_cache_dir(configured: str, out: Path) -> Path:
@@ -73,13 +77,16 @@ def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]
     The cache key covers the codec's path and weights, the data set, the split
     and `key` (the recipe's cache version and whatever else its output depends on).
     """
+    from .backends import rank_zero_first
     from .data import pretokenize
 
     key = {**key, "codec": str(codec_dir.resolve()), "weights": file_hash(codec_dir / "model.safetensors"),
            "data": str(data.resolve()), "split": split_name}
     # numpy format without a dtype: `pretokenize` saves the mapped set, and a dtype in the format is not JSON
-    return pretokenize(split.with_format("numpy", columns=[column], output_all_columns=True), fn, cache, key=key,
-                       batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
+    with rank_zero_first():  # under torchrun rank 0 encodes, the other ranks load its cache
+        return pretokenize(split.with_format("numpy", columns=[column], output_all_columns=True), fn, cache, key=key,
+                           batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
+
 
 
 def base_model_config(base_cfg: Any, run_cfg: Any, overrides: Sequence[str], keep: Sequence[str],

@@ -14,7 +14,10 @@ Text and audio dispatch to their own trainers (`duogen.tokenizers.text`,
 
 The loop is a plain one rather than `duogen.train.engine.fit`: codec training
 needs the time-based schedule, the frame-subset targets of the video codec and
-the budget-bound evaluation, and it runs on one process.
+the budget-bound evaluation. It runs on the engine's backends (`train.engine=
+single|ddp|deepspeed`, `train.zero_stage`): under torchrun every rank draws the
+same global batch and trains on its share, and the ranks agree on the elapsed
+time, so they stop and evaluate together.
 """
 
 from __future__ import annotations
@@ -59,12 +62,16 @@ class CodecTrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto": the GPU when torch sees one, else the CPU
     threads: int = 0  # torch intra-op threads for this run (0 = torch's default). 1 is far faster on a shared, oversubscribed CPU
+    engine: str = "single"  # single | ddp | deepspeed (launch ddp / deepspeed with torchrun)
+    zero_stage: int = 2  # DeepSpeed ZeRO stage (1, 2 or 3) with engine=deepspeed
 
     def check(self) -> None:
         if self.max_minutes <= 0 and self.steps <= 0:
             raise ConfigError("set train.max_minutes or train.steps (both are 0: the run would never stop)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"config key 'train.precision' is {self.precision!r}; allowed values: auto, fp32, bf16")
+        if self.engine not in ("single", "ddp", "deepspeed"):
+            raise ConfigError(f"config key 'train.engine' is {self.engine!r}; allowed values: single, ddp, deepspeed")
 
 
 @dataclass
@@ -339,8 +346,14 @@ def train_codec(
     from ..precision import announce, annotate_config_yaml, resolve_precision
     from ..utils import autocast, count_parameters, progress, resolve_device, seed_everything
 
+    from .backends import check_launch, make_backend
+    from .engine import TrainConfig
+
     tc = run.train
     tc.check()
+    world = check_launch(tc)
+    if run.loss.adv_weight > 0 and tc.engine != "single":
+        raise ConfigError("loss.adv_weight > 0 trains a discriminator, which runs only with train.engine=single")
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)
@@ -352,60 +365,76 @@ def train_codec(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", annotate_config_yaml(cfgmod.dump_yaml(run), precision))
+        betas=tuple(tc.betas), grad_clip=tc.grad_clip, engine=tc.engine, zero_stage=tc.zero_stage))
+    is_main = backend.rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfgmod.save_yaml(run, out / "config.yaml")
     train = train_items if train_items is not None else load_pixels(data, "train", modality)
     val = val_items if val_items is not None else load_pixels(data, "validation", modality, limit=tc.eval_items)
     val = val[: tc.eval_items]
     codec: VideoCodec | ImageCodec = VideoCodec(run.model) if modality == "video" else ImageCodec(run.model)
     codec.to(device)
     codec.prepare(_to_batch(train[:1], modality))  # a wrong-size data set fails here, with the codec's message
-    opt = torch.optim.AdamW(codec.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    backend.setup(codec)  # AdamW; the LR is set below at every step (the backend's schedule is overwritten)
+    opt = backend.optimizer
     disc = d_opt = None
     if run.loss.adv_weight > 0:
         disc = build_discriminator(modality).to(device)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=tc.lr * 0.5, betas=(0.5, 0.9))
     g = torch.Generator().manual_seed(tc.seed)
-    metrics_f = open(out / "metrics.jsonl", "w")
+    metrics_f = open(out / "metrics.jsonl", "w") if is_main else None
     curve: list[dict[str, float]] = []
     t0 = time.time()
     budget = tc.max_minutes * 60 if tc.max_minutes > 0 else float("inf")
     next_eval, step = 0.0, 0
-    bar = progress(total=tc.steps or None, desc=f"train {modality} codec", unit="step")
+    bar = progress(total=tc.steps or None, desc=f"train {modality} codec", unit="step", disable=None if is_main else True)
+    share = tc.batch_size // world  # this rank's part of the global batch
+
+    def agreed(t: float) -> float:  # the ranks' mean elapsed time: they stop and evaluate at the same step
+        return float(backend.all_reduce_sum(torch.tensor([t], dtype=torch.float64))[0]) / world
+
+    def recon_fn(model: Any, x: torch.Tensor) -> Any:
+        return model(x)
+
     codec.train()
     try:
         while True:
-            elapsed = time.time() - t0
+            elapsed = agreed(time.time() - t0)
             if elapsed >= next_eval:
-                res = evaluate_codec(codec, val, batch_size=32)
+                with torch.no_grad(), backend.full_params() as m:
+                    res = evaluate_codec(m, val, batch_size=32)
                 codec.train()
                 point = {"step": step, "seconds": round(elapsed, 1), "val_psnr": res["psnr"],
                          "val_psnr_continuous": res["psnr_continuous"], "val_usage": res["codebook_usage"]}
                 curve.append(point)
-                metrics_f.write(json.dumps({"eval": point}) + "\n")
-                metrics_f.flush()
+                if is_main:
+                    metrics_f.write(json.dumps({"eval": point}) + "\n")
+                    metrics_f.flush()
                 next_eval = elapsed + tc.eval_every_s
-                elapsed = time.time() - t0
+                elapsed = agreed(time.time() - t0)
             if elapsed >= budget or (tc.steps and step >= tc.steps):
                 break
             frac = max(elapsed / budget if budget != float("inf") else 0.0, step / tc.steps if tc.steps else 0.0)
             lr = _lr_at(tc, step, frac)
             for grp in opt.param_groups:
                 grp["lr"] = lr
-            idx = torch.randint(len(train), (tc.batch_size,), generator=g).numpy()
-            x = _to_batch(train[np.sort(idx)], modality)
+            # every rank draws the same global batch (and augmentation) and takes its share
+            idx = np.sort(torch.randint(len(train), (tc.batch_size,), generator=g).numpy())
+            x = _to_batch(train[idx[backend.rank * share : (backend.rank + 1) * share]], modality)
             if tc.augment:
                 x = augment(x, g)
             x = x.to(device, non_blocking=True)
             with autocast(tc.precision, device.split(":")[0]):
-                recon, q, frames = codec(x)
+                recon, q, frames = backend.loss(recon_fn, x)
             target = x if frames is None else x[:, :, frames]
             res = codec_loss(recon, target, q.aux_loss, run.loss, step=step, discriminator=disc)
-            if not math.isfinite(float(res.loss.detach())):
+            bad = torch.tensor([0.0 if math.isfinite(float(res.loss.detach())) else 1.0])
+            if backend.all_reduce_sum(bad).item() > 0:
                 raise TrainingError(f"non-finite loss at step {step}; lower train.lr (now {tc.lr})")
-            opt.zero_grad(set_to_none=True)
-            res.loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
-            opt.step()
+            backend.backward(res.loss, last_micro=True)
+            backend.grad_norm_and_clip()
+            backend.step()
             if disc is not None and adversarial_active(run.loss, step):
                 d_loss = hinge_d_loss(disc(target), disc(recon.detach().float()))
                 d_opt.zero_grad(set_to_none=True)
@@ -414,7 +443,7 @@ def train_codec(
                 res.metrics["adv_d"] = float(d_loss.detach())
             step += 1
             bar.update(1)
-            if step % tc.log_every == 0:
+            if step % tc.log_every == 0 and is_main:
                 row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": lr, "loss": float(res.loss.detach()),
                        **res.metrics, **{f"q_{k}": v for k, v in q.stats.items()}}
                 metrics_f.write(json.dumps(row) + "\n")
@@ -422,15 +451,23 @@ def train_codec(
                 bar.set_postfix(psnr=f"{res.metrics['psnr']:.1f}", usage=f"{q.stats['usage']:.2f}")
     finally:
         bar.close()
-        metrics_f.close()
+        if metrics_f is not None:
+            metrics_f.close()
     train_seconds = time.time() - t0
     codec.eval()
-    with torch.no_grad():
+    with torch.no_grad(), backend.full_params():
         zs = [codec.encode_latents(_to_batch(train[i : i + 64], modality)) for i in range(0, min(len(train), tc.stats_items), 64)]
         codec.set_latent_stats(torch.cat(zs))
+        if is_main:
+            codec.save_pretrained(out / "final", extra={"trained_on": str(data), "steps": step, "device": device})
+    backend.barrier()
+    if not is_main:  # rank 0 evaluates the saved codec and reports
+        return {"modality": modality, "out": str(out), "steps": step, "rank": backend.rank}
+    from ..tokenizers import load as load_codec_dir
+
+    codec = load_codec_dir(out / "final").to(device)  # the saved codec (whole under ZeRO-3 too)
     held = heldout_items if heldout_items is not None else load_pixels(data, "heldout", modality)
     final = evaluate_codec(codec, held, crop=2 if str(data) == "mnist" else 0)
-    codec.cpu().save_pretrained(out / "final", extra={"trained_on": str(data), "steps": step, "device": device})
     summary = {
         "modality": modality, "out": str(out), "final": str(out / "final"), "steps": step,
         "train_seconds": round(train_seconds, 1), "items_seen": step * tc.batch_size,
