@@ -357,19 +357,21 @@ def train_codec(
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     seed_everything(tc.seed)
-    device = resolve_device(tc.device)
-    precision = resolve_precision(tc.precision, device)
-    announce(precision)
-    run = dataclasses.replace(run, train=dataclasses.replace(tc, precision=precision.precision))
-    tc = run.train
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", annotate_config_yaml(cfgmod.dump_yaml(run), precision))
+    backend = make_backend(TrainConfig(
+        steps=max(tc.steps, 1), batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
         betas=tuple(tc.betas), grad_clip=tc.grad_clip, engine=tc.engine, zero_stage=tc.zero_stage))
     is_main = backend.rank == 0
+    device = resolve_device(tc.device) if tc.engine == "single" else backend.device
+    backend.device = device
+    precision = resolve_precision(tc.precision, device)
+    if is_main:
+        announce(precision)
+    run = dataclasses.replace(run, train=dataclasses.replace(tc, precision=precision.precision))
+    tc = run.train
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        cfgmod.save_yaml(run, out / "config.yaml")
+        atomic_write_text(out / "config.yaml", annotate_config_yaml(cfgmod.dump_yaml(run), precision))
     train = train_items if train_items is not None else load_pixels(data, "train", modality)
     val = val_items if val_items is not None else load_pixels(data, "validation", modality, limit=tc.eval_items)
     val = val[: tc.eval_items]
