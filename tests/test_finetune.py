@@ -294,10 +294,38 @@ def test_text_encoder_grows_a_placeholder_row(tmp_path):
         assert torch.equal(again.text_encoder.encode(["a <v1> moves left"]).tokens, grown)
 
 
-def test_recipe_adds_tokens_when_fine_tuning(base, tmp_path):
-    rc, s, err = cli("train", "ar", "--data", str(base / "data"), "--init-from", str(base / "ar" / "final"),
+def test_reference_ar_loads_unchanged():
+    """The shipped reference AR model through duogen's loader gives the logits of a plain transformers Llama
+    holding the same weights, and its vocabulary and text ids are what the files and SentencePiece say."""
+    import sentencepiece as spm
+    from transformers import LlamaForCausalLM
+
+    m = MultimodalLM.from_pretrained(REF / "ar")
+    assert m.vocab.to_dict() == json.loads((REF / "ar" / "vocab.json").read_text())
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto((REF / "ar" / "text.model").read_bytes())
+    caption = "a big blue square moves up, then a small red circle"
+    assert m.text.encode(caption) == list(sp.EncodeAsIds(caption))
+    plain = LlamaForCausalLM._from_config(m.lm.config, attn_implementation="sdpa").eval()
+    state = load_state_dict(REF / "ar" / "model.safetensors")
+    plain.load_state_dict({k.removeprefix("lm."): v.float() for k, v in state.items()})
+    ids = torch.arange(60).reshape(2, 30) * 17 % m.vocab.size
+    with torch.no_grad():
+        assert torch.equal(m(ids), plain(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("paradigm", ["ar", "diffusion"])
+def test_recipe_adds_tokens_when_fine_tuning(base, tmp_path, paradigm):
+    src = base / ("ar" if paradigm == "ar" else "dit") / "final"
+    extra = ["add_task_tokens=[<edit>=<t2v>]", QV] if paradigm == "ar" else ["train.trainable=text_encoder.*"]
+    rc, s, err = cli("train", paradigm, "--data", str(base / "data"), "--init-from", str(src),
                      "--out", str(tmp_path / "r"), "train.steps=1", "train.batch_size=4", "train.precision=fp32",
-                     "add_tokens=[<v1>=circle]", "add_task_tokens=[<edit>=<t2v>]", QV)
+                     "add_tokens=[<v1>=circle]", *extra)
     assert rc == 0, err
-    m = MultimodalLM.from_pretrained(tmp_path / "r" / "final")  # a delta whose embedding tables grew
-    assert m.text.placeholders == ["<v1>"] and m.vocab.id("<edit>") == m.vocab.size - 1
+    assert s["delta"] is True
+    if paradigm == "ar":
+        m = MultimodalLM.from_pretrained(tmp_path / "r" / "final")  # a delta whose embedding tables grew
+        assert m.text.placeholders == ["<v1>"] and m.vocab.id("<edit>") == m.vocab.size - 1
+    else:
+        m = LatentDiffusionModel.from_pretrained(tmp_path / "r" / "final")
+        assert m.tokenizer.placeholders == ["<v1>"] and m.tokenizer.encode("<v1>") == [m.config.text.vocab_size - 1]

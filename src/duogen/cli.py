@@ -209,8 +209,9 @@ def _add_init_from(p: Any) -> None:
     p.add_argument(
         "--init-from", default=None, metavar="MODEL_DIR",
         help="fine-tune: start from this trained model (its config, weights, codec and text tokenizer; model.*"
-             " overrides may only change dropout). train.trainable='GLOB,GLOB' trains only matching parameters,"
-             " and OUT/final is then a delta over MODEL_DIR",
+             " overrides may change training and sampling behaviour such as cond_dropout, not the architecture)."
+             " train.trainable='GLOB,GLOB' trains only matching parameters, and OUT/final is then a delta over"
+             " MODEL_DIR; add_tokens='[<v1>=circle]' adds placeholder words first",
     )
 
 

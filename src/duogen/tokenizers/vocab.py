@@ -319,6 +319,8 @@ class UnifiedVocab:
                 raise CheckpointError(f"{source}: unsupported vocab format {d.get('format_version')!r}")
             v = cls(int(d["text_size"]), dict(d["codecs"]), dict(d.get("codec_refs", {})))
             for a in d.get("added", []):
+                if a["kind"] not in ("text", "task"):
+                    raise DataError(f"added token {a['token']!r} has kind {a['kind']!r}, not 'text' or 'task'")
                 i = v.add_text_token(a["token"]) if a["kind"] == "text" else v.add_task_token(a["token"])
                 if i != a["id"]:
                     raise DataError(f"added token {a['token']!r} has id {a['id']}, expected {i}")

@@ -83,10 +83,13 @@ def is_partial(module: Any) -> bool:
 
 
 def trained_state_dict(module: Any) -> dict[str, Any]:
-    """What a checkpoint holds of the model: everything, or only the trained parameters when some are frozen."""
+    """What a checkpoint holds of the model: everything, or, when some parameters are frozen, the trained
+    parameters and the buffers (running statistics may change while training; they are small)."""
+    sd = dict(module.state_dict())
     if not is_partial(module):
-        return dict(module.state_dict())
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+        return sd
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in sd.items() if k not in frozen}
 
 
 def load_trained_state(module: Any, state: Mapping[str, Any], source: Path) -> None:
@@ -98,7 +101,7 @@ def load_trained_state(module: Any, state: Mapping[str, Any], source: Path) -> N
     if not is_partial(module):
         load_weights_into(module, state, source)
         return
-    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    params = trained_state_dict(module)
     missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or extra:
         what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
