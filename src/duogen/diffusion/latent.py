@@ -248,6 +248,10 @@ class LatentDiffusionModel(nn.Module):
             raise ConfigError(f"n (clips per prompt) must be a positive integer, got {n!r}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise DataError(f"a negative prompt must be a string, got {type(negative_prompt).__name__}")
+        if noise is not None and latents is not None:
+            raise ConfigError("give noise= (start from x_T) or latents= with start_step= (start mid-way), not both")
+        if latents is None and start_step != 0:
+            raise ConfigError(f"start_step={start_step} needs latents= (the sample at that step) to start from")
         kwargs: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
         if ddpm_variance is not None:
             if sampler != "ddpm":
@@ -272,10 +276,6 @@ class LatentDiffusionModel(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         dev = next(self.denoiser.parameters()).device
         x_T = self.initial_noise(B, gen)
-        if noise is not None and latents is not None:
-            raise ConfigError("give noise= (start from x_T) or latents= with start_step= (start mid-way), not both")
-        if latents is None and start_step != 0:
-            raise ConfigError(f"start_step={start_step} needs latents= (the sample at that step) to start from")
         start = noise if noise is not None else latents
         if start is not None:
             start = torch.as_tensor(start)

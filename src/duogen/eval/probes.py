@@ -34,7 +34,7 @@ import numpy as np
 
 from ..data.shapes import COLORS, MOTION_NAMES, MOTIONS, SHAPES
 from ..errors import DataError
-from .objects import ProbeConfig, color_labels, object_crops, object_masks, scaled_thresholds  # noqa: F401 (re-exported)
+from .objects import ProbeConfig, object_crops, object_masks, scaled_thresholds
 
 INCOHERENT = "incoherent"
 @dataclass
