@@ -1,0 +1,183 @@
+"""fp32 vs bf16 on this machine: matmul GFLOP/s, one training step of each recipe's tiny model, and `auto`.
+
+    .venv/bin/python bench/bench_precision.py [--repeats 2] [--threads N] [--only video,audio,ar,dit]
+
+Baseline, in the same process: each measurement in fp32. Reported:
+- an n x n matmul (n = 256, 512, 1024) in fp32 and bf16: GFLOP/s and the bf16 / fp32 time ratio;
+- one training step (forward under autocast, backward, AdamW step, as the recipes run it) of the
+  `tiny` preset of each recipe at its preset batch size: the video codec (batch 8), the audio
+  codec (8 x 0.5 s), the AR model (batch 32, t2v) and the DiT (batch 64), on random inputs of the
+  real shapes; seconds per step (the best of `--repeats` after one warm-up step) and the ratio;
+- what `train.precision=auto` resolves to here (`duogen.precision`), and why.
+Prints the load average, since the CPU may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("DUOGEN_QUIET", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from duogen.precision import cpu_bf16_support, measure_bf16_ratio, resolve_precision  # noqa: E402
+from duogen.utils import autocast, count_parameters  # noqa: E402
+
+
+def matmul_gflops(n: int, dtype: torch.dtype, repeats: int = 3) -> float:
+    """GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of `repeats` after a warm-up."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def video_codec() -> tuple[Any, Callable[[Any], Any]]:
+    from duogen.tokenizers.losses import codec_loss
+    from duogen.tokenizers.video_codec import VideoCodec
+    from duogen.train.tokenizer_recipe import VIDEO_RUN_PRESETS
+
+    run = VIDEO_RUN_PRESETS["tiny"]
+    codec, c = VideoCodec(run.model), run.model
+    x = torch.rand(run.train.batch_size, 3, c.frames, c.size, c.size) * 2 - 1  # (B, 3, F, H, W)
+
+    def loss(model: Any) -> Any:
+        recon, q, frames = model(x)
+        target = x if frames is None else x[:, :, frames]
+        with torch.autocast("cpu", enabled=False):  # the recipe computes the loss outside autocast
+            return codec_loss(recon, target, q.aux_loss, run.loss, step=0).loss
+
+    return codec, loss
+
+
+def audio_codec() -> tuple[Any, Callable[[Any], Any]]:
+    from duogen.tokenizers.audio_codec import build_audio_codec, codec_loss
+    from duogen.train.audio_codec_recipe import AudioCodecRun
+
+    run = AudioCodecRun()
+    codec = build_audio_codec(run.preset)
+    x = torch.randn(run.train.batch_size, 1, int(run.segment_s * 16000)) * 0.1  # (B, 1, S)
+    codec.train()
+    with torch.no_grad():  # the first training call initialises the RVQ codebooks by k-means: give it enough frames
+        codec_loss(codec, torch.randn(8 * run.train.batch_size, 1, x.shape[-1]) * 0.1)
+    return codec, lambda model: codec_loss(model, x).loss
+
+
+def _text():
+    from duogen.tokenizers.text import train_text_tokenizer
+    from duogen.train.audio_codec_recipe import caption_text
+
+    rng = np.random.default_rng(0)
+    captions = [caption_text(rng) for _ in range(400)]
+    return train_text_tokenizer(captions, None, vocab_size=512), captions
+
+
+def _video_codec_for_latents():
+    from duogen.tokenizers.video_codec import build_video_codec
+
+    codec = build_video_codec("tiny")
+    c = codec.cfg
+    return codec, codec.latent_shape((c.frames, c.size, c.size))  # (D, f, h, w)
+
+
+def ar_model() -> tuple[Any, Callable[[Any], Any]]:
+    from duogen.ar_models.layouts import LayoutSpec, TrainCollator
+    from duogen.ar_models.model import MultimodalLM
+    from duogen.tokenizers.vocab import UnifiedVocab
+    from duogen.train.ar_recipe import AR_RECIPE_PRESETS
+
+    cfg = AR_RECIPE_PRESETS["tiny"]
+    text, captions = _text()
+    codec, latent = _video_codec_for_latents()
+    spec = LayoutSpec(max_text=cfg.max_text, latent=tuple(latent[1:]), tasks=["t2v"])
+    model = MultimodalLM(cfg.model, UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}), spec, text)
+    g = np.random.default_rng(0)
+    records = [{"text_ids": text.encode(captions[i]), "video_ids": g.integers(0, codec.vocab_size, latent[1:])}
+               for i in range(cfg.train.batch_size)]
+    batch = TrainCollator(model.layouts, ["t2v"], cfg.model.cond_dropout)(records)  # ids (B, T)
+    return model, lambda m: m.loss(batch).loss
+
+
+def dit_model() -> tuple[Any, Callable[[Any], Any]]:
+    from duogen.diffusion.latent import LatentDiffusionModel
+    from duogen.train.diffusion_recipe import DIFFUSION_RECIPE_PRESETS
+
+    cfg = DIFFUSION_RECIPE_PRESETS["tiny"]
+    text, captions = _text()
+    codec, latent = _video_codec_for_latents()
+    mcfg = cfg.model
+    mcfg.text.vocab_size, mcfg.latent = text.vocab_size, list(latent)
+    model = LatentDiffusionModel(mcfg, text, codec)
+    B = cfg.train.batch_size
+    ids, mask = model.text_encoder.tokenize(captions[:B], strict=False)  # (B, T) each
+    batch = {"latents": torch.randn(B, *latent), "text_ids": ids, "text_mask": mask}
+    return model, lambda m: m(batch)
+
+
+MODELS = {"video": ("video codec", video_codec), "audio": ("audio codec", audio_codec),
+          "ar": ("AR (Llama)", ar_model), "dit": ("DiT", dit_model)}
+
+
+def step_seconds(build: Callable[[], tuple[Any, Callable]], precision: str, repeats: int) -> tuple[float, int]:
+    """Seconds of one training step (best of `repeats` after a warm-up step) and the parameter count."""
+    torch.manual_seed(0)
+    model, loss_fn = build()
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+
+    def step() -> None:
+        with autocast(precision):
+            loss = loss_fn(model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t)
+    return best, count_parameters(model)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=2, help="timed training steps per model and precision")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--only", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cpu = cpu_bf16_support()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu.detail}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{'matmul':<16}{'fp32 GFLOP/s':>14}{'bf16 GFLOP/s':>14}{'bf16 time / fp32':>18}")
+    for n in (256, 512, 1024):
+        f32, b16 = matmul_gflops(n, torch.float32), matmul_gflops(n, torch.bfloat16)
+        print(f"{f'{n}x{n}':<16}{f32:>14.1f}{b16:>14.1f}{f32 / b16:>17.1f}x", flush=True)
+    print(f"\n{'training step':<16}{'params':>9}{'fp32 s':>10}{'bf16 s':>10}{'bf16 / fp32':>13}")
+    for key in args.only.split(","):
+        name, build = MODELS[key]
+        f32, n = step_seconds(build, "fp32", args.repeats)
+        b16, _ = step_seconds(build, "bf16", args.repeats)
+        print(f"{name:<16}{n / 1e6:>8.2f}M{f32:>10.3f}{b16:>10.3f}{b16 / f32:>12.1f}x", flush=True)
+    t = time.perf_counter()
+    ratio = measure_bf16_ratio()
+    check_s = time.perf_counter() - t
+    choice = resolve_precision("auto", "cpu", measure=lambda: ratio)
+    print(f"\nauto's check (uncached): {check_s:.2f} s, bf16 / fp32 = {ratio:.1f}x")
+    print(f"train.precision=auto -> {choice.precision}: {choice.reason}")
+
+
+if __name__ == "__main__":
+    main()

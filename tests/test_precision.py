@@ -1,0 +1,178 @@
+"""`train.precision=auto`: the policy with an injected timing and capability, the per-machine cache,
+the warning for a slow explicit bf16, and runs that record the resolved precision and its reason."""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+import yaml
+
+from duogen import precision as P
+from duogen.errors import ConfigError
+from duogen.precision import CpuSupport, PrecisionChoice, annotate_config_yaml, cached_bf16_ratio, resolve_precision
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _cpu(native):
+    return lambda: CpuSupport(native, f"test CPU (native={native})")
+
+
+def _never():
+    raise AssertionError("the timing ran although the choice did not need it")
+
+
+@pytest.mark.parametrize("native, ratio, expected", [
+    (True, 0.3, "bf16"),   # AMX-like: bf16 matmul ~3x faster than fp32
+    (True, 1.0, "bf16"),   # no slower: FAST_RATIO is inclusive
+    (True, 1.3, "fp32"),   # the flag is there but the timing says slow (a VM hiding AMX, say): fp32
+    (True, 30.0, "fp32"),
+    (False, 30.0, "fp32"),  # an AVX2 CPU (this project's 2-core EPYC measured 24-40x)
+    (False, 0.5, "fp32"),  # no native bf16: the capability decides, a fast-looking timing does not switch
+    (None, 0.5, "bf16"),   # flags unreadable: the timing alone decides
+    (None, 5.0, "fp32"),
+])
+def test_auto_follows_the_capability_and_the_measured_ratio(native, ratio, expected):
+    choice = resolve_precision("auto", "cpu", measure=lambda: ratio, support=_cpu(native))
+    assert choice.precision == expected and choice.ratio == ratio
+    assert choice.reason.startswith("auto: ") and f"{ratio:.2g}x the fp32 time" in choice.reason
+    assert f"native={native}" in choice.reason  # the reason names what the capability probe saw
+
+
+def test_explicit_choices_are_kept_and_bf16_on_a_slow_cpu_warns_with_the_ratio():
+    assert resolve_precision("fp32", "cpu", measure=_never, support=_cpu(True)) == PrecisionChoice("fp32", "asked for")
+    with pytest.warns(UserWarning, match=r"bf16 on a CPU where it is slow .*took 31x the fp32 time"):
+        slow = resolve_precision("bf16", "cpu", measure=lambda: 31.0, support=_cpu(False))
+    assert slow.precision == "bf16" and slow.ratio == 31.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fast bf16: no warning
+        fast = resolve_precision("bf16", "cpu", measure=lambda: 0.4, support=_cpu(True))
+    assert fast.precision == "bf16"
+
+
+def test_unknown_precision_is_a_config_error():
+    from duogen.train.engine import TrainConfig
+    from duogen.train.tokenizer_recipe import CodecTrainConfig
+
+    with pytest.raises(ConfigError, match="allowed values: auto, fp32, bf16"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        TrainConfig(precision="fp16").check()
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        CodecTrainConfig(precision="half").check()
+    assert TrainConfig().precision == CodecTrainConfig().precision == "auto"
+
+
+def test_the_ratio_is_measured_once_per_machine_and_a_bad_cache_is_measured_over(tmp_path):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return 17.5
+
+    path = tmp_path / "sub" / "precision.json"  # the folder does not exist yet
+    assert cached_bf16_ratio(measure, path) == 17.5 and len(calls) == 1
+    assert cached_bf16_ratio(measure, path) == 17.5 and len(calls) == 1  # from the cache
+    table = json.loads(path.read_text())
+    assert [v["ratio"] for k, v in table.items() if k != "version"] == [17.5]
+    key = next(k for k in table if k != "version")
+    assert torch.__version__ in key
+    for bad in ["{not json", "[1, 2]", json.dumps({"version": 1, key: {"ratio": "fast"}}),
+                json.dumps({"version": 1, key: {"ratio": -1}}), json.dumps({"version": 0, key: {"ratio": 2.0}})]:
+        path.write_text(bad)
+        assert cached_bf16_ratio(measure, path) == 17.5
+        assert json.loads(path.read_text())[key]["ratio"] == 17.5  # rewritten whole
+    assert len(calls) == 6
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert cached_bf16_ratio(lambda: 3.0, blocked / "precision.json") == 3.0  # cannot write: still answers
+
+
+def test_an_injected_timing_is_not_cached_unless_a_path_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    resolve_precision("auto", "cpu", measure=lambda: 9.0, support=_cpu(False))
+    assert not (tmp_path / "duogen" / "precision.json").exists()
+    assert P.default_cache_path() == tmp_path / "duogen" / "precision.json"
+
+
+def test_the_real_timing_is_short_and_finite():
+    import time
+
+    t = time.perf_counter()
+    ratio = P.measure_bf16_ratio()
+    assert time.perf_counter() - t < 1.0 and 0 < ratio < math.inf
+
+
+def test_the_reason_is_a_comment_that_keeps_the_config_loadable():
+    text = yaml.safe_dump({"model": {"precision": "x"}, "train": {"lr": 1.0, "precision": "fp32"},
+                           "run": {"train": {"precision": "auto"}}}, sort_keys=False)
+    out = annotate_config_yaml(text, PrecisionChoice("fp32", "auto: why: here", 2.0))
+    assert "  precision: fp32  # auto: why: here" in out.splitlines()
+    assert out.count("#") == 1 and yaml.safe_load(out) == yaml.safe_load(text)
+
+
+def _slow_machine(monkeypatch, tmp_path, native=True, ratio=30.0):
+    """Every run in this test sees the injected capability and timing, and a cache of its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(P, "measure_bf16_ratio", lambda: ratio)
+    monkeypatch.setattr(P, "cpu_bf16_support", _cpu(native))
+
+
+def _precision_line(config_yaml):
+    return next(ln for ln in config_yaml.read_text().splitlines() if ln.startswith("  precision:"))
+
+
+@pytest.mark.parametrize("ratio, expected", [(30.0, "fp32"), (0.25, "bf16")])
+def test_an_engine_run_records_the_resolved_precision_and_announces_it_first(tmp_path, monkeypatch, capsys, ratio, expected):
+    import engine_worker as W
+
+    from duogen.train.engine import TrainConfig, fit
+
+    _slow_machine(monkeypatch, tmp_path, native=True, ratio=ratio)
+    cfg = TrainConfig(steps=2, batch_size=8, log_every=1)  # precision: the default, auto
+    fit(W.make_model(dropout=0.0), W.make_loss(), W.make_data(), cfg, tmp_path / "run")
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["train"]["precision"] == expected
+    assert f"took {ratio:.2g}x the fp32 time" in _precision_line(tmp_path / "run" / "config.yaml")
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"precision: {expected} (auto: ")
+
+
+def test_the_codec_trainer_resolves_auto_before_writing_its_config(tmp_path, monkeypatch, capsys):
+    from test_codecs import VIDEO_TEST, _clips
+
+    from duogen import config
+    from duogen.tokenizers.video_codec import build_video_codec
+    from duogen.train.tokenizer_recipe import VideoTokenizerRun, train_codec
+
+    _slow_machine(monkeypatch, tmp_path, native=False)
+    run = config.from_dict(VideoTokenizerRun, {"model": config.to_dict(build_video_codec("tiny", VIDEO_TEST).cfg),
+                                               "train": {"steps": 1, "max_minutes": 0, "batch_size": 2, "eval_items": 1,
+                                                         "eval_every_s": 1000, "stats_items": 2}})
+    items = ((_clips(b=3) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    s = train_codec(run, "video", "synthetic", tmp_path / "run", train_items=items, val_items=items[:1], heldout_items=items[2:])
+    assert s["precision"] == "fp32" and run.train.precision == "auto"  # the caller's config is left as given
+    line = _precision_line(tmp_path / "run" / "config.yaml")
+    assert line.startswith("  precision: fp32  # auto: CPU without native bf16 (test CPU") and "30x" in line
+    assert config.load_yaml(VideoTokenizerRun, tmp_path / "run" / "config.yaml").train.precision == "fp32"
+    assert capsys.readouterr().err.splitlines()[0].startswith("precision: fp32 (auto: ")
+
+
+def test_the_audio_codec_cli_defaults_to_auto_and_records_why(tmp_path, monkeypatch, capsys):
+    """The smallest recipe through its own command line, two steps: `--precision` defaults to auto."""
+    pytest.importorskip("espeakng_loader")
+    from test_audio_codec import SMALL
+
+    from duogen.train import audio_codec_recipe
+
+    _slow_machine(monkeypatch, tmp_path, native=True, ratio=12.0)
+    with pytest.warns(UserWarning, match="took 12x the fp32 time"):  # an explicit bf16 where it is slow
+        resolve_precision("bf16", "cpu")
+    capsys.readouterr()
+    assert audio_codec_recipe.cli(["--out", str(tmp_path / "a"), "--steps", "2", "--minutes", "0", "--utterances", "2",
+                                   "--eval-utterances", "1", "--batch-size", "2", *SMALL]) == 0
+    cfg = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert cfg["train"]["precision"] == "fp32" and cfg["run"]["recipe"]["train"]["precision"] == "auto"
+    assert "auto: bf16 measured slow on this CPU (test CPU" in _precision_line(tmp_path / "a" / "config.yaml")
+    assert capsys.readouterr().err.splitlines()[0].startswith("precision: fp32 (auto: bf16 measured slow")
