@@ -277,15 +277,13 @@ def _weights_only_deepspeed_loads() -> Iterator[None]:
             kwargs["weights_only"] = True
             return torch.load(*args, **kwargs)
 
-    saved, quiet = zero_to_fp32.torch, os.environ.get("TQDM_DISABLE")
+    saved = zero_to_fp32.torch
     zero_to_fp32.torch = _Torch()
-    os.environ["TQDM_DISABLE"] = "1"  # its progress bars, on a conversion that takes a second
     try:
         with torch.serialization.safe_globals(allowed):
             yield
     finally:
         zero_to_fp32.torch = saved
-        os.environ.pop("TQDM_DISABLE") if quiet is None else os.environ.__setitem__("TQDM_DISABLE", quiet)
 
 
 def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> dict[str, Any]:
