@@ -366,18 +366,21 @@ def _add_train_tools(train: Any) -> None:
         from .train.checkpoint import convert_deepspeed
 
         ema = {"auto": None, "yes": True, "no": False}[a.ema]
-        return {"model_dir": str(convert_deepspeed(a.checkpoint, a.out, ema=ema))}
+        return {"model_dir": str(convert_deepspeed(a.checkpoint, a.out, ema=ema, overwrite=a.overwrite))}
 
     p = _command(
         train, "convert-deepspeed", "turn a DeepSpeed checkpoint into a plain model directory", convert,
         description=(
-            "Consolidate the ZeRO-partitioned weights of a DeepSpeed checkpoint (any stage) into a plain"
-            " duogen model directory: config.json (the checkpoint's model_config.json) + model.safetensors."
-            " CHECKPOINT is a checkpoints/step_NNNNNNN directory or a run directory (its latest checkpoint)."
+            "Consolidate the ZeRO-partitioned weights of a DeepSpeed checkpoint (any stage) into a whole"
+            " model directory, as the run's final/ would be (config.json, vocab.json, text.model, codec/ ...,"
+            " model.safetensors): `duogen generate --model OUT` loads it. CHECKPOINT is a"
+            " checkpoints/step_NNNNNNN directory or a run directory (its latest checkpoint). An existing"
+            " non-empty --out is refused unless --overwrite."
         ),
     )
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists and is not empty")
     p.add_argument("--ema", default="auto", choices=["auto", "yes", "no"],
                    help="EMA weights: when the checkpoint has them (auto), required (yes), or never (no)")
 

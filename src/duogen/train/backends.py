@@ -345,6 +345,9 @@ class DeepSpeedBackend(DDPBackend):
         self.module = self.engine.module
         self.forward_model = self.engine
 
+    def accumulating(self, last_micro: bool) -> Any:
+        return contextlib.nullcontext()  # DeepSpeed reduces gradients at its own accumulation boundary
+
     def backward(self, loss: Any, last_micro: bool) -> None:
         self.engine.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps
         if not last_micro:

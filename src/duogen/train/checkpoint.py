@@ -13,11 +13,14 @@ A checkpoint is `run_dir/checkpoints/step_NNNNNNN/`:
     rng_rank{r}.json          python + numpy generator states of rank r
     rng_rank{r}.safetensors   torch CPU (and CUDA) generator states of rank r
     deepspeed/                DeepSpeed's own files (ZeRO-partitioned model + optimizer + scheduler)
+    model_files/              engine=deepspeed: the model directory's files besides its weights (vocab.json,
+                              text.model, codec/, config.json ...), so that `convert_deepspeed` writes a whole one
 
 Everything duogen writes is safetensors or JSON. The one exception is the
 `deepspeed/` folder: its partitioned optimizer states are DeepSpeed's torch.save
-files, and DeepSpeed loads them itself (with `weights_only=False`); use
-`convert_deepspeed` to get a plain safetensors model directory out of it.
+files, and DeepSpeed loads them itself when a run resumes; use
+`convert_deepspeed` to get a plain safetensors model directory out of it (it reads
+them with `weights_only=True`, allowing only three small DeepSpeed state classes).
 
 Partial training (`train.trainable=PATTERNS`, globs over parameter names):
 `select_trainable` freezes every other parameter before the engine builds its
@@ -31,14 +34,18 @@ a barrier, so a checkpoint directory either exists complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import io
 import os
+import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_state_dict, read_json, save_model_dir, save_state_dict
@@ -318,6 +325,73 @@ def load_scheduler(scheduler: Any, directory: Path) -> None:
 # ----------------------------------------------------------------------------- DeepSpeed -> plain model
 
 
+MODEL_FILES = "model_files"
+
+
+def model_dir_files(model: Any, save_model: Callable[[Any, Path], None]) -> dict[str, bytes]:
+    """What `save_model(model, dir)` writes besides the top-level weights, as {relative path: bytes}.
+
+    Called on the whole model before DeepSpeed partitions it; the model's buffers and the random
+    generators are left as they were (a `save_model` may compute statistics on the way).
+    """
+    import tempfile
+
+    import torch
+
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    training = model.training
+    with tempfile.TemporaryDirectory() as tmp, torch.random.fork_rng(devices=[]), torch.no_grad():
+        save_model(model, Path(tmp) / "m")
+        root = Path(tmp) / "m"
+        files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                 if p.is_file() and p.relative_to(root) != Path("model.safetensors")}
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+    model.train(training)
+    return files
+
+
+def write_model_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    for name, content in files.items():
+        target = directory / MODEL_FILES / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+
+
+@contextlib.contextmanager
+def _weights_only_deepspeed_loads() -> Iterator[None]:
+    """DeepSpeed's consolidation reads its torch.save files with `weights_only=True` (issue #18), allowing
+    only its own ZeroStageEnum, LossScaler and fragment_address; anything else fails to unpickle instead of running."""
+    import torch
+    from deepspeed.utils import zero_to_fp32
+
+    allowed = []
+    for module, name in (("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                         ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
+        try:
+            allowed.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+
+    class _Torch:  # torch, but `load` never unpickles arbitrary objects
+        def __getattr__(self, name: str) -> Any:
+            return getattr(torch, name)
+
+        @staticmethod
+        def load(*args: Any, **kwargs: Any) -> Any:
+            kwargs["weights_only"] = True
+            return torch.load(*args, **kwargs)
+
+    saved = zero_to_fp32.torch
+    zero_to_fp32.torch = _Torch()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        zero_to_fp32.torch = saved
+
+
 def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> dict[str, Any]:
     """Consolidated fp32 weights of a duogen DeepSpeed checkpoint (all ZeRO stages), on CPU.
 
@@ -338,7 +412,15 @@ def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> 
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
+        try:  # DeepSpeed prints its progress on stdout, where `duogen ... --json` writes its summary
+            with _weights_only_deepspeed_loads(), contextlib.redirect_stdout(io.StringIO()):
+                sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
+        except pickle.UnpicklingError:
+            warnings.warn(f"{ds_dir}: DeepSpeed's files hold objects beyond tensors and its own state classes;"
+                          " reading them with full unpickling: convert only checkpoints you trust", UserWarning,
+                          stacklevel=2)
+            with contextlib.redirect_stdout(io.StringIO()):
+                sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
     except Exception as e:  # DeepSpeed raises ValueError / FileNotFoundError / pickle errors
         raise CheckpointError(f"{ds_dir}: cannot consolidate DeepSpeed checkpoint ({type(e).__name__}: {e})") from None
     return {k: v.contiguous() for k, v in sd.items()}
@@ -351,26 +433,41 @@ def convert_deepspeed(
     model: Any = None,
     save_model: Callable[[Any, Path], None] | None = None,
     ema: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Turn a DeepSpeed checkpoint into a plain duogen model directory (config.json + model.safetensors).
+    """Turn a DeepSpeed checkpoint into a whole duogen model directory, the kind `duogen generate` loads.
 
-    With `model` and `save_model` (the recipe's), the weights are loaded into `model` and
-    `save_model(model, out_dir)` writes the directory the model family expects.
-    Without them, `config.json` is the checkpoint's `model_config.json`.
+    The directory is the checkpoint's `model_files/` (everything the recipe's model directory holds
+    besides its weights: config.json with its kind, vocab.json, text.model, codec/ ...) plus the
+    consolidated `model.safetensors`. A checkpoint without `model_files/` (written before it existed)
+    takes those files from the run's `final/` when there is one, else config.json is the checkpoint's
+    `model_config.json`. With `model` and `save_model` (the recipe's), the weights are loaded into
+    `model` and `save_model(model, out_dir)` writes the directory instead.
+
+    An existing non-empty `out_dir` is refused unless `overwrite`.
     """
     from ..io import load_weights_into
 
-    checkpoint = Path(checkpoint)
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise CheckpointError(f"{out_dir}: exists and is not empty; choose another --out, or pass --overwrite to replace it")
     if not (checkpoint / STATE_FILE).is_file() and (latest := latest_checkpoint(checkpoint)) is not None:
         checkpoint = latest  # a run directory: take its latest checkpoint
     state = deepspeed_state_dict(checkpoint, ema=ema)
-    out_dir = Path(out_dir)
     if model is not None and save_model is not None:
         load_weights_into(model, state, checkpoint / "deepspeed")
         save_model(model, out_dir)
         return out_dir
-    config = read_json(checkpoint / "model_config.json")
-    return save_model_dir(out_dir, config, state)
+    source = checkpoint / MODEL_FILES
+    if not source.is_dir() and (checkpoint.parent.parent / "final" / "config.json").is_file():
+        source = checkpoint.parent.parent / "final"
+    if source.is_dir():
+        files = {str(p.relative_to(source)): p.read_bytes() for p in sorted(source.rglob("*"))
+                 if p.is_file() and p.relative_to(source) not in (Path("model.safetensors"), Path("config.json"))}
+        config = read_json(source / "config.json")
+    else:
+        files, config = {}, read_json(checkpoint / "model_config.json")
+    return save_model_dir(out_dir, config, state, files)
 
 
 def model_config_of(model: Any, run_config: Mapping[str, Any] | None) -> dict[str, Any]:

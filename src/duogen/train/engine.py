@@ -342,8 +342,8 @@ def fit(
     from ..precision import annotate_config_yaml
     from ..utils import autocast, progress, seed_everything
     from .backends import make_backend
-    from .checkpoint import (check_trainable, load_rng, model_config_of, resolve_resume, save_rng,
-                             select_trainable, write_checkpoint, write_trainable)
+    from .checkpoint import (check_trainable, load_rng, model_config_of, model_dir_files, resolve_resume, save_rng,
+                             select_trainable, write_checkpoint, write_model_files, write_trainable)
     from .data import DataPosition, ShardedBatchSampler, make_loader
 
     cfg.check()
@@ -358,6 +358,9 @@ def fit(
         _enable_grad_checkpointing(model)
     model.train()
     select_trainable(model, cfg.trainable)  # before the optimizer exists: it holds only what trains
+    # engine=deepspeed: the model directory's other files (vocab, text model, ...) go into every checkpoint,
+    # so that `convert_deepspeed` writes a whole one; taken before ZeRO partitions the model
+    model_files = model_dir_files(model, save_model) if cfg.engine == "deepspeed" and save_model and is_main else {}
     backend.setup(model)
     module = backend.module
     ema = EMA(module, cfg.ema) if cfg.ema > 0 else None
@@ -426,6 +429,7 @@ def fit(
                     save_state_dict(ema.state_dict(module), tmp / "ema.safetensors")
                 atomic_write_text(tmp / "config.yaml", config_text)
                 atomic_write_json(tmp / "model_config.json", model_config)
+                write_model_files(tmp, model_files)
                 pos = sampler.position
                 atomic_write_json(tmp / "trainer_state.json", {
                     **state, "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch,

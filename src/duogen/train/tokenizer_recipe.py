@@ -460,6 +460,8 @@ def train_codec(
     with torch.no_grad(), backend.full_params():
         zs = [codec.encode_latents(_to_batch(train[i : i + 64], modality)) for i in range(0, min(len(train), tc.stats_items), 64)]
         codec.set_latent_stats(torch.cat(zs))
+    # a fresh gather: ZeRO-3's forward hooks release the parameters after every forward, even inside one
+    with torch.no_grad(), backend.full_params():
         if is_main:
             codec.save_pretrained(out / "final", extra={"trained_on": str(data), "steps": step, "device": device})
     backend.barrier()
