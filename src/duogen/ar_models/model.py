@@ -2,9 +2,10 @@
 
 Owns: `ARConfig` and its presets, building the Llama (random init, SDPA
 attention, no hub access), the prefix-LM attention mask, the output-only
-next-token loss and per-example log-likelihoods (`score`, the same path), and model directories (`config.json` with `"kind": "ar"`,
-`model.safetensors`, `vocab.json`, `text.model`, and the paths of the codecs the
-model was trained on: the video codec, and the audio codec where it has audio tasks).
+next-token loss and per-example log-likelihoods (`score`, the same path),
+and model directories (`config.json` with `"kind": "ar"`, `model.safetensors`,
+`vocab.json`, `text.model`, and the paths of the codecs the model was trained
+on: the video codec, and the audio codec where it has audio tasks).
 
 Does not own: sequence layouts (`layouts.py`), decoding (`sampling.py`),
 codecs (`duogen.tokenizers`), training loops (`duogen.train`).

@@ -110,7 +110,8 @@ class DiffusionGenerator:
             forward_passes=B * (int(steps) - (start_step or 0)) * (2 if guided else 1),
             info={"task": task, "sampler": sampler, "steps": steps, "guidance": g, "guidance_rescale": guidance_rescale,
                   "eta": eta, "ddpm_variance": ddpm_variance, "negative_prompt": negative_prompt,
-                  "quantize_decode": cfg.quantize_decode, **({"start_step": start_step} if latents is not None else {})},
+                  "quantize_decode": cfg.quantize_decode,
+                  **({"start_step": start_step} if latents is not None else {})},
             noise=None if latents is not None else torch.as_tensor(noise).float().cpu(),
             latents=z.float().cpu(),
         )

@@ -281,7 +281,8 @@ class LatentDiffusionModel(nn.Module):
             start = torch.as_tensor(start)
             if tuple(start.shape) != tuple(x_T.shape):
                 what = "noise" if noise is not None else "latents"
-                raise DataError(f"{what} must have shape {tuple(x_T.shape)} (clips, C, f, h, w), got {tuple(start.shape)}")
+                raise DataError(f"{what} must have shape {tuple(x_T.shape)} (clips, C, f, h, w),"
+                                f" got {tuple(start.shape)}")
             x_T = start.float()
         z = sample(self.denoiser, scheduler, x_T.to(dev), cond, steps=steps, spacing=spacing,
                    guidance=float(guidance), uncond=uncond, guidance_rescale=guidance_rescale,
@@ -290,7 +291,7 @@ class LatentDiffusionModel(nn.Module):
         return z
 
     def initial_noise(self, batch: int, generator: torch.Generator) -> Tensor:
-        """x_T ~ N(0, I): (batch, C, f, h, w) float32, drawn on the generator's device (a CPU seed reproduces anywhere)."""
+        """x_T ~ N(0, I): (batch, C, f, h, w) float32, drawn on the generator's device (CPU seeds reproduce anywhere)."""
         return torch.randn((batch, *self.config.latent), generator=generator, device=generator.device)
 
     def timesteps(self, steps: int | None = None, spacing: str = "trailing") -> Tensor:
