@@ -238,3 +238,116 @@ def test_bad_sampling_settings(model):
         generate_ids(model, ["a"], sampling=SamplingConfig(temperature=-1))
     with pytest.raises(DataError, match="no prompts"):
         generate_ids(model, [], sampling=SamplingConfig())
+
+
+# ----------------------------------------------------------------------------- the sampler follows the live model
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def greedy(m, dec, prompt="a red circle moves left", n=16, guidance=None):
+    """Greedy decoding over the whole vocabulary -> (prefix (1,P), output ids (1,n))."""
+    plan = m.layouts.decode_plan("t2v", m.encode_prompt(prompt))
+    prefix = torch.tensor([plan.prefix])
+    uncond = torch.tensor([m.layouts.decode_plan("t2v", []).prefix]) if guidance else None
+    out = sample_plans(dec, prefix, [(0, m.vocab.size)] * n, SamplingConfig(temperature=0, guidance=guidance), uncond,
+                       prefix_lm=m.cfg.prefix_lm)
+    return prefix, out
+
+
+def full_argmax(m, prefix, out):
+    """The argmax of the model's own full (teacher-forced) forward at every output position."""
+    ids = torch.cat([prefix, out], 1)
+    P = prefix.shape[1]
+    with torch.no_grad():
+        logits = m(ids, torch.tensor([P]))  # (1,T,V)
+    return logits[:, P - 1 : -1].argmax(-1)
+
+
+def add_lora(m, names=("style",), seed=1):
+    """peft LoRA on q/k/v/o and the MLP with non-zero B (a fresh LoRA is a no-op), one adapter per name."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False)
+    peft_model = get_peft_model(m.lm, cfg, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, cfg)
+    with torch.no_grad():  # LoRA's B starts at zero unless asked otherwise; make every adapter matter
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    return peft_model
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True])
+def test_lora_greedy_sampling_equals_the_adapted_full_forward(prefix_lm):
+    m = build(prefix_lm)
+    dec = m.decoder()  # built before the adapters exist
+    _, base = greedy(m, dec)
+    add_lora(m)
+    assert hasattr(m.lm.model.layers[0].self_attn.q_proj, "lora_A")  # peft wrapped the live modules in place
+    prefix, out = greedy(m, dec)
+    assert torch.equal(out, full_argmax(m, prefix, out))
+    assert not torch.equal(out, base)  # the adapters change what is sampled
+
+
+def test_adapters_switch_disable_and_weight_between_calls():
+    from peft.helpers import rescale_adapter_scale
+
+    m = build(prefix_lm=False)
+    _, base = greedy(m, m.decoder())
+    pm = add_lora(m, names=("style", "other"))
+    dec = m.decoder()
+    outs = {}
+    for name in ("style", "other"):
+        pm.set_adapter(name)
+        prefix, outs[name] = greedy(m, dec)
+        assert torch.equal(outs[name], full_argmax(m, prefix, outs[name])), name
+    assert not torch.equal(outs["style"], outs["other"])
+    with pm.disable_adapter():
+        assert torch.equal(greedy(m, dec)[1], base)
+    with rescale_adapter_scale(pm, 0.0):  # the active adapter ("other") weighted by 0: the base model
+        assert torch.equal(greedy(m, dec)[1], base)
+    with rescale_adapter_scale(pm, 0.4):  # weighted by 0.4: the model the teacher-forced forward sees
+        prefix, half = greedy(m, dec)
+        assert torch.equal(half, full_argmax(m, prefix, half))
+    assert not torch.equal(half, outs["other"]) and not torch.equal(half, base)
+    assert torch.equal(greedy(m, dec)[1], outs["other"])  # and back
+
+
+@pytest.mark.parametrize("edit", ["in place", "through .data", "new parameter", "head in place"])
+def test_a_weight_edit_after_building_the_decoder_is_used(edit):
+    m = build(prefix_lm=False)
+    dec = m.decoder()
+    prefix, before = greedy(m, dec)
+    mlp = m.lm.model.layers[0].mlp
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        if edit == "in place":
+            mlp.down_proj.weight.add_(torch.randn(mlp.down_proj.weight.shape, generator=g))
+        elif edit == "through .data":  # what an EMA swap does: no version-counter bump
+            mlp.down_proj.weight.data.copy_(torch.randn(mlp.down_proj.weight.shape, generator=g))
+        elif edit == "new parameter":
+            m.lm.model.layers[1].self_attn.q_proj.weight = torch.nn.Parameter(
+                torch.randn(m.lm.model.layers[1].self_attn.q_proj.weight.shape, generator=g))
+        else:
+            m.lm.lm_head.weight.add_(5 * torch.randn(m.lm.lm_head.weight.shape, generator=g))
+    prefix, after = greedy(m, dec)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, full_argmax(m, prefix, after))
+
+
+def test_an_edit_within_a_sampling_call_is_used_at_the_next_step():
+    """The transposed copies are re-checked against the weights' version counters before every step."""
+    m = build(prefix_lm=False)
+    dec = m.decoder()
+    ids = torch.tensor([m.layouts.decode_plan("t2v", m.encode_prompt("a red circle")).prefix])
+    with torch.inference_mode():
+        dec.reset(1)
+        h = dec.forward(ids, 0)
+        dec.logits(h)
+    with torch.no_grad():
+        m.lm.lm_head.weight.mul_(-1)
+    with torch.inference_mode():
+        torch.testing.assert_close(dec.logits(h), h @ m.lm.lm_head.weight.T)

@@ -90,8 +90,10 @@ class ScoreOutput(NamedTuple):
 
 
 def build_llama(cfg: ARConfig, vocab_size: int, max_len: int) -> nn.Module:
-    """A randomly initialised `LlamaForCausalLM` with SDPA attention."""
+    """A randomly initialised `LlamaForCausalLM` with SDPA attention, open to attention processors."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .attention import enable_processors
 
     lc = LlamaConfig(
         vocab_size=vocab_size,
@@ -109,7 +111,7 @@ def build_llama(cfg: ARConfig, vocab_size: int, max_len: int) -> nn.Module:
         bos_token_id=1,
         eos_token_id=2,
     )
-    return LlamaForCausalLM._from_config(lc, attn_implementation="sdpa")
+    return enable_processors(LlamaForCausalLM._from_config(lc, attn_implementation="sdpa"))
 
 
 def prefix_lm_mask(prefix_len: torch.Tensor, T: int) -> torch.Tensor:

@@ -1,13 +1,20 @@
 """Decoding: a lean loop with a static KV cache, guidance, constrained logits and seeds.
 
-Owns: `LlamaDecoder` (runs a `transformers` Llama's own weights through a
-hand-written forward with a preallocated KV cache: no per-step cache objects,
-mask building or output dataclasses, which is where `generate()` spends its
-time on small models), `sample_plans` (the loop: temperature, top-k, top-p,
+Owns: `LlamaDecoder` (runs a `transformers` Llama's live modules through a
+lean forward with a preallocated KV cache: no per-step cache objects, mask
+building or output dataclasses, which is where `generate()` spends its time on
+small models; weight edits, peft adapters and attention processors apply at
+the next call), `sample_plans` (the loop: temperature, top-k, top-p,
 classifier-free guidance with conditional and unconditional streams in one
 batch, logits restricted to each output position's id range, a per-step
 callback, given tokens kept in place of draws), and `generate_ids` (prompts ->
 codec ids through the layouts).
+
+Attention processors (`duogen.attention`, installed with `attention_processor(model, p)`)
+run at every decode step: `call.step` is the output token whose logits the
+forward computes (0 = the prefix forward; the callback's `n`), and with guidance
+the processor is called for the conditional rows ("cond") and then the
+unconditional ones ("uncond").
 
 Constraint by construction: at each output position only the logits of the
 allowed range [lo, hi) are computed (`h @ W[lo:hi].T`), so a sampled id can
@@ -27,8 +34,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ..attention import attention_context, run_processor, sdpa_tensors
 from ..errors import DataError
+from .attention import enable_processors
 from .layouts import DecodePlan, check_task
 
 # callback(step, position, logits (B, R), tokens_so_far (B, step)) -> replacement logits or None
@@ -57,11 +67,63 @@ class SamplingConfig:
             raise DataError(f"threads must be >= 0 (0 = torch's setting), got {self.threads}")
 
 
+def _plain(*mods: Any) -> bool:
+    """Linear layers the decoder may run from a cached transposed weight: exactly nn.Linear, no bias, no hooks.
+
+    A peft LoRA wrapper, any other module, or a forward hook sends the projection through the live module.
+    """
+    return all(type(m) is nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
+               for m in mods)
+
+
+class _Fused:
+    """Plain linear layers' weights concatenated, transposed and contiguous, (in, out), rows `rows` of the output.
+
+    `weight_t()` rebuilds the copy when a weight tensor was modified in place (its version counter moved).
+    """
+
+    __slots__ = ("weights", "rows", "versions", "wt")
+
+    def __init__(self, mods: Sequence[nn.Linear], rows: slice | None = None):
+        self.weights, self.rows = tuple(m.weight for m in mods), rows
+        self.versions: tuple[int, ...] = ()
+        self.wt: torch.Tensor | None = None
+
+    def weight_t(self) -> torch.Tensor:
+        if self.wt is not None:
+            for w, v in zip(self.weights, self.versions):
+                if w._version != v:
+                    break
+            else:
+                return self.wt
+        w = self.weights[0] if len(self.weights) == 1 else torch.cat(self.weights)
+        self.wt = (w if self.rows is None else w[self.rows]).detach().t().contiguous()
+        self.versions = tuple(w._version for w in self.weights)
+        return self.wt
+
+
 class LlamaDecoder:
-    """A `LlamaForCausalLM`'s weights behind a static-KV-cache forward (float32 or the weights' dtype)."""
+    """A static-KV-cache forward over a `LlamaForCausalLM`'s live modules (float32 or the weights' dtype).
+
+    Nothing is copied for good: every forward reads the model's current
+    modules, so a weight edit, a `peft` LoRA (q/k/v/o, the MLP, the head), a
+    switched or rescaled adapter and an attention processor take effect at the
+    next sampling call without rebuilding the decoder. `reset` (the start of
+    each sampling call) reads which modules the layers hold; projections that
+    are plain `nn.Linear`s (no bias, no hooks) run from a transposed (in, out)
+    copy: at one token per row, x @ W_t runs 1.3-1.8x faster than F.linear(x, W)
+    on this CPU (q, k, v and gate, up are also fused into one matmul each).
+    The copies are dropped at every `reset` (so edits through `.data`, such as
+    an EMA swap, are seen) and re-checked before every step against the weight
+    tensors they came from and their version counters (in-place edits and
+    replaced parameters within a call). Others (a peft LoRA wrapper, a hooked
+    layer) run as modules. A layer with a `processor` hands its attention to
+    it (`duogen.attention`); without one, SDPA runs directly.
+    """
 
     def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None):
         """`positions`: the model's `VisualPositions` (factorized visual positions), if it has them."""
+        self.lm = enable_processors(lm)
         m = lm.model
         self.positions, self._pos_state = positions, None
         c = lm.config
@@ -69,28 +131,11 @@ class LlamaDecoder:
         self.hq, self.hkv = c.num_attention_heads, c.num_key_value_heads
         self.dh = getattr(c, "head_dim", None) or c.hidden_size // self.hq
         self.max_len = int(max_len or c.max_position_embeddings)
-        self.embed = m.embed_tokens.weight
-        self.head = lm.lm_head.weight  # (V, D)
-        self.norm_w, self.eps = m.norm.weight, m.norm.variance_epsilon
-        # Projections are stored transposed and contiguous, (in, out): at one token per row, x @ W_t runs
-        # 1.3-1.8x faster than F.linear(x, W) on this CPU (bench/bench_ar_sampling.py measures the whole loop).
-        def t(w: torch.Tensor) -> torch.Tensor:
-            return w.detach().t().contiguous()
-
-        self.layers = []
-        for layer in m.layers:
-            a, f = layer.self_attn, layer.mlp
-            self.layers.append((
-                layer.input_layernorm.weight,
-                t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # (D, (Hq+2Hkv)*Dh)
-                t(a.o_proj.weight),  # (Hq*Dh, D)
-                layer.post_attention_layernorm.weight,
-                t(torch.cat([f.gate_proj.weight, f.up_proj.weight])),  # (D, 2M)
-                t(f.down_proj.weight),  # (M, D)
-            ))
-        self._head_t: dict[tuple[int, int | None], torch.Tensor] = {}  # (lo, hi) -> (D, R), built on first use
+        self.silu = getattr(c, "hidden_act", "silu") == "silu"  # else the MLP's own act_fn
+        self._plan: list[tuple[Any, ...]] = []  # the layers' modules, read at `reset`
+        self._heads: dict[tuple[int, int | None], _Fused] = {}  # (lo, hi) -> the head's rows lo..hi-1
         pos = torch.arange(self.max_len)[None]
-        probe = torch.zeros(1, 1, c.hidden_size, dtype=self.embed.dtype)
+        probe = torch.zeros(1, 1, c.hidden_size, dtype=m.embed_tokens.weight.dtype)
         cos, sin = m.rotary_emb(probe, position_ids=pos)  # (1, T, Dh)
         self.cos, self.sin = cos[0], sin[0]  # (T, Dh)
         # The rotary embedding at one position as a (Dh, Dh) matrix: x @ rot[p] = x cos_p + rotate_half(x) sin_p.
@@ -106,11 +151,26 @@ class LlamaDecoder:
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
+    def _layers(self) -> list[tuple[Any, ...]]:
+        """Per layer: (norm in, attention, [q,k,v], o, norm post, mlp, [gate,up], down); a projection group is
+        a module tuple to call, or a `_Fused` (plain nn.Linear weights behind one transposed copy)."""
+        plan = []
+        for layer in self.lm.model.layers:
+            a, f = layer.self_attn, layer.mlp
+            groups = [(a.q_proj, a.k_proj, a.v_proj), (a.o_proj,), (f.gate_proj, f.up_proj), (f.down_proj,)]
+            qkv, o, gu, down = [_Fused(g) if _plain(*g) else g for g in groups]
+            plan.append((layer.input_layernorm, a, qkv, o, layer.post_attention_layernorm, f, gu, down))
+        return plan
+
     def reset(self, batch: int) -> None:
+        """Start a sequence of `batch` rows: read the model's modules, drop the weight copies, size the KV cache."""
+        self._heads.clear()
+        self._plan = self._layers()
+        dtype = self.lm.model.embed_tokens.weight.dtype
         shape = (self.n_layers, batch, self.hkv, self.max_len, self.dh)
-        if self.k is None or self.k.shape != shape:
-            self.k = torch.zeros(shape, dtype=self.embed.dtype)
-            self.v = torch.zeros(shape, dtype=self.embed.dtype)
+        if self.k is None or self.k.shape != shape or self.k.dtype != dtype:
+            self.k = torch.zeros(shape, dtype=dtype)
+            self.v = torch.zeros(shape, dtype=dtype)
 
     def forward(self, ids: torch.Tensor, start: int, bidirectional: bool = False) -> torch.Tensor:
         """ids (B,t) at positions start..start+t-1 -> last hidden state (B,D); fills the cache.
@@ -120,18 +180,22 @@ class LlamaDecoder:
         """
         B, t = ids.shape
         end = start + t
-        x = F.embedding(ids, self.embed)  # (B,t,D)
+        m = self.lm.model
+        emb = m.embed_tokens
+        x = F.embedding(ids, emb.weight) if type(emb) is nn.Embedding and not emb._forward_hooks else emb(ids)  # (B,t,D)
         if self.positions is not None:
-            emb, self._pos_state = self.positions(ids, None if start == 0 else self._pos_state)
-            x = x + emb.to(x.dtype)
+            pe, self._pos_state = self.positions(ids, None if start == 0 else self._pos_state)
+            x = x + pe.to(x.dtype)
         cos, sin = self.cos[start:end], self.sin[start:end]  # (t,Dh)
         nq, nkv = self.hq * self.dh, self.hkv * self.dh
         causal = t > 1 and not bidirectional
-        gqa = self.hq != self.hkv
         rot = self.rot[start] if t == 1 else None  # (Dh, Dh)
-        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            h = F.rms_norm(x, (x.shape[-1],), w_in, self.eps)
-            qkv = torch.matmul(h, w_qkv)  # (B,t,(Hq+2Hkv)*Dh)
+        for i, (n_in, a, qkv_p, o_p, n_post, f, gu_p, down_p) in enumerate(self._plan):
+            h = F.rms_norm(x, (x.shape[-1],), n_in.weight, n_in.variance_epsilon)
+            if type(qkv_p) is _Fused:
+                qkv = torch.matmul(h, qkv_p.weight_t())  # (B,t,(Hq+2Hkv)*Dh)
+            else:  # live modules (a LoRA wrapper, a hook)
+                qkv = torch.cat([m(h) for m in qkv_p], dim=-1)
             if rot is not None:  # one token: rotate queries and keys together
                 qk = torch.matmul(qkv[..., : nq + nkv].view(B, self.hq + self.hkv, self.dh), rot)  # (B,Hq+Hkv,Dh)
                 q, k = qk[:, : self.hq, None], qk[:, self.hq :, None]  # (B,H,1,Dh)
@@ -143,25 +207,38 @@ class LlamaDecoder:
                 q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             self.k[i, :, :, start:end] = k
             self.v[i, :, :, start:end] = v
+            mask = None
             if start == 0:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
-            elif t == 1:
-                o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], enable_gqa=gqa)
-            else:  # a chunk after cached tokens: causal within the chunk, full to the past
-                mask = torch.ones(t, end, dtype=torch.bool).tril(start) if causal else None
-                o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], attn_mask=mask, enable_gqa=gqa)
-            x = x + torch.matmul(o.transpose(1, 2).reshape(B, t, nq), w_o)
-            h = F.rms_norm(x, (x.shape[-1],), w_post, self.eps)
-            gate, up = torch.matmul(h, w_gu).chunk(2, dim=-1)
-            x = x + torch.matmul(F.silu(gate) * up, w_down)
-        return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm_w, self.eps)  # (B,D)
+                kk, vv = k, v
+            else:
+                kk, vv = self.k[i, :, :, :end], self.v[i, :, :, :end]
+                if causal:  # a chunk after cached tokens: causal within the chunk, full to the past
+                    mask = torch.ones(t, end, dtype=torch.bool).tril(start)
+            proc = a.processor
+            if proc is None:  # the same kernel call as the identity processor `sdpa`
+                o = sdpa_tensors(q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
+            else:
+                o = run_processor(proc, a, q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
+            o = o.transpose(1, 2).reshape(B, t, nq)  # (B,t,Hq*Dh)
+            x = x + (torch.matmul(o, o_p.weight_t()) if type(o_p) is _Fused else o_p[0](o))
+            h = F.rms_norm(x, (x.shape[-1],), n_post.weight, n_post.variance_epsilon)
+            if type(gu_p) is _Fused:
+                gate, up = torch.matmul(h, gu_p.weight_t()).chunk(2, dim=-1)  # (B,t,M) each
+            else:
+                gate, up = gu_p[0](h), gu_p[1](h)
+            act = (F.silu(gate) if self.silu else f.act_fn(gate)) * up
+            x = x + (torch.matmul(act, down_p.weight_t()) if type(down_p) is _Fused else down_p[0](act))
+        return F.rms_norm(x[:, -1], (x.shape[-1],), m.norm.weight, m.norm.variance_epsilon)  # (B,D)
 
     def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """Logits of ids lo..hi-1 only: (B,D) -> (B,R)."""
-        w = self._head_t.get((lo, hi))
-        if w is None:
-            w = self._head_t[(lo, hi)] = self.head[lo:hi].detach().t().contiguous()
-        return h @ w
+        head = self.lm.lm_head
+        if not _plain(head):  # e.g. a LoRA on the head: the whole row, then the range
+            return head(h)[:, lo:hi]
+        fused = self._heads.get((lo, hi))
+        if fused is None or fused.weights[0] is not head.weight:
+            fused = self._heads[(lo, hi)] = _Fused((head,), slice(lo, hi))
+        return h @ fused.weight_t()
 
 
 def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -223,9 +300,11 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
     if P + N > decoder.max_len:
         raise DataError(f"prefix {P} + output {N} tokens exceed the model's {decoder.max_len}-token context")
     x = torch.cat([prefix, uncond_prefix]) if guided else prefix  # (B or 2B, P)
+    roles = ("cond", "uncond") if guided else ("cond",)  # rows [:B] conditional, [B:] unconditional
     gen = torch.Generator().manual_seed(int(seed))
     decoder.reset(x.shape[0])
-    h = decoder.forward(x, 0, bidirectional=prefix_lm)
+    with attention_context(step=0, roles=roles):  # attention processors see the step and each half's role
+        h = decoder.forward(x, 0, bidirectional=prefix_lm)
     out = torch.empty(B, N, dtype=torch.long)
     s = float(cfg.guidance) if guided else 1.0
     for n in range(N):
@@ -255,7 +334,8 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
         out[:, n] = tok
         if n + 1 < N:
             step = torch.cat([tok, tok]) if guided else tok
-            h = decoder.forward(step[:, None], P + n)
+            with attention_context(step=n + 1, roles=roles):
+                h = decoder.forward(step[:, None], P + n)
     return out
 
 

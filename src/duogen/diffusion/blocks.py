@@ -6,7 +6,11 @@ D width, nh heads, hs head size.
 Attention is reachable from outside without editing model code. Every
 `Attention` layer computes q, k, v and hands them, as an `AttentionCall`, to a
 *processor*: a callable `processor(call) -> (B, nh, Tq, hs)`. The default is
-`sdpa` (torch's fused `scaled_dot_product_attention`). A processor can be set
+`sdpa` (torch's fused `scaled_dot_product_attention`). The call carries the
+sampler's step and the guidance role ("cond" / "uncond": a guided batch is
+split in halves, one processor call each); the call object and the tools below
+live in `duogen.attention`, shared with the AR model, so one technique works on
+both paradigms. A processor can be set
 
 - per call: `attn(x, processor=p)`;
 - on a model: `set_attention_processor(model, p)` or, scoped,
@@ -21,15 +25,28 @@ model; the U-Nets and the DiT assemble these pieces.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from ..attention import (  # noqa: F401  (re-exported: the denoisers' processor API)
+    AttentionCall,
+    AttentionStore,
+    Processor,
+    apply_probs,
+    attention_context,
+    attention_layers,
+    attention_probs,
+    attention_processor,
+    run_processor,
+    sdpa,
+    set_attention_processor,
+)
 
 AttentionKind = Literal["self", "cross", "temporal"]
 
@@ -94,61 +111,8 @@ class TextCond:
 
 
 # ----------------------------------------------------------------------------- attention
-
-
-class AttentionCall(NamedTuple):
-    """Everything a processor sees for one attention evaluation."""
-
-    module: "Attention"  # the layer; .name is its qualified name, .kind is self | cross | temporal
-    q: Tensor  # (B, nh, Tq, hs)
-    k: Tensor  # (B, nh, Tk, hs)
-    v: Tensor  # (B, nh, Tk, hs)
-    mask: Tensor | None  # (B, 1, 1, Tk) bool, True = may attend; None = attend everywhere
-
-
-Processor = Callable[[AttentionCall], Tensor]
-
-
-def sdpa(call: AttentionCall) -> Tensor:
-    """The default processor: fused scaled dot-product attention -> (B, nh, Tq, hs)."""
-    return F.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=call.mask)
-
-
-def attention_probs(call: AttentionCall) -> Tensor:
-    """softmax(q k^T / sqrt(hs)) with the mask applied -> (B, nh, Tq, Tk), in float32."""
-    q, k = call.q.float(), call.k.float()
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
-    if call.mask is not None:
-        scores = scores.masked_fill(~call.mask, float("-inf"))
-    return scores.softmax(dim=-1)
-
-
-def apply_probs(call: AttentionCall, probs: Tensor) -> Tensor:
-    """probs (B, nh, Tq, Tk) @ v -> (B, nh, Tq, hs) in v's dtype."""
-    return (probs @ call.v.float()).to(call.v.dtype)
-
-
-class AttentionStore:
-    """A processor that records attention probabilities per layer name and attends normally.
-
-    `store.maps[name]` is a list with one (B, nh, Tq, Tk) tensor per call (one
-    per denoiser evaluation), detached and on the CPU. `kinds` limits what is
-    recorded (default: cross-attention only, the maps prompt-to-prompt uses).
-    """
-
-    def __init__(self, kinds: tuple[str, ...] = ("cross",)) -> None:
-        self.kinds = kinds
-        self.maps: dict[str, list[Tensor]] = {}
-
-    def __call__(self, call: AttentionCall) -> Tensor:
-        if call.module.kind not in self.kinds:
-            return sdpa(call)
-        probs = attention_probs(call)
-        self.maps.setdefault(call.module.name, []).append(probs.detach().cpu())
-        return apply_probs(call, probs)
-
-    def clear(self) -> None:
-        self.maps.clear()
+# The call object, the default processor, the probability tools, `AttentionStore` and installing processors
+# live in `duogen.attention`, shared with the AR model; they are re-exported here for the denoisers' users.
 
 
 class RMSNorm(nn.Module):
@@ -192,42 +156,12 @@ class Attention(nn.Module):
         k, v = rearrange(self.to_kv(ctx), "b t (two nh hs) -> two b nh t hs", two=2, nh=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Tk)
-        proc = processor or self.processor or sdpa
-        out = proc(AttentionCall(self, q, k, v, attn_mask))  # (B, nh, Tq, hs)
+        proc = processor or self.processor
+        if proc is None:  # the fast path; with a processor, it is told the step and each guidance half's role
+            out = sdpa(AttentionCall(self, q, k, v, attn_mask))  # (B, nh, Tq, hs)
+        else:
+            out = run_processor(proc, self, q, k, v, attn_mask)  # (B, nh, Tq, hs)
         return self.to_out(rearrange(out, "b nh t hs -> b t (nh hs)"))
-
-
-def attention_layers(model: nn.Module) -> Iterator[tuple[str, Attention]]:
-    """(qualified name, layer) for every Attention in `model`; also stamps `layer.name`."""
-    for name, m in model.named_modules():
-        if isinstance(m, Attention):
-            m.name = name
-            yield name, m
-
-
-def set_attention_processor(model: nn.Module, processor: Processor | dict[str, Processor] | None,
-                            only: Callable[[str, Attention], bool] | None = None) -> None:
-    """Install `processor` on every attention layer (or those `only(name, layer)` accepts).
-
-    A dict maps qualified layer names to processors; None restores the default.
-    """
-    for name, layer in attention_layers(model):
-        if only is not None and not only(name, layer):
-            continue
-        layer.processor = processor.get(name) if isinstance(processor, dict) else processor
-
-
-@contextlib.contextmanager
-def attention_processor(model: nn.Module, processor: Processor | dict[str, Processor] | None,
-                        only: Callable[[str, Attention], bool] | None = None) -> Iterator[None]:
-    """`set_attention_processor` for the duration of a block, restoring the previous ones."""
-    before = {name: layer.processor for name, layer in attention_layers(model)}
-    set_attention_processor(model, processor, only)
-    try:
-        yield
-    finally:
-        for name, layer in attention_layers(model):
-            layer.processor = before[name]
 
 
 # ----------------------------------------------------------------------------- embeddings, norms, MLPs

@@ -10,6 +10,11 @@ A condition (`cond`, `uncond`) is a tensor, a dict / list / tuple / dataclass
 with the batch on dim 0; an `uncond` with batch 1 is broadcast to the batch of
 `cond`. Beyond the batch, shapes must match (pad an empty prompt to the
 conditional prompt's token length).
+
+The batched forward runs inside `attention_context(roles=("cond", "uncond"))`:
+attention processors (`duogen.attention`) are called once per half, the
+conditional rows with `call.role == "cond"`, the unconditional ones with
+"uncond". At scale 1 there is one conditional forward and every call is "cond".
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 
+from duogen.attention import attention_context
 from duogen.errors import ConfigError
 
 MAX_GUIDANCE = 100.0
@@ -62,7 +68,8 @@ class CFGDenoiser:
             return self.denoiser(x_t, t, cond)
         B = x_t.shape[0]
         both = _cat_cond(cond, self.uncond, B)
-        out = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), both)  # (2B, ...)
+        with attention_context(roles=("cond", "uncond")):  # rows [:B] conditional, [B:] unconditional
+            out = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), both)  # (2B, ...)
         out_cond, out_uncond = out[:B], out[B:]
         guided = out_uncond + self.scale * (out_cond - out_uncond)
         if self.rescale > 0.0:

@@ -6,9 +6,13 @@ with x_t (B, ...) and t (B,) int64, a scheduler, and an optional per-step
 `callback(step_index, t, x, pred_x0)` called after every step with the new
 sample x; a callback that returns a tensor replaces x (editing and control
 hook in there); `sample(..., start_step=k)` starts the loop at its k-th step
-from a given sample (SDEdit). Does not own: the schedule, the reverse-step math, guidance
-(`guidance.py`; `sample(..., guidance=s, uncond=u)` wraps the denoiser in a
-`CFGDenoiser` for you).
+from a given sample (SDEdit). Every denoiser evaluation runs inside `attention_context(step=i)`,
+so attention processors (`duogen.attention`) see `call.step` = i, the index
+into the scheduler's timesteps (0 = the first, noisiest step; `ddim_invert`
+counts its own loop, least noisy first). Does not own: the schedule, the
+reverse-step math, guidance (`guidance.py`; `sample(..., guidance=s, uncond=u)`
+wraps the denoiser in a `CFGDenoiser` for you, which tells processors each
+half's role).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from duogen.attention import attention_context
 from duogen.diffusion.guidance import CFGDenoiser, check_guidance
 from duogen.diffusion.schedulers import DDIMScheduler
 from duogen.errors import ConfigError
@@ -63,7 +68,8 @@ def sample(
         if i < start_step:
             continue
         t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)  # (B,)
-        model_output = denoiser(x, t_batch, cond).to(x.dtype)
+        with attention_context(step=i):
+            model_output = denoiser(x, t_batch, cond).to(x.dtype)
         x, pred_x0 = scheduler.step(model_output, t, x, generator=generator)
         if callback is not None:
             replaced = callback(i, int(t), x, pred_x0)
@@ -103,9 +109,10 @@ def ddim_invert(
     scheduler.set_timesteps(steps, spacing)
     for i, t in enumerate(scheduler.timesteps.flip(0)):  # ascending: least noisy first
         t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)  # (B,)
-        x_t, pred_x0 = scheduler.inverse_step(denoiser(x, t_batch, cond).to(x.dtype), t, x)
-        for _ in range(fixed_point_iters):
-            x_t, pred_x0 = scheduler.inverse_step(denoiser(x_t, t_batch, cond).to(x.dtype), t, x, x_model=x_t)
+        with attention_context(step=i):
+            x_t, pred_x0 = scheduler.inverse_step(denoiser(x, t_batch, cond).to(x.dtype), t, x)
+            for _ in range(fixed_point_iters):
+                x_t, pred_x0 = scheduler.inverse_step(denoiser(x_t, t_batch, cond).to(x.dtype), t, x, x_model=x_t)
         x = x_t
         if callback is not None:
             replaced = callback(i, int(t), x, pred_x0)
