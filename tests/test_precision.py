@@ -253,3 +253,18 @@ def test_every_model_family_trains_a_step_under_bf16_autocast():
             h.remove()
         assert seen == {torch.float32, torch.bfloat16}, (name, seen)  # fp32 layers, then bf16 ones under autocast
         assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05), (name, losses)
+
+
+def test_cpu_ranks_agree_on_bf16_only_when_every_rank_measured_it_fast(tmp_path, monkeypatch):
+    """Under DDP on CPUs each rank resolves `auto`; one all-reduce makes them agree (fp32 unless all say bf16)."""
+    from types import SimpleNamespace
+
+    from duogen.train.engine import TrainConfig, _resolve_precision
+
+    _slow_machine(monkeypatch, tmp_path, native=True, ratio=0.5)  # this rank measures bf16 fast
+    for others_fast, expected in [(True, "bf16"), (False, "fp32")]:
+        backend = SimpleNamespace(device="cpu", world_size=2, rank=1, cfg=None,
+                                  all_reduce_sum=lambda t, fast=others_fast: t + float(fast))
+        cfg, choice = _resolve_precision(TrainConfig(), backend)
+        assert cfg.precision == choice.precision == backend.cfg.precision == expected
+        assert ("another rank measured bf16 slow" in choice.reason) == (expected == "fp32")
