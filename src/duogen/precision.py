@@ -113,7 +113,7 @@ def measure_bf16_ratio(n: int = 256, repeats: int = 5) -> float:
 
 def default_cache_path() -> Path:
     """$XDG_CACHE_HOME/duogen/precision.json (~/.cache/duogen/precision.json by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duogen" / "precision.json"
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "duogen" / "precision.json"
 
 
 def _cache_key() -> str:
