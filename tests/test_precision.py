@@ -132,7 +132,8 @@ def test_an_engine_run_records_the_resolved_precision_and_announces_it_first(tmp
 
     _slow_machine(monkeypatch, tmp_path, native=True, ratio=ratio)
     cfg = TrainConfig(steps=2, batch_size=8, log_every=1)  # precision: the default, auto
-    fit(W.make_model(dropout=0.0), W.make_loss(), W.make_data(), cfg, tmp_path / "run")
+    summary = fit(W.make_model(dropout=0.0), W.make_loss(), W.make_data(), cfg, tmp_path / "run")
+    assert summary.precision == expected
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["train"]["precision"] == expected
     assert f"took {ratio:.2g}x the fp32 time" in _precision_line(tmp_path / "run" / "config.yaml")
@@ -172,7 +173,98 @@ def test_the_audio_codec_cli_defaults_to_auto_and_records_why(tmp_path, monkeypa
     capsys.readouterr()
     assert audio_codec_recipe.cli(["--out", str(tmp_path / "a"), "--steps", "2", "--minutes", "0", "--utterances", "2",
                                    "--eval-utterances", "1", "--batch-size", "2", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["precision"] == "fp32"
     cfg = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert cfg["train"]["precision"] == "fp32" and cfg["run"]["recipe"]["train"]["precision"] == "auto"
     assert "auto: bf16 measured slow on this CPU (test CPU" in _precision_line(tmp_path / "a" / "config.yaml")
-    assert capsys.readouterr().err.splitlines()[0].startswith("precision: fp32 (auto: bf16 measured slow")
+    assert captured.err.splitlines()[0].startswith("precision: fp32 (auto: bf16 measured slow")
+
+
+def _tiny_models():
+    """(name, model, loss_fn(model) -> scalar) for each recipe's model family at test size."""
+    from test_audio_codec import SMALL
+    from test_codecs import VIDEO_TEST, _clips
+
+    from duogen.ar_models.layouts import LayoutSpec
+    from duogen.ar_models.model import ARConfig, MultimodalLM
+    from duogen.diffusion.dit import DiTConfig
+    from duogen.diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
+    from duogen.diffusion.text_encoder import TextEncoderConfig
+    from duogen.tokenizers.audio_codec import build_audio_codec
+    from duogen.tokenizers.audio_codec import codec_loss as audio_loss
+    from duogen.tokenizers.losses import CodecLossConfig, codec_loss
+    from duogen.tokenizers.video_codec import build_video_codec
+    from duogen.tokenizers.vocab import UnifiedVocab
+
+    torch.manual_seed(0)
+    video = build_video_codec("tiny", VIDEO_TEST)
+    x = _clips(b=2)  # (2, 3, 9, 16, 16)
+
+    def video_loss(m):
+        recon, q, frames = m(x)
+        with torch.autocast("cpu", enabled=False):  # as the codec recipe: the loss outside autocast
+            return codec_loss(recon, x if frames is None else x[:, :, frames], q.aux_loss, CodecLossConfig(), step=0).loss
+
+    audio = build_audio_codec("tiny", SMALL)
+    wave = torch.sin(torch.arange(2 * 3200.0).view(2, 1, 3200) * 0.05)  # (2, 1, 3200)
+    audio.train()
+    with torch.no_grad():
+        audio_loss(audio, torch.sin(torch.arange(6400.0 * 8).view(16, 1, 3200) * 0.031))  # k-means init on enough frames
+    spec = LayoutSpec(max_text=8, latent=(1, 2, 2), tasks=["t2v"])
+    ar = MultimodalLM(ARConfig(hidden=32, layers=1, heads=2, kv_heads=2, mlp=64), UnifiedVocab(64, {"video": 125}), spec)
+    ids = torch.arange(2 * 16).view(2, 16) % 64  # (B, T)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 8:] = True
+    dcfg = LatentDiffusionConfig(denoiser="dit", dit=DiTConfig(hidden=32, depth=1, heads=2, patch_size=2),
+                                 text=TextEncoderConfig(vocab_size=64, max_tokens=8, width=32, layers=1, heads=2),
+                                 latent=[3, 3, 4, 4], cond_dropout=0.0)
+    dit = LatentDiffusionModel(dcfg)
+    batch = {"latents": torch.linspace(-2, 2, 2 * 3 * 3 * 16).view(2, 3, 3, 4, 4),
+             "text_ids": ids[:, :8], "text_mask": torch.ones(2, 8, dtype=torch.bool)}
+    return [("video codec", video, video_loss), ("audio codec", audio, lambda m: audio_loss(m, wave).loss),
+            ("AR", ar, lambda m: m.loss({"ids": ids, "loss_mask": mask}).loss), ("DiT", dit, lambda m: m(batch))]
+
+
+def test_every_model_family_trains_a_step_under_bf16_autocast():
+    """bf16 stays covered on CPUs where `auto` never picks it: each family's loss under bf16 autocast
+    is within bf16 rounding of its fp32 loss, with finite gradients, and its layers did run in bf16."""
+    import copy
+
+    from duogen.utils import autocast
+
+    for name, model, loss_fn in _tiny_models():
+        model.train()
+        state = copy.deepcopy(model.state_dict())
+        losses, seen = {}, set()
+        hooks = [mod.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+                 for mod in model.modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
+        for precision in ("fp32", "bf16"):
+            model.load_state_dict(state)
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same timesteps, noise and quantizer draws in both precisions
+            with autocast(precision):
+                loss = loss_fn(model)
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            assert grads and all(bool(torch.isfinite(g).all()) for g in grads), (name, precision)
+            losses[precision] = float(loss.detach())
+        for h in hooks:
+            h.remove()
+        assert seen == {torch.float32, torch.bfloat16}, (name, seen)  # fp32 layers, then bf16 ones under autocast
+        assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05), (name, losses)
+
+
+def test_cpu_ranks_agree_on_bf16_only_when_every_rank_measured_it_fast(tmp_path, monkeypatch):
+    """Under DDP on CPUs each rank resolves `auto`; one all-reduce makes them agree (fp32 unless all say bf16)."""
+    from types import SimpleNamespace
+
+    from duogen.train.engine import TrainConfig, _resolve_precision
+
+    _slow_machine(monkeypatch, tmp_path, native=True, ratio=0.5)  # this rank measures bf16 fast
+    for others_fast, expected in [(True, "bf16"), (False, "fp32")]:
+        backend = SimpleNamespace(device="cpu", world_size=2, rank=1, cfg=None,
+                                  all_reduce_sum=lambda t, fast=others_fast: t + float(fast))
+        cfg, choice = _resolve_precision(TrainConfig(), backend)
+        assert cfg.precision == choice.precision == backend.cfg.precision == expected
+        assert ("another rank measured bf16 slow" in choice.reason) == (expected == "fp32")

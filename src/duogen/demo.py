@@ -182,7 +182,7 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
 
     info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
                            overrides=[f"train.max_minutes={minutes:.3f}"])
-    return {k: info.get(k) for k in ("final", "steps", "parameters", "heldout") if k in info}
+    return {k: info.get(k) for k in ("final", "steps", "parameters", "precision", "heldout") if k in info}
 
 
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
 
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
                     text=d.text / "text.model", resume="auto", overrides=[f"train.max_minutes={minutes:.3f}"])
-    return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters")}
+    return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
 
 
 def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
@@ -204,7 +204,7 @@ def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
         d.data, d.run_dir("codec") / "final", d.run_dir("dit"), preset="tiny", seed=d.seed, text=d.text / "text.model", resume="auto",
         overrides=["denoiser=dit", f"train.max_flops={float(ar_flops):.6g}", f"train.max_minutes={minutes:.3f}"],
     )
-    info = {k: res.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters")}
+    info = {k: res.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
     dit_flops = training_info(d.run_dir("dit") / "final").get("flops")
     info["matched_flops"] = float(ar_flops)
     info["flops_ratio_dit_to_ar"] = float(dit_flops) / float(ar_flops) if dit_flops else None

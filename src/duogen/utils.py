@@ -46,7 +46,7 @@ def resolve_device(device: str = "auto") -> str:
 
 @contextlib.contextmanager
 def autocast(precision: str, device: str = "cpu") -> Iterator[None]:
-    """bf16 autocast when asked for (the CPU's AMX units make it the fast path), else nothing."""
+    """bf16 autocast when asked for, else nothing; `auto` is resolved first (`duogen.precision.resolve_precision`)."""
     import torch
 
     if precision == "bf16":
@@ -55,7 +55,8 @@ def autocast(precision: str, device: str = "cpu") -> Iterator[None]:
     elif precision in ("fp32", "float32"):
         yield
     else:
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        hint = "; resolve 'auto' with duogen.precision.resolve_precision first" if precision == "auto" else ""
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}{hint}")
 
 
 def count_parameters(module: Any) -> int:

@@ -167,6 +167,7 @@ def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) ->
         "train_wall_s": round(summary.wall_s, 1),
         "stopped": summary.stopped,
         "final_loss": summary.final_loss,
+        "precision": summary.precision,
         "frame_rate_hz": codec.cfg.sample_rate / codec.hop,
         "bitrate_bps": codec.bits_per_second,
         "codec": str(out / "final"),

@@ -118,6 +118,7 @@ class TrainSummary:
     run_dir: str
     checkpoint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # the last on_eval results, as "eval/<key>"
+    precision: str = ""  # what the run trained in ("fp32" | "bf16"; `auto` resolved) and why: config.yaml
 
 
 def apply_resume(cfg: TrainConfig, resume: str | None) -> TrainConfig:
@@ -557,6 +558,7 @@ def fit(
         steps=state["step"], wall_s=wall, items=session_items, items_per_s=session_items / max(wall, 1e-9),
         flops=state["flops"], peak_memory_mb=_peak_memory_mb(backend.device), final_loss=last_loss,
         stopped=stopped, run_dir=str(run_dir), checkpoint=str(last_ckpt), extra=eval_results,
+        precision=precision.precision,
     )
     if is_main:
         atomic_write_json(run_dir / "summary.json", dataclasses.asdict(summary))
