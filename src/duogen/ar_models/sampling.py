@@ -133,10 +133,11 @@ class _Fused:
 class LlamaDecoder:
     """A static-KV-cache forward over a `LlamaForCausalLM`'s live modules (float32 or the weights' dtype).
 
-    Nothing is copied for good: every forward reads the model's current
+    Nothing is copied for good: every sampling call reads the model's current
     modules, so a weight edit, a `peft` LoRA (q/k/v/o, the MLP, the head), a
     switched or rescaled adapter and an attention processor take effect at the
-    next sampling call without rebuilding the decoder.
+    next call without rebuilding the decoder (processors and in-place weight
+    edits even at the next step).
 
     `reset` (the start of each sampling call) reads the modules the layers hold
     now. A projection that is a plain `nn.Linear`, or a peft LoRA `Linear` in
