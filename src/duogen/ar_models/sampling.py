@@ -216,7 +216,8 @@ class LlamaDecoder:
         end = start + t
         m = self.lm.model
         emb = m.embed_tokens
-        x = F.embedding(ids, emb.weight) if type(emb) is nn.Embedding and not emb._forward_hooks else emb(ids)  # (B,t,D)
+        plain_emb = type(emb) is nn.Embedding and not emb._forward_hooks
+        x = F.embedding(ids, emb.weight) if plain_emb else emb(ids)  # (B,t,D)
         if self.positions is not None:
             pe, self._pos_state = self.positions(ids, None if start == 0 else self._pos_state)
             x = x + pe.to(x.dtype)
