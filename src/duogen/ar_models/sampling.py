@@ -123,9 +123,12 @@ class _Fused:
                     break
             else:
                 return self.wt
-        ws = [w if not terms else w + sum(s * (b @ a) for a, b, s in terms) for w, terms in self.sources]
-        w = ws[0] if len(ws) == 1 else torch.cat(ws)
-        self.wt = (w if self.rows is None else w[self.rows]).detach().t().contiguous()
+        # built as a normal tensor even inside sampling's inference mode: matmuls with an inference-mode copy
+        # measured slower here (bench/bench_ar_sampling.py --clock cpu)
+        with torch.inference_mode(False), torch.no_grad():
+            ws = [w if not terms else w + sum(s * (b @ a) for a, b, s in terms) for w, terms in self.sources]
+            w = ws[0] if len(ws) == 1 else torch.cat(ws)
+            self.wt = (w if self.rows is None else w[self.rows]).detach().t().contiguous()
         self.versions = tuple(t._version for t in self.tensors)
         return self.wt
 
@@ -185,15 +188,18 @@ class LlamaDecoder:
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
     def _layers(self) -> list[tuple[Any, ...]]:
-        """Per layer: (norm in, attention, [q,k,v], o, norm post, mlp, [gate,up], down); a projection group is
-        a `_Fused` (one transposed copy of the effective weights) or, if any member can't be, the modules to call."""
+        """Per layer: (norm-in weight, eps, attention, [q,k,v], o, norm-post weight, eps, mlp, [gate,up], down).
+
+        A projection group is a `_Fused` (one transposed copy of the effective weights) or, if any member
+        can't be, the modules to call. Resolved once per call: module attribute lookups cost per step."""
         plan = []
         for layer in self.lm.model.layers:
             a, f = layer.self_attn, layer.mlp
             groups = [(a.q_proj, a.k_proj, a.v_proj), (a.o_proj,), (f.gate_proj, f.up_proj), (f.down_proj,)]
             srcs = [[_source(m) for m in g] for g in groups]
             qkv, o, gu, down = [_Fused(sr) if all(x is not None for x in sr) else g for g, sr in zip(groups, srcs)]
-            plan.append((layer.input_layernorm, a, qkv, o, layer.post_attention_layernorm, f, gu, down))
+            n_in, n_post = layer.input_layernorm, layer.post_attention_layernorm
+            plan.append((n_in.weight, n_in.variance_epsilon, a, qkv, o, n_post.weight, n_post.variance_epsilon, f, gu, down))
         return plan
 
     def reset(self, batch: int) -> None:
@@ -224,9 +230,11 @@ class LlamaDecoder:
         cos, sin = self.cos[start:end], self.sin[start:end]  # (t,Dh)
         nq, nkv = self.hq * self.dh, self.hkv * self.dh
         causal = t > 1 and not bidirectional
+        gqa = self.hq != self.hkv
         rot = self.rot[start] if t == 1 else None  # (Dh, Dh)
-        for i, (n_in, a, qkv_p, o_p, n_post, f, gu_p, down_p) in enumerate(self._plan):
-            h = F.rms_norm(x, (x.shape[-1],), n_in.weight, n_in.variance_epsilon)
+        D = x.shape[-1]
+        for i, (w_in, eps_in, a, qkv_p, o_p, w_post, eps_post, f, gu_p, down_p) in enumerate(self._plan):
+            h = F.rms_norm(x, (D,), w_in, eps_in)
             if type(qkv_p) is _Fused:
                 qkv = torch.matmul(h, qkv_p.weight_t())  # (B,t,(Hq+2Hkv)*Dh)
             else:  # live modules (a LoRA wrapper, a hook)
@@ -242,21 +250,22 @@ class LlamaDecoder:
                 q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             self.k[i, :, :, start:end] = k
             self.v[i, :, :, start:end] = v
-            mask = None
-            if start == 0:
-                kk, vv = k, v
-            else:
-                kk, vv = self.k[i, :, :, :end], self.v[i, :, :, :end]
-                if causal:  # a chunk after cached tokens: causal within the chunk, full to the past
-                    mask = torch.ones(t, end, dtype=torch.bool).tril(start)
             proc = a.processor
-            if proc is None:  # the same kernel call as the identity processor `sdpa`
-                o = sdpa_tensors(q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
+            if proc is None and start == 0:  # the kernel calls of the identity processor `sdpa`, inlined
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)  # (B,Hq,t,Dh)
+            elif proc is None and t == 1:
+                o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], enable_gqa=gqa)
             else:
-                o = run_processor(proc, a, q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
+                kk, vv = (k, v) if start == 0 else (self.k[i, :, :, :end], self.v[i, :, :, :end])
+                # a chunk after cached tokens: causal within the chunk, full to the past
+                mask = torch.ones(t, end, dtype=torch.bool).tril(start) if causal and start > 0 else None
+                if proc is None:
+                    o = sdpa_tensors(q, kk, vv, mask)
+                else:
+                    o = run_processor(proc, a, q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
             o = o.transpose(1, 2).reshape(B, t, nq)  # (B,t,Hq*Dh)
             x = x + (torch.matmul(o, o_p.weight_t()) if type(o_p) is _Fused else o_p[0](o))
-            h = F.rms_norm(x, (x.shape[-1],), n_post.weight, n_post.variance_epsilon)
+            h = F.rms_norm(x, (D,), w_post, eps_post)
             if type(gu_p) is _Fused:
                 gate, up = torch.matmul(h, gu_p.weight_t()).chunk(2, dim=-1)  # (B,t,M) each
             else:
