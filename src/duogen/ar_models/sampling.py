@@ -218,6 +218,8 @@ class LlamaDecoder:
         Queries attend to every cached key before them; with `bidirectional` the
         t new tokens also see each other fully (the prefix LM's prefix).
         """
+        if not self._plan:
+            raise RuntimeError("LlamaDecoder.forward before reset(batch): reset reads the model and sizes the cache")
         B, t = ids.shape
         end = start + t
         m = self.lm.model
@@ -237,7 +239,7 @@ class LlamaDecoder:
             h = F.rms_norm(x, (D,), w_in, eps_in)
             if type(qkv_p) is _Fused:
                 qkv = torch.matmul(h, qkv_p.weight_t())  # (B,t,(Hq+2Hkv)*Dh)
-            else:  # live modules (a LoRA wrapper, a hook)
+            else:  # live modules (a LoRA variant such as DoRA, a hooked layer)
                 qkv = torch.cat([m(h) for m in qkv_p], dim=-1)
             if rot is not None:  # one token: rotate queries and keys together
                 qk = torch.matmul(qkv[..., : nq + nkv].view(B, self.hq + self.hkv, self.dh), rot)  # (B,Hq+Hkv,Dh)
