@@ -127,8 +127,10 @@ class _Fused:
         # measured slower here (bench/bench_ar_sampling.py --clock cpu)
         with torch.inference_mode(False), torch.no_grad():
             ws = [w if not terms else w + sum(s * (b @ a) for a, b, s in terms) for w, terms in self.sources]
-            w = ws[0] if len(ws) == 1 else torch.cat(ws)
-            self.wt = (w if self.rows is None else w[self.rows]).detach().t().contiguous()
+            if self.rows is not None:
+                ws = [w[self.rows] for w in ws]
+            # one copy: cat of the transposed views writes the (in, out) layout directly
+            self.wt = torch.cat([w.detach().t() for w in ws], dim=1) if len(ws) > 1 else ws[0].detach().t().contiguous()
         self.versions = tuple(t._version for t in self.tensors)
         return self.wt
 
