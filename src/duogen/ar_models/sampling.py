@@ -280,12 +280,12 @@ class LlamaDecoder:
 
     def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """Logits of ids lo..hi-1 only: (B,D) -> (B,R)."""
-        head = self.lm.lm_head
-        if not _plain(head):  # e.g. a LoRA on the head: the whole row, then the range
-            return head(h)[:, lo:hi]
         fused = self._heads.get((lo, hi))
-        if fused is None or fused.sources[0][0] is not head.weight:
-            fused = self._heads[(lo, hi)] = _Fused([(head.weight, [])], slice(lo, hi))
+        if fused is None:
+            head = self.lm.lm_head
+            if not _plain(head):  # e.g. a LoRA on the head: the whole row, then the range
+                return head(h)[:, lo:hi]
+            fused = self._heads[(lo, hi)] = _Fused([(head.weight, [])], slice(lo, hi))  # until the next reset
         return h @ fused.weight_t()
 
 
