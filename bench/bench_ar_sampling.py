@@ -6,9 +6,12 @@ parameters), same prompt, same number of new tokens (one 3x8x8 latent clip =
 (duogen batches the conditional and unconditional streams; generate() uses its
 `guidance_scale` + `negative_prompt_ids` logits processor, which runs the unconditional stream as a
 second forward per step). The no-cache baseline times fewer tokens (--nocache-tokens; the
-count is printed). Prints a table and the ratios.
+count is printed). Then the same rows with a peft LoRA (rank --lora-rank, non-zero B) on
+q/k/v/o and the MLP of every layer, which duogen's decoder folds into its weight copies at each call
+(W + scale B A, read from the live peft modules; generate() runs the peft modules)
+(skip with --lora-rank 0). Prints a table and the ratios.
 
-    .venv/bin/python bench/bench_ar_sampling.py [--threads 1] [--tokens 192] [--batch 1]
+    .venv/bin/python bench/bench_ar_sampling.py [--threads 1] [--tokens 192] [--batch 1] [--lora-rank 8] [--clock cpu]
 
 All contenders run with the same torch thread count (default 1: on a shared 2-core
 machine one thread is several times faster for every contender at batch 1).
@@ -31,6 +34,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--nocache-tokens", type=int, default=48, help="the no-cache baseline is slow; time fewer tokens")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: this process's CPU time (steadier than wall time when other jobs share the cores)")
+    ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank of the adapted rows (0 = no LoRA rows)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,13 +71,15 @@ def main() -> None:
             lm.generate(prefix, **kw)
         return B * n
 
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+
     def rate(fn, *a, **k) -> float:
         fn(*a, **k)  # warm-up
         best = 0.0
         for _ in range(args.repeats):
-            t = time.perf_counter()
+            t = clock()
             n = fn(*a, **k)
-            best = max(best, n / (time.perf_counter() - t))
+            best = max(best, n / (clock() - t))
         return best
 
     rows = {}
@@ -85,18 +93,34 @@ def main() -> None:
             rows[f"generate() no cache {g}"] = rate(hf, guided, cache=False, n=args.nocache_tokens)
         except Exception as e:  # a transformers version without guidance_scale
             print(f"generate() {g}: {type(e).__name__}: {e}")
-    print(f"threads={torch.get_num_threads()} batch={B} new_tokens={N} (no-cache rows: {args.nocache_tokens})"
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        get_peft_model(lm, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules=targets,
+                                      init_lora_weights=False))  # adapts lm's modules in place; the decoder follows
+        for guided in (False, True):
+            g = "guided" if guided else "plain"
+            rows[f"duogen {g} lora"] = rate(ours, guided)
+            try:
+                rows[f"generate() cache {g} lora"] = rate(hf, guided)
+            except Exception as e:
+                print(f"generate() {g} lora: {type(e).__name__}: {e}")
+    print(f"clock={args.clock} threads={torch.get_num_threads()} batch={B} new_tokens={N} (no-cache rows: {args.nocache_tokens})"
           f" params={sum(p.numel() for p in lm.parameters())/1e6:.1f}M")
     for k, v in rows.items():
-        print(f"{k:28s} {v:9.1f} tokens/s")
+        print(f"{k:32s} {v:9.1f} tokens/s")
     ratios = {}
-    for g in ("plain", "guided"):
+    for g in ("plain", "guided", "plain lora", "guided lora"):
         for base, name in (("generate() cache", "generate()"), ("generate() no cache", "no cache")):
             if f"{base} {g}" in rows:
                 ratios[f"{g}: duogen / {name}"] = rows[f"duogen {g}"] / rows[f"{base} {g}"]
+    if "duogen plain lora" in rows:
+        ratios["plain: lora / no lora"] = rows["duogen plain lora"] / rows["duogen plain"]
     for k, v in ratios.items():
-        print(f"{k:28s} {v:9.2f}x")
-    print(json.dumps({"tokens_per_s": rows, "ratios": ratios, "new_tokens": N, "nocache_tokens": args.nocache_tokens}))
+        print(f"{k:32s} {v:9.2f}x")
+    print(json.dumps({"tokens_per_s": rows, "ratios": ratios, "new_tokens": N, "nocache_tokens": args.nocache_tokens,
+                      "lora_rank": args.lora_rank}))
 
 
 if __name__ == "__main__":

@@ -264,12 +264,12 @@ def full_argmax(m, prefix, out):
     return logits[:, P - 1 : -1].argmax(-1)
 
 
-def add_lora(m, names=("style",), seed=1):
+def add_lora(m, names=("style",), seed=1, dora=False):
     """peft LoRA on q/k/v/o and the MLP with non-zero B (a fresh LoRA is a no-op), one adapter per name."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False, use_dora=dora)
     peft_model = get_peft_model(m.lm, cfg, adapter_name=names[0])
     for name in names[1:]:
         peft_model.add_adapter(name, cfg)
@@ -280,12 +280,13 @@ def add_lora(m, names=("style",), seed=1):
     return peft_model
 
 
-@pytest.mark.parametrize("prefix_lm", [False, True])
-def test_lora_greedy_sampling_equals_the_adapted_full_forward(prefix_lm):
+@pytest.mark.parametrize("prefix_lm,dora", [(False, False), (True, False), (False, True)])
+def test_lora_greedy_sampling_equals_the_adapted_full_forward(prefix_lm, dora):
+    """Plain LoRA runs fused into the decoder's weight copies, DoRA through peft's modules: both as the model does."""
     m = build(prefix_lm)
     dec = m.decoder()  # built before the adapters exist
     _, base = greedy(m, dec)
-    add_lora(m)
+    add_lora(m, dora=dora)
     assert hasattr(m.lm.model.layers[0].self_attn.q_proj, "lora_A")  # peft wrapped the live modules in place
     prefix, out = greedy(m, dec)
     assert torch.equal(out, full_argmax(m, prefix, out))
@@ -336,6 +337,19 @@ def test_a_weight_edit_after_building_the_decoder_is_used(edit):
     prefix, after = greedy(m, dec)
     assert not torch.equal(after, before)
     assert torch.equal(after, full_argmax(m, prefix, after))
+
+
+def test_a_forward_hook_on_a_projection_is_honoured():
+    m = build(prefix_lm=False)
+    dec = m.decoder()
+    _, before = greedy(m, dec)
+    handle = m.lm.model.layers[1].mlp.down_proj.register_forward_hook(lambda mod, args, out: out * -4.0)
+    try:
+        prefix, after = greedy(m, dec)
+        assert not torch.equal(after, before) and torch.equal(after, full_argmax(m, prefix, after))
+    finally:
+        handle.remove()
+    assert torch.equal(greedy(m, dec)[1], before)
 
 
 def test_an_edit_within_a_sampling_call_is_used_at_the_next_step():

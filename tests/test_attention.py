@@ -12,7 +12,7 @@ from duogen.diffusion.dit import DiT, DiTConfig
 from duogen.diffusion.sampling import ddim_invert, sample
 from duogen.diffusion.schedulers import DDIMScheduler
 from duogen.diffusion.schedules import NoiseSchedule
-from test_ar_sampling import build, full_argmax
+from test_ar_sampling import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import torch
@@ -146,14 +146,28 @@ class AttentionContext:
 _CONTEXT: ContextVar[AttentionContext] = ContextVar("duogen_attention_context", default=AttentionContext())
 
 
-@contextlib.contextmanager
-def attention_context(**changes: Any) -> Iterator[AttentionContext]:
-    """Set `step` and / or `roles` for the attention calls inside the block (the rest is inherited)."""
-    token = _CONTEXT.set(replace(_CONTEXT.get(), **changes))
-    try:
-        yield _CONTEXT.get()
-    finally:
-        _CONTEXT.reset(token)
+_KEEP: Any = object()
+
+
+class attention_context:  # noqa: N801  (used as a context manager, like contextlib's)
+    """`with attention_context(step=..., roles=...)`: set the step and / or roles for the attention calls
+    inside the block (what is not given is inherited). A class, not a generator: the AR sampler enters one
+    per decoded token."""
+
+    __slots__ = ("step", "roles", "token")
+
+    def __init__(self, step: int | None = _KEEP, roles: tuple[Role, ...] = _KEEP) -> None:
+        self.step, self.roles = step, roles
+
+    def __enter__(self) -> AttentionContext:
+        cur = _CONTEXT.get()
+        ctx = AttentionContext(cur.step if self.step is _KEEP else self.step,
+                               cur.roles if self.roles is _KEEP else self.roles)
+        self.token = _CONTEXT.set(ctx)
+        return ctx
+
+    def __exit__(self, *exc: Any) -> None:
+        _CONTEXT.reset(self.token)
 
 
 def run_processor(processor: Processor, module: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,

@@ -33,11 +33,15 @@ IMPLEMENTATION = "duogen"
 def duogen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature: q (B,Hq,T,Dh), k v (B,Hkv,T,Dh) -> ((B,T,Hq,Dh), None)."""
+    """transformers' attention-function signature: q (B,Hq,T,Dh), k v (B,Hkv,T,Dh) -> ((B,T,Hq,Dh), None).
+
+    A processor owns the probabilities: attention dropout (training only, `ARConfig.attn_dropout`) is not
+    applied while one is installed.
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     proc = getattr(module, "processor", None)
-    if proc is None or dropout > 0.0:  # no processor (or training with attention dropout): transformers' SDPA
+    if proc is None:  # transformers' own SDPA call, unchanged
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     mask = attention_mask

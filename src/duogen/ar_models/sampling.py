@@ -68,57 +68,96 @@ class SamplingConfig:
 
 
 def _plain(*mods: Any) -> bool:
-    """Linear layers the decoder may run from a cached transposed weight: exactly nn.Linear, no bias, no hooks.
-
-    A peft LoRA wrapper, any other module, or a forward hook sends the projection through the live module.
-    """
+    """Exactly nn.Linear, no bias, no hooks: a layer whose output is x @ weight.T and nothing else."""
     return all(type(m) is nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
                for m in mods)
 
 
-class _Fused:
-    """Plain linear layers' weights concatenated, transposed and contiguous, (in, out), rows `rows` of the output.
+# A projection the fast path can run as one matrix: its weight W (out, in) plus LoRA terms (A (r, in), B (out, r),
+# scale), so that the projection is x W^T + sum scale * x A^T B^T = x (W + sum scale * B A)^T.
+_Source = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, float]]]
 
-    `weight_t()` rebuilds the copy when a weight tensor was modified in place (its version counter moved).
+
+def _source(mod: Any) -> _Source | None:
+    """The weight (and unmerged LoRA terms) that make up `mod`'s output, or None: run the module itself.
+
+    A peft LoRA `Linear` is read as the model runs it right now (active adapters, their scales, disabled or
+    merged); a LoRA variant (DoRA, ...), dropout in training mode, a LoRA bias, or any hook sends it to the module.
     """
+    if _plain(mod):
+        return mod.weight, []
+    t = type(mod)
+    if t.__name__ != "Linear" or not t.__module__.startswith("peft.tuners.lora") or mod._forward_hooks \
+            or mod._forward_pre_hooks or not _plain(mod.base_layer) or getattr(mod, "fan_in_fan_out", False):
+        return None
+    if mod.disable_adapters or mod.merged:
+        return None if mod.disable_adapters and mod.merged else (mod.base_layer.weight, [])  # merged: W holds them
+    terms = []
+    for name in mod.active_adapters:
+        if name not in mod.lora_A.keys():
+            continue
+        A, B, drop = mod.lora_A[name], mod.lora_B[name], mod.lora_dropout[name]
+        if name in mod.lora_variant or not _plain(A, B) or (drop.training and not isinstance(drop, nn.Identity)) \
+                or A.weight.dtype != mod.base_layer.weight.dtype:
+            return None
+        terms.append((A.weight, B.weight, float(mod.scaling[name])))
+    return mod.base_layer.weight, terms
 
-    __slots__ = ("weights", "rows", "versions", "wt")
 
-    def __init__(self, mods: Sequence[nn.Linear], rows: slice | None = None):
-        self.weights, self.rows = tuple(m.weight for m in mods), rows
+class _Fused:
+    """Projections run as one matrix: their effective weights (`_Source`) concatenated, transposed and contiguous,
+    (in, out), output rows `rows` only. `weight_t()` rebuilds the copy when a tensor it was built from was
+    modified in place (its version counter moved)."""
+
+    __slots__ = ("sources", "tensors", "rows", "versions", "wt")
+
+    def __init__(self, sources: Sequence[_Source], rows: slice | None = None):
+        self.sources, self.rows = list(sources), rows
+        self.tensors = [t for w, terms in self.sources for t in (w, *(x for a, b, _ in terms for x in (a, b)))]
         self.versions: tuple[int, ...] = ()
         self.wt: torch.Tensor | None = None
 
     def weight_t(self) -> torch.Tensor:
         if self.wt is not None:
-            for w, v in zip(self.weights, self.versions):
+            for w, v in zip(self.tensors, self.versions):
                 if w._version != v:
                     break
             else:
                 return self.wt
-        w = self.weights[0] if len(self.weights) == 1 else torch.cat(self.weights)
-        self.wt = (w if self.rows is None else w[self.rows]).detach().t().contiguous()
-        self.versions = tuple(w._version for w in self.weights)
+        # built as a normal tensor even inside sampling's inference mode: matmuls with an inference-mode copy
+        # measured slower here (bench/bench_ar_sampling.py --clock cpu)
+        with torch.inference_mode(False), torch.no_grad():
+            ws = [w if not terms else w + sum(s * (b @ a) for a, b, s in terms) for w, terms in self.sources]
+            if self.rows is not None:
+                ws = [w[self.rows] for w in ws]
+            # one copy: cat of the transposed views writes the (in, out) layout directly
+            self.wt = torch.cat([w.detach().t() for w in ws], dim=1) if len(ws) > 1 else ws[0].detach().t().contiguous()
+        self.versions = tuple(t._version for t in self.tensors)
         return self.wt
 
 
 class LlamaDecoder:
     """A static-KV-cache forward over a `LlamaForCausalLM`'s live modules (float32 or the weights' dtype).
 
-    Nothing is copied for good: every forward reads the model's current
+    Nothing is copied for good: every sampling call reads the model's current
     modules, so a weight edit, a `peft` LoRA (q/k/v/o, the MLP, the head), a
     switched or rescaled adapter and an attention processor take effect at the
-    next sampling call without rebuilding the decoder. `reset` (the start of
-    each sampling call) reads which modules the layers hold; projections that
-    are plain `nn.Linear`s (no bias, no hooks) run from a transposed (in, out)
-    copy: at one token per row, x @ W_t runs 1.3-1.8x faster than F.linear(x, W)
-    on this CPU (q, k, v and gate, up are also fused into one matmul each).
-    The copies are dropped at every `reset` (so edits through `.data`, such as
-    an EMA swap, are seen) and re-checked before every step against the weight
-    tensors they came from and their version counters (in-place edits and
-    replaced parameters within a call). Others (a peft LoRA wrapper, a hooked
-    layer) run as modules. A layer with a `processor` hands its attention to
-    it (`duogen.attention`); without one, SDPA runs directly.
+    next call without rebuilding the decoder (processors and in-place weight
+    edits even at the next step).
+
+    `reset` (the start of each sampling call) reads the modules the layers hold
+    now. A projection that is a plain `nn.Linear`, or a peft LoRA `Linear` in
+    its plain form (active adapters W + scale * B A; no DoRA, no dropout in
+    training mode), runs from one transposed (in, out) copy of its effective
+    weight: at one token per row, x @ W_t runs 1.3-1.8x faster than
+    F.linear(x, W) on this CPU, and q, k, v and gate, up each become one
+    matmul. The copies are dropped at every `reset` (so adapter switches and
+    scales, and edits through `.data` such as an EMA swap, are seen) and
+    re-checked before every step against the version counters of the tensors
+    they came from (in-place edits within a call). Anything else (a LoRA
+    variant, a hooked layer) runs as the module itself. A layer with a
+    `processor` hands its attention to it (`duogen.attention`); without one,
+    SDPA runs directly.
     """
 
     def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None):
@@ -152,14 +191,18 @@ class LlamaDecoder:
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
     def _layers(self) -> list[tuple[Any, ...]]:
-        """Per layer: (norm in, attention, [q,k,v], o, norm post, mlp, [gate,up], down); a projection group is
-        a module tuple to call, or a `_Fused` (plain nn.Linear weights behind one transposed copy)."""
+        """Per layer: (norm-in weight, eps, attention, [q,k,v], o, norm-post weight, eps, mlp, [gate,up], down).
+
+        A projection group is a `_Fused` (one transposed copy of the effective weights) or, if any member
+        can't be, the modules to call. Resolved once per call: module attribute lookups cost per step."""
         plan = []
         for layer in self.lm.model.layers:
             a, f = layer.self_attn, layer.mlp
             groups = [(a.q_proj, a.k_proj, a.v_proj), (a.o_proj,), (f.gate_proj, f.up_proj), (f.down_proj,)]
-            qkv, o, gu, down = [_Fused(g) if _plain(*g) else g for g in groups]
-            plan.append((layer.input_layernorm, a, qkv, o, layer.post_attention_layernorm, f, gu, down))
+            srcs = [[_source(m) for m in g] for g in groups]
+            qkv, o, gu, down = [_Fused(sr) if all(x is not None for x in sr) else g for g, sr in zip(groups, srcs)]
+            n_in, n_post = layer.input_layernorm, layer.post_attention_layernorm
+            plan.append((n_in.weight, n_in.variance_epsilon, a, qkv, o, n_post.weight, n_post.variance_epsilon, f, gu, down))
         return plan
 
     def reset(self, batch: int) -> None:
@@ -178,23 +221,28 @@ class LlamaDecoder:
         Queries attend to every cached key before them; with `bidirectional` the
         t new tokens also see each other fully (the prefix LM's prefix).
         """
+        if not self._plan:
+            raise RuntimeError("LlamaDecoder.forward before reset(batch): reset reads the model and sizes the cache")
         B, t = ids.shape
         end = start + t
         m = self.lm.model
         emb = m.embed_tokens
-        x = F.embedding(ids, emb.weight) if type(emb) is nn.Embedding and not emb._forward_hooks else emb(ids)  # (B,t,D)
+        plain_emb = type(emb) is nn.Embedding and not emb._forward_hooks
+        x = F.embedding(ids, emb.weight) if plain_emb else emb(ids)  # (B,t,D)
         if self.positions is not None:
             pe, self._pos_state = self.positions(ids, None if start == 0 else self._pos_state)
             x = x + pe.to(x.dtype)
         cos, sin = self.cos[start:end], self.sin[start:end]  # (t,Dh)
         nq, nkv = self.hq * self.dh, self.hkv * self.dh
         causal = t > 1 and not bidirectional
+        gqa = self.hq != self.hkv
         rot = self.rot[start] if t == 1 else None  # (Dh, Dh)
-        for i, (n_in, a, qkv_p, o_p, n_post, f, gu_p, down_p) in enumerate(self._plan):
-            h = F.rms_norm(x, (x.shape[-1],), n_in.weight, n_in.variance_epsilon)
+        D = x.shape[-1]
+        for i, (w_in, eps_in, a, qkv_p, o_p, w_post, eps_post, f, gu_p, down_p) in enumerate(self._plan):
+            h = F.rms_norm(x, (D,), w_in, eps_in)
             if type(qkv_p) is _Fused:
                 qkv = torch.matmul(h, qkv_p.weight_t())  # (B,t,(Hq+2Hkv)*Dh)
-            else:  # live modules (a LoRA wrapper, a hook)
+            else:  # live modules (a LoRA variant such as DoRA, a hooked layer)
                 qkv = torch.cat([m(h) for m in qkv_p], dim=-1)
             if rot is not None:  # one token: rotate queries and keys together
                 qk = torch.matmul(qkv[..., : nq + nkv].view(B, self.hq + self.hkv, self.dh), rot)  # (B,Hq+Hkv,Dh)
@@ -207,21 +255,22 @@ class LlamaDecoder:
                 q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             self.k[i, :, :, start:end] = k
             self.v[i, :, :, start:end] = v
-            mask = None
-            if start == 0:
-                kk, vv = k, v
-            else:
-                kk, vv = self.k[i, :, :, :end], self.v[i, :, :, :end]
-                if causal:  # a chunk after cached tokens: causal within the chunk, full to the past
-                    mask = torch.ones(t, end, dtype=torch.bool).tril(start)
             proc = a.processor
-            if proc is None:  # the same kernel call as the identity processor `sdpa`
-                o = sdpa_tensors(q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
+            if proc is None and start == 0:  # the kernel calls of the identity processor `sdpa`, inlined
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)  # (B,Hq,t,Dh)
+            elif proc is None and t == 1:
+                o = F.scaled_dot_product_attention(q, self.k[i, :, :, :end], self.v[i, :, :, :end], enable_gqa=gqa)
             else:
-                o = run_processor(proc, a, q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
+                kk, vv = (k, v) if start == 0 else (self.k[i, :, :, :end], self.v[i, :, :, :end])
+                # a chunk after cached tokens: causal within the chunk, full to the past
+                mask = torch.ones(t, end, dtype=torch.bool).tril(start) if causal and start > 0 else None
+                if proc is None:
+                    o = sdpa_tensors(q, kk, vv, mask)
+                else:
+                    o = run_processor(proc, a, q, kk, vv, mask, causal and start == 0)  # (B,Hq,t,Dh)
             o = o.transpose(1, 2).reshape(B, t, nq)  # (B,t,Hq*Dh)
             x = x + (torch.matmul(o, o_p.weight_t()) if type(o_p) is _Fused else o_p[0](o))
-            h = F.rms_norm(x, (x.shape[-1],), n_post.weight, n_post.variance_epsilon)
+            h = F.rms_norm(x, (D,), w_post, eps_post)
             if type(gu_p) is _Fused:
                 gate, up = torch.matmul(h, gu_p.weight_t()).chunk(2, dim=-1)  # (B,t,M) each
             else:
@@ -232,12 +281,12 @@ class LlamaDecoder:
 
     def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """Logits of ids lo..hi-1 only: (B,D) -> (B,R)."""
-        head = self.lm.lm_head
-        if not _plain(head):  # e.g. a LoRA on the head: the whole row, then the range
-            return head(h)[:, lo:hi]
         fused = self._heads.get((lo, hi))
-        if fused is None or fused.weights[0] is not head.weight:
-            fused = self._heads[(lo, hi)] = _Fused((head,), slice(lo, hi))
+        if fused is None:
+            head = self.lm.lm_head
+            if not _plain(head):  # e.g. a LoRA on the head: the whole row, then the range
+                return head(h)[:, lo:hi]
+            fused = self._heads[(lo, hi)] = _Fused([(head.weight, [])], slice(lo, hi))  # until the next reset
         return h @ fused.weight_t()
 
 
