@@ -467,7 +467,7 @@ def train_codec(
     summary = {
         "modality": modality, "out": str(out), "final": str(out / "final"), "steps": step,
         "train_seconds": round(train_seconds, 1), "items_seen": step * tc.batch_size,
-        "parameters": count_parameters(codec), "heldout": final, "curve": curve,
+        "parameters": count_parameters(codec), "heldout": final, "curve": curve, "world_size": world,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot_curve(curve, out / "psnr.png")
