@@ -1,9 +1,9 @@
 """Every training recipe under torchrun with 2 CPU processes, through the CLI a user types.
 
-Two launches (tests/cli_worker.py runs several `duogen` commands per launch, paying the imports
-once): one runs every recipe with train.engine=ddp, the other every recipe with DeepSpeed (ZeRO-3 for
-the AR model, ZeRO-2 for diffusion and the audio codec, ZeRO-1 for the video codec, ZeRO-1/2/3 for
-the image codec). Each run must end with the same weights on both ranks (the ranks train on different
+One launch (tests/cli_worker.py runs several `duogen` commands in it, paying the imports once) runs
+every recipe with train.engine=ddp, then every recipe with DeepSpeed (ZeRO-3 for the AR model,
+ZeRO-2 for diffusion and the audio codec, ZeRO-1 for the video codec, ZeRO-1/2/3 for the image
+codec, the cheapest). Each run must end with the same weights on both ranks (the ranks train on different
 halves of every batch, so only a working gradient all-reduce keeps them equal), a finite loss, a
 record of its 2 processes, and a final/ model that duogen loads. A DeepSpeed run converts to a model
 directory `duogen generate` loads. Launch mistakes are one line and exit status 2.
@@ -88,21 +88,18 @@ def _recipes_here(pairs):
 
 
 @pytest.fixture(scope="module")
-def ddp(root):
-    cmds = [{"name": r, "argv": recipe_argv(r, root, root / f"ddp_{r}", "train.engine=ddp")} for r in _recipes_here(RECIPES)]
+def runs(root):
+    """One launch for everything: the imports (torch, DeepSpeed, the codecs' libraries) are paid once."""
+    cmds = [{"name": f"ddp_{r}", "argv": recipe_argv(r, root, root / f"ddp_{r}", "train.engine=ddp")}
+            for r in _recipes_here(RECIPES)]
     # launch mistakes under torchrun: a global batch of 3 over 2 processes; 2 processes with engine=single
     cmds.append({"name": "odd_batch", "argv": [*recipe_argv("ar", root, root / "odd", "train.engine=ddp"),
                                                "train.batch_size=3"]})
     cmds.append({"name": "single_engine", "argv": recipe_argv("video", root, root / "single", "train.engine=single")})
-    return _launch(root, "ddp", cmds)
-
-
-@pytest.fixture(scope="module")
-def deepspeed(root):
-    cmds = [{"name": f"{r}{z}", "argv": recipe_argv(r, root, root / f"ds_{r}{z}", "train.engine=deepspeed",
-                                                     f"train.zero_stage={z}")}
-            for r, z in _recipes_here(DEEPSPEED)]
-    return _launch(root, "deepspeed", cmds)
+    cmds += [{"name": f"ds_{r}{z}", "argv": recipe_argv(r, root, root / f"ds_{r}{z}", "train.engine=deepspeed",
+                                                         f"train.zero_stage={z}")}
+             for r, z in _recipes_here(DEEPSPEED)]
+    return _launch(root, "runs", cmds)
 
 
 def _check_run(records: list[dict], recipe: str, run: Path, engine: str) -> None:
@@ -134,27 +131,26 @@ def _check_run(records: list[dict], recipe: str, run: Path, engine: str) -> None
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_trains_under_ddp(recipe, root, ddp):
+def test_recipe_trains_under_ddp(recipe, root, runs):
     if recipe == "audio" and not HAS_SPEECH:
         pytest.skip("needs espeak-ng (espeakng_loader) for the audio column")
-    _check_run(ddp[recipe], recipe, root / f"ddp_{recipe}", "ddp")
+    _check_run(runs[f"ddp_{recipe}"], recipe, root / f"ddp_{recipe}", "ddp")
 
 
 @pytest.mark.parametrize("recipe,stage", DEEPSPEED)
-def test_recipe_trains_under_deepspeed(recipe, stage, root, deepspeed):
+def test_recipe_trains_under_deepspeed(recipe, stage, root, runs):
     if recipe == "audio" and not HAS_SPEECH:
         pytest.skip("needs espeak-ng (espeakng_loader) for the audio column")
-    _check_run(deepspeed[f"{recipe}{stage}"], recipe, root / f"ds_{recipe}{stage}", "deepspeed")
+    _check_run(runs[f"ds_{recipe}{stage}"], recipe, root / f"ds_{recipe}{stage}", "deepspeed")
 
 
 @pytest.mark.parametrize("recipe,stage", [("ar", 3), ("diffusion", 2)])
-def test_convert_deepspeed_writes_a_whole_model_dir_and_refuses_to_overwrite(recipe, stage, root, deepspeed, tmp_path,
-                                                                             capsys):
+def test_convert_deepspeed_writes_a_whole_model_dir_and_refuses_to_overwrite(recipe, stage, root, runs, tmp_path, capsys):
     from duogen.bridges.generate import load_generator
     from duogen.io import load_state_dict
 
     run, out = root / f"ds_{recipe}{stage}", tmp_path / "model"
-    assert deepspeed[f"{recipe}{stage}"][0]["rc"] == 0
+    assert runs[f"ds_{recipe}{stage}"][0]["rc"] == 0
     assert cli.main(["train", "convert-deepspeed", str(run), "--out", str(out)]) == 0
     final = run / "final"
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(p.relative_to(final) for p in final.rglob("*"))
@@ -170,10 +166,10 @@ def test_convert_deepspeed_writes_a_whole_model_dir_and_refuses_to_overwrite(rec
     assert cli.main(["train", "convert-deepspeed", str(run), "--out", str(out), "--overwrite"]) == 0
 
 
-def test_launch_mistakes_under_torchrun_are_one_line(ddp):
+def test_launch_mistakes_under_torchrun_are_one_line(runs):
     for name, needle in [("odd_batch", "multiple of grad_accum x processes = 1 x 2"),
                          ("single_engine", "2 processes were launched but train.engine=single")]:
-        r0, r1 = ddp[name]
+        r0, r1 = runs[name]
         assert (r0["rc"], r1["rc"]) == (2, 2)
         lines = r0["stderr"].strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], r0["stderr"]

@@ -93,7 +93,8 @@ def launched_world_size() -> int:
 
 def launch_rank() -> int:
     """This process's rank among those torchrun started (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 def check_launch(cfg: Any) -> int:

@@ -71,6 +71,8 @@ class CodecTrainConfig:
             raise ConfigError(f"config key 'train.precision' is {self.precision!r}; allowed values: fp32, bf16")
         if self.engine not in ("single", "ddp", "deepspeed"):
             raise ConfigError(f"config key 'train.engine' is {self.engine!r}; allowed values: single, ddp, deepspeed")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"config key 'train.zero_stage' is {self.zero_stage}; allowed values: 0, 1, 2, 3")
 
 
 @dataclass
