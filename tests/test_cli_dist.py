@@ -201,3 +201,13 @@ def test_a_batch_the_processes_do_not_divide_is_one_line(recipe, root, tmp_path,
     assert cli.main(recipe_argv(recipe, root, tmp_path / "run", "train.engine=ddp")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.batch_size=4 is the global batch" in err[0] and "train.batch_size=3" in err[0], err
+
+
+def test_a_setting_deepspeed_cannot_run_is_one_line_before_any_work(root, tmp_path, monkeypatch, capsys):
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    argv = recipe_argv("diffusion", root, tmp_path / "run", "train.engine=deepspeed", "train.zero_stage=3")
+    assert cli.main(argv) == 2  # the diffusion recipe's EMA needs every parameter on every rank
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.ema=0" in err[0] and not (tmp_path / "run").exists(), err

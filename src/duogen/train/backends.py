@@ -116,6 +116,11 @@ def check_launch(cfg: Any) -> int:
             if importlib.util.find_spec("deepspeed") is None:
                 raise ConfigError("train.engine=deepspeed needs the deepspeed package: `pip install deepspeed`,"
                                   " or use train.engine=ddp")
+            if getattr(cfg, "compile", False):
+                raise ConfigError("train.compile=true is not supported with train.engine=deepspeed; use train.engine=ddp")
+            if getattr(cfg, "ema", 0.0) > 0 and cfg.zero_stage == 3:
+                raise ConfigError("train.ema>0 needs the full parameters on every rank: add train.ema=0, or use"
+                                  " train.zero_stage=2 or train.engine=ddp")
     elif world > 1:
         raise ConfigError(f"{world} processes were launched but train.engine={engine}: each would train alone"
                           " into the same run directory; add train.engine=ddp or train.engine=deepspeed")
@@ -317,10 +322,6 @@ class DeepSpeedBackend(DDPBackend):
 
         deepspeed.comm.init_distributed(dist_backend="nccl" if self.device.startswith("cuda") else "gloo")
         cfg = self.cfg
-        if cfg.compile:
-            raise ConfigError("compile=true is not supported with engine=deepspeed here; use engine=ddp or single")
-        if cfg.ema > 0 and cfg.zero_stage == 3:
-            raise ConfigError("ema>0 needs full parameters on every rank: use zero_stage<=2 or engine=ddp")
         micro = cfg.batch_size // (cfg.grad_accum * self.world_size)
         ds_config = {
             "train_batch_size": cfg.batch_size,
