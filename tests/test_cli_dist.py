@@ -211,3 +211,14 @@ def test_a_setting_deepspeed_cannot_run_is_one_line_before_any_work(root, tmp_pa
     assert cli.main(argv) == 2  # the diffusion recipe's EMA needs every parameter on every rank
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.ema=0" in err[0] and not (tmp_path / "run").exists(), err
+
+
+def test_more_processes_than_gpus_is_one_line(root, tmp_path, monkeypatch, capsys):
+    for k, v in {"RANK": "3", "LOCAL_RANK": "3", "WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs, as torch sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    capsys.readouterr()
+    assert cli.main(recipe_argv("ar", root, tmp_path / "run", "train.engine=ddp")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(rank 3)" in err[0] and "--nproc_per_node 2" in err[0], err

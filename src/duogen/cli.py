@@ -528,12 +528,12 @@ def main(argv: list[str] | None = None) -> int:
 def _error_line(e: DuogenError) -> None:
     """One line on stderr; under torchrun a config mistake (the same on every rank) is told by rank 0 only."""
     from .errors import ConfigError
-    from .train.backends import launch_rank
+    from .train.backends import RankLaunchError, launch_rank
 
     rank = launch_rank()
     if rank == 0:
         print(f"duogen: error: {e}", file=sys.stderr)
-    elif not isinstance(e, ConfigError):
+    elif not isinstance(e, ConfigError) or isinstance(e, RankLaunchError):
         print(f"duogen: error (rank {rank}): {e}", file=sys.stderr)
 
 

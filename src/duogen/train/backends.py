@@ -79,6 +79,10 @@ def _through_forward(wrapper: Any, module: Any, loss_fn: Callable[[Any, Any], An
         vars(module).pop("forward", None)
 
 
+class RankLaunchError(ConfigError):
+    """A launch mistake of some ranks only (too few GPUs for the local rank): each rank that has it says so."""
+
+
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 LAUNCH_HINT = "torchrun --nproc_per_node N -m duogen train ..."
 
@@ -110,6 +114,12 @@ def check_launch(cfg: Any) -> int:
         if missing:
             raise ConfigError(f"train.engine={engine} needs torchrun's environment ({', '.join(missing)} not set):"
                               f" launch with `{LAUNCH_HINT} train.engine={engine}`, or use train.engine=single")
+        import torch
+
+        if torch.cuda.is_available() and int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise RankLaunchError(f"LOCAL_RANK={os.environ['LOCAL_RANK']} but this machine has {n} GPU(s): start at most"
+                              f" one process per GPU (torchrun --nproc_per_node {n})")
         if engine == "deepspeed":
             import importlib.util
 
