@@ -38,12 +38,21 @@ def make_data(n: int = 96, d: int = 8) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(x, y)
 
 
+class MLP(nn.Sequential):
+    """The MLP with a `loss` method, as the duogen models have (`MultimodalLM.loss`): a recipe's loss_fn that
+    calls it, not `forward`, must still synchronise gradients under DDP."""
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        return ((self(x).squeeze(-1) - y) ** 2).mean()
+
+
 def make_model(seed: int = 0, dropout: float = 0.1) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 1))
+    return MLP(nn.Linear(8, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 1))
 
 
-def make_loss(sleep: float = 0.0, nan_at: int = 0):
+def make_loss(sleep: float = 0.0, nan_at: int = 0, method: bool = False):
     calls = {"n": 0}
 
     def loss_fn(model: nn.Module, batch) -> LossOutput:
@@ -51,7 +60,7 @@ def make_loss(sleep: float = 0.0, nan_at: int = 0):
         calls["n"] += 1
         if sleep:
             time.sleep(sleep)
-        loss = ((model(x).squeeze(-1) - y) ** 2).mean()
+        loss = model.loss(batch) if method else ((model(x).squeeze(-1) - y) ** 2).mean()
         if nan_at and calls["n"] >= nan_at:
             loss = loss * float("nan")
         return LossOutput(loss, len(x), {"mse": float(loss.detach())})
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--nan-at", type=int, default=0)
     p.add_argument("--ema", type=float, default=0.0)
+    p.add_argument("--loss-method", action="store_true", help="loss_fn calls model.loss(batch), not model(x)")
     p.add_argument("--crash-at", type=int, default=0, help="raise after the checkpoint of this step (simulated crash)")
     a = p.parse_args(argv)
     stages = [int(s) for s in a.zero_stages.split(",")] if a.engine == "deepspeed" else [None]
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(3)
 
         model = make_model(0, a.dropout)
-        summary = fit(model, make_loss(a.sleep, a.nan_at), make_data(), cfg, run_dir,
+        summary = fit(model, make_loss(a.sleep, a.nan_at, a.loss_method), make_data(), cfg, run_dir,
                       run_config={"model": {"kind": "mlp", "dropout": a.dropout}}, on_eval=crash if a.crash_at else None)
         if stage is not None:
             # outputs of the trained DeepSpeed model itself, for the conversion test

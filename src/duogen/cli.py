@@ -534,25 +534,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _close_process_group()
-    if _launch_rank() == 0:  # under torchrun every rank returns the summary; rank 0 prints it
+    from .train.backends import launch_rank
+
+    if launch_rank() == 0:  # under torchrun every rank returns the summary; rank 0 prints it
         _emit(summary, getattr(args, "json", False))
     return 0
-
-
-def _launch_rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0")) if os.environ.get("RANK", "0").isdigit() else 0
 
 
 def _error_line(e: DuogenError) -> None:
     """One line on stderr; under torchrun a config mistake (the same on every rank) is told by rank 0 only."""
     from .errors import ConfigError
+    from .train.backends import RankLaunchError, launch_rank
 
-    rank = _launch_rank()
+    rank = launch_rank()
     if rank == 0:
         print(f"duogen: error: {e}", file=sys.stderr)
-    elif not isinstance(e, ConfigError):
+    elif not isinstance(e, ConfigError) or isinstance(e, RankLaunchError):
         print(f"duogen: error (rank {rank}): {e}", file=sys.stderr)
 
 

@@ -79,6 +79,10 @@ def _through_forward(wrapper: Any, module: Any, loss_fn: Callable[[Any, Any], An
         vars(module).pop("forward", None)
 
 
+class RankLaunchError(ConfigError):
+    """A launch mistake of some ranks only (too few GPUs for the local rank): each rank that has it says so."""
+
+
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 LAUNCH_HINT = "torchrun --nproc_per_node N -m duogen train ..."
 
@@ -93,7 +97,8 @@ def launched_world_size() -> int:
 
 def launch_rank() -> int:
     """This process's rank among those torchrun started (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 def check_launch(cfg: Any) -> int:
@@ -109,12 +114,23 @@ def check_launch(cfg: Any) -> int:
         if missing:
             raise ConfigError(f"train.engine={engine} needs torchrun's environment ({', '.join(missing)} not set):"
                               f" launch with `{LAUNCH_HINT} train.engine={engine}`, or use train.engine=single")
+        import torch
+
+        if torch.cuda.is_available() and int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise RankLaunchError(f"LOCAL_RANK={os.environ['LOCAL_RANK']} but this machine has {n} GPU(s): start at most"
+                              f" one process per GPU (torchrun --nproc_per_node {n})")
         if engine == "deepspeed":
             import importlib.util
 
             if importlib.util.find_spec("deepspeed") is None:
                 raise ConfigError("train.engine=deepspeed needs the deepspeed package: `pip install deepspeed`,"
                                   " or use train.engine=ddp")
+            if getattr(cfg, "compile", False):
+                raise ConfigError("train.compile=true is not supported with train.engine=deepspeed; use train.engine=ddp")
+            if getattr(cfg, "ema", 0.0) > 0 and cfg.zero_stage == 3:
+                raise ConfigError("train.ema>0 needs the full parameters on every rank: add train.ema=0, or use"
+                                  " train.zero_stage=2 or train.engine=ddp")
     elif world > 1:
         raise ConfigError(f"{world} processes were launched but train.engine={engine}: each would train alone"
                           " into the same run directory; add train.engine=ddp or train.engine=deepspeed")
@@ -316,10 +332,6 @@ class DeepSpeedBackend(DDPBackend):
 
         deepspeed.comm.init_distributed(dist_backend="nccl" if self.device.startswith("cuda") else "gloo")
         cfg = self.cfg
-        if cfg.compile:
-            raise ConfigError("compile=true is not supported with engine=deepspeed here; use engine=ddp or single")
-        if cfg.ema > 0 and cfg.zero_stage == 3:
-            raise ConfigError("ema>0 needs full parameters on every rank: use zero_stage<=2 or engine=ddp")
         micro = cfg.batch_size // (cfg.grad_accum * self.world_size)
         ds_config = {
             "train_batch_size": cfg.batch_size,

@@ -3,7 +3,9 @@
     summary = fit(model, loss_fn, train_data, TrainConfig(steps=1000), run_dir, save_model=...)
 
 `loss_fn(model, batch) -> LossOutput(loss, n_items, metrics)` is the only thing a
-recipe writes; `n_items` (samples, tokens, ...) drives the throughput figure.
+recipe writes; `n_items` (samples, tokens, ...) drives the throughput figure. It may
+call any model method (`model.loss(batch)`): under DDP and DeepSpeed the backend runs
+it inside the wrapper's forward, so gradients sync and ZeRO-3 gathers for every recipe.
 The engine owns: backends (`backends.py`: single / torchrun DDP / DeepSpeed ZeRO),
 precision (`auto` | fp32 | bf16 autocast: `duogen.precision`), gradient accumulation and clipping, AdamW with warmup + cosine,
 EMA, torch.compile (of `loss_fn`, so a recipe that calls a model method such as

@@ -72,6 +72,8 @@ class CodecTrainConfig:
             raise ConfigError(f"config key 'train.precision' is {self.precision!r}; allowed values: auto, fp32, bf16")
         if self.engine not in ("single", "ddp", "deepspeed"):
             raise ConfigError(f"config key 'train.engine' is {self.engine!r}; allowed values: single, ddp, deepspeed")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"config key 'train.zero_stage' is {self.zero_stage}; allowed values: 0, 1, 2, 3")
 
 
 @dataclass
@@ -476,6 +478,7 @@ def train_codec(
         "modality": modality, "out": str(out), "final": str(out / "final"), "steps": step,
         "train_seconds": round(train_seconds, 1), "items_seen": step * tc.batch_size,
         "parameters": count_parameters(codec), "precision": tc.precision, "heldout": final, "curve": curve,
+        "world_size": world,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot_curve(curve, out / "psnr.png")
