@@ -116,10 +116,22 @@ def test_training_into_a_used_run_dir_needs_resume_or_overwrite(tmp_path, capsys
     assert json.loads((run / "summary.json").read_text()) == {"old": True}
     code, err = _run(capsys, *args, "--resume")  # allowed: it gets as far as the (missing) data
     assert code == 2 and "nodata" in _one_line(err) and (run / "summary.json").is_file()
-    code, err = _run(capsys, *args, "--overwrite")  # starts clean: the old run is gone
+    code, err = _run(capsys, *args, "--overwrite")  # failed before writing anything: the old run comes back
     assert code == 2 and "nodata" in _one_line(err)
-    assert not (run / "summary.json").exists() and not (run / "checkpoints").exists()
-    assert not (tmp_path / ".run.lock").exists()  # released on the way out
+    assert (run / "summary.json").is_file() and (run / "checkpoints" / "step_0000009").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # lock released, nothing set aside left
+
+
+def test_overwrite_starts_clean_once_the_command_writes(tmp_path):
+    from duogen.guards import claim_output
+
+    run = tmp_path / "run"
+    _old_run(run)
+    with claim_output(run, overwrite=True, resumable=True):
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("{}\n")
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_generate_refuses_a_used_out_and_overwrite_starts_clean(tmp_path, capsys):
@@ -210,7 +222,7 @@ def test_generate_makes_big_jobs_in_bounded_calls_and_refuses_what_cannot_fit(tm
     (["data", "make", "shapes", "--seed", str(2**64)], "--seed must be an integer from 0 to 2**63-1"),
     (["generate", "--model", str(REF / "ar"), "--seed", "-5"], "--seed must be"),
     (["generate", "--model", str(REF / "ar"), "--guidance", "nan"], "--guidance must be a finite number"),
-    (["generate", "--model", str(REF / "ar"), "--n", "0"], "--n must be at least 1"),
+    (["generate", "--model", str(REF / "ar"), "--n", "0"], "--n must be >= 1"),
     (["generate", "--model", str(REF / "ar"), "--top-p", "2"], "--top-p must be in (0, 1]"),
     (["train", "ar", "--data", "d", "--tokenizer", str(REF / "codec"), "model.layers=-1"],
      "'model.layers' must be positive"),

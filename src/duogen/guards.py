@@ -96,8 +96,8 @@ def acquire_lock(path: str | Path, command: str = "") -> Path:
                     lock.unlink()
                 continue
             who = f"PID {pid} on {host}" if pid else "another process"
-            raise OutputError(f"{path}: in use by {who} (since {held.get('since', '?')}, lock {lock}); wait for it"
-                              " to finish, or write elsewhere")
+            raise OutputError(f"{path}: in use by {who} since {held.get('since', '?')}; wait for it to finish or"
+                              f" write elsewhere (if that process is gone, delete {lock})")
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return lock
@@ -153,11 +153,13 @@ def _nonempty(path: Path) -> bool:
 
 @contextlib.contextmanager
 def claim_output(path: str | Path, *, resume: bool = False, overwrite: bool = False, resumable: bool = False,
-                 command: str = "") -> Iterator[Path]:
+                 replaces_atomically: bool = False, command: str = "") -> Iterator[Path]:
     """Hold `path` (an output directory) for the duration of a command; see the module docstring.
 
-    `resumable`: the command has `--resume` (the refusal names it). Under torchrun only rank 0 claims.
-    A directory this call created and the command left empty is removed again.
+    `resumable`: the command has `--resume` (the refusal names it). `overwrite` moves the old directory
+    aside and deletes it when the command ends; a command that fails before writing anything gets it back
+    (`replaces_atomically`: the command swaps in its new directory itself, so the old one stays in place).
+    Under torchrun only rank 0 claims. A directory this call created and the command left empty is removed.
     """
     path = Path(path)
     if _rank() != 0:
@@ -166,18 +168,30 @@ def claim_output(path: str | Path, *, resume: bool = False, overwrite: bool = Fa
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is not a directory; choose another --out")
     lock = acquire_lock(path, command)
-    existed = path.exists()
+    existed, aside = path.exists(), None
     try:
         clean_leftovers(path)
         if _nonempty(path) and not resume and not overwrite:
             how = "pass --resume to continue it or --overwrite to start clean" if resumable else \
                 "pass --overwrite to start clean, or choose another --out"
             raise OutputError(f"{path}: exists and is not empty; {how}")
-        if overwrite and path.is_dir():
-            shutil.rmtree(path)
+        if overwrite and path.is_dir() and not replaces_atomically:
+            aside = path.parent / f".{path.name}.{os.getpid()}.replaced.tmp"  # a leftover .tmp if we die
+            os.replace(path, aside)
             existed = False
-        yield path
+        try:
+            yield path
+        except BaseException:
+            if aside is not None and not _nonempty(path):  # nothing new written: the old output comes back
+                with contextlib.suppress(OSError):
+                    if path.is_dir():
+                        path.rmdir()
+                    os.replace(aside, path)
+                    aside = None
+            raise
     finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
         with contextlib.suppress(OSError):
             if not existed and path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
@@ -204,9 +218,9 @@ def claim_file(path: str | Path, *, overwrite: bool = False, command: str = "") 
 
 
 # command (as `duogen ...` words) -> what its --out is; every other command writes no directory
-OUTPUTS = {
-    ("data", "make"): "dir", ("data", "import"): "dir", ("generate",): "dir", ("compare",): "dir",
-    ("train", "tokenizer"): "dir", ("train", "convert-deepspeed"): "dir",
+OUTPUTS = {  # "atomic": the command swaps its finished directory in (io.atomic_dir); "run": has --resume
+    ("data", "make"): "atomic", ("data", "import"): "atomic", ("train", "convert-deepspeed"): "atomic",
+    ("generate",): "dir", ("compare",): "dir", ("train", "tokenizer"): "dir",
     ("train", "ar"): "run", ("train", "diffusion"): "run", ("demo",): "demo", ("tokenizer", "recon"): "file",
 }
 
@@ -231,7 +245,8 @@ def claim_for(args: Any) -> contextlib.AbstractContextManager[Any]:
         return claim_file(out, overwrite=overwrite, command=name)
     # the demo resumes its finished stages by design (--fresh starts clean)
     resume = kind == "demo" or getattr(args, "resume", None) is not None
-    return claim_output(out, resume=resume, overwrite=overwrite, resumable=kind == "run", command=name)
+    return claim_output(out, resume=resume, overwrite=overwrite, resumable=kind == "run",
+                        replaces_atomically=kind == "atomic", command=name)
 
 
 def add_overwrite_argument(p: Any, what: str = "--out") -> None:
@@ -276,18 +291,17 @@ def _bad(flag: str, rule: str, value: Any) -> ConfigError:
 def check_args(args: Any) -> None:
     """The CLI's number rules, checked before any work (a ConfigError: one line, exit 2).
 
-    Seeds: integers in [0, 2**63-1] for every command. Counts (--n, --steps, --per-split, --per-call):
-    at least 1. Floats: finite; --temperature >= 0, --top-p in (0, 1], --eta in [0, 1], --top-k >= 0,
+    Seeds: integers in [0, 2**63-1] for every command. Counts (--n, --per-split, --per-call): >= 1. Floats: finite; --temperature >= 0, --top-p in (0, 1], --eta in [0, 1], --top-k >= 0,
     --minutes > 0, --guidance finite.
     """
     get = lambda name: getattr(args, name, None)  # noqa: E731
     seed = get("seed")
     if seed is not None and not (0 <= seed <= SEED_MAX):
         raise _bad("--seed", "an integer from 0 to 2**63-1", seed)
-    for name in ("n", "steps", "per_split", "per_call"):
+    for name in ("n", "per_split", "per_call"):  # --steps: each sampler checks its own range
         v = get(name)
         if v is not None and v < 1:
-            raise _bad(f"--{name.replace('_', '-')}", "at least 1", v)
+            raise _bad(f"--{name.replace('_', '-')}", ">= 1", v)
     for name in ("guidance", "temperature", "top_p", "eta", "minutes"):
         v = get(name)
         if v is not None and not math.isfinite(v):
