@@ -254,6 +254,7 @@ def test_a_newer_format_version_is_refused_naming_both(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [
     ["data", "make", "shapes", "--n", "6"],
+    ["data", "import", "folder"],
     ["generate", "--model", str(REF / "ar")],
     ["train", "ar", "--data", "d", "--tokenizer", str(REF / "codec")],
     ["train", "tokenizer", "--modality", "video", "--data", "d"],
