@@ -226,7 +226,7 @@ def test_generate_makes_big_jobs_in_bounded_calls_and_refuses_what_cannot_fit(tm
     (["generate", "--model", str(REF / "ar"), "--top-p", "2"], "--top-p must be in (0, 1]"),
     (["train", "ar", "--data", "d", "--tokenizer", str(REF / "codec"), "model.layers=-1"],
      "'model.layers' must be positive"),
-    (["train", "ar", "--data", "d", "--tokenizer", str(REF / "codec"), "train.lr=-1"], "'train.lr' must be positive"),
+    (["train", "ar", "--data", "d", "--tokenizer", str(REF / "codec"), "train.lr=-1"], "'train.lr' must be positive or zero"),
     (["train", "diffusion", "--data", "d", "--tokenizer", str(REF / "codec"), "train.lr=nan"],
      "'train.lr' must be a finite number"),
     (["data", "make", "shapes", "--n", "99999999999999"], "99999999999999 clips needs about"),

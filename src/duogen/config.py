@@ -28,10 +28,10 @@ C = TypeVar("C")
 # override fails in the first second with one line, not after minutes of work. Floats must be finite.
 POSITIVE = frozenset({
     "layers", "hidden", "heads", "kv_heads", "depth", "width", "dim", "batch_size", "grad_accum", "patch_size",
-    "codebook_size", "vocab_size", "text_vocab", "num_train_timesteps", "n", "lr",
+    "codebook_size", "vocab_size", "text_vocab", "num_train_timesteps", "n",
 })
-NON_NEGATIVE = frozenset({
-    "steps", "keep_last", "ckpt_every", "eval_every", "log_every", "warmup_steps", "max_clips", "threads",
+NON_NEGATIVE = frozenset({  # lr=0 is allowed: a run that must leave the weights as they are (a check)
+    "lr", "steps", "keep_last", "ckpt_every", "eval_every", "log_every", "warmup_steps", "max_clips", "threads",
     "num_workers", "top_k", "max_minutes", "max_flops", "weight_decay", "grad_clip", "ema", "dropout",
     "attn_dropout", "cond_dropout",
 })
@@ -45,7 +45,7 @@ def _check_range(value: Any, key: str) -> Any:
     if name in POSITIVE and value <= 0:
         raise ConfigError(f"config key '{key}' must be positive, got {value!r}")
     if name in NON_NEGATIVE and value < 0:
-        raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be positive or zero, got {value!r}")
     if name in SEED_KEYS and not 0 <= value <= 2**63 - 1:
         raise ConfigError(f"config key '{key}' must be an integer from 0 to 2**63-1, got {value!r}")
     return value

@@ -251,7 +251,8 @@ def claim_for(args: Any) -> contextlib.AbstractContextManager[Any]:
 
 def add_overwrite_argument(p: Any, what: str = "--out") -> None:
     p.add_argument("--overwrite", action="store_true",
-                   help=f"start clean: delete an existing {what} first (without it, a non-empty {what} is refused)")
+                   help=f"start clean: replace an existing {what} (the old one is kept until this command writes;"
+                        f" without this flag a non-empty {what} is refused)")
 
 
 # ----------------------------------------------------------------------------- sizes
