@@ -279,6 +279,18 @@ def test_an_os_error_while_writing_is_one_line_with_path_and_cause(tmp_path, cap
     assert code == 2 and _one_line(err).endswith("clip_000_00.gif: No space left on device")
 
 
+def test_a_full_disk_under_safetensors_is_one_line_too(tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28) at path \"x\"")
+
+    monkeypatch.setattr("duogen.io.save_state_dict", full)
+    code, err = _run(capsys, "generate", "--model", str(REF / "ar"), "--prompt", "x", "--save-latents",
+                     "--out", str(tmp_path / "g"))
+    assert code == 2 and _one_line(err).endswith("g: No space left on device (os error 28)")
+
+
 def test_data_import_refuses_a_symlink_out_of_the_folder_like_dotdot(tmp_path, capsys):
     from duogen.data.media import write_gif
 

@@ -546,10 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     except DuogenError as e:
         _error_line(e)
         return 2
-    except OSError as e:  # a read-only or full disk, /proc, a file where a directory belongs: one line
+    except Exception as e:  # a read-only or full disk, /proc, a file where a directory belongs: one line
         from .guards import os_error_line
 
-        print(f"duogen: error: {os_error_line(e, getattr(args, 'out', None))}", file=sys.stderr)
+        line = os_error_line(e, getattr(args, "out", None))
+        if line is None:
+            raise  # a bug: keep the traceback
+        print(f"duogen: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("duogen: interrupted", file=sys.stderr)

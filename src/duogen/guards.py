@@ -343,8 +343,15 @@ def add_trust_argument(p: Any) -> None:
 # ----------------------------------------------------------------------------- OS errors
 
 
-def os_error_line(e: OSError, out: str | Path | None = None) -> str:
-    """`PATH: CAUSE` for an OSError (the path it names, else the command's output place)."""
-    where = e.filename or out or "?"
-    cause = e.strerror or errno.errorcode.get(e.errno or 0, "") or str(e) or type(e).__name__
-    return f"{where}: {cause}"
+def os_error_line(e: BaseException, out: str | Path | None = None) -> str | None:
+    """`PATH: CAUSE` for an OSError (the path it names, else the command's output place), or for an I/O
+    failure that a library wraps in its own type (safetensors' writer); None for anything else (a bug)."""
+    if isinstance(e, OSError):
+        where = e.filename or out or "?"
+        cause = e.strerror or errno.errorcode.get(e.errno or 0, "") or str(e) or type(e).__name__
+        return f"{where}: {cause}"
+    text = str(e)
+    if type(e).__name__ == "SafetensorError" and "I/O error: " in text:
+        cause = text.split("I/O error: ", 1)[1].split(" at path ", 1)[0]
+        return f"{out or '?'}: {cause}"
+    return None
