@@ -298,6 +298,6 @@ def test_generate_cli_writes_clips_json_and_one_line_errors(ar_dir, tmp_path, ca
         (["--n", "0"], "--n must be >= 1"),
         (["--n", "-2"], "--n must be >= 1"),
     ]:
-        rc = main(["generate", "--model", str(ar_dir), "--prompt", "x", "--out", str(out), *argv])
+        rc = main(["generate", "--model", str(ar_dir), "--prompt", "x", "--out", str(tmp_path / "bad"), *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and msg in err[0], err

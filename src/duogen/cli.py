@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import DuogenError
+from .guards import add_overwrite_argument, add_trust_argument
 
 Handler = Callable[[argparse.Namespace], "dict[str, Any] | None"]
 
@@ -173,6 +174,7 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("--diffusion", action="append", default=[], help="diffusion model dir (RUN/final); repeat or NAME=DIR")
     p.add_argument("--model", action="append", default=[], help="any other model dir, NAME=DIR (kind from its config.json)")
     p.add_argument("--out", required=True, help="report directory")
+    add_overwrite_argument(p)
     p.add_argument("--prompts", default=None, help="prompt file: JSON list / JSONL of {caption, attributes} or one caption per line")
     p.add_argument("--data", default=None, help="data set for default prompts and real clips (default: the one in the run config)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
@@ -255,6 +257,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
     _add_init_from(p)
+    add_overwrite_argument(p)
+    add_trust_argument(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=10 model.layers=6")
 
     def diffusion(a: argparse.Namespace) -> dict[str, Any]:
@@ -287,6 +291,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
     _add_init_from(p)
+    add_overwrite_argument(p)
+    add_trust_argument(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. denoiser=unet train.max_minutes=10")
 
 
@@ -313,7 +319,8 @@ def _add_generate(sub: Any) -> None:
         prompts = a.prompt if a.prompt else [""]
         with warnings.catch_warnings(record=True) as caught:  # warnings as one line each, and in the summary
             warnings.simplefilter("always")
-            summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, save_latents=a.save_latents, **kw)
+            summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, save_latents=a.save_latents,
+                                      codec=a.codec, **kw)
         notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         for note in notes:
             print(f"duogen: warning: {note}", file=sys.stderr)
@@ -339,6 +346,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--video", default=None, help="condition clip (i2v: its first frames; inpaint / outpaint; v2a: the clip to sound)")
     p.add_argument("--n", type=int, default=1, help="clips per prompt")
     p.add_argument("--out", required=True, help="output directory")
+    add_overwrite_argument(p)
+    p.add_argument("--codec", default=None, metavar="DIR",
+                   help="the codec to decode through, when the one the model references was moved (default: the model's)")
     p.add_argument("--save-latents", action="store_true",
                    help="also write latents.safetensors: per clip, the AR output ids or the diffusion initial noise"
                    " and final latents (to continue from in Python: generate(ids=...), (noise=...), (latents=..., start_step=...))")
@@ -366,7 +376,8 @@ def _add_train_tools(train: Any) -> None:
         from .train.checkpoint import convert_deepspeed
 
         ema = {"auto": None, "yes": True, "no": False}[a.ema]
-        return {"model_dir": str(convert_deepspeed(a.checkpoint, a.out, ema=ema, overwrite=a.overwrite))}
+        return {"model_dir": str(convert_deepspeed(a.checkpoint, a.out, ema=ema, overwrite=a.overwrite,
+                                                   trust=a.trust_checkpoint))}
 
     p = _command(
         train, "convert-deepspeed", "turn a DeepSpeed checkpoint into a plain model directory", convert,
@@ -383,6 +394,7 @@ def _add_train_tools(train: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out when it exists and is not empty")
     p.add_argument("--ema", default="auto", choices=["auto", "yes", "no"],
                    help="EMA weights: when the checkpoint has them (auto), required (yes), or never (no)")
+    add_trust_argument(p)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -422,6 +434,7 @@ def _add_train_tokenizer(train: Any) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--preset", default="tiny", help="tiny | small | base")
     p.add_argument("--config", default=None, help="YAML file with run settings (model / loss / train; audio: train and codec_overrides)")
+    add_overwrite_argument(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=3 loss.fg_weight=4")
 
 
@@ -467,6 +480,7 @@ def _add_tokenizer(sub: Any) -> None:
     p.add_argument("--model", required=True, help="codec directory (RUN/final)")
     p.add_argument("--input", required=True, help="video (.mp4 .gif ...), image (.png .jpg) or audio (.wav ...) file")
     p.add_argument("--out", required=True, help="output file: .gif / .mp4 / .png / .jpg for image and video codecs, .wav for audio")
+    add_overwrite_argument(p, "OUT file")
 
 
 # ----------------------------------------------------------------------------- main
@@ -522,12 +536,23 @@ def main(argv: list[str] | None = None) -> int:
         (getattr(args, "_group_parser", None) or parser).print_help()
         return 2
     try:
+        from .guards import claim_for, prepare
         from .utils import seed_everything
 
+        prepare(args)  # numbers in range, before any work; --trust-checkpoint
         seed_everything(args.seed)
-        summary = func(args)
+        with claim_for(args):  # --out: refused when not empty (unless --resume / --overwrite), locked while in use
+            summary = func(args)
     except DuogenError as e:
         _error_line(e)
+        return 2
+    except Exception as e:  # a read-only or full disk, /proc, a file where a directory belongs: one line
+        from .guards import os_error_line
+
+        line = os_error_line(e, getattr(args, "out", None))
+        if line is None:
+            raise  # a bug: keep the traceback
+        print(f"duogen: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("duogen: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ beside each config; `PRESETS` names the sizes every family offers.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,32 @@ from .errors import ConfigError
 
 PRESETS = ("tiny", "small", "base")
 C = TypeVar("C")
+
+# Range rules by key name (the last part of a dotted key), applied wherever a config is built, so a bad
+# override fails in the first second with one line, not after minutes of work. Floats must be finite.
+POSITIVE = frozenset({
+    "layers", "hidden", "heads", "kv_heads", "depth", "width", "dim", "batch_size", "grad_accum", "patch_size",
+    "codebook_size", "vocab_size", "text_vocab", "num_train_timesteps", "n",
+})
+NON_NEGATIVE = frozenset({  # lr=0 is allowed: a run that must leave the weights as they are (a check)
+    "lr", "steps", "keep_last", "ckpt_every", "eval_every", "log_every", "warmup_steps", "max_clips", "threads",
+    "num_workers", "top_k", "max_minutes", "max_flops", "weight_decay", "grad_clip", "ema", "dropout",
+    "attn_dropout", "cond_dropout",
+})
+SEED_KEYS = frozenset({"seed", "generator_seed"})
+
+
+def _check_range(value: Any, key: str) -> Any:
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    if name in POSITIVE and value <= 0:
+        raise ConfigError(f"config key '{key}' must be positive, got {value!r}")
+    if name in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"config key '{key}' must be positive or zero, got {value!r}")
+    if name in SEED_KEYS and not 0 <= value <= 2**63 - 1:
+        raise ConfigError(f"config key '{key}' must be an integer from 0 to 2**63-1, got {value!r}")
+    return value
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -83,20 +110,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        if isinstance(value, str):
+            try:  # exactly, beyond float's 53 bits (a 64-bit seed)
+                value = int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int):
+            return _check_range(value, key)
         try:
             f = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        return int(f)
+        return _check_range(int(f), key)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+        return _check_range(f, key)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}' must be a string, got {value!r}")

@@ -315,6 +315,10 @@ class MultimodalLM(nn.Module):
         conf, state = load_model_dir(directory)
         if conf.get("kind") != "ar":
             raise CheckpointError(f"{directory}: not an AR model (config.json kind is {conf.get('kind')!r})")
+        version = conf.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{directory / 'config.json'}: format_version {version!r} is newer than this duogen"
+                                  f" reads ({FORMAT_VERSION}); upgrade duogen to load it")
         try:
             cfg = cfglib.from_dict(ARConfig, conf["model"])
             spec = cfglib.from_dict(LayoutSpec, conf["layout"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -178,18 +178,26 @@ class ARGenerator:
         )
 
 
-def _load_ar(directory: Path) -> Generator:
-    return ARGenerator.from_pretrained(directory)
+def _load_ar(directory: Path, codec: str | Path | None = None) -> Generator:
+    return ARGenerator.from_pretrained(directory, codec=codec)
+
+
+def _load_diffusion(directory: Path, codec: str | Path | None = None) -> Generator:
+    from .diffusion import DiffusionGenerator
+
+    return DiffusionGenerator.from_pretrained(directory, codec=codec) if codec is not None else load_diffusion(directory)
 
 
 LATENTS_FILE = "latents.safetensors"  # what `duogen generate --save-latents` writes beside the clips
+BATCH = 16  # clips per generate call in `generate_to_dir`: memory stays bounded whatever --n is
 
 # kind in config.json -> loader
-_GENERATORS: dict[str, Callable[[Path], Generator]] = {"ar": _load_ar, "diffusion": load_diffusion}
+_GENERATORS: dict[str, Callable[..., Generator]] = {"ar": _load_ar, "diffusion": _load_diffusion}
 
 
-def load_generator(directory: str | Path) -> Generator:
-    """Any duogen model directory -> its `Generator` (dispatch on config.json "kind")."""
+def load_generator(directory: str | Path, codec: str | Path | None = None) -> Generator:
+    """Any duogen model directory -> its `Generator` (dispatch on config.json "kind"); `codec`: decode through
+    this codec directory instead of the one the model references."""
     from ..io import read_json
 
     directory = Path(directory)
@@ -199,51 +207,112 @@ def load_generator(directory: str | Path) -> Generator:
         raise CheckpointError(
             f"{directory}: config.json kind is {kind!r}; `generate` knows: {', '.join(sorted(_GENERATORS))}"
         )
-    return _GENERATORS[kind](directory)
+    if codec is not None and not Path(codec).is_dir():
+        raise CheckpointError(f"{codec}: --codec is not a directory (give a codec directory, RUN/final)")
+    return _GENERATORS[kind](directory, codec)
 
 
-def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, *, n: int = 1, seed: int = 0,
-                    fps: float = 8, save_latents: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """`duogen generate`: write clip_PPP_NN.mp4 / .gif (audio tasks: audio_PPP_NN.wav) per sample and
-    generation.json; return the summary.
+def _calls(n_prompts: int, n: int, batch: int) -> Iterator[tuple[int, int, int, int]]:
+    """Split prompts x n into generate calls of at most `batch` clips: (first prompt, prompts, first sample, n)."""
+    if n >= batch:
+        yield from ((p, 1, k, min(batch, n - k)) for p in range(n_prompts) for k in range(0, n, batch))
+    else:
+        per = batch // n
+        yield from ((p, min(per, n_prompts - p), 0, n) for p in range(0, n_prompts, per))
 
-    `save_latents`: also write LATENTS_FILE, the result's per-clip tensors as safetensors (row i = the
-    i-th file: AR "ids"; diffusion "noise" and "latents"), which `generate` takes back (ids= / noise= /
-    latents= with start_step=); generation.json names it under "latents_file".
-    """
+
+def _n_calls(n_prompts: int, n: int, batch: int) -> int:
+    return n_prompts * -(-n // batch) if n >= batch else -(-n_prompts // (batch // n))
+
+
+def _write_result(res: GenerationResult, out: Path, p0: int, k0: int, n: int, fps: float) -> list[str]:
+    """One call's clips (or sounds) as files named by prompt index p0 + i // n and sample index k0 + i % n."""
     from ..data.media import write_gif, write_image, write_mp4, write_wav
-    from ..io import atomic_write_json, save_state_dict
 
-    t0 = time.perf_counter()
-    gen = load_generator(model)
-    t_load = time.perf_counter() - t0
-    res = gen.generate(list(prompts), n=n, seed=seed, **kwargs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = []
     for i, clip in enumerate(res.videos):
-        stem = out / f"clip_{i // n:03d}_{i % n:02d}"
+        stem = out / f"clip_{p0 + i // n:03d}_{k0 + i % n:02d}"
         if clip.shape[0] == 1:  # an image (t2i)
             files.append(str(write_image(stem.with_suffix(".png"), clip[0])))
         else:
             files.append(str(write_mp4(stem.with_suffix(".mp4"), clip, fps=fps)))
             files.append(str(write_gif(stem.with_suffix(".gif"), clip, fps=fps)))
     for i, wave in enumerate(res.audio if res.audio is not None else []):
-        files.append(str(write_wav(out / f"audio_{i // n:03d}_{i % n:02d}.wav", wave, sample_rate=res.sample_rate)))
+        files.append(str(write_wav(out / f"audio_{p0 + i // n:03d}_{k0 + i % n:02d}.wav", wave,
+                                   sample_rate=res.sample_rate)))
+    return files
+
+
+def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, *, n: int = 1, seed: int = 0,
+                    fps: float = 8, save_latents: bool = False, codec: str | Path | None = None,
+                    **kwargs: Any) -> dict[str, Any]:
+    """`duogen generate`: write clip_PPP_NN.mp4 / .gif (audio tasks: audio_PPP_NN.wav) per sample and
+    generation.json; return the summary.
+
+    `save_latents`: also write LATENTS_FILE, the result's per-clip tensors as safetensors (row i = the
+    i-th file: AR "ids"; diffusion "noise" and "latents"), which `generate` takes back (ids= / noise= /
+    latents= with start_step=); generation.json names it under "latents_file".
+
+    Clips are made BATCH at a time (a progress bar when there is more than one call; call c uses seed + c),
+    so memory stays bounded; after the first call the whole job's bytes are estimated and refused when
+    they cannot fit on the disk. `codec`: a codec directory to decode through instead of the model's.
+    """
+    from ..guards import check_fits
+    from ..io import atomic_write_json, save_state_dict
+    from ..utils import progress
+
+    t0 = time.perf_counter()
+    gen = load_generator(model, codec)
+    t_load = time.perf_counter() - t0
+    prompts = list(prompts)
+    given = any(k in kwargs for k in ("ids", "noise", "latents"))  # tensors for every clip: one call
+    calls = iter([(0, len(prompts), 0, n)]) if given else _calls(len(prompts), n, BATCH)
+    n_calls = 1 if given else _n_calls(len(prompts), n, BATCH)
+    out = Path(out)
+    files: list[str] = []
+    res_prompts: list[str] = []
+    seeds: list[int] = []
+    timings: dict[str, float] = {}
+    tensors: dict[str, list[Any]] = {}
+    tokens, info, kind = 0, {}, gen.kind
+    bar = progress(total=len(prompts) * n, desc="generating", unit="clip", disable=None if n_calls > 1 else True)
+    for c, (p0, np_, k0, nk) in enumerate(calls):
+        # call c > 0 uses seed + c: a run of at most BATCH clips is one call with `seed`, as before
+        res = gen.generate(prompts[p0: p0 + np_], n=nk, seed=seed + c, **kwargs)
+        if c == 0 and n_calls > 1:  # the raw clip bytes bound what MP4 + GIF (or WAV) take: check the disk
+            per_clip = (res.videos.nbytes + (res.audio.nbytes if res.audio is not None else 0)) / max(np_ * nk, 1)
+            check_fits(out, per_clip * len(prompts) * n, f"{len(prompts) * n} clips")
+        out.mkdir(parents=True, exist_ok=True)
+        files += _write_result(res, out, p0, k0, nk, fps)
+        res_prompts += res.prompts
+        seeds += list(res.seeds)
+        tokens += int(res.tokens or 0)
+        info = res.info
+        for key, v in res.timings.items():
+            timings[key] = timings.get(key, 0.0) + float(v)
+        if save_latents:
+            for key, v in res.tensors().items():
+                tensors.setdefault(key, []).append(v)
+        bar.update(np_ * nk)
+    bar.close()
     latents_file = None
     if save_latents:
-        latents_file = str(save_state_dict(res.tensors(), out / LATENTS_FILE, {"kind": gen.kind, "n": str(n)}))
+        import torch
+
+        cat = {key: torch.cat([torch.as_tensor(t) for t in v]) for key, v in tensors.items()}
+        latents_file = str(save_state_dict(cat, out / LATENTS_FILE, {"kind": kind, "n": str(n)}))
     summary = {
         "model": str(model),
-        "kind": gen.kind,
-        "prompts": res.prompts,
-        "seeds": res.seeds,
+        "kind": kind,
+        "prompts": res_prompts,
+        "seeds": seeds,
         "n": n,
         "files": files,
-        "timings": {"load_s": t_load, **res.timings},
-        "tokens": res.tokens,
-        "clips_per_s": len(res.prompts) / max(res.timings.get("total_s", 0.0), 1e-9),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in {**res.info, **kwargs}.items()
+        "timings": {"load_s": t_load, **timings},
+        "tokens": tokens,
+        "clips_per_s": len(res_prompts) / max(timings.get("total_s", 0.0), 1e-9),
+        **({"calls": n_calls} if n_calls > 1 else {}),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in {**info, **kwargs}.items()
                      if k not in ("callback",) and not hasattr(v, "shape")},  # arrays and tensors are not settings
         **({"latents_file": latents_file} if latents_file else {}),
     }

@@ -138,6 +138,10 @@ def read_metadata(folder: Path) -> list[dict[str, Any]]:
             name = obj.get(key)
             if name is not None and (Path(name).is_absolute() or ".." in Path(name).parts):
                 raise DataError(f"{where}: {key} must be a path inside the folder, got {name!r}")
+            # a symlink (the file or a folder on its way) that leads outside is refused like `../`
+            if name is not None and not (folder / name).resolve().is_relative_to(folder.resolve()):
+                raise DataError(f"{where}: {key} {name!r} is a symlink to {(folder / name).resolve()}, outside the"
+                                " folder; copy the file into the folder instead")
         obj["_line"] = lineno
         entries.append(obj)
     if not entries:

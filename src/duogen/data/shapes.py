@@ -528,6 +528,9 @@ def make_world(out: str | Path, cfg: WorldConfig, *, audio: bool = False, overwr
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"output directory '{out}' already exists; pass --overwrite to replace it")
+    from ..guards import check_fits  # uint8 frames (and ~3 s of float32 speech) per clip, before rendering one
+
+    check_fits(out.parent, cfg.n * (cfg.frames * cfg.size**2 * 3 + (3 * 16000 * 4 if audio else 0)), f"{cfg.n} clips")
     speak = _speaker() if audio else None
     sizes = cfg.split_sizes()
     features = clip_features(cfg.frames, cfg.size, audio=audio)

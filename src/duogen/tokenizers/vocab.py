@@ -316,7 +316,8 @@ class UnifiedVocab:
     def from_dict(cls, d: Mapping[str, Any], source: str = "vocab.json") -> "UnifiedVocab":
         try:
             if d.get("format_version") != FORMAT_VERSION:
-                raise CheckpointError(f"{source}: unsupported vocab format {d.get('format_version')!r}")
+                raise CheckpointError(f"{source}: vocab format_version {d.get('format_version')!r}; this duogen"
+                                      f" reads {FORMAT_VERSION} (a newer duogen wrote it? upgrade)")
             v = cls(int(d["text_size"]), dict(d["codecs"]), dict(d.get("codec_refs", {})))
             for a in d.get("added", []):
                 if a["kind"] not in ("text", "task"):

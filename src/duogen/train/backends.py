@@ -395,9 +395,17 @@ class DeepSpeedBackend(DDPBackend):
         ds_dir = directory / "deepspeed"
         if not ds_dir.is_dir():
             raise CheckpointError(f"{ds_dir}: missing (this checkpoint was not written by engine=deepspeed)")
-        try:
-            path, _ = self.engine.load_checkpoint(str(ds_dir), tag="state", load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+        import pickle
+
+        from ..guards import trusted_checkpoints
+        from .checkpoint import UNTRUSTED, weights_only_deepspeed_loads
+
+        try:  # no unpickling beyond tensors and DeepSpeed's state classes unless --trust-checkpoint (issue #18)
+            with weights_only_deepspeed_loads(trusted_checkpoints()):
+                path, _ = self.engine.load_checkpoint(str(ds_dir), tag="state", load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"{ds_dir}: {UNTRUSTED}") from None
         except Exception as e:
             raise CheckpointError(f"{ds_dir}: cannot load DeepSpeed checkpoint ({type(e).__name__}: {e})") from None
         if path is None:

@@ -19,8 +19,9 @@ A checkpoint is `run_dir/checkpoints/step_NNNNNNN/`:
 Everything duogen writes is safetensors or JSON. The one exception is the
 `deepspeed/` folder: its partitioned optimizer states are DeepSpeed's torch.save
 files, and DeepSpeed loads them itself when a run resumes; use
-`convert_deepspeed` to get a plain safetensors model directory out of it (it reads
-them with `weights_only=True`, allowing only three small DeepSpeed state classes).
+`convert_deepspeed` to get a plain safetensors model directory out of it. Both read
+them with `weights_only=True`, allowing only three small DeepSpeed state classes;
+a file needing more is refused unless the user passes `--trust-checkpoint`.
 
 Partial training (`train.trainable=PATTERNS`, globs over parameter names):
 `select_trainable` freezes every other parameter before the engine builds its
@@ -43,7 +44,6 @@ import pickle
 import random
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -359,10 +359,17 @@ def write_model_files(directory: Path, files: Mapping[str, bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _weights_only_deepspeed_loads() -> Iterator[None]:
-    """DeepSpeed's consolidation reads its torch.save files with `weights_only=True` (issue #18), allowing
-    only its own ZeroStageEnum, LossScaler and fragment_address; anything else fails to unpickle instead of running."""
+def weights_only_deepspeed_loads(trust: bool = False) -> Iterator[None]:
+    """DeepSpeed reads its torch.save files (consolidation, and `load_checkpoint` on a resume) with
+    `weights_only=True` (issue #18), allowing only its own ZeroStageEnum, LossScaler and fragment_address:
+    anything else fails to unpickle instead of running. `trust=True` (--trust-checkpoint) lets DeepSpeed
+    unpickle as it would by itself."""
     import torch
+
+    if trust:
+        yield
+        return
+    from deepspeed.runtime.checkpoint_engine import torch_checkpoint_engine
     from deepspeed.utils import zero_to_fp32
 
     allowed = []
@@ -383,25 +390,34 @@ def _weights_only_deepspeed_loads() -> Iterator[None]:
             kwargs["weights_only"] = True
             return torch.load(*args, **kwargs)
 
-    saved = zero_to_fp32.torch
-    zero_to_fp32.torch = _Torch()
+    modules = (zero_to_fp32, torch_checkpoint_engine)
+    saved = [m.torch for m in modules]
+    for m in modules:
+        m.torch = _Torch()
     try:
         with torch.serialization.safe_globals(allowed):
             yield
     finally:
-        zero_to_fp32.torch = saved
+        for m, t in zip(modules, saved):
+            m.torch = t
 
 
-def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> dict[str, Any]:
+UNTRUSTED = ("holds pickled objects beyond tensors and DeepSpeed's own state classes, which could run code when"
+             " read; refused. Pass --trust-checkpoint only for a checkpoint you made yourself or trust")
+
+
+def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None, trust: bool = False) -> dict[str, Any]:
     """Consolidated fp32 weights of a duogen DeepSpeed checkpoint (all ZeRO stages), on CPU.
 
     `ema=None` returns the EMA weights when the checkpoint has them (what `final/` holds), else the model's.
+    DeepSpeed's files are read without unpickling anything but tensors and its state classes; a file that
+    needs more is a CheckpointError unless `trust` (then DeepSpeed unpickles it: it may run code).
     """
     checkpoint = Path(checkpoint)
     ema_file = checkpoint / "ema.safetensors"
     if ema is not False and ema_file.is_file():
         if (checkpoint / TRAINABLE_FILE).is_file():  # EMA of the trained parameters only: over the model's weights
-            return {**deepspeed_state_dict(checkpoint, ema=False), **load_state_dict(ema_file)}
+            return {**deepspeed_state_dict(checkpoint, ema=False, trust=trust), **load_state_dict(ema_file)}
         return load_state_dict(ema_file)
     if ema:
         raise CheckpointError(f"{ema_file}: file not found (the run had no EMA)")
@@ -411,16 +427,11 @@ def deepspeed_state_dict(checkpoint: str | Path, *, ema: bool | None = None) -> 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    try:
-        try:  # DeepSpeed prints its progress on stdout, where `duogen ... --json` writes its summary
-            with _weights_only_deepspeed_loads(), contextlib.redirect_stdout(io.StringIO()):
-                sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
-        except pickle.UnpicklingError:
-            warnings.warn(f"{ds_dir}: DeepSpeed's files hold objects beyond tensors and its own state classes;"
-                          " reading them with full unpickling: convert only checkpoints you trust", UserWarning,
-                          stacklevel=2)
-            with contextlib.redirect_stdout(io.StringIO()):
-                sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
+    try:  # DeepSpeed prints its progress on stdout, where `duogen ... --json` writes its summary
+        with weights_only_deepspeed_loads(trust), contextlib.redirect_stdout(io.StringIO()):
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{ds_dir}: {UNTRUSTED}") from None
     except Exception as e:  # DeepSpeed raises ValueError / FileNotFoundError / pickle errors
         raise CheckpointError(f"{ds_dir}: cannot consolidate DeepSpeed checkpoint ({type(e).__name__}: {e})") from None
     return {k: v.contiguous() for k, v in sd.items()}
@@ -434,6 +445,7 @@ def convert_deepspeed(
     save_model: Callable[[Any, Path], None] | None = None,
     ema: bool | None = None,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> Path:
     """Turn a DeepSpeed checkpoint into a whole duogen model directory, the kind `duogen generate` loads.
 
@@ -444,7 +456,7 @@ def convert_deepspeed(
     `model_config.json`. With `model` and `save_model` (the recipe's), the weights are loaded into
     `model` and `save_model(model, out_dir)` writes the directory instead.
 
-    An existing non-empty `out_dir` is refused unless `overwrite`.
+    An existing non-empty `out_dir` is refused unless `overwrite`. `trust`: see `deepspeed_state_dict`.
     """
     from ..io import load_weights_into
 
@@ -453,7 +465,7 @@ def convert_deepspeed(
         raise CheckpointError(f"{out_dir}: exists and is not empty; choose another --out, or pass --overwrite to replace it")
     if not (checkpoint / STATE_FILE).is_file() and (latest := latest_checkpoint(checkpoint)) is not None:
         checkpoint = latest  # a run directory: take its latest checkpoint
-    state = deepspeed_state_dict(checkpoint, ema=ema)
+    state = deepspeed_state_dict(checkpoint, ema=ema, trust=trust)
     if model is not None and save_model is not None:
         load_weights_into(model, state, checkpoint / "deepspeed")
         save_model(model, out_dir)
