@@ -391,7 +391,7 @@ def _add_train_tools(train: Any) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists and is not empty")
+    add_overwrite_argument(p)
     p.add_argument("--ema", default="auto", choices=["auto", "yes", "no"],
                    help="EMA weights: when the checkpoint has them (auto), required (yes), or never (no)")
     add_trust_argument(p)
@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _close_process_group()
-    from .train.backends import launch_rank
+    from .utils import launch_rank
 
     if launch_rank() == 0:  # under torchrun every rank returns the summary; rank 0 prints it
         _emit(summary, getattr(args, "json", False))
@@ -569,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
 def _error_line(e: DuogenError) -> None:
     """One line on stderr; under torchrun a config mistake (the same on every rank) is told by rank 0 only."""
     from .errors import ConfigError
-    from .train.backends import RankLaunchError, launch_rank
+    from .train.backends import RankLaunchError
+    from .utils import launch_rank
 
     rank = launch_rank()
     if rank == 0:

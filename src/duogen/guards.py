@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ConfigError, DuogenError
+from .utils import launch_rank
 
 SEED_MAX = 2**63 - 1  # every seed is an integer in [0, SEED_MAX]: fits torch's int64 generator seed
 
@@ -142,11 +143,6 @@ def clean_leftovers(path: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------- claim
 
 
-def _rank() -> int:
-    r = os.environ.get("RANK", "0")
-    return int(r) if r.isdigit() else 0
-
-
 def _nonempty(path: Path) -> bool:
     return path.is_dir() and any(p for p in path.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
@@ -162,7 +158,7 @@ def claim_output(path: str | Path, *, resume: bool = False, overwrite: bool = Fa
     Under torchrun only rank 0 claims. A directory this call created and the command left empty is removed.
     """
     path = Path(path)
-    if _rank() != 0:
+    if launch_rank() != 0:
         yield path
         return
     if path.exists() and not path.is_dir():
@@ -202,7 +198,7 @@ def claim_output(path: str | Path, *, resume: bool = False, overwrite: bool = Fa
 def claim_file(path: str | Path, *, overwrite: bool = False, command: str = "") -> Iterator[Path]:
     """`claim_output` for a command whose output is one file: an existing file is refused unless `overwrite`."""
     path = Path(path)
-    if _rank() != 0:
+    if launch_rank() != 0:
         yield path
         return
     if path.is_dir():

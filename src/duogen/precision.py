@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "FAST_RATIO", "PrecisionChoice", "CpuSupport", "resolve_precision", "cpu_bf16_support",
+__all__ = ["PRECISIONS", "FAST_RATIO", "PrecisionChoice", "CpuSupport", "resolve_precision", "check_precision", "cpu_bf16_support",
            "measure_bf16_ratio", "cached_bf16_ratio", "default_cache_path", "announce", "annotate_config_yaml"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -150,6 +150,12 @@ def cached_bf16_ratio(measure: Callable[[], float] | None = None, cache_path: st
     return ratio
 
 
+def check_precision(value: str, key: str = "precision") -> None:
+    """A precision name outside PRECISIONS is a ConfigError naming `key` and the allowed values."""
+    if value not in PRECISIONS:
+        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(PRECISIONS)}")
+
+
 def _cuda_native(device: str) -> tuple[bool, str]:
     import torch
 
@@ -170,8 +176,7 @@ def resolve_precision(
     `measure` (returns the bf16 / fp32 time ratio) and `support` replace the timing and the capability
     probe; an injected `measure` is cached only in an explicitly given `cache_path`.
     """
-    if requested not in PRECISIONS:
-        raise ConfigError(f"precision is {requested!r}; allowed values: {', '.join(PRECISIONS)}")
+    check_precision(requested)
     kind = device.split(":")[0]
     if requested == "fp32":
         return PrecisionChoice("fp32", "asked for")

@@ -9,6 +9,12 @@ import sys
 from typing import Any, Iterable, Iterator
 
 
+def launch_rank() -> int:
+    """This process's rank among those torchrun started (0 without torchrun)."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
     import numpy as np

@@ -115,7 +115,3 @@ class DiffusionGenerator:
             noise=None if latents is not None else torch.as_tensor(noise).float().cpu(),
             latents=z.float().cpu(),
         )
-
-
-def load_diffusion(directory: Path) -> DiffusionGenerator:
-    return DiffusionGenerator.from_pretrained(directory)

@@ -8,7 +8,7 @@ reading and fitting user condition files (--image / --video), and
 result's ids / noise / latents as safetensors) behind `duogen generate`.
 
 The diffusion paradigm plugs in at `_GENERATORS["diffusion"]` (`diffusion.py`;
-its loader takes the model directory and returns a `Generator`). The
+its `from_pretrained(directory, codec)` returns a `Generator`). The
 `Generator` protocol and `GenerationResult` live in `result.py`, below both.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import CheckpointError, DataError
 from ..tokenizers import load as load_codec
-from .diffusion import load_diffusion
+from .diffusion import DiffusionGenerator
 from .result import GenerationResult, Generator, to_uint8
 
 
@@ -34,7 +34,7 @@ class ARGenerator:
 
     def __init__(self, model: Any, codec: Any, audio_codec: Any = None):
         self.model, self.codec, self.audio_codec = model.eval(), codec, audio_codec
-        self.decoder = model.decoder()  # built once: weights fused, rotary tables cached
+        self.decoder = model.decoder()  # built once (rotary tables); it reads the live model at every call
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, codec: str | Path | None = None,
@@ -178,21 +178,12 @@ class ARGenerator:
         )
 
 
-def _load_ar(directory: Path, codec: str | Path | None = None) -> Generator:
-    return ARGenerator.from_pretrained(directory, codec=codec)
-
-
-def _load_diffusion(directory: Path, codec: str | Path | None = None) -> Generator:
-    from .diffusion import DiffusionGenerator
-
-    return DiffusionGenerator.from_pretrained(directory, codec=codec) if codec is not None else load_diffusion(directory)
-
-
 LATENTS_FILE = "latents.safetensors"  # what `duogen generate --save-latents` writes beside the clips
 BATCH = 16  # clips per generate call in `generate_to_dir`: memory stays bounded whatever --n is
 
-# kind in config.json -> loader
-_GENERATORS: dict[str, Callable[..., Generator]] = {"ar": _load_ar, "diffusion": _load_diffusion}
+# kind in config.json -> loader(directory, codec)
+_GENERATORS: dict[str, Callable[..., Generator]] = {"ar": ARGenerator.from_pretrained,
+                                                    "diffusion": DiffusionGenerator.from_pretrained}
 
 
 def load_generator(directory: str | Path, codec: str | Path | None = None) -> Generator:
@@ -219,10 +210,6 @@ def _calls(n_prompts: int, n: int, batch: int) -> Iterator[tuple[int, int, int, 
     else:
         per = batch // n
         yield from ((p, min(per, n_prompts - p), 0, n) for p in range(0, n_prompts, per))
-
-
-def _n_calls(n_prompts: int, n: int, batch: int) -> int:
-    return n_prompts * -(-n // batch) if n >= batch else -(-n_prompts // (batch // n))
 
 
 def _write_result(res: GenerationResult, out: Path, p0: int, k0: int, n: int, fps: float) -> list[str]:
@@ -266,8 +253,8 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
     t_load = time.perf_counter() - t0
     prompts = list(prompts)
     given = any(k in kwargs for k in ("ids", "noise", "latents"))  # tensors for every clip: one call
-    calls = iter([(0, len(prompts), 0, n)]) if given else _calls(len(prompts), n, BATCH)
-    n_calls = 1 if given else _n_calls(len(prompts), n, BATCH)
+    calls = [(0, len(prompts), 0, n)] if given else list(_calls(len(prompts), n, BATCH))
+    n_calls = len(calls)
     out = Path(out)
     files: list[str] = []
     res_prompts: list[str] = []

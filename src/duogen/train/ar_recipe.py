@@ -34,8 +34,8 @@ from ..ar_models.layouts import AUDIO_TASKS, MASKED_TASKS, TASKS, LayoutSpec, Tr
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import (base_model_config, check_same_codec, check_same_text, codec_on_accelerator, encode_clips,
-                            load_split, parse_new_tokens, resolve_cache_dir, text_tokenizer)
+from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
+                            load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
 
 CACHE_VERSION = 1
 
@@ -177,7 +177,6 @@ def train_ar(
     import dataclasses
 
     from ..tokenizers import load as load_codec
-    from ..io import write_delta
     from ..tokenizers.vocab import UnifiedVocab
     from ..utils import count_parameters, seed_everything
     from .backends import check_launch
@@ -196,11 +195,7 @@ def train_ar(
         cfg.max_text = base.spec.max_text
         if not tasks:
             cfg.tasks = list(base.spec.tasks)
-        base_codec = base.codec_path(init_from)
-        if tokenizer is None and base_codec is None:
-            raise ConfigError(f"--init-from {init_from} names no codec; pass --tokenizer DIR")
-        tokenizer = tokenizer if tokenizer is not None else base_codec
-        check_same_codec(Path(tokenizer), base_codec, init_from)
+        tokenizer = fine_tune_codec(tokenizer, base.codec_path(init_from), init_from)
         check_same_text(text, base.text, init_from)
         if audio_tokenizer is None:
             audio_tokenizer = base.codec_path(init_from, audio=True)
@@ -287,15 +282,10 @@ def train_ar(
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(*m.loss(batch))
 
-    delta_of = init_from if init_from is not None and cfg.train.trainable else None
-
-    def save_model(m: Any, p: Path) -> None:
-        m.save_pretrained(p)
-        if delta_of is not None:  # a partial fine-tune: final/ holds only the changed tensors
-            write_delta(p, delta_of)
+    delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 
     summary = fit(
-        model, loss_fn, records, cfg.train, out, collate=collate, save_model=save_model,
+        model, loss_fn, records, cfg.train, out, collate=collate, save_model=model_saver(delta_of),
         run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": refs["video"],
                     "audio_tokenizer": refs.get("audio"), "init_from": str(init_from.resolve()) if init_from else None},
     )

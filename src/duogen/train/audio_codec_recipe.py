@@ -120,7 +120,8 @@ def main(out: str | Path, run: AudioCodecRun, data: str | Path | None = None) ->
     from ..io import atomic_write_json
     from ..tokenizers.audio_codec import build_audio_codec, codec_loss, evaluate
 
-    from .backends import check_launch, launch_rank
+    from ..utils import launch_rank
+    from .backends import check_launch
 
     out = Path(out)
     seed = run.train.seed

@@ -95,12 +95,6 @@ def launched_world_size() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; launch with `{LAUNCH_HINT}`") from None
 
 
-def launch_rank() -> int:
-    """This process's rank among those torchrun started (0 without torchrun)."""
-    rank = os.environ.get("RANK", "0")
-    return int(rank) if rank.isdigit() else 0
-
-
 def check_launch(cfg: Any) -> int:
     """The launch mistakes a user can make, as one-line ConfigErrors before any work; returns the world size.
 

@@ -34,8 +34,8 @@ from typing import Any, Sequence
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import (base_model_config, check_same_codec, check_same_text, codec_on_accelerator, encode_clips,
-                            load_split, parse_new_tokens, resolve_cache_dir, text_tokenizer)
+from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
+                            load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
 
 CACHE_VERSION = 1
 # model keys a fine-tune may change from its base model's config (training and sampling behaviour, not shapes)
@@ -136,7 +136,6 @@ def train_diffusion(
 
     from ..tokenizers import load as load_codec
     from ..errors import ConfigError
-    from ..io import write_delta
     from ..utils import count_parameters, seed_everything
     from .backends import check_launch
     from .engine import apply_resume
@@ -151,11 +150,7 @@ def train_diffusion(
 
         init_from = Path(init_from)
         ref = read_json(init_from / "config.json").get("codec")
-        base_codec = init_from / ref if ref else None
-        if tokenizer is None and base_codec is None:
-            raise ConfigError(f"--init-from {init_from} names no codec; pass --tokenizer DIR")
-        tokenizer = tokenizer if tokenizer is not None else base_codec
-        check_same_codec(Path(tokenizer), base_codec, init_from)
+        tokenizer = fine_tune_codec(tokenizer, init_from / ref if ref else None, init_from)
         base = LatentDiffusionModel.from_pretrained(init_from, codec=tokenizer)  # refuses other latent statistics
         check_same_text(text, base.tokenizer, init_from)
     if tokenizer is None:
@@ -204,14 +199,9 @@ def train_diffusion(
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
 
-    delta_of = init_from if init_from is not None and cfg.train.trainable else None
+    delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 
-    def save_model(m: Any, p: Path) -> None:
-        m.save_pretrained(p)
-        if delta_of is not None:  # a partial fine-tune: final/ holds only the changed tensors
-            write_delta(p, delta_of)
-
-    summary = fit(model, loss_fn, records, cfg.train, out, save_model=save_model,
+    summary = fit(model, loss_fn, records, cfg.train, out, save_model=model_saver(delta_of),
                   run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve()),
                               "init_from": str(init_from.resolve()) if init_from is not None else None})
     return {

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 from ..errors import ConfigError, TrainingError
+from ..precision import check_precision
 
 __all__ = ["TrainConfig", "LossOutput", "TrainSummary", "fit", "apply_resume", "add_resume_argument"]
 
@@ -97,8 +98,7 @@ class TrainConfig:
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision is {self.precision!r}; allowed values: auto, fp32, bf16")
+        check_precision(self.precision, "train.precision")
 
 
 class LossOutput(NamedTuple):
@@ -303,20 +303,27 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     tmp.replace(out)
 
 
-def _resolve_precision(cfg: TrainConfig, backend: Any) -> tuple[TrainConfig, Any]:
-    """`precision=auto` -> fp32 or bf16 for this device (duogen.precision), announced as the run's first
-    line; on several CPU processes bf16 only when every rank measured it fast, so all ranks agree."""
+def resolve_backend_precision(requested: str, backend: Any) -> Any:
+    """`requested` (auto | fp32 | bf16) -> the `PrecisionChoice` for the backend's device (duogen.precision),
+    announced by rank 0 as the run's first line; on several CPU processes `auto` picks bf16 only when every
+    rank measured it fast, so all ranks agree."""
     import torch
 
     from ..precision import PrecisionChoice, announce, resolve_precision
 
-    choice = resolve_precision(cfg.precision, backend.device)
-    if cfg.precision == "auto" and backend.world_size > 1 and backend.device == "cpu":
+    choice = resolve_precision(requested, backend.device)
+    if requested == "auto" and backend.world_size > 1 and backend.device == "cpu":
         votes = backend.all_reduce_sum(torch.tensor([float(choice.precision == "bf16")], dtype=torch.float64))
         if choice.precision == "bf16" and votes.item() < backend.world_size:
             choice = PrecisionChoice("fp32", f"{choice.reason}; fp32: another rank measured bf16 slow", choice.ratio)
     if backend.rank == 0:
         announce(choice)
+    return choice
+
+
+def _resolve_precision(cfg: TrainConfig, backend: Any) -> tuple[TrainConfig, Any]:
+    """`cfg` with its precision resolved for `backend` (which gets the resolved config too), and the choice."""
+    choice = resolve_backend_precision(cfg.precision, backend)
     backend.cfg = cfg = dataclasses.replace(cfg, precision=choice.precision)
     return cfg, choice
 

@@ -10,7 +10,6 @@ models, the engine, or the per-batch encode functions.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -18,12 +17,10 @@ from ..errors import DataError
 
 
 def file_hash(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256 (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """First 16 hex digits of the file's SHA-256 (a short key for caches)."""
+    from ..io import file_sha256
+
+    return file_sha256(path)[:16]
 
 
 def load_split(data: Path, split: str, max_clips: int = 0) -> Any:
@@ -88,7 +85,6 @@ def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]
                            batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
 
 
-
 def base_model_config(base_cfg: Any, run_cfg: Any, overrides: Sequence[str], keep: Sequence[str],
                       init_from: Path) -> Any:
     """The model config a fine-tune (`--init-from`) trains: the base model's.
@@ -134,6 +130,30 @@ def check_same_codec(codec_dir: Path, base_codec: Path | None, init_from: Path) 
     if file_hash(codec_dir / "model.safetensors") != file_hash(base_codec / "model.safetensors"):
         raise ConfigError(f"--tokenizer {codec_dir} is not the codec --init-from {init_from} was trained on"
                           f" ({base_codec}); pass --tokenizer {base_codec} or leave --tokenizer out")
+
+
+def fine_tune_codec(tokenizer: str | Path | None, base_codec: Path | None, init_from: Path) -> Path:
+    """The codec a fine-tune encodes with: `tokenizer` when given, else the base model's; checked to be the base's."""
+    from ..errors import ConfigError
+
+    if tokenizer is None and base_codec is None:
+        raise ConfigError(f"--init-from {init_from} names no codec; pass --tokenizer DIR")
+    codec = Path(tokenizer) if tokenizer is not None else base_codec
+    check_same_codec(codec, base_codec, init_from)
+    return codec
+
+
+def model_saver(delta_of: Path | None) -> Callable[[Any, Path], None]:
+    """The engine's `save_model`: the model's own directory, turned into a delta over `delta_of` when given
+    (a partial fine-tune: only the changed tensors; `duogen.io.write_delta`)."""
+    from ..io import write_delta
+
+    def save(m: Any, p: Path) -> None:
+        m.save_pretrained(p)
+        if delta_of is not None:
+            write_delta(p, delta_of)
+
+    return save
 
 
 def check_same_text(text: str | Path | None, base_tok: Any, init_from: Path) -> None:

@@ -36,6 +36,7 @@ import torch
 
 from .. import config as cfgmod
 from ..errors import ConfigError, DataError, TrainingError
+from ..precision import check_precision
 from ..tokenizers.image_codec import IMAGE_CODEC_PRESETS, ImageCodec, ImageCodecConfig
 from ..tokenizers.losses import CodecLossConfig, adversarial_active, build_discriminator, codec_loss, hinge_d_loss, psnr
 from ..tokenizers.quantizers import CodebookUsage
@@ -68,8 +69,7 @@ class CodecTrainConfig:
     def check(self) -> None:
         if self.max_minutes <= 0 and self.steps <= 0:
             raise ConfigError("set train.max_minutes or train.steps (both are 0: the run would never stop)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"config key 'train.precision' is {self.precision!r}; allowed values: auto, fp32, bf16")
+        check_precision(self.precision, "train.precision")
         if self.engine not in ("single", "ddp", "deepspeed"):
             raise ConfigError(f"config key 'train.engine' is {self.engine!r}; allowed values: single, ddp, deepspeed")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -345,11 +345,11 @@ def train_codec(
 ) -> dict[str, Any]:
     """Train a codec from `run` on `data`; write the run directory `out`; return the summary."""
     from ..io import atomic_write_text
-    from ..precision import announce, annotate_config_yaml, resolve_precision
+    from ..precision import annotate_config_yaml
     from ..utils import autocast, count_parameters, progress, resolve_device, seed_everything
 
     from .backends import check_launch, make_backend
-    from .engine import TrainConfig
+    from .engine import TrainConfig, resolve_backend_precision
 
     tc = run.train
     tc.check()
@@ -366,9 +366,7 @@ def train_codec(
     is_main = backend.rank == 0
     device = resolve_device(tc.device) if tc.engine == "single" else backend.device
     backend.device = device
-    precision = resolve_precision(tc.precision, device)
-    if is_main:
-        announce(precision)
+    precision = resolve_backend_precision(tc.precision, backend)  # the ranks agree; rank 0 announces it
     run = dataclasses.replace(run, train=dataclasses.replace(tc, precision=precision.precision))
     tc = run.train
     if is_main:
