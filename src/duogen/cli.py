@@ -13,43 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 from .errors import DuogenError
+from .cli_common import Formatter as _Formatter
+from .cli_common import command as _command
+from .cli_common import group as _group
 from .guards import add_overwrite_argument, add_trust_argument
-
-Handler = Callable[[argparse.Namespace], "dict[str, Any] | None"]
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result")
-    p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
-    return p
-
-
-def _command(sub: Any, name: str, help: str, func: Handler, description: str | None = None) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        parents=[_common()],
-        formatter_class=_Formatter,
-    )
-    p.set_defaults(func=func)
-    return p
-
-
-def _group(sub: Any, name: str, help: str) -> Any:
-    p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
-    p.set_defaults(func=None, _group_parser=p)
-    return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
-
 
 # ----------------------------------------------------------------------------- data
 
