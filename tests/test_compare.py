@@ -72,7 +72,17 @@ def small_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cmp")
     prompts = world_prompts()
-    res = compare(known_models(prompts), prompts, out, n=2, seed=5, real=real_world_clips(16))
+    sec_dir = tmp_path_factory.mktemp("section")
+    from PIL import Image  # any PNG will do as the section's plot
+
+    png = sec_dir / "curve.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    (sec_dir / "edit.json").write_text(json.dumps({
+        "title": "Editing", "intro": "two techniques", "command": "python bench/bench_x.py",
+        "tables": [{"caption": "success", "columns": ["method", "color"], "rows": [["sdedit", 0.93], ["p2p", 0.5]]}],
+        "plots": [png.name]}))
+    res = compare(known_models(prompts), prompts, out, n=2, seed=5, real=real_world_clips(16),
+                  sections=[sec_dir / "edit.json"])
     return out, res
 
 
@@ -92,6 +102,23 @@ def test_compare_writes_report_results_and_clips(small_run):
     mp4s = sorted((out / "clips").glob("*/*.mp4"))
     assert len(mp4s) == 2 * 3 * 2  # models x prompts x samples, headline setting
     assert (out / "plots" / "accuracy_vs_cost.png").stat().st_size > 1000
+
+
+def test_bridge_sections_render_their_tables_plots_and_command(small_run, tmp_path):
+    from duogen.errors import DataError
+    from duogen.eval.report import load_section
+
+    out, res = small_run
+    page = (out / "report.html").read_text()
+    assert "<h2>Editing</h2>" in page and "<td>sdedit</td><td>0.93</td>" in page and "bench_x.py" in page
+    assert (out / "plots" / "section0_0.png").is_file() and 'src="plots/section0_0.png"' in page
+    assert json.loads((out / "results.json").read_text())["sections"][0]["title"] == "Editing"
+    (tmp_path / "ragged.json").write_text('{"title": "x", "tables": [{"columns": ["a", "b"], "rows": [[1]]}]}')
+    with pytest.raises(DataError, match="rows"):
+        load_section(tmp_path / "ragged.json")
+    (tmp_path / "untitled.json").write_text('{"tables": []}')
+    with pytest.raises(DataError, match="title"):
+        load_section(tmp_path / "untitled.json")
 
 
 def test_rescoring_saved_clips_gives_the_reported_accuracies(small_run):

@@ -128,7 +128,7 @@ def _add_compare(sub: Any) -> None:
         res = compare_dirs(
             ar=a.ar, diffusion=a.diffusion, out=a.out, prompts=a.prompts, n=a.n, seed=a.seed, data=a.data,
             steps_sweep=a.steps_sweep, guidance=a.guidance, per_split=a.per_split, extra=a.model,
-            per_call=a.per_call,
+            per_call=a.per_call, sections=a.section,
         )
         return {"report": res["report"], "results": str(Path(a.out) / "results.json"), "headline": res["headline"]}
 
@@ -154,6 +154,8 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale for every model (default: each model's sweep)")
     p.add_argument("--per-call", type=int, default=8,
                    help="prompts per generate call (call k uses seed + k*C); 1 = one seed per prompt, slowest")
+    p.add_argument("--section", action="append", default=[],
+                   help="a bridge benchmark's section file (JSON written by bench/bench_*.py --section); repeatable")
 
 
 def _add_demo(sub: Any) -> None:

@@ -420,8 +420,11 @@ def setting_metrics(clips: Clips, prompts: Sequence[Prompt], real_feats: np.ndar
 
 def compare(models: Sequence[ModelEntry], prompts: Sequence[Prompt], out: str | Path, *, n: int = 4,
             seed: int = 0, real: np.ndarray | None = None, data_dir: str | Path | None = None,
-            per_call: int = 1, report: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            per_call: int = 1, report: bool = True, log: Callable[[str], None] | None = None,
+            sections: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Sample, score and write `out/results.json`, `out/clips/*.npz` (and the HTML report); return the results.
+
+    `sections`: bridge benchmark section files (`report.load_section`), shown after the generation results.
 
     `real` (uint8 (N, F, H, W, 3)) are the real clips the Frechet probe distance and
     the temporal-change ratio compare against; without them those two numbers are None.
@@ -440,6 +443,9 @@ def compare(models: Sequence[ModelEntry], prompts: Sequence[Prompt], out: str | 
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     say = log or (lambda s: None)
+    from .report import load_section
+
+    loaded_sections = [load_section(f) for f in sections]  # checked before any sampling
 
     real_feats = features(real) if real is not None else None
     real_change = metrics.temporal_change(real) if real is not None else None
@@ -453,6 +459,7 @@ def compare(models: Sequence[ModelEntry], prompts: Sequence[Prompt], out: str | 
         "prompts": [asdict(p) for p in prompts],
         "real": {"clips": int(len(real)) if real is not None else 0, "temporal_change": real_change},
         "models": [],
+        "sections": loaded_sections,
     }
     for m in models:
         md: dict[str, Any] = {"name": m.name, "kind": m.kind, "path": m.path, "settings": []}
@@ -497,7 +504,8 @@ def _named(specs: Sequence[str], default: str) -> list[tuple[str, str]]:
 def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: str | Path, prompts: str | Path | None = None,
                  n: int = 4, seed: int = 0, data: str | Path | None = None, steps_sweep: str | Sequence[int] = (10, 20, 50),
                  guidance: float | None = None, per_split: int = 8, extra: Sequence[str] = (),
-                 per_call: int = 8, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 per_call: int = 8, log: Callable[[str], None] | None = None,
+                 sections: Sequence[str | Path] = ()) -> dict[str, Any]:
     """`duogen compare`: load model dirs, pick prompts and real clips, run `compare`; return results + headline."""
     if isinstance(steps_sweep, str):
         try:
@@ -523,7 +531,8 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
     else:
         raise DataError("no prompts: the models' run configs name no data set; pass --data DIR or --prompts FILE")
     real = real_clips(data_dir) if data_dir is not None else None
-    res = compare(models, prompt_list, out, n=n, seed=seed, real=real, data_dir=data_dir, per_call=per_call, log=log)
+    res = compare(models, prompt_list, out, n=n, seed=seed, real=real, data_dir=data_dir, per_call=per_call, log=log,
+                  sections=sections)
     res["headline"] = headline(out).get("models", {})
     return res
 

@@ -256,6 +256,51 @@ def _grid(results: Mapping[str, Any], gifs: Mapping[tuple[str, int], str]) -> st
     return "<table class=grid>" + "\n".join(rows) + "</table>"
 
 
+def load_section(path: str | Path) -> dict[str, Any]:
+    """A bridge benchmark's section file (JSON): {"title", "intro"?, "tables": [{"caption"?, "columns", "rows"}],
+    "plots"?: [PNG paths, absolute or relative to the file], "notes"?, "command"?}; checked, plots made absolute."""
+    from ..errors import DataError
+
+    path = Path(path)
+    try:
+        sec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable JSON section file ({e})") from None
+    if not isinstance(sec, dict) or not isinstance(sec.get("title"), str):
+        raise DataError(f"{path}: a section file is a JSON object with a \"title\" string")
+    for t in sec.get("tables", []):
+        if not isinstance(t, dict) or not isinstance(t.get("columns"), list) or not isinstance(t.get("rows"), list) \
+                or any(not isinstance(r, list) or len(r) != len(t["columns"]) for r in t["rows"]):
+            raise DataError(f"{path}: each table needs \"columns\" and \"rows\" of that many cells")
+    sec["plots"] = [str((path.parent / q).resolve()) for q in sec.get("plots", [])]
+    return sec
+
+
+def _section(sec: Mapping[str, Any], report_dir: Path, index: int) -> str:
+    """One bridge section: its tables, its plots (copied under plots/), the command that made it."""
+    import shutil
+
+    parts = [f"<h2>{html.escape(sec['title'])}</h2>"]
+    if sec.get("intro"):
+        parts.append(f"<p>{html.escape(sec['intro'])}</p>")
+    for t in sec.get("tables", []):
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t["columns"])
+        body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in t["rows"])
+        cap = f"<caption>{html.escape(t['caption'])}</caption>" if t.get("caption") else ""
+        parts.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
+    for j, src in enumerate(sec.get("plots", [])):
+        if Path(src).is_file():
+            rel = f"plots/section{index}_{j}{Path(src).suffix}"
+            (report_dir / "plots").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, report_dir / rel)
+            parts.append(f"<p><img src=\"{rel}\" alt=\"{html.escape(sec['title'])} plot {j + 1}\"></p>")
+    if sec.get("notes"):
+        parts.append(f"<p class=note>{html.escape(sec['notes'])}</p>")
+    if sec.get("command"):
+        parts.append(f"<p class=note>Made by <code>{html.escape(sec['command'])}</code>.</p>")
+    return "\n".join(parts)
+
+
 def write_report(report_dir: str | Path, results: Mapping[str, Any], *, upscale: int = 3,
                  title: str = "duogen: next-token vs diffusion") -> Path:
     """Write report.html (and its GIFs, MP4s and plots) for a compare results dict; return its path."""
@@ -296,6 +341,7 @@ def write_report(report_dir: str | Path, results: Mapping[str, Any], *, upscale:
         parts.append(f"<p><img src=\"{loss_png.relative_to(report_dir).as_posix()}\" alt=\"training loss against FLOPs\"></p>")
     else:
         parts.append("<p class=note>No engine metrics.jsonl with FLOPs was found for these models.</p>")
+    parts.extend(_section(sec, report_dir, i) for i, sec in enumerate(results.get("sections", [])))
     parts.append("<h2>Configurations</h2>")
     for m in results["models"]:
         parts.append(f"<details><summary>{html.escape(m['name'])} — {html.escape(str(m.get('path')))}</summary>"
