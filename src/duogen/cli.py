@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .errors import DuogenError
+from .cli_classify import add_classify, add_eval_zero_shot
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
@@ -114,6 +115,7 @@ def _add_eval(sub: Any) -> None:
     )
     p.add_argument("--out", default=None, help="output directory (default: the packaged asset)")
     p.add_argument("--steps", type=int, default=3000)
+    add_eval_zero_shot(ev)
 
 
 # ----------------------------------------------------------------------------- compare / demo
@@ -477,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_tokenizer(sub)
     _add_generate(sub)
+    add_classify(sub)
     return parser
 
 

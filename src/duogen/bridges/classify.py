@@ -98,6 +98,22 @@ def check_labels(labels: Any) -> list[str]:
     return out
 
 
+def load_classifier(directory: str | Path) -> Any:
+    """A model directory -> its generator (`load_generator`), refused unless it is an AR or a diffusion model
+    that reads captions."""
+    from ..io import read_json
+    from .generate import load_generator
+
+    conf = read_json(Path(directory) / "config.json")
+    kind = conf.get("kind") if isinstance(conf, dict) else None
+    if kind not in ("ar", "diffusion"):
+        raise CheckpointError(f"{directory}: holds a {kind!r} model; classification needs an AR or a diffusion model"
+                              " trained on captions (RUN/final of `duogen train ar` or `duogen train diffusion`)")
+    gen = load_generator(directory)
+    check_text_condition(gen)
+    return gen
+
+
 def check_text_condition(gen: Any) -> None:
     """Refuse a model that cannot read a caption: it could only give every label the same score."""
     if gen.kind == "ar":
