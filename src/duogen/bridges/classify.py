@@ -264,10 +264,12 @@ def ar_logp(model: Any, ids: Any, labels: Sequence[str], batch: int = 32) -> tor
     """log p(ids | label) of one clip's codec ids (f, h, w) under each label (t2v layout), summed over the
     clip's tokens: (C,). One teacher-forced pass per label, `batch` labels per call."""
     text = [model.text.encode(lab)[: model.spec.max_text] for lab in labels]
+    dev = next(model.parameters()).device
     out = []
     for s in range(0, len(labels), batch):
         exs = [model.layouts.example("t2v", tids, ids) for tids in text[s : s + batch]]
-        out.append(model.score(model.layouts.batch(exs)).logp_sum.float().cpu())
+        b = {k: v.to(dev) for k, v in model.layouts.batch(exs).items()}  # ids (B, T), prefix_len (B,), loss_mask (B, T)
+        out.append(model.score(b).logp_sum.float().cpu())
     return torch.cat(out)
 
 
