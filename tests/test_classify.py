@@ -195,7 +195,8 @@ def test_classify_cli_json_and_text(dirs, name, capsys):
         assert out["scores"][1] >= out["scores"][2]  # dropped together, ranked by score
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split(".", 1)[1].strip().rsplit(" ", 1)[0].strip() for ln in lines[:3]] == out["labels"]
+    assert len(lines) == 4 and all(ln.startswith(f"{i + 1:>2}. {lab} ") for i, (lab, ln) in enumerate(zip(out["labels"], lines)))
+    assert ("samples)" in lines[0]) == (name == "dit") and "forward passes" in lines[3]
 
 
 @pytest.mark.parametrize("case,msg", [

@@ -53,8 +53,8 @@ def add_classify(sub: Any) -> None:
         if a.json:
             return {**res.to_dict(), "warnings": notes}
         width = max(len(lab) for lab in res.labels)
-        for i, (lab, s) in enumerate(zip(res.labels, res.scores)):
-            print(f"{i + 1:>2}. {lab:<{width}}  {s:.4f}")
+        for i, (lab, s, k) in enumerate(zip(res.labels, res.scores, res.samples)):
+            print(f"{i + 1:>2}. {lab:<{width}}  {s:.4f}" + (f"  ({k} samples)" if res.info["paradigm"] == "diffusion" else ""))
         print(f"({res.info['paradigm']}: {res.forward_passes} forward passes, {res.seconds:.2f} s; score = {res.info['score']})")
         return None
 
