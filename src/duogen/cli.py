@@ -115,6 +115,9 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output directory (default: the packaged asset)")
     p.add_argument("--steps", type=int, default=3000)
 
+    from .cli_generated_data import add_eval_generated_data
+    add_eval_generated_data(ev)
+
 
 # ----------------------------------------------------------------------------- compare / demo
 

@@ -1,0 +1,107 @@
+"""How `generated_data.run_generated_data`'s results are shown: the text table, the PNG plot, the report section.
+
+Owns: `table_rows`, `format_table`, `write_plot` (accuracy per arm per evaluation split, mean and spread
+over seeds), `write_section` (the JSON `duogen compare --section` renders, `report.load_section`'s format).
+Does not own: the experiment (`generated_data.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SPLIT_LABELS = {"validation": "validation", "heldout": "held-out compositions", "corrupted": "corrupted (mean of 3)"}
+COLUMNS = ["arm", "training data", "validation", "held-out", "corrupted", "seeds", "steps x batch"]
+
+
+def _pm(arm: dict[str, Any], split: str) -> str:
+    return f"{100 * arm['mean'][split]:.1f} +- {100 * arm['std'][split]:.1f}"
+
+
+def _describe(name: str, arm: dict[str, Any]) -> str:
+    if len(arm["pools"]) == 1:
+        return f"{arm['pools'][0]} clips only" if name != "real" else "real clips"
+    return " + ".join(f"{round(100 * s)}% {p}" for p, s in zip(arm["pools"], arm["shares"]))
+
+
+def table_rows(res: dict[str, Any]) -> list[list[Any]]:
+    """One row per arm: accuracy (%) mean +- std over seeds on each evaluation split."""
+    return [[name, _describe(name, a), _pm(a, "validation"), _pm(a, "heldout"), _pm(a, "corrupted"),
+             len(a["seeds"]), f"{a['steps']} x {a['batch_size']}"] for name, a in res["arms"].items()]
+
+
+def format_table(res: dict[str, Any]) -> str:
+    rows = [COLUMNS] + [[str(c) for c in r] for r in table_rows(res)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def target_lines(res: dict[str, Any]) -> list[str]:
+    out = []
+    for m, t in res["targets"].items():
+        gain = t["mix_gain_points"]
+        out.append(f"{m}: generated-only / real on validation = {100 * t['gen_over_real_validation']:.1f}% (target >= 90%:"
+                   f" {'met' if t['gen_only_met'] else 'not met'}); real+{m} - real = {gain['corrupted']:+.1f} points"
+                   f" corrupted, {gain['heldout']:+.1f} held-out (target >= +3 on either: {'met' if t['mix_met'] else 'not met'})")
+    for m, g in res["models"].items():
+        out.append(f"{m}: {g['clips']} generated clips, {g['objects_found']}/{g['objects_asked']} prompt objects found by"
+                   f" color, the packaged probe reads the prompt's shape in {100 * g['label_agreement']:.1f}% of objects")
+    return out
+
+
+def write_plot(res: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars: accuracy per arm (bars) per evaluation split (groups), error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    splits = list(SPLIT_LABELS)
+    arms = list(res["arms"])
+    x = np.arange(len(splits))
+    w = 0.8 / max(1, len(arms))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(arms) + 4), 4))
+    for i, name in enumerate(arms):
+        a = res["arms"][name]
+        ax.bar(x + (i - (len(arms) - 1) / 2) * w, [100 * a["mean"][s] for s in splits], w,
+               yerr=[100 * a["std"][s] for s in splits], capsize=3, label=name)
+    ax.set_xticks(x, [SPLIT_LABELS[s] for s in splits])
+    ax.set_ylabel("shape accuracy (% of objects)")
+    ax.set_ylim(0, 100)
+    ax.axhline(100 / 13, color="gray", lw=0.8, ls="--", label="chance (1/13)")
+    ax.legend(fontsize=8, ncol=2, loc="lower left")
+    c = res["config"]
+    ax.set_title(f"shape CNN by training data ({c['steps']} steps x {c['batch_size']}, {c['seeds']} seeds)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_section(res: dict[str, Any], path: str | Path, command: str | None = None) -> Path:
+    """The report section (`duogen compare --section PATH`): the table, the plot, the targets."""
+    from ..io import atomic_write_text
+
+    c = res["config"]
+    sec = {
+        "title": "Generated data for a more robust shape classifier (Gowal et al. 2021)",
+        "intro": (f"The world's shape CNN trained on {c['n_real']} real train clips, on {c['n_generated']} clips"
+                  " generated from train captions (labels: the prompts' shapes), and on both"
+                  f" ({round(100 * c['ratio'])}% generated per batch); every arm {c['steps']} steps x"
+                  f" {c['batch_size']} crops, {c['seeds']} seeds. Accuracy (%) per object on {c['n_eval']} real"
+                  f" validation clips, {c['n_eval']} held-out-composition clips, and the validation clips under"
+                  f" Gaussian noise, blur and color shift at severity {c['severity']}."),
+        "tables": [{"caption": "shape accuracy (%), mean +- std over seeds", "columns": COLUMNS,
+                    "rows": table_rows(res)}],
+        "plots": ["accuracy.png"],
+        "notes": " ".join(target_lines(res)),
+        "command": command or res.get("command", ""),
+    }
+    path = Path(path)
+    atomic_write_text(path, json.dumps(sec, indent=2))
+    return path
