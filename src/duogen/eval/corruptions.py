@@ -5,8 +5,9 @@ Corruptions and Perturbations"): each kind has five severities, 1 (mild) to 5 (s
 clips (N, F, H, W, 3):
 - `gaussian_noise`: x + n, n ~ N(0, sigma^2) per pixel and channel;
 - `blur`: a spatial Gaussian blur of each frame (sigma in pixels at a 32 px side, scaled with it);
-- `color_shift`: a per-clip RGB offset added to every pixel (a tinted, brighter or darker clip): each
-  channel moves by +-d (sign drawn per channel), so the channel means move.
+- `color_shift`: a color cast: every pixel blended toward one random tint per clip,
+  x' = (1 - a) x + a t, with t a random RGB color whose brightest channel is 255, so the clip's mean
+  color moves toward t (a dark background takes the tint, objects lose contrast).
 One seed gives the same corrupted clips on every call: the generator is `default_rng([seed, kind, severity])`.
 
 Owns: the corruption functions and their severities. Does not own: what is evaluated on them
@@ -22,7 +23,7 @@ from ..errors import ConfigError
 # severity 1..5 -> parameter
 NOISE_SIGMA = (6.0, 12.0, 20.0, 30.0, 45.0)  # std of the added noise, 0-255 scale
 BLUR_SIGMA = (0.5, 0.8, 1.1, 1.5, 2.0)  # px at a 32 px frame side
-SHIFT_DELTA = (20.0, 40.0, 60.0, 85.0, 110.0)  # per-channel offset, 0-255 scale
+SHIFT_ALPHA = (0.1, 0.2, 0.3, 0.4, 0.5)  # blend weight a toward the tint
 
 KINDS = ("gaussian_noise", "blur", "color_shift")
 
@@ -45,10 +46,11 @@ def blur(clips: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarr
 
 
 def color_shift(clips: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    d = SHIFT_DELTA[severity - 1]
-    sign = rng.choice([-1.0, 1.0], size=(len(clips), 1, 1, 1, 3))
-    offset = (sign * d * rng.uniform(0.75, 1.0, size=sign.shape)).astype(np.float32)  # (N, 1, 1, 1, 3)
-    return np.clip(np.rint(clips.astype(np.float32) + offset), 0, 255).astype(np.uint8)
+    a = SHIFT_ALPHA[severity - 1]
+    u = rng.uniform(0.0, 1.0, size=(len(clips), 1, 1, 1, 3))
+    tint = (255.0 * u / u.max(-1, keepdims=True)).astype(np.float32)  # (N, 1, 1, 1, 3)
+    x = (1.0 - a) * clips.astype(np.float32) + a * tint
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 _FUNCS = {"gaussian_noise": gaussian_noise, "blur": blur, "color_shift": color_shift}

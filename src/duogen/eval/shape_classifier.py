@@ -173,6 +173,12 @@ class FitConfig:
     seed: int = 0
 
 
+def batch_counts(shares: Sequence[float], batch_size: int) -> list[int]:
+    """Examples per pool in one batch: round(share * batch_size) each, the last pool taking the rest."""
+    counts = [round(s * batch_size) for s in shares[:-1]]
+    return counts + [batch_size - sum(counts)]
+
+
 def fit_shape_cnn(pools: Sequence[tuple[np.ndarray, np.ndarray]], shares: Sequence[float] | None = None,
                   fit: FitConfig | None = None, cfg: ShapeClassifierConfig | None = None,
                   desc: str = "training shape probe") -> tuple[ShapeClassifier, float]:
@@ -186,9 +192,7 @@ def fit_shape_cnn(pools: Sequence[tuple[np.ndarray, np.ndarray]], shares: Sequen
 
     fit = fit or FitConfig()
     cfg = cfg or ShapeClassifierConfig()
-    shares = [1.0 / len(pools)] * len(pools) if shares is None else list(shares)
-    counts = [round(s * fit.batch_size) for s in shares[:-1]]
-    counts.append(fit.batch_size - sum(counts))
+    counts = batch_counts([1.0 / len(pools)] * len(pools) if shares is None else shares, fit.batch_size)
     tensors = [(torch.from_numpy(np.asarray(X, np.float32)), torch.from_numpy(np.asarray(Y, np.int64)))
                for X, Y in pools]
     for (Xt, _), k in zip(tensors, counts):
