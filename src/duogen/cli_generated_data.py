@@ -24,7 +24,8 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("give a generator: --ar DIR and/or --diffusion DIR")
     cfg = GeneratedDataConfig(n_real=a.n_real, n_generated=a.n_generated, ratio=a.ratio, steps=a.steps,
                               batch_size=a.batch_size, seeds=a.seeds, seed=a.seed, n_eval=a.n_eval,
-                              severity=a.severity, guidance=a.guidance, diffusion_steps=a.diffusion_steps)
+                              severity=a.severity, guidance=a.guidance, diffusion_steps=a.diffusion_steps,
+                              labels=a.labels)
     cfg.check()  # every bad input is refused before anything is written
     models = {}
     if a.ar:
@@ -71,6 +72,9 @@ def add_eval_generated_data(ev: Any) -> None:
     p.add_argument("--steps", type=int, default=800, help="training steps per arm (the same for every arm)")
     p.add_argument("--batch-size", type=int, default=128, help="crops per training step")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (mean and std reported)")
+    p.add_argument("--labels", default="prompt", choices=["prompt", "pseudo"],
+                   help="generated crops' labels: the prompt's shape, or pseudo-labels from the classifier trained on"
+                   " the real clips alone (Gowal et al.'s labelling)")
     p.add_argument("--n-eval", type=int, default=400, help="clips per evaluation split")
     p.add_argument("--severity", type=int, default=3, help="corruption severity, 1 (mild) to 5")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance when generating")

@@ -4,7 +4,8 @@ Data"), on the shapes world: the world's shape CNN trained on real clips, on gen
 Arms (equal budgets: the same steps, batch size, optimizer and seeds for every arm):
 - `real`: crops of the first `n_real` clips of the train split, labelled by their ground truth;
 - `gen-<model>`: crops of clips a generator made from train captions, labelled by the prompt's
-  attributes (whatever the generator drew; a prompt object whose color is not found is skipped);
+  attributes (whatever the generator drew; a prompt object whose color is not found is skipped), or
+  with `labels="pseudo"` by the real arm's first-seed classifier, as Gowal et al. label their samples;
 - `real+<model>`: both, every batch `ratio` generated and `1 - ratio` real (Gowal et al.'s mix).
 Each trained CNN is scored on real validation clips, on the held-out compositions (heldout split: (shape,
 color) pairs never in train) and on the validation clips corrupted (`corruptions.py`: noise, blur, color
@@ -60,6 +61,7 @@ class GeneratedDataConfig:
     diffusion_steps: int = 20  # DPM-Solver++ steps
     gen_batch: int = 32  # clips per generate call
     margin: int = 1  # px added around each object's box
+    labels: str = "prompt"  # generated crops' labels: the prompt's shape, or "pseudo": the real arm's reading
 
     def check(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
@@ -67,6 +69,8 @@ class GeneratedDataConfig:
         for name in ("n_real", "n_generated", "steps", "batch_size", "seeds", "n_eval", "gen_batch", "diffusion_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.labels not in ("prompt", "pseudo"):
+            raise ConfigError(f"--labels must be prompt or pseudo, got {self.labels!r}")
         if not 1 <= self.severity <= 5:
             raise ConfigError(f"--severity must be 1 to 5, got {self.severity}")
 
@@ -117,17 +121,32 @@ def clip_crops(videos: Sequence[np.ndarray], attributes: Sequence[Sequence[dict[
     return Crops(np.concatenate(xs), np.concatenate(ys), np.concatenate(objs))
 
 
-def object_accuracy(clf: ShapeClassifier, crops: Crops) -> float:
-    """Share of objects whose argmax of the mean logits over their frames is their shape."""
-    if len(crops.x) == 0:
-        return float("nan")
+def object_predictions(clf: ShapeClassifier, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted shape, label) per object: the argmax of the mean logits over its frames, and its crops' label."""
     logits = clf.logits(crops.x)  # (n, n_shapes)
-    n_obj = int(crops.obj.max()) + 1
+    n_obj = int(crops.obj.max()) + 1 if len(crops.obj) else 0
     summed = np.zeros((n_obj, logits.shape[1]))
     np.add.at(summed, crops.obj, logits)
     label = np.zeros(n_obj, np.int64)
     label[crops.obj] = crops.y
-    return float((summed.argmax(1) == label).mean())
+    return summed.argmax(1), label
+
+
+def object_accuracy(clf: ShapeClassifier, crops: Crops) -> float:
+    """Share of objects whose argmax of the mean logits over their frames is their shape."""
+    if len(crops.x) == 0:
+        return float("nan")
+    pred, label = object_predictions(clf, crops)
+    return float((pred == label).mean())
+
+
+def pseudo_label(clf: ShapeClassifier, crops: Crops) -> tuple[Crops, float]:
+    """`crops` relabelled by `clf`'s reading of each object (Gowal et al.'s pseudo-labels), and the share of
+    objects where that reading agrees with the old (prompt) label."""
+    if len(crops.x) == 0:
+        return crops, float("nan")
+    pred, label = object_predictions(clf, crops)
+    return crops._replace(y=pred[crops.obj]), float((pred == label).mean())
 
 
 # ----------------------------------------------------------------------------- data
@@ -265,6 +284,11 @@ def run_generated_data(models: dict[str, tuple[str, str]], data: str | Path, out
                           "objects_asked": n_obj, "objects_found": found,
                           "label_agreement": _label_agreement(list(clips), gen_attrs),
                           "sampling": _sampling(kind, cfg)}
+    if cfg.labels == "pseudo":  # the teacher is the real arm's first-seed model (same data, budget and seed)
+        teacher, _ = fit_shape_cnn([(pools["real"].x, pools["real"].y)], fit=arm_plans([], cfg, cfg.seed)[0].fit,
+                                   desc="training the pseudo-labeller")
+        for name in models:
+            pools[name], gen_info[name]["pseudo_agrees_with_prompt"] = pseudo_label(teacher, pools[name])
     evals: dict[str, Crops] = {}
     corrupted: dict[str, Crops] = {}
     for split in ("validation", "heldout"):

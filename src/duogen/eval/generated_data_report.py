@@ -47,8 +47,11 @@ def target_lines(res: dict[str, Any]) -> list[str]:
                    f" {'met' if t['gen_only_met'] else 'not met'}); real+{m} - real = {gain['corrupted']:+.1f} points"
                    f" corrupted, {gain['heldout']:+.1f} held-out (target >= +3 on either: {'met' if t['mix_met'] else 'not met'})")
     for m, g in res["models"].items():
-        out.append(f"{m}: {g['clips']} generated clips, {g['objects_found']}/{g['objects_asked']} prompt objects found by"
-                   f" color, the packaged probe reads the prompt's shape in {100 * g['label_agreement']:.1f}% of objects")
+        line = (f"{m}: {g['clips']} generated clips, {g['objects_found']}/{g['objects_asked']} prompt objects found by"
+                f" color, the packaged probe reads the prompt's shape in {100 * g['label_agreement']:.1f}% of objects")
+        if "pseudo_agrees_with_prompt" in g:
+            line += f"; pseudo-labels agree with the prompt on {100 * g['pseudo_agrees_with_prompt']:.1f}%"
+        out.append(line)
     return out
 
 
@@ -91,7 +94,9 @@ def write_section(res: dict[str, Any], path: str | Path, command: str | None = N
     sec = {
         "title": "Generated data for a more robust shape classifier (Gowal et al. 2021)",
         "intro": (f"The world's shape CNN trained on {c['n_real']} real train clips, on {c['n_generated']} clips"
-                  " generated from train captions (labels: the prompts' shapes), and on both"
+                  " generated from train captions (labels: "
+                  + ("the prompts' shapes" if c.get("labels", "prompt") == "prompt" else
+                     "pseudo-labels from the real-only classifier") + "), and on both"
                   f" ({round(100 * c['ratio'])}% generated per batch); every arm {c['steps']} steps x"
                   f" {c['batch_size']} crops, {c['seeds']} seeds. Accuracy (%) per object on {c['n_eval']} real"
                   f" validation clips, {c['n_eval']} held-out-composition clips, and the validation clips under"
