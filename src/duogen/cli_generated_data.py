@@ -65,7 +65,7 @@ def add_eval_generated_data(ev: Any) -> None:
     p.add_argument("--data", required=True, help="shapes world (train / validation / heldout splits)")
     p.add_argument("--out", required=True, help="output directory")
     add_overwrite_argument(p)
-    p.add_argument("--cache", default=None, help="generated-clip cache folder (default: OUT/../.cache/generated-data)")
+    p.add_argument("--cache", default=None, help="generated-clip cache folder; None: OUT/../.cache/generated-data")
     p.add_argument("--n-real", type=int, default=500, help="real train clips (the first of the split)")
     p.add_argument("--n-generated", type=int, default=512, help="generated clips per model")
     p.add_argument("--ratio", type=float, default=0.5, help="share of generated examples per batch in the mixed arms, (0, 1]")

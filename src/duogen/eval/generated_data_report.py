@@ -67,7 +67,7 @@ def write_plot(res: dict[str, Any], path: str | Path) -> Path:
     arms = list(res["arms"])
     x = np.arange(len(splits))
     w = 0.8 / max(1, len(arms))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(arms) + 4), 4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(arms) + 5), 4))
     for i, name in enumerate(arms):
         a = res["arms"][name]
         ax.bar(x + (i - (len(arms) - 1) / 2) * w, [100 * a["mean"][s] for s in splits], w,
@@ -76,7 +76,7 @@ def write_plot(res: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("shape accuracy (% of objects)")
     ax.set_ylim(0, 100)
     ax.axhline(100 / 13, color="gray", lw=0.8, ls="--", label="chance (1/13)")
-    ax.legend(fontsize=8, ncol=2, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     c = res["config"]
     ax.set_title(f"shape CNN by training data ({c['steps']} steps x {c['batch_size']}, {c['seeds']} seeds)", fontsize=10)
     fig.tight_layout()

@@ -221,7 +221,7 @@ def fit_shape_cnn(pools: Sequence[tuple[np.ndarray, np.ndarray]], shares: Sequen
         loss.backward()
         opt.step()
         sched.step()
-        loss_val = float(loss)
+        loss_val = float(loss.detach())
     return ShapeClassifier(model), loss_val
 
 
