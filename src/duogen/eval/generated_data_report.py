@@ -31,9 +31,29 @@ def table_rows(res: dict[str, Any]) -> list[list[Any]]:
              len(a["seeds"]), f"{a['steps']} x {a['batch_size']}"] for name, a in res["arms"].items()]
 
 
+def corruption_rows(res: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and one row per arm: accuracy (%) mean +- std over seeds under each corruption."""
+    import numpy as np
+
+    kinds = list(res["runs"][0]["corrupted_by_kind"]) if res["runs"] else []
+    rows = []
+    for name in res["arms"]:
+        runs = [r for r in res["runs"] if r["arm"] == name]
+        cells = []
+        for k in kinds:
+            v = 100 * np.asarray([r["corrupted_by_kind"][k] for r in runs])
+            cells.append(f"{v.mean():.1f} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}")
+        rows.append([name, *cells])
+    return ["arm", *kinds], rows
+
+
 def format_table(res: dict[str, Any]) -> str:
-    rows = [COLUMNS] + [[str(c) for c in r] for r in table_rows(res)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    return _text_table(COLUMNS, table_rows(res)) + "\n\n" + _text_table(*corruption_rows(res))
+
+
+def _text_table(columns: list[str], body: list[list[Any]]) -> str:
+    rows = [columns] + [[str(c) for c in r] for r in body]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -102,7 +122,9 @@ def write_section(res: dict[str, Any], path: str | Path, command: str | None = N
                   f" validation clips, {c['n_eval']} held-out-composition clips, and the validation clips under"
                   f" Gaussian noise, blur and color shift at severity {c['severity']}."),
         "tables": [{"caption": "shape accuracy (%), mean +- std over seeds", "columns": COLUMNS,
-                    "rows": table_rows(res)}],
+                    "rows": table_rows(res)},
+                   {"caption": f"accuracy (%) on the validation clips under each corruption, severity {c['severity']}",
+                    "columns": corruption_rows(res)[0], "rows": corruption_rows(res)[1]}],
         "plots": ["accuracy.png"],
         "notes": " ".join(target_lines(res)),
         "command": command or res.get("command", ""),
