@@ -117,6 +117,9 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=3000)
     add_eval_zero_shot(ev)
 
+    from .cli_generated_data import add_eval_generated_data
+    add_eval_generated_data(ev)
+
 
 # ----------------------------------------------------------------------------- compare / demo
 

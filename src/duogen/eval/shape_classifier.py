@@ -16,7 +16,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.shapes import COLORS, DIGITS, PALETTE, SHAPES, sprite
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "probe"
 
@@ -163,37 +163,78 @@ def training_crops(n: int, rng: np.random.Generator, crop: int = 16, clean_fract
 # ----------------------------------------------------------------------------- training
 
 
-def train_shape_classifier(out: str | Path | None = None, *, seed: int = 0, steps: int = 3000, batch_size: int = 128, n_train: int = 20000, lr: float = 2e-3) -> dict[str, Any]:
-    """Train the CNN on fresh world renders and save it (default: the packaged asset)."""
+@dataclass
+class FitConfig:
+    """The training budget and optimizer of one CNN fit (the same for every arm that compares data)."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def batch_counts(shares: Sequence[float], batch_size: int) -> list[int]:
+    """Examples per pool in one batch: round(share * batch_size) each, the last pool taking the rest."""
+    counts = [round(s * batch_size) for s in shares[:-1]]
+    return counts + [batch_size - sum(counts)]
+
+
+def fit_shape_cnn(pools: Sequence[tuple[np.ndarray, np.ndarray]], shares: Sequence[float] | None = None,
+                  fit: FitConfig | None = None, cfg: ShapeClassifierConfig | None = None,
+                  desc: str = "training shape probe") -> tuple[ShapeClassifier, float]:
+    """Train a fresh CNN on labelled crops and return it with the last batch's loss.
+
+    pools: (crops (n, crop, crop) float32 in [0, 1], labels (n,) int64) per source; every batch draws
+    round(share * batch_size) examples from each pool (the last pool takes the rest), uniformly with
+    replacement, so sources mixed in a ratio keep it in every step. AdamW with a one-cycle schedule.
+    """
     from ..utils import progress
 
+    fit = fit or FitConfig()
+    cfg = cfg or ShapeClassifierConfig()
+    counts = batch_counts([1.0 / len(pools)] * len(pools) if shares is None else shares, fit.batch_size)
+    tensors = [(torch.from_numpy(np.asarray(X, np.float32)), torch.from_numpy(np.asarray(Y, np.int64)))
+               for X, Y in pools]
+    for (Xt, _), k in zip(tensors, counts):
+        if k > 0 and len(Xt) == 0:
+            raise DataError("a training pool for the shape classifier is empty (no object was found in its clips)")
+    torch.manual_seed(fit.seed)
+    model = ShapeCNN(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, total_steps=fit.steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(fit.seed)
+    model.train()
+    loss_val = float("nan")
+    for _ in progress(range(fit.steps), desc=desc, unit="step"):
+        xs, ys = [], []
+        for (Xt, Yt), k in zip(tensors, counts):
+            if k > 0:
+                idx = torch.randint(0, len(Xt), (k,), generator=g)
+                xs.append(Xt[idx])
+                ys.append(Yt[idx])
+        x, y = torch.cat(xs), torch.cat(ys)  # (B, crop, crop), (B,)
+        # Shift by up to 1 px: crops of generated objects are not pixel-exact.
+        dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+        x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_val = float(loss.detach())
+    return ShapeClassifier(model), loss_val
+
+
+def train_shape_classifier(out: str | Path | None = None, *, seed: int = 0, steps: int = 3000, batch_size: int = 128, n_train: int = 20000, lr: float = 2e-3) -> dict[str, Any]:
+    """Train the CNN on fresh world renders and save it (default: the packaged asset)."""
     start = time.perf_counter()
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = ShapeClassifierConfig()
     X, Y = training_crops(n_train, rng, cfg.crop)
     Xv_clean, Yv_clean = training_crops(1000, rng, cfg.crop, clean_fraction=1.0)
     Xv_bad, Yv_bad = training_crops(1000, rng, cfg.crop, clean_fraction=0.0)
-    model = ShapeCNN(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    loss_val = float("nan")
-    for _ in progress(range(steps), desc="training shape probe", unit="step"):
-        idx = torch.randint(0, len(Xt), (batch_size,), generator=g)
-        x = Xt[idx]
-        # Shift by up to 1 px: crops of generated objects are not pixel-exact.
-        dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
-        x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
-        loss = F.cross_entropy(model(x), Yt[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_val = float(loss)
-    clf = ShapeClassifier(model)
+    clf, loss_val = fit_shape_cnn([(X, Y)], fit=FitConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), cfg=cfg)
+    model = clf.model.eval()
     acc_clean = float((clf.logits(Xv_clean).argmax(1) == Yv_clean).mean())
     acc_bad = float((clf.logits(Xv_bad).argmax(1) == Yv_bad).mean())
     target = Path(out) if out else ASSET_DIR
