@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -160,7 +161,9 @@ def load_lora(model: nn.Module, adapter: str | Path, base: str | Path, *, name: 
     if name in getattr(module, "peft_config", {}):
         raise ConfigError(f"an adapter named {name!r} is already loaded; give another name")
     cfg = LoraConfig.from_pretrained(str(adapter))
-    inject_adapter_in_model(cfg, module, adapter_name=name)
+    with warnings.catch_warnings():  # peft warns that a second adapter makes "multiple adapters": that is the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(cfg, module, adapter_name=name)
     dtype = next(module.parameters()).dtype
     state = {k: v.to(dtype) for k, v in load_state_dict(adapter / WEIGHTS_NAME).items()}
     res = set_peft_model_state_dict(module, state, adapter_name=name)
