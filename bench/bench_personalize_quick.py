@@ -7,7 +7,8 @@ For each paradigm and method: `duogen personalize` on a `duogen data make concep
 steps, adapter bytes against the base's model.safetensors bytes), then `duogen generate --adapter` on the
 prompt-fidelity prompts, read by the probes (duogen.eval.probes): the share of clips whose object has the
 prompt's color, and the share whose object moves in the prompt's direction, next to the base model without
-the adapter on the same prompts and seeds. Shape similarity to the concept is the full benchmark's
+the adapter on the same prompts and seeds; and the concept loss (`personalize.common.concept_loss`: the model's
+deterministic loss on the concept clips under their captions) with the adapter and without. Shape similarity to the concept is the full benchmark's
 (bench/bench_personalize.py). Every number printed comes from the commands this script runs.
 """
 
@@ -56,6 +57,20 @@ def _fit(clip, size: int = 32):
     return clip[:, k // 2::k, k // 2::k]
 
 
+def concept_losses(base: Path, concept: Path, run: Path | None) -> float:
+    """`concept_loss` of the base model, or of the base with the run's adapter loaded."""
+    from duogen.ar_models.model import MultimodalLM
+    from duogen.bridges.personalize import load_adapter
+    from duogen.bridges.personalize.common import concept_loss
+    from duogen.diffusion.latent import LatentDiffusionModel
+
+    kind = json.loads((base / "config.json").read_text())["kind"]
+    m = (MultimodalLM if kind == "ar" else LatentDiffusionModel).from_pretrained(base)
+    if run is not None:
+        load_adapter(m, run, base)
+    return concept_loss(m, base, concept)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -76,7 +91,7 @@ def main() -> None:
     for paradigm in a.paradigms.split(","):
         base = REF / paradigm
         gen_extra = ["--steps", "50"] if paradigm == "dit" else []
-        base_reads = {}
+        base_reads, base_loss = {}, concept_losses(base, concept, None)
         for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
             g = out / f"gen_{paradigm}_base_{i}"
             duogen("generate", "--model", str(base), "--prompt", p, "--n", str(a.n), "--out", str(g), "--overwrite",
@@ -88,6 +103,7 @@ def main() -> None:
             s = duogen("personalize", "--model", str(base), "--concept", str(concept), "--method", method,
                        "--out", str(run), "--overwrite", "--steps", str(a.steps), "--max-minutes", str(a.max_minutes))
             wall = time.perf_counter() - t
+            loss = concept_losses(base, concept, run)
             for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
                 g = out / f"gen_{paradigm}_{method}_{i}"
                 duogen("generate", "--model", str(base), "--adapter", str(run), "--prompt", p, "--n", str(a.n),
@@ -96,10 +112,10 @@ def main() -> None:
                 bc, bd = base_reads[p]
                 rows.append([paradigm, method, p, s["steps"], round(s["wall_s"], 1), round(wall, 1),
                              s["adapter_bytes"], s["model_bytes"], f"{100 * s['adapter_fraction']:.2f}%",
-                             round(s["final_loss"], 4), f"{c:.2f} ({bc:.2f})", f"{d:.2f} ({bd:.2f})"])
+                             f"{loss:.4f} ({base_loss:.4f})", f"{c:.2f} ({bc:.2f})", f"{d:.2f} ({bd:.2f})"])
                 print(" | ".join(map(str, rows[-1])), flush=True)
     cols = ["paradigm", "method", "prompt", "steps", "train s", "command s", "adapter B", "model B", "adapter/model",
-            "final loss", "color (base)", "direction (base)"]
+            "concept loss (base)", "color (base)", "direction (base)"]
     print("\n" + " | ".join(cols))
     for r in rows:
         print(" | ".join(map(str, r)))

@@ -305,25 +305,9 @@ def test_textual_inversion_trains_only_the_new_row(bases, tmp_path, paradigm):
 
 
 def concept_loss(model, bases: Path) -> float:
-    """The model's loss on the concept clips under their captions, deterministic: AR next-token loss without
-    caption dropout; diffusion loss at fixed timesteps and noise."""
-    from duogen.data.concepts import load_concept
-    from duogen.tokenizers import load as load_codec
+    from duogen.bridges.personalize.common import concept_loss as loss
 
-    c = load_concept(bases / "star", size=32, frames=9)
-    model.eval()
-    with torch.no_grad():
-        if hasattr(model, "lm"):
-            from duogen.ar_models.layouts import TrainCollator
-
-            ids = load_codec(bases / "codec").encode(c.videos)  # (B, f, h, w)
-            recs = [{"video_ids": v.numpy(), "text_ids": model.text.encode(cap)} for v, cap in zip(ids, c.captions)]
-            return float(model.loss(TrainCollator(model.layouts, ["t2v"], 0.0)(recs)).loss)
-        z0 = torch.cat([model.encode_video(v) for v in c.videos])
-        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-        ids, mask = model.text_encoder.tokenize(c.captions, strict=False)
-        t = torch.tensor([200, 400, 600, 800])
-        return float(model.loss_per_example({"latents": z0, "text_ids": ids, "text_mask": mask}, t, eps).mean())
+    return loss(model, bases / ("ar" if hasattr(model, "lm") else "dit"), bases / "star")
 
 
 def test_textual_inversion_bad_input(bases, tmp_path):
