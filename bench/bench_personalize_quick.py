@@ -71,6 +71,35 @@ def concept_losses(base: Path, concept: Path, run: Path | None) -> float:
     return concept_loss(m, base, concept)
 
 
+def grid(out: Path, concept: Path, paradigms: list[str], methods: list[str], n: int = 8) -> Path:
+    """A PNG: the middle frame of the first `n` clips of prompt 0, one row per (paradigm, base | method), and the
+    concept's clips in the last row."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from duogen.data import load_dataset
+
+    rows = []
+    for p in paradigms:
+        for tag in ["base", *methods]:
+            files = sorted((out / f"gen_{p}_{tag}_0").glob("*.gif"))[:n]
+            if files:
+                frames = [np.asarray(iio.imread(f, index=None))[..., :3] for f in files]
+                rows.append(np.concatenate([fr[len(fr) // 2] for fr in frames], 1))
+    if not rows:
+        sys.exit(f"{out}: no generated clips to show")
+    H, W = rows[0].shape[:2]
+    k = H // 32
+    clips = [np.kron(np.asarray(v, np.uint8)[4], np.ones((k, k, 1), np.uint8)) for v in
+             load_dataset(concept)["train"]["video"][:n]]
+    last = np.zeros((H, W, 3), np.uint8)
+    last[:, : H * len(clips)] = np.concatenate(clips, 1)[:, :W]
+    rows = [r if r.shape[1] == W else np.pad(r, ((0, 0), (0, W - r.shape[1]), (0, 0))) for r in rows]
+    path = out / "grid.png"
+    iio.imwrite(path, np.concatenate(rows + [last], 0))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -81,10 +110,14 @@ def main() -> None:
     ap.add_argument("--methods", default="lora,textual-inversion")
     ap.add_argument("--paradigms", default="ar,dit")
     ap.add_argument("--section", default=None, help="also write a report section (JSON) here")
+    ap.add_argument("--grid-only", action="store_true", help="only draw OUT/grid.png from an earlier run's clips")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     out = Path(a.out)
     concept = out / f"concept_{a.kind}"
+    if a.grid_only:
+        print(grid(out, concept, a.paradigms.split(","), a.methods.split(",")))
+        return
     if not concept.exists():
         duogen("data", "make", "concept", "--kind", a.kind, "--out", str(concept))
     rows = []
@@ -119,11 +152,14 @@ def main() -> None:
     print("\n" + " | ".join(cols))
     for r in rows:
         print(" | ".join(map(str, r)))
+    png = grid(out, concept, a.paradigms.split(","), a.methods.split(","))
+    print(f"grid: {png} (rows: per paradigm base, then each method; last row: the concept)")
     if a.section:
         cmd = "OMP_NUM_THREADS=1 python bench/bench_personalize_quick.py " + " ".join(sys.argv[1:])
         sec = {"title": "Personalization: LoRA and Textual Inversion, quick read",
                "intro": f"Concept: {a.kind}; {a.n} clips per prompt; probes' color and direction, base in brackets.",
                "tables": [{"caption": "per paradigm, method and prompt", "columns": cols, "rows": rows}],
+               "plots": [os.path.relpath(png, Path(a.section).parent)],
                "notes": "one thread on a loaded shared 2-core CPU", "command": cmd}
         Path(a.section).parent.mkdir(parents=True, exist_ok=True)
         Path(a.section).write_text(json.dumps(sec, indent=2))
