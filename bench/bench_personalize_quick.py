@@ -1,7 +1,7 @@
 """A quick read of LoRA and Textual Inversion on the shipped reference models (AR and DiT).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_personalize_quick.py --out runs/pq [--kind star] [--steps 200]
-        [--max-minutes 4.5] [--n 16] [--section runs/pq/section.json]
+        [--max-minutes 3.5] [--n 16] [--section runs/pq/section.json]
 
 For each paradigm and method: `duogen personalize` on a `duogen data make concept` set (training wall time,
 steps, adapter bytes against the base's model.safetensors bytes), then `duogen generate --adapter` on the
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--kind", default="star")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--max-minutes", type=float, default=4.5)
+    ap.add_argument("--max-minutes", type=float, default=3.5)
     ap.add_argument("--n", type=int, default=16, help="clips per prompt")
     ap.add_argument("--methods", default="lora,textual-inversion")
     ap.add_argument("--paradigms", default="ar,dit")
