@@ -1,0 +1,176 @@
+"""DreamBooth (Ruiz et al. 2023) on both paradigms: fine-tune the whole model (or the parameters `trainable`
+names) on a few clips of a concept captioned with a new identifier, with prior preservation:
+
+    L = L(x, c) + lambda * L(x_pr, c_pr)        (Eq. 2; lambda = prior_weight)
+
+where x_pr are class clips the frozen model generates from the class prompts (the instance captions with the
+identifier replaced by the class word: "<v1> moving left" -> "star moving left"). The identifier is a new
+placeholder token whose row starts as the class word's (`add_tokens`); the training itself is the AR or
+diffusion recipe (`--init-from` the base, `prior_data` / `prior_weight`, train/concept.py).
+
+    dreambooth("assets/reference/dit", "data/star", "runs/db", DreamBoothConfig(class_word="star"))
+
+Run directory: `class_clips/` (the prior data set), the recipe's run (config.yaml, metrics.jsonl, final/: a
+model directory; a delta over the base when `trainable` is set), `personalize.json`.
+
+Owns: the concept and placeholder checks, making the class clips, the DreamBooth run. Does not own: the loss
+(train/concept.py), the recipes, generation (bridges.generate).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ...errors import CheckpointError, ConfigError, DataError
+
+
+@dataclass
+class DreamBoothConfig:
+    token: str = "<v1>"  # the identifier; must be new to the base model's vocabulary
+    class_word: str = ""  # the concept's class ("star"); the identifier's embedding starts as its
+    prior_weight: float = 1.0  # lambda; 0 = no prior preservation (no class clips made)
+    n_class: int = 32  # class clips the frozen model makes
+    steps: int = 150
+    lr: float = 2e-4
+    batch_size: int = 4
+    trainable: str = ""  # "" = the whole model
+    max_minutes: float = 5.0  # time budget of the training (0 = none)
+    class_guidance: float | None = None  # guidance of the class clips (None = the model's default)
+
+    def check(self) -> None:
+        if not self.token.strip() or " " in self.token:
+            raise ConfigError(f"--token must be one word such as <v1>, got {self.token!r}")
+        if not self.class_word.strip():
+            raise ConfigError("a class word is needed (--class-word star): the identifier starts as it, and the"
+                              " class clips of prior preservation are made from it")
+        if self.prior_weight < 0 or self.n_class < 1 or self.steps < 1:
+            raise ConfigError("prior_weight must be >= 0, n_class and steps >= 1")
+
+
+def model_kind(model: str | Path) -> str:
+    from ...io import read_json
+
+    conf = read_json(Path(model) / "config.json")
+    kind = conf.get("kind") if isinstance(conf, dict) else None
+    if kind not in ("ar", "diffusion"):
+        raise CheckpointError(f"{model}: holds a {kind!r} model; personalization needs an AR or a diffusion model")
+    return kind
+
+
+def concept_captions(concept: str | Path, token: str) -> list[str]:
+    """The concept data set's training captions; refuses a folder with no usable clip or captions without `token`."""
+    from ...train.recipe_common import load_split
+
+    try:
+        rows = load_split(Path(concept), "train")
+    except DataError:
+        raise
+    except Exception as e:  # not a data set at all
+        raise DataError(f"{concept}: no concept data set there ({type(e).__name__}); make one with"
+                        " `duogen data make concept` or `duogen data import`") from None
+    if len(rows) == 0 or "video" not in rows.column_names:
+        raise DataError(f"{concept}: the concept folder holds no usable clip")
+    caps = list(rows["caption"])
+    if not any(token in c for c in caps):
+        raise DataError(f"{concept}: no caption uses the placeholder {token!r}; pass the --token its captions use")
+    return caps
+
+
+def check_new_token(model: str | Path, kind: str, token: str) -> None:
+    """A placeholder the base model already has is refused (its row would be overwritten)."""
+    from ...tokenizers.text import TextTokenizer
+
+    tok = TextTokenizer.load(Path(model) / "text.model")
+    known = set(getattr(tok, "placeholders", []))
+    if kind == "ar":
+        from ...tokenizers.vocab import UnifiedVocab
+
+        known |= set(UnifiedVocab.load(Path(model)).tokens)
+    if token in known:
+        raise ConfigError(f"{token!r} is already in the vocabulary of {model}; choose another --token")
+
+
+def class_prompts(captions: Sequence[str], token: str, class_word: str, n: int) -> list[str]:
+    """The instance captions with the identifier replaced by the class word, cycled to n prompts."""
+    base = [c.replace(token, class_word) for c in captions]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def make_class_clips(model: str | Path, prompts: Sequence[str], out: str | Path, *, seed: int = 0,
+                     guidance: float | None = None, batch: int = 16) -> Path:
+    """Generate one clip per prompt with the frozen model (the generate API) into a data set at `out`
+    (`video`, `caption`; split `train`): DreamBooth's class clips."""
+    import datasets
+
+    from ...data.folder import write_dataset
+    from ...utils import progress
+    from ..generate import load_generator
+
+    gen = load_generator(model)
+    kw = {} if guidance is None else {"guidance": guidance}
+    clips = []
+    for i in progress(range(0, len(prompts), batch), desc="class clips", unit="call"):
+        res = gen.generate(list(prompts[i: i + batch]), n=1, seed=seed + i, **kw)
+        clips += [(v, p) for v, p in zip(res.videos, res.prompts)]
+    F, H, W, _ = clips[0][0].shape
+    feats = datasets.Features({"video": datasets.Array4D((F, H, W, 3), "uint8"), "caption": datasets.Value("string")})
+    write_dataset(out, {"train": lambda: ({"video": v, "caption": p} for v, p in clips)}, feats, overwrite=True)
+    return Path(out)
+
+
+def run_recipe(kind: str, model: str | Path, data: str | Path, out: Path, overrides: list[str], seed: int) -> dict[str, Any]:
+    """The AR or diffusion recipe, fine-tuning `model` on `data` into the run `out`."""
+    if kind == "ar":
+        from ...train.ar_recipe import train_ar
+
+        return train_ar(data, None, out, init_from=model, overrides=overrides, seed=seed)
+    from ...train.diffusion_recipe import train_diffusion
+
+    return train_diffusion(data, None, out, init_from=model, overrides=overrides, seed=seed)
+
+
+def fine_tune_on_concept(model: str | Path, concept: str | Path, out: str | Path, *, method: str, token: str,
+                         class_word: str, prior_weight: float, n_class: int, train: list[str], seed: int,
+                         class_guidance: float | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """What DreamBooth and Custom Diffusion share: checks, class clips (prior_weight > 0), the recipe run."""
+    model, out = Path(model), Path(out)
+    kind = model_kind(model)
+    captions = concept_captions(concept, token)
+    check_new_token(model, kind, token)
+    t0 = time.perf_counter()
+    overrides = [f"add_tokens=[{token}={class_word}]", *train, *extra]
+    n_made = 0
+    if prior_weight > 0:
+        prompts = class_prompts(captions, token, class_word, n_class)
+        make_class_clips(model, prompts, out / "class_clips", seed=seed, guidance=class_guidance)
+        overrides += [f"prior_data={out / 'class_clips'}", f"prior_weight={prior_weight}"]
+        n_made = len(prompts)
+    t_class = time.perf_counter() - t0
+    info = run_recipe(kind, model, concept, out, overrides, seed)
+    summary = {"method": method, "kind": kind, "base": str(model), "concept": str(concept), "token": token,
+               "class_word": class_word, "prior_weight": prior_weight, "class_clips": n_made,
+               "class_clips_s": round(t_class, 2), "train_s": round(float(info["wall_s"]), 2),
+               "final": info["final"], "steps": info["steps"], "final_loss": info["final_loss"],
+               "delta": info["delta"], "overrides": overrides}
+    from ...io import atomic_write_json
+
+    atomic_write_json(out / "personalize.json", summary)
+    return summary
+
+
+def dreambooth(model: str | Path, concept: str | Path, out: str | Path, cfg: DreamBoothConfig | None = None, *,
+               seed: int = 0, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """DreamBooth on an AR or diffusion model directory; returns the run's summary (`personalize.json`)."""
+    cfg = cfg or DreamBoothConfig()
+    cfg.check()
+    train = [f"train.steps={cfg.steps}", f"train.lr={cfg.lr}", f"train.batch_size={cfg.batch_size}",
+             f"train.max_minutes={cfg.max_minutes}", "train.warmup_steps=0", "train.ema=0", "train.log_every=10"]
+    if cfg.trainable:
+        train.append(f"train.trainable={cfg.trainable}")
+    s = fine_tune_on_concept(model, concept, out, method="dreambooth", token=cfg.token, class_word=cfg.class_word,
+                             prior_weight=cfg.prior_weight, n_class=cfg.n_class, train=train, seed=seed,
+                             class_guidance=cfg.class_guidance, extra=overrides)
+    return {**s, "config": asdict(cfg)}
