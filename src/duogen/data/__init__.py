@@ -50,9 +50,30 @@ def make_dataset(
     audio: bool = False,
     overwrite: bool = False,
     overrides: Sequence[str] = (),
+    kind: str | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """Render a built-in data set to `out`: "shapes" or one of the bundled real sets."""
+    """Render a built-in data set to `out`: "shapes", one of the bundled real sets, or a "concept" (`kind`)."""
     from ..errors import DataError
+
+    if name == "concept":
+        from .concepts import DEFAULT_TOKEN, KINDS, make_concept
+
+        if kind is None:
+            raise DataError(f"data make concept needs --kind; allowed values: {', '.join(KINDS)}")
+        extra = dict(o.split("=", 1) for o in overrides)
+        if set(extra) - {"digit"}:
+            raise DataError(f"concept takes only the override digit=D (0-9), got {sorted(set(extra) - {'digit'})}")
+        if audio:
+            raise DataError("--audio is available for the shapes world only, not 'concept'")
+        try:
+            digit = int(extra.get("digit", 7))
+        except ValueError:
+            raise DataError(f"digit={extra['digit']!r} is not a digit 0-9") from None
+        return make_concept(kind, out, n=n, preset=preset, token=token or DEFAULT_TOKEN, digit=digit, seed=seed,
+                            overwrite=overwrite)
+    if kind is not None or token is not None:
+        raise DataError(f"--kind and --token belong to `data make concept`, not '{name}'")
 
     if name == "shapes":
         from .shapes import load_world_config, make_world
@@ -68,4 +89,4 @@ def make_dataset(
         from .bundled import make_bundled
 
         return make_bundled(name, out, n=n, preset=preset, seed=seed, overwrite=overwrite)
-    raise DataError(f"unknown data set '{name}'; allowed values: shapes, {', '.join(BUNDLED)}")
+    raise DataError(f"unknown data set '{name}'; allowed values: shapes, concept, {', '.join(BUNDLED)}")
