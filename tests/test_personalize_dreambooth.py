@@ -25,7 +25,6 @@ AR_TINY = ["model.hidden=32", "model.layers=2", "model.heads=2", "model.kv_heads
            "text_vocab=300", "train.batch_size=4", "train.precision=fp32", "train.steps=2"]
 DIT_TINY = ["dit.hidden=32", "dit.depth=2", "dit.heads=2", "text.width=32", "text.layers=1", "text_vocab=300",
             "train.batch_size=4", "train.precision=fp32", "train.steps=2"]
-SHAPES = ("circle", "square", "triangle")
 
 
 def cli(*argv: str) -> tuple[int, dict, str]:
@@ -33,23 +32,6 @@ def cli(*argv: str) -> tuple[int, dict, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main([*argv, "--json"])
     return rc, (json.loads(out.getvalue()) if rc == 0 else {}), err.getvalue()
-
-
-def make_concept(src: Path, out: Path, n: int = 4, token: str = "<v1>") -> Path:
-    """A stand-in concept: n shapes clips whose captions name the shape by the placeholder."""
-    import datasets
-
-    from duogen.data import load_dataset
-    from duogen.data.folder import write_dataset
-
-    rows = load_dataset(src)["train"].select(range(n))
-    caps = list(rows["caption"])
-    for s in SHAPES:
-        caps = [c.replace(s, token) for c in caps]
-    vids = [torch.as_tensor(v).numpy().astype("uint8") for v in rows.with_format("numpy")["video"]]
-    feats = datasets.Features({"video": datasets.Array4D(vids[0].shape, "uint8"), "caption": datasets.Value("string")})
-    write_dataset(out, {"train": lambda: ({"video": v, "caption": c} for v, c in zip(vids, caps))}, feats)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +45,9 @@ def base(tmp_path_factory):
     for kind, tiny in (("ar", AR_TINY), ("diffusion", DIT_TINY)):
         rc, _, err = cli("train", kind, *common, "--out", str(root / kind), *tiny)
         assert rc == 0, err
-    make_concept(root / "data", root / "concept")
+    from duogen.data.concepts import make_concept
+
+    make_concept("star", root / "concept", n=4)
     return root
 
 
@@ -108,13 +92,13 @@ def test_dreambooth_run_with_prior_preservation(base, tmp_path, kind):
     from duogen.bridges.personalize.dreambooth import DreamBoothConfig, dreambooth
     from duogen.data import load_dataset
 
-    cfg = DreamBoothConfig(class_word="circle", n_class=3, steps=3, batch_size=2, max_minutes=0, lr=1e-3)
+    cfg = DreamBoothConfig(n_class=3, steps=3, batch_size=2, max_minutes=0, lr=1e-3)
     s = dreambooth(base / kind / "final", base / "concept", tmp_path / "db", cfg,
                    overrides=["train.precision=fp32", "train.log_every=1"])
     assert s["kind"] == kind and s["class_clips"] == 3 and s["steps"] == 3
     classes = load_dataset(tmp_path / "db" / "class_clips")["train"]
     assert len(classes) == 3 and all("<v1>" not in c for c in classes["caption"])
-    assert any("circle" in c for c in classes["caption"])
+    assert all("triangle" in c for c in classes["caption"])  # the star concept's class word
     rows = [json.loads(x) for x in (tmp_path / "db" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss_prior" in r]
     assert len(train_rows) == 3 and all(r["loss_instance"] > 0 for r in train_rows)
@@ -128,13 +112,12 @@ def test_bad_inputs_are_one_line(base, tmp_path):
     from duogen.bridges.personalize.dreambooth import DreamBoothConfig, dreambooth
     from duogen.errors import ConfigError, DataError
 
-    cfg = DreamBoothConfig(class_word="circle", n_class=2, steps=1, batch_size=2)
-    with pytest.raises(DataError, match="not a duogen data set|no usable clip"):
-        dreambooth(base / "ar" / "final", tmp_path, tmp_path / "o1", cfg)
-    with pytest.raises(DataError, match="placeholder"):
-        dreambooth(base / "ar" / "final", base / "concept", tmp_path / "o2", DreamBoothConfig(token="<v9>", class_word="c"))
-    with pytest.raises(ConfigError, match="class word"):
-        dreambooth(base / "ar" / "final", base / "concept", tmp_path / "o3", DreamBoothConfig())
+    cfg = DreamBoothConfig(n_class=2, steps=1, batch_size=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a concept"):
+        dreambooth(base / "ar" / "final", tmp_path / "empty", tmp_path / "o1", cfg)
+    with pytest.raises(ConfigError, match="--token"):
+        dreambooth(base / "ar" / "final", base / "concept", tmp_path / "o2", DreamBoothConfig(token="a b"))
     from duogen.ar_models.model import MultimodalLM
 
     grown = MultimodalLM.from_pretrained(base / "ar" / "final")

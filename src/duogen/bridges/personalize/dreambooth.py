@@ -10,7 +10,7 @@ diffusion recipe (`--init-from` the base, `prior_data` / `prior_weight`, train/c
 
     dreambooth("assets/reference/dit", "data/star", "runs/db", DreamBoothConfig(class_word="star"))
 
-Run directory: `class_clips/` (the prior data set), the recipe's run (config.yaml, metrics.jsonl, final/: a
+Run directory: `concept/` (the concept fitted to the model's clip size), `class_clips/` (the prior data set), the recipe's run (config.yaml, metrics.jsonl, final/: a
 model directory; a delta over the base when `trainable` is set), `personalize.json`.
 
 Owns: the concept and placeholder checks, making the class clips, the DreamBooth run. Does not own: the loss
@@ -30,7 +30,7 @@ from ...errors import CheckpointError, ConfigError, DataError
 @dataclass
 class DreamBoothConfig:
     token: str = "<v1>"  # the identifier; must be new to the base model's vocabulary
-    class_word: str = ""  # the concept's class ("star"); the identifier's embedding starts as its
+    class_word: str = ""  # the concept's class ("triangle"); "" = the concept's own; the identifier starts as it
     prior_weight: float = 1.0  # lambda; 0 = no prior preservation (no class clips made)
     n_class: int = 32  # class clips the frozen model makes
     steps: int = 150
@@ -43,9 +43,6 @@ class DreamBoothConfig:
     def check(self) -> None:
         if not self.token.strip() or " " in self.token:
             raise ConfigError(f"--token must be one word such as <v1>, got {self.token!r}")
-        if not self.class_word.strip():
-            raise ConfigError("a class word is needed (--class-word star): the identifier starts as it, and the"
-                              " class clips of prior preservation are made from it")
         if self.prior_weight < 0 or self.n_class < 1 or self.steps < 1:
             raise ConfigError("prior_weight must be >= 0, n_class and steps >= 1")
 
@@ -60,23 +57,38 @@ def model_kind(model: str | Path) -> str:
     return kind
 
 
-def concept_captions(concept: str | Path, token: str) -> list[str]:
-    """The concept data set's training captions; refuses a folder with no usable clip or captions without `token`."""
-    from ...train.recipe_common import load_split
+def clip_size(model: str | Path) -> tuple[int, int]:
+    """(frames, size) of the clips the model's codec was trained on: what a concept's clips are fitted to."""
+    from ...io import read_json
 
-    try:
-        rows = load_split(Path(concept), "train")
-    except DataError:
-        raise
-    except Exception as e:  # not a data set at all
-        raise DataError(f"{concept}: no concept data set there ({type(e).__name__}); make one with"
-                        " `duogen data make concept` or `duogen data import`") from None
-    if len(rows) == 0 or "video" not in rows.column_names:
+    model = Path(model)
+    ref = read_json(model / "config.json").get("codec")
+    if not ref:
+        raise CheckpointError(f"{model}: names no codec; personalization needs the model's codec")
+    path = Path(ref) if Path(ref).is_absolute() else model / ref
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{model}: its codec {path} is missing")
+    c = read_json(path / "config.json").get("config", {})
+    return int(c.get("frames", 9)), int(c.get("size", 32))
+
+
+def prepare_concept(model: str | Path, concept: str | Path, token: str, out: Path) -> Any:
+    """The concept (`duogen data make concept` or a `data import` folder; pers's `load_concept`) fitted to the
+    model's clip size, written as a data set at `out` (`video`, `caption`) the recipes read; returns it."""
+    import datasets
+
+    from ...data.concepts import load_concept
+    from ...data.folder import write_dataset
+
+    frames, size = clip_size(model)
+    c = load_concept(concept, size=size, frames=frames, token=token)
+    if len(c.videos) == 0:
         raise DataError(f"{concept}: the concept folder holds no usable clip")
-    caps = list(rows["caption"])
-    if not any(token in c for c in caps):
-        raise DataError(f"{concept}: no caption uses the placeholder {token!r}; pass the --token its captions use")
-    return caps
+    feats = datasets.Features({"video": datasets.Array4D(tuple(c.videos.shape[1:]), "uint8"),
+                               "caption": datasets.Value("string")})
+    write_dataset(out, {"train": lambda: ({"video": v, "caption": t} for v, t in zip(c.videos, c.captions))}, feats,
+                  overwrite=True)
+    return c
 
 
 def check_new_token(model: str | Path, kind: str, token: str) -> None:
@@ -138,8 +150,12 @@ def fine_tune_on_concept(model: str | Path, concept: str | Path, out: str | Path
     """What DreamBooth and Custom Diffusion share: checks, class clips (prior_weight > 0), the recipe run."""
     model, out = Path(model), Path(out)
     kind = model_kind(model)
-    captions = concept_captions(concept, token)
     check_new_token(model, kind, token)
+    c = prepare_concept(model, concept, token, out / "concept")
+    class_word = class_word or c.class_word or ""
+    if not class_word.strip():
+        raise ConfigError(f"{concept} names no class word: pass --class-word (the concept's coarse class, e.g. star)")
+    captions = c.captions
     t0 = time.perf_counter()
     overrides = [f"add_tokens=[{token}={class_word}]", *train, *extra]
     n_made = 0
@@ -149,7 +165,7 @@ def fine_tune_on_concept(model: str | Path, concept: str | Path, out: str | Path
         overrides += [f"prior_data={out / 'class_clips'}", f"prior_weight={prior_weight}"]
         n_made = len(prompts)
     t_class = time.perf_counter() - t0
-    info = run_recipe(kind, model, concept, out, overrides, seed)
+    info = run_recipe(kind, model, out / "concept", out, overrides, seed)
     summary = {"method": method, "kind": kind, "base": str(model), "concept": str(concept), "token": token,
                "class_word": class_word, "prior_weight": prior_weight, "class_clips": n_made,
                "class_clips_s": round(t_class, 2), "train_s": round(float(info["wall_s"]), 2),
