@@ -72,23 +72,28 @@ def clip_size(model: str | Path) -> tuple[int, int]:
     return int(c.get("frames", 9)), int(c.get("size", 32))
 
 
-def prepare_concept(model: str | Path, concept: str | Path, token: str, out: Path) -> Any:
-    """The concept (`duogen data make concept` or a `data import` folder; pers's `load_concept`) fitted to the
-    model's clip size, written as a data set at `out` (`video`, `caption`) the recipes read; returns it."""
+def prepare_concepts(model: str | Path, concepts: Sequence[tuple[str | Path, str]], out: Path) -> list[Any]:
+    """Each (concept, token) read by `data.concepts.load_concept` (a made concept or a `data import` folder),
+    fitted to the model's clip size, written together as one data set at `out` (`video`, `caption`) that the
+    recipes read; returns the `ConceptData`s."""
     import datasets
+    import numpy as np
 
     from ...data.concepts import load_concept
     from ...data.folder import write_dataset
 
     frames, size = clip_size(model)
-    c = load_concept(concept, size=size, frames=frames, token=token)
-    if len(c.videos) == 0:
-        raise DataError(f"{concept}: the concept folder holds no usable clip")
-    feats = datasets.Features({"video": datasets.Array4D(tuple(c.videos.shape[1:]), "uint8"),
+    cs = [load_concept(c, size=size, frames=frames, token=t) for c, t in concepts]
+    for (path, _), c in zip(concepts, cs):
+        if len(c.videos) == 0:
+            raise DataError(f"{path}: the concept folder holds no usable clip")
+    videos = np.concatenate([c.videos for c in cs])  # (N, F, H, W, 3)
+    captions = [t for c in cs for t in c.captions]
+    feats = datasets.Features({"video": datasets.Array4D(tuple(videos.shape[1:]), "uint8"),
                                "caption": datasets.Value("string")})
-    write_dataset(out, {"train": lambda: ({"video": v, "caption": t} for v, t in zip(c.videos, c.captions))}, feats,
+    write_dataset(out, {"train": lambda: ({"video": v, "caption": t} for v, t in zip(videos, captions))}, feats,
                   overwrite=True)
-    return c
+    return cs
 
 
 def check_new_token(model: str | Path, kind: str, token: str) -> None:
@@ -144,33 +149,42 @@ def run_recipe(kind: str, model: str | Path, data: str | Path, out: Path, overri
     return train_diffusion(data, None, out, init_from=model, overrides=overrides, seed=seed)
 
 
-def fine_tune_on_concept(model: str | Path, concept: str | Path, out: str | Path, *, method: str, token: str,
-                         class_word: str, prior_weight: float, n_class: int, train: list[str], seed: int,
+def fine_tune_on_concept(model: str | Path, concepts: Sequence[tuple[str | Path, str, str]], out: str | Path, *,
+                         method: str, prior_weight: float, n_class: int, train: list[str], seed: int,
                          class_guidance: float | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """What DreamBooth and Custom Diffusion share: checks, class clips (prior_weight > 0), the recipe run."""
+    """What DreamBooth and Custom Diffusion share, for one concept or several trained jointly: the checks, the
+    concepts as one data set, class clips from the frozen model (prior_weight > 0), the recipe run.
+    `concepts`: (folder, token, class word or "" for the concept's own)."""
     model, out = Path(model), Path(out)
     kind = model_kind(model)
-    check_new_token(model, kind, token)
-    c = prepare_concept(model, concept, token, out / "concept")
-    class_word = class_word or c.class_word or ""
-    if not class_word.strip():
-        raise ConfigError(f"{concept} names no class word: pass --class-word (the concept's coarse class, e.g. star)")
-    captions = c.captions
+    tokens = [t for _, t, _ in concepts]
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError(f"each concept needs its own placeholder; got {tokens}")
+    for t in tokens:
+        check_new_token(model, kind, t)
+    cs = prepare_concepts(model, [(c, t) for c, t, _ in concepts], out / "concept")
+    words = []
+    for (path, _, word), c in zip(concepts, cs):
+        word = word or c.class_word or ""
+        if not word.strip():
+            raise ConfigError(f"{path} names no class word: pass --class-word (the concept's coarse class, e.g. star)")
+        words.append(word)
     t0 = time.perf_counter()
-    overrides = [f"add_tokens=[{token}={class_word}]", *train, *extra]
+    overrides = ["add_tokens=[" + ",".join(f"{t}={w}" for t, w in zip(tokens, words)) + "]", *train, *extra]
     n_made = 0
     if prior_weight > 0:
-        prompts = class_prompts(captions, token, class_word, n_class)
+        per = [class_prompts(c.captions, t, w, max(1, n_class // len(cs))) for c, t, w in zip(cs, tokens, words)]
+        prompts = [p for ps in per for p in ps]
         make_class_clips(model, prompts, out / "class_clips", seed=seed, guidance=class_guidance)
         overrides += [f"prior_data={out / 'class_clips'}", f"prior_weight={prior_weight}"]
         n_made = len(prompts)
     t_class = time.perf_counter() - t0
     info = run_recipe(kind, model, out / "concept", out, overrides, seed)
-    summary = {"method": method, "kind": kind, "base": str(model), "concept": str(concept), "token": token,
-               "class_word": class_word, "prior_weight": prior_weight, "class_clips": n_made,
-               "class_clips_s": round(t_class, 2), "train_s": round(float(info["wall_s"]), 2),
-               "final": info["final"], "steps": info["steps"], "final_loss": info["final_loss"],
-               "delta": info["delta"], "overrides": overrides}
+    summary = {"method": method, "kind": kind, "base": str(model), "concepts": [str(c) for c, _, _ in concepts],
+               "tokens": tokens, "class_words": words, "captions": [c.captions for c in cs],
+               "prior_weight": prior_weight, "class_clips": n_made, "class_clips_s": round(t_class, 2),
+               "train_s": round(float(info["wall_s"]), 2), "final": info["final"], "steps": info["steps"],
+               "final_loss": info["final_loss"], "delta": info["delta"], "overrides": overrides}
     from ...io import atomic_write_json
 
     atomic_write_json(out / "personalize.json", summary)
@@ -186,7 +200,7 @@ def dreambooth(model: str | Path, concept: str | Path, out: str | Path, cfg: Dre
              f"train.max_minutes={cfg.max_minutes}", "train.warmup_steps=0", "train.ema=0", "train.log_every=10"]
     if cfg.trainable:
         train.append(f"train.trainable={cfg.trainable}")
-    s = fine_tune_on_concept(model, concept, out, method="dreambooth", token=cfg.token, class_word=cfg.class_word,
+    s = fine_tune_on_concept(model, [(concept, cfg.token, cfg.class_word)], out, method="dreambooth",
                              prior_weight=cfg.prior_weight, n_class=cfg.n_class, train=train, seed=seed,
                              class_guidance=cfg.class_guidance, extra=overrides)
     return {**s, "config": asdict(cfg)}
