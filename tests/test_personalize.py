@@ -80,3 +80,266 @@ def test_user_folder_concept(tmp_path):
     (folder / "metadata.jsonl").write_text(json.dumps(lines[1]) + "\n")
     with pytest.raises(DataError, match="no usable clip"):
         load_concept(folder, size=32, frames=9)
+
+
+# ----------------------------------------------------------------------------- tiny bases
+
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_latent_diffusion import make_codec  # noqa: E402
+
+CAPTIONS = [f"a {c} {s} moves {d}" for c in ("red", "blue", "green", "yellow", "cyan")
+            for s in ("circle", "square", "triangle") for d in ("left", "right", "up", "down")]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """A tiny codec, a tiny AR and a tiny DiT model directory (random live weights), and a 4-clip star concept."""
+    from duogen.ar_models.layouts import LayoutSpec
+    from duogen.ar_models.model import ARConfig, MultimodalLM
+    from duogen.data.concepts import make_concept
+    from duogen.diffusion.dit import DiTConfig
+    from duogen.diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
+    from duogen.diffusion.text_encoder import TextEncoderConfig
+    from duogen.tokenizers.text import train_text_tokenizer
+    from duogen.tokenizers.vocab import UnifiedVocab
+
+    root = tmp_path_factory.mktemp("personalize")
+    codec = make_codec(0)
+    codec.save_pretrained(root / "codec")
+    C, f, h, w = codec.latent_shape((9, 32, 32))
+    text = train_text_tokenizer(CAPTIONS, None, vocab_size=300)
+    torch.manual_seed(0)
+    vocab = UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}, codec_refs={"video": str(root / "codec")})
+    ar = MultimodalLM(ARConfig(hidden=32, layers=2, heads=2, kv_heads=2, mlp=64), vocab,
+                      LayoutSpec(max_text=16, latent=(f, h, w), tasks=["t2v"]), text, codec_ref=str(root / "codec"))
+    ar.save_pretrained(root / "ar")
+    cfg = LatentDiffusionConfig(denoiser="dit", dit=DiTConfig(hidden=32, depth=1, heads=2, patch_size=2),
+                                text=TextEncoderConfig(vocab_size=text.vocab_size, width=32, layers=1, heads=2,
+                                                       max_tokens=24), latent=[C, f, h, w], steps=4)
+    dit = LatentDiffusionModel(cfg, text, codec)
+    with torch.no_grad():  # live weights everywhere (the DiT starts at exactly 0)
+        for p in dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dit.save_pretrained(root / "dit")
+    make_concept("star", root / "star", n=4)
+    return root
+
+
+def load(root: Path, paradigm: str):
+    from duogen.ar_models.model import MultimodalLM
+    from duogen.diffusion.latent import LatentDiffusionModel
+
+    return (MultimodalLM if paradigm == "ar" else LatentDiffusionModel).from_pretrained(root / paradigm)
+
+
+def outputs(m) -> torch.Tensor:
+    """The adapted module's output on fixed inputs: the Llama's logits, or the denoiser's prediction."""
+    with torch.no_grad():
+        if hasattr(m, "lm"):
+            ids = torch.arange(48).reshape(2, 24) * 7 % m.vocab.size
+            return m(ids)
+        z = torch.randn(2, *m.config.latent, generator=torch.Generator().manual_seed(1))
+        return m.denoiser(z, torch.tensor([100, 700]), m.encode_prompts(["a red circle moves left", "a <v1>"]))
+
+
+def randomize_lora(m, name: str, seed: int) -> None:
+    from duogen.bridges.personalize.lora import lora_layers
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(m):
+            for p in (layer.lora_A[name].weight, layer.lora_B[name].weight):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+PARADIGMS = ["ar", "dit"]
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_zero_init_lora_is_a_noop_and_targets_attention_and_mlp(bases, paradigm):
+    from duogen.bridges.personalize.lora import LoraSettings, add_lora, lora_layers
+
+    m = load(bases, paradigm)
+    before = outputs(m)
+    cfg = add_lora(m, LoraSettings(r=2))
+    assert torch.equal(outputs(m), before)
+    names = {n.rsplit(".", 1)[-1] for n in cfg.target_modules}
+    want = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} if paradigm == "ar" \
+        else {"to_q", "to_kv", "to_out", "0", "2"}
+    assert names == want and len(lora_layers(m)) > 0
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_lora_round_trip_weights_combine_fuse_and_unfuse(bases, tmp_path, paradigm):
+    from duogen.bridges.personalize import load_adapter, set_adapter_weights, fuse_adapters, unfuse_adapters
+    from duogen.bridges.personalize.lora import LoraSettings, add_lora, lora_layers, save_lora
+
+    base_out = outputs(load(bases, paradigm))
+    trained = []
+    for k in range(2):  # two "trained" adapters: random A and B
+        m = load(bases, paradigm)
+        add_lora(m, LoraSettings(r=2, alpha=4.0))
+        randomize_lora(m, "default", seed=10 + k)
+        trained.append(outputs(m))
+        save_lora(m, tmp_path / f"a{k}", bases / paradigm)
+        assert not torch.equal(trained[-1], base_out)
+    assert (tmp_path / "a0" / "adapter_config.json").is_file()
+    m = load(bases, paradigm)
+    assert load_adapter(m, tmp_path / "a0", bases / paradigm, name="one") == "one"
+    assert torch.equal(outputs(m), trained[0])  # save / load round trip: identical outputs
+    set_adapter_weights(m, {"one": 0.0})
+    assert torch.equal(outputs(m), base_out)  # weight 0 = the base
+    load_adapter(m, tmp_path / "a1", bases / paradigm, name="two", weight=1.0)
+    set_adapter_weights(m, {"one": 0.0, "two": 1.0})
+    assert torch.equal(outputs(m), trained[1])
+    set_adapter_weights(m, {"one": 0.7, "two": -0.4})
+    both = outputs(m)
+    layer = lora_layers(m)[0]
+    W0 = layer.base_layer.weight.detach().clone()
+    delta = sum(w * (4.0 / 2) * layer.lora_B[n].weight @ layer.lora_A[n].weight for n, w in (("one", 0.7), ("two", -0.4)))
+    fuse_adapters(m)  # W <- W + sum_i w_i (alpha / r) B_i A_i
+    torch.testing.assert_close(layer.base_layer.weight, W0 + delta, rtol=0, atol=1e-6)
+    torch.testing.assert_close(outputs(m), both, rtol=1e-4, atol=1e-5)  # fused == unfused
+    unfuse_adapters(m)
+    set_adapter_weights(m, {"one": 0.0, "two": 0.0})
+    torch.testing.assert_close(outputs(m), base_out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_lora_method_trains_a_small_adapter_and_refuses_another_base(bases, tmp_path, paradigm):
+    from duogen.bridges.personalize import load_adapter, personalize
+    from duogen.errors import CheckpointError
+    from duogen.io import load_state_dict
+
+    before = (bases / paradigm / "model.safetensors").read_bytes()
+    s = personalize("lora", bases / paradigm, bases / "star", tmp_path / "run", token="<v1>", steps=3, lr=1e-2,
+                    rank=2)
+    assert (bases / paradigm / "model.safetensors").read_bytes() == before  # the base is never modified
+    final = tmp_path / "run" / "final"
+    keys = load_state_dict(final / "adapter_model.safetensors")
+    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+    assert s["adapter_bytes"] < s["model_bytes"] / 5 and s["steps"] == 3
+    m = load(bases, paradigm)
+    load_adapter(m, tmp_path / "run", bases / paradigm)
+    assert not torch.equal(outputs(m), outputs(load(bases, paradigm)))  # trained: B moved off zero
+    other = tmp_path / "other"
+    shutil.copytree(bases / paradigm, other)
+    state = load_state_dict(other / "model.safetensors")
+    k = next(iter(state))
+    state[k] = state[k] + 1
+    from duogen.io import save_state_dict
+
+    save_state_dict(state, other / "model.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        load_adapter(load(tmp_path, "other") if False else _load_dir(other, paradigm), tmp_path / "run", other)
+    assert "another base model" in str(e.value) and "\n" not in str(e.value)
+    rc, _, err = cli("generate", "--model", str(other), "--adapter", str(tmp_path / "run"), "--prompt", "a <v1>",
+                     "--out", str(tmp_path / "g"), *(["--steps", "2"] if paradigm == "dit" else []))
+    assert rc == 2 and err.count("\n") == 1 and "another base model" in err
+
+
+def _load_dir(d: Path, paradigm: str):
+    from duogen.ar_models.model import MultimodalLM
+    from duogen.diffusion.latent import LatentDiffusionModel
+
+    return (MultimodalLM if paradigm == "ar" else LatentDiffusionModel).from_pretrained(d)
+
+
+def test_lora_run_resumes_exactly(bases, tmp_path):
+    from duogen.bridges.personalize import personalize
+    from duogen.io import load_state_dict
+    from duogen.train.checkpoint import list_checkpoints
+
+    kw = dict(token="<v1>", steps=4, lr=1e-2, rank=2, overrides=("train.ckpt_every=2", "train.keep_last=0"))
+    personalize("lora", bases / "dit", bases / "star", tmp_path / "a", **kw)
+    ck = list_checkpoints(tmp_path / "a")[0]
+    assert ck.name.endswith("2")
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ck, tmp_path / "b" / "checkpoints" / ck.name)
+    personalize("lora", bases / "dit", bases / "star", tmp_path / "b", resume="auto", **kw)
+    a = load_state_dict(tmp_path / "a" / "final" / "adapter_model.safetensors")
+    b = load_state_dict(tmp_path / "b" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- textual inversion
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_textual_inversion_trains_only_the_new_row(bases, tmp_path, paradigm):
+    from duogen.bridges.personalize import load_adapter, personalize
+    from duogen.io import load_state_dict
+    from duogen.train.checkpoint import latest_checkpoint
+
+    s = personalize("textual-inversion", bases / paradigm, bases / "star", tmp_path / "ti", token="<v1>", steps=12,
+                    lr=5e-2, overrides=("train.log_every=1",))
+    base = load(bases, paradigm)
+    ck = load_state_dict(latest_checkpoint(tmp_path / "ti") / "model.safetensors")
+    name = "lm.model.embed_tokens.weight" if paradigm == "ar" else "text_encoder.embed.weight"
+    assert list(ck) == [name]  # the checkpoint holds the one trained table; everything else stayed frozen
+    old = base.state_dict()[name]
+    V = old.shape[0]
+    assert s["row"] == V and ck[name].shape[0] == V + 1
+    assert torch.equal(ck[name][:V], old)  # every other row bit-equal
+    assert (tmp_path / "ti" / "final" / "learned_embeds.safetensors").stat().st_size < 4096
+    m = load(bases, paradigm)
+    assert load_adapter(m, tmp_path / "ti", bases / paradigm) == "<v1>"
+    from duogen.bridges.personalize.textual_inversion import embedding_tables
+
+    assert torch.equal(embedding_tables(m)[1][V], ck[name][V]) and not torch.equal(ck[name][V], old[0])
+    if paradigm == "ar":  # every old logit unchanged
+        with torch.no_grad():
+            ids = torch.arange(48).reshape(2, 24) * 7 % V
+            assert torch.equal(m(ids)[..., :V], base(ids))
+    init = load(bases, paradigm)  # the base with the placeholder at its initial row (the class word's)
+    if paradigm == "ar":
+        init.add_tokens(text={"<v1>": "triangle"})
+    else:
+        init.text_encoder.add_placeholder("<v1>", "triangle")
+    assert concept_loss(m, bases) < concept_loss(init, bases)  # the loss on the concept fell
+
+
+def concept_loss(model, bases: Path) -> float:
+    """The model's loss on the concept clips under their captions, deterministic: AR next-token loss without
+    caption dropout; diffusion loss at fixed timesteps and noise."""
+    from duogen.data.concepts import load_concept
+    from duogen.tokenizers import load as load_codec
+
+    c = load_concept(bases / "star", size=32, frames=9)
+    model.eval()
+    with torch.no_grad():
+        if hasattr(model, "lm"):
+            from duogen.ar_models.layouts import TrainCollator
+
+            ids = load_codec(bases / "codec").encode(c.videos)  # (B, f, h, w)
+            recs = [{"video_ids": v.numpy(), "text_ids": model.text.encode(cap)} for v, cap in zip(ids, c.captions)]
+            return float(model.loss(TrainCollator(model.layouts, ["t2v"], 0.0)(recs)).loss)
+        z0 = torch.cat([model.encode_video(v) for v in c.videos])
+        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+        ids, mask = model.text_encoder.tokenize(c.captions, strict=False)
+        t = torch.tensor([200, 400, 600, 800])
+        return float(model.loss_per_example({"latents": z0, "text_ids": ids, "text_mask": mask}, t, eps).mean())
+
+
+def test_textual_inversion_bad_input(bases, tmp_path):
+    grown = load(bases, "dit")
+    grown.text_encoder.add_placeholder("<v1>", "circle")
+    grown.save_pretrained(tmp_path / "grown")
+    for model, token in ((tmp_path / "grown", "<v1>"), (bases / "ar", "a")):  # a placeholder, or a word, it knows
+        rc, _, err = cli("personalize", "--model", str(model), "--concept", str(bases / "star"), "--method",
+                         "textual-inversion", "--token", token, "--out", str(tmp_path / "x"))
+        assert rc == 2 and err.count("\n") == 1 and "already in" in err, err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "caption": "a <v1>"}) + "\n")
+    for extra in (["--concept", str(empty)], ["--concept", str(bases / "star"), "--method", "nope"],
+                  ["--concept", str(tmp_path / "missing")]):
+        rc, _, err = cli("personalize", "--model", str(bases / "ar"), "--out", str(tmp_path / "y"), *extra)
+        assert rc == 2 and err.count("\n") == 1, err
+    rc, _, err = cli("personalize", "--concept", str(bases / "star"), "--out", str(tmp_path / "z"))
+    assert rc == 2 and "--model" in err

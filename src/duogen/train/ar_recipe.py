@@ -20,6 +20,10 @@ must be the same weights; a `model.*` override other than `cond_dropout` /
 `add_task_tokens` (`<v1>=circle`) grow the vocabulary first. With
 `train.trainable` set too, `final/` is a delta over DIR (only the tensors that
 changed, plus DIR's path and checksum; `duogen.io.write_delta`).
+
+From Python, `prepare(model)` changes the built model before training (e.g. adds `peft` LoRA layers that
+`train.trainable` then selects) and `save_final(model, dir)` writes `final/` instead of the model directory
+(e.g. only the adapter); `duogen.bridges.personalize` trains through these.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .. import config as cfglib
 from ..ar_models.layouts import AUDIO_TASKS, MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
@@ -173,6 +177,8 @@ def train_ar(
     seed: int = 0,
     resume: str | None = None,
     init_from: str | Path | None = None,
+    prepare: Callable[[Any], None] | None = None,
+    save_final: Callable[[Any, Path], None] | None = None,
 ) -> dict[str, Any]:
     """Train an AR model (from scratch, or from the model in `init_from`); returns the engine's summary plus the
     model's facts. `tokenizer` (the codec) may be None with `init_from`: the base model's codec.
@@ -280,6 +286,8 @@ def train_ar(
     if cfg.add_tokens or cfg.add_task_tokens:
         model.add_tokens(parse_new_tokens(cfg.add_tokens, "add_tokens"),
                          parse_new_tokens(cfg.add_task_tokens, "add_task_tokens"))
+    if prepare is not None:  # the caller's change to the built model (e.g. LoRA layers), before the engine sees it
+        prepare(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captions longer than max_text are truncated; counted below
         text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
@@ -306,7 +314,7 @@ def train_ar(
     delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 
     summary = fit(
-        model, loss_fn, records, cfg.train, out, collate=collate, save_model=model_saver(delta_of),
+        model, loss_fn, records, cfg.train, out, collate=collate, save_model=save_final or model_saver(delta_of),
         run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": refs["video"],
                     "audio_tokenizer": refs.get("audio"), "init_from": str(init_from.resolve()) if init_from else None},
     )
@@ -324,5 +332,5 @@ def train_ar(
         "encode_s": round(t_encode, 2),
         "tasks": list(cfg.tasks),
         "init_from": str(init_from) if init_from is not None else None,
-        "delta": delta_of is not None,
+        "delta": delta_of is not None and save_final is None,
     }

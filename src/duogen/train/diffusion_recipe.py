@@ -20,6 +20,10 @@ the training / sampling behaviour (`FINETUNE_KEEP`) that differs from DIR's
 config is an error. `add_tokens` (`<v1>=circle`) gives the text encoder new
 placeholder rows first. With `train.trainable` set too, `final/` is a delta
 over DIR (`duogen.io.write_delta`).
+
+From Python, `prepare(model)` changes the built model before training (e.g. adds `peft` LoRA layers that
+`train.trainable` then selects) and `save_final(model, dir)` writes `final/` instead of the model directory
+(e.g. only the adapter); `duogen.bridges.personalize` trains through these.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
@@ -136,6 +140,8 @@ def train_diffusion(
     seed: int = 0,
     resume: str | None = None,
     init_from: str | Path | None = None,
+    prepare: Callable[[Any], None] | None = None,
+    save_final: Callable[[Any, Path], None] | None = None,
 ) -> dict[str, Any]:
     """Train a latent diffusion model (from scratch, or from the model in `init_from`); returns the engine's
     summary plus the model's facts. `tokenizer` (the codec) may be None with `init_from`: the base model's."""
@@ -201,6 +207,8 @@ def train_diffusion(
     old_rows = model.text_encoder.embed.num_embeddings if hasattr(model.text_encoder, "embed") else 0
     for token, word in parse_new_tokens(cfg.add_tokens, "add_tokens").items():
         model.text_encoder.add_placeholder(token, word)
+    if prepare is not None:  # the caller's change to the built model (e.g. LoRA layers), before the engine sees it
+        prepare(model)
     ids, mask = model.text_encoder.tokenize(captions, strict=False)  # (N, T) each
     records = LatentRecords(latents, ids, mask)
     n_params = count_parameters(model)
@@ -227,7 +235,7 @@ def train_diffusion(
 
     delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 
-    summary = fit(model, loss_fn, records, cfg.train, out, collate=collate, save_model=model_saver(delta_of),
+    summary = fit(model, loss_fn, records, cfg.train, out, collate=collate, save_model=save_final or model_saver(delta_of),
                   run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve()),
                               "init_from": str(init_from.resolve()) if init_from is not None else None})
     return {
@@ -241,5 +249,5 @@ def train_diffusion(
         "clips": int(latents.shape[0]),
         "encode_s": round(t_encode, 2),
         "init_from": str(init_from) if init_from is not None else None,
-        "delta": delta_of is not None,
+        "delta": delta_of is not None and save_final is None,
     }
