@@ -102,3 +102,24 @@ def test_dirs_grown_tables_deltas_json_plot_and_another_base(models, tmp_path):
         weight_change(other, tmp_path / "tuned")
     with pytest.raises(CheckpointError, match="'diffusion'|'ar'"):
         weight_change(REF / "ar", base)
+
+
+def test_cli_analyze_writes_json_and_plot_and_bad_input_is_one_line(tmp_path):
+    import contextlib
+    import io
+
+    from duogen.cli import main
+
+    def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([*argv, "--json"])
+        return rc, (json.loads(out.getvalue()) if rc == 0 else {}), err.getvalue()
+
+    rc, s, err = cli("personalize", "analyze", str(REF / "dit"), str(REF / "dit"), "--out", str(tmp_path / "a"))
+    assert rc == 0, err
+    assert all(v["max"] == 0.0 for v in s["by_type"].values()) and (tmp_path / "a" / "analyze.json").is_file()
+    rc, _, err = cli("personalize", "analyze", str(REF / "ar"), str(REF / "dit"), "--out", str(tmp_path / "b"))
+    assert rc == 2 and err.count("\n") == 1 and "compare a fine-tune with its own base" in err
+    rc, _, err = cli("personalize", "analyze", str(REF / "ar"), str(REF / "ar"), "--out", str(tmp_path / "a"))
+    assert rc == 2 and err.count("\n") == 1 and "--overwrite" in err

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_personalize_dreambooth import base  # noqa: E402,F401  (the tiny AR / DiT bases and the star concept)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = ["train.precision=fp32", "train.log_every=1"]
+FAST = ("train.log_every=1",)
 
 
 def _load(kind: str, d: Path):
@@ -28,10 +28,11 @@ def _load(kind: str, d: Path):
 
 @pytest.mark.parametrize("kind", ["ar", "diffusion"])
 def test_only_text_reading_kv_and_the_new_row_change(base, tmp_path, kind):
-    from duogen.bridges.personalize.custom_diffusion import CUSTOM_TRAINABLE, CustomConfig, custom_diffusion
+    from duogen.bridges.personalize import personalize
+    from duogen.bridges.personalize.custom_diffusion import CUSTOM_TRAINABLE
 
-    cfg = CustomConfig(tokens=["<v1>"], n_class=2, steps=3, batch_size=2, lr=1e-2, max_minutes=0)
-    s = custom_diffusion(base / kind / "final", [base / "concept"], tmp_path / "cd", cfg, overrides=FAST)
+    s = personalize("custom", base / kind / "final", base / "concept", tmp_path / "cd", token="<v1>", n_class=2,
+                    steps=3, batch_size=2, lr=1e-2, overrides=FAST)
     assert s["delta"] is True
     b, t = _load(kind, base / kind / "final").state_dict(), _load(kind, Path(s["final"])).state_dict()
     table = "lm.model.embed_tokens.weight" if kind == "ar" else "text_encoder.embed.weight"
@@ -76,19 +77,18 @@ def test_merge_linear_closed_form():
 
 @pytest.mark.parametrize("kind", ["diffusion", "ar"])
 def test_joint_training_and_constrained_merge_of_two_runs(base, tmp_path, kind):
-    from duogen.bridges.personalize.custom_diffusion import CustomConfig, constrained_merge, custom_diffusion
+    from duogen.bridges.personalize.custom_diffusion import constrained_merge, custom_diffusion
     from duogen.data.concepts import make_concept
     from duogen.errors import CheckpointError
 
     make_concept("heart", tmp_path / "heart", n=4)
     runs = []
     for tok, c in (("<v1>", base / "concept"), ("<v2>", tmp_path / "heart")):
-        cfg = CustomConfig(tokens=[tok], n_class=2, steps=3, batch_size=2, lr=5e-2, max_minutes=0)
         runs.append(tmp_path / tok.strip("<>"))
-        custom_diffusion(base / kind / "final", [c], runs[-1], cfg, overrides=FAST)
+        custom_diffusion(base / kind / "final", [c], runs[-1], tokens=[tok], n_class=2, steps=3, batch_size=2, lr=5e-2,
+                         overrides=FAST)
     joint = custom_diffusion(base / kind / "final", [base / "concept", tmp_path / "heart"], tmp_path / "joint",
-                             CustomConfig(tokens=["<v1>", "<v2>"], n_class=2, steps=2, batch_size=2, max_minutes=0),
-                             overrides=FAST)
+                             n_class=2, steps=2, batch_size=2, overrides=FAST)
     assert joint["tokens"] == ["<v1>", "<v2>"] and len(joint["captions"]) == 2
     s = constrained_merge(base / kind / "final", runs, tmp_path / "merged")
     assert s["target_rel_error"] < 1e-2, s  # float32 weights: the gap to the targets closes to rounding

@@ -89,13 +89,12 @@ def test_prior_preservation_loss_is_instance_plus_w_class_by_hand(base):
 
 @pytest.mark.parametrize("kind", ["ar", "diffusion"])
 def test_dreambooth_run_with_prior_preservation(base, tmp_path, kind):
-    from duogen.bridges.personalize.dreambooth import DreamBoothConfig, dreambooth
+    from duogen.bridges.personalize import personalize
     from duogen.data import load_dataset
 
-    cfg = DreamBoothConfig(n_class=3, steps=3, batch_size=2, max_minutes=0, lr=1e-3)
-    s = dreambooth(base / kind / "final", base / "concept", tmp_path / "db", cfg,
-                   overrides=["train.precision=fp32", "train.log_every=1"])
-    assert s["kind"] == kind and s["class_clips"] == 3 and s["steps"] == 3
+    s = personalize("dreambooth", base / kind / "final", base / "concept", tmp_path / "db", token="<v1>", n_class=3,
+                    steps=3, batch_size=2, lr=1e-3, overrides=("train.log_every=1",))
+    assert s["paradigm"] == kind and s["class_clips"] == 3 and s["steps"] == 3 and s["method"] == "dreambooth"
     classes = load_dataset(tmp_path / "db" / "class_clips")["train"]
     assert len(classes) == 3 and all("<v1>" not in c for c in classes["caption"])
     assert all("triangle" in c for c in classes["caption"])  # the star concept's class word
@@ -109,20 +108,23 @@ def test_dreambooth_run_with_prior_preservation(base, tmp_path, kind):
 
 
 def test_bad_inputs_are_one_line(base, tmp_path):
-    from duogen.bridges.personalize.dreambooth import DreamBoothConfig, dreambooth
+    from duogen.bridges.personalize.dreambooth import train_dreambooth
     from duogen.errors import ConfigError, DataError
 
-    cfg = DreamBoothConfig(n_class=2, steps=1, batch_size=2)
+    cfg = dict(token="<v1>", n_class=2, steps=1, batch_size=2)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a concept"):
-        dreambooth(base / "ar" / "final", tmp_path / "empty", tmp_path / "o1", cfg)
-    with pytest.raises(ConfigError, match="--token"):
-        dreambooth(base / "ar" / "final", base / "concept", tmp_path / "o2", DreamBoothConfig(token="a b"))
+        train_dreambooth(base / "ar" / "final", tmp_path / "empty", tmp_path / "o1", **cfg)
+    with pytest.raises(ConfigError, match="prior_weight"):
+        train_dreambooth(base / "ar" / "final", base / "concept", tmp_path / "o2", **cfg, prior_weight=-1)
+    rc, _, err = cli("personalize", "--model", str(base / "ar" / "final"), "--concept", str(tmp_path / "empty"),
+                     "--method", "dreambooth", "--out", str(tmp_path / "o5"))
+    assert rc == 2 and err.count("\n") == 1 and "not a concept" in err
     from duogen.ar_models.model import MultimodalLM
 
     grown = MultimodalLM.from_pretrained(base / "ar" / "final")
     grown.add_tokens(text={"<v1>": "circle"})
     grown.save_pretrained(tmp_path / "grown")
-    with pytest.raises(ConfigError, match="already in the vocabulary"):
-        dreambooth(tmp_path / "grown", base / "concept", tmp_path / "o4", cfg)
+    with pytest.raises(ConfigError, match="already"):
+        train_dreambooth(tmp_path / "grown", base / "concept", tmp_path / "o4", **cfg)
     assert not (tmp_path / "o4").exists()

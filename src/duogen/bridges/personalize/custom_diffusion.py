@@ -30,12 +30,11 @@ Owns: `custom_diffusion`, `constrained_merge`, `merge_linear`, `CUSTOM_TRAINABLE
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import CheckpointError, ConfigError
-from .dreambooth import fine_tune_on_concept, model_kind
+from .dreambooth import fine_tune_on_concept
 
 CUSTOM_TRAINABLE = {
     "diffusion": "denoiser.*.cross.to_kv.weight,text_encoder.embed.weight",
@@ -44,38 +43,39 @@ CUSTOM_TRAINABLE = {
 }
 
 
-@dataclass
-class CustomConfig:
-    tokens: list[str] = field(default_factory=lambda: ["<v1>"])  # one per concept
-    class_words: list[str] = field(default_factory=list)  # one per concept; [] = each concept's own
-    prior_weight: float = 1.0  # regularization clips of the class (the paper's 200 retrieved images)
-    n_class: int = 32
-    steps: int = 150
-    lr: float = 1e-3
-    batch_size: int = 4
-    max_minutes: float = 5.0
+def custom_diffusion(base_dir: str | Path, concepts: Sequence[str | Path], out_dir: str | Path, *,
+                     tokens: Sequence[str] = (), class_words: Sequence[str | None] = (), prior_weight: float = 1.0,
+                     n_class: int = 32, steps: int = 150, lr: float = 1e-3, batch_size: int = 4,
+                     max_minutes: float = 0.0, seed: int = 0, resume: str | None = None,
+                     class_prompt: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Custom Diffusion on an AR or diffusion model: one concept, or several trained jointly (one token each,
+    default <v1>, <v2>, ...; class words default to each concept's own). prior_weight: the regularization
+    clips' loss weight (the paper's retrieved real images; here class clips the frozen model makes)."""
+    from .common import base_info
 
-    def check(self, n_concepts: int) -> None:
-        if len(self.tokens) != n_concepts:
-            raise ConfigError(f"{n_concepts} concept(s) need {n_concepts} placeholder(s), got {self.tokens}")
-        if self.class_words and len(self.class_words) != n_concepts:
-            raise ConfigError(f"{n_concepts} concept(s) need {n_concepts} class word(s), got {self.class_words}")
-
-
-def custom_diffusion(model: str | Path, concepts: Sequence[str | Path], out: str | Path, cfg: CustomConfig | None = None,
-                     *, seed: int = 0, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Custom Diffusion on an AR or diffusion model: one concept, or several trained jointly (one token each)."""
-    cfg = cfg or CustomConfig(tokens=[f"<v{i + 1}>" for i in range(len(concepts))])
-    cfg.check(len(concepts))
-    kind = model_kind(model)
-    words = cfg.class_words or [""] * len(concepts)
-    train = [f"train.steps={cfg.steps}", f"train.lr={cfg.lr}", f"train.batch_size={cfg.batch_size}",
-             f"train.max_minutes={cfg.max_minutes}", "train.warmup_steps=0", "train.ema=0", "train.log_every=10",
+    tokens = list(tokens) or [f"<v{i + 1}>" for i in range(len(concepts))]
+    words = list(class_words) or [None] * len(concepts)
+    if len(tokens) != len(concepts) or len(words) != len(concepts):
+        raise ConfigError(f"{len(concepts)} concept(s) need as many tokens and class words; got {tokens}, {words}")
+    kind = base_info(base_dir).paradigm
+    train = [f"train.steps={steps}", f"train.lr={lr}", f"train.batch_size={batch_size}",
+             f"train.max_minutes={max_minutes}", "train.warmup_steps=0", "train.ema=0", "train.log_every=10",
              f"train.trainable={CUSTOM_TRAINABLE[kind]}", "train.weight_decay=0", "new_rows_only=true"]
-    s = fine_tune_on_concept(model, list(zip(concepts, cfg.tokens, words)), out, method="custom",
-                             prior_weight=cfg.prior_weight, n_class=cfg.n_class, train=train, seed=seed,
-                             extra=overrides)
-    return {**s, "config": asdict(cfg)}
+    return fine_tune_on_concept(base_dir, list(zip(concepts, tokens, words)), out_dir, method="custom",
+                                prior_weight=prior_weight, n_class=n_class, train=train, seed=seed,
+                                class_prompt=class_prompt, resume=resume, extra=overrides)
+
+
+def train_custom(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str, init_word: str | None = None,
+                 class_prompt: str | None = None, prior_weight: float = 1.0, steps: int = 150,
+                 max_minutes: float = 0.0, seed: int = 0, resume: str | None = None, lr: float = 1e-3,
+                 n_class: int = 32, batch_size: int = 4, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Custom Diffusion with the METHODS signature (`duogen personalize --method custom`): one concept.
+    OUT/final is a delta over the base (the K/V matrices and the grown embedding table)."""
+    return custom_diffusion(base_dir, [concept], out_dir, tokens=[token], class_words=[init_word],
+                            prior_weight=prior_weight, n_class=n_class, steps=steps, lr=lr, batch_size=batch_size,
+                            max_minutes=max_minutes, seed=seed, resume=resume, class_prompt=class_prompt,
+                            overrides=overrides)
 
 
 # ----------------------------------------------------------------------------- constrained merge
@@ -215,17 +215,18 @@ def constrained_merge(base: str | Path, runs: Sequence[str | Path], out: str | P
                       reg_prompts: Sequence[str] = (), ridge: float = 1e-4) -> dict[str, Any]:
     """Merge single-concept Custom Diffusion runs of one base into one model directory at `out` (Eq. 4).
     `reg_prompts`: the regularization captions (default: every run's class prompts)."""
-    from ...io import atomic_write_json, file_sha256, read_json
+    from ...io import atomic_write_json, read_json
+    from .common import base_info
 
     base, runs = Path(base), [Path(r) for r in runs]
-    kind = model_kind(base)
+    binfo = base_info(base)
+    kind = binfo.paradigm
     infos = [_run_info(r) for r in runs]
     for r, info in zip(runs, infos):
         if info.get("method") != "custom":
             raise ConfigError(f"{r}: a {info.get('method')!r} run; the constrained merge takes Custom Diffusion runs")
-        conf = read_json(Path(info["final"]) / "config.json")
-        sha = (conf.get("delta_of") or {}).get("sha256")
-        if Path(info["base"]).resolve() != base.resolve() and sha != file_sha256(base / "model.safetensors"):
+        sha = (read_json(Path(info["final"]) / "config.json").get("delta_of") or {}).get("sha256")
+        if sha != binfo.sha256:
             raise CheckpointError(f"{r} was trained from {info['base']}, not from {base}; merge runs of one base")
     tokens = [t for i in infos for t in i["tokens"]]
     if len(set(tokens)) != len(tokens):
