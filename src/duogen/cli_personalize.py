@@ -82,7 +82,8 @@ def add_personalize(sub: Any) -> None:
     p.add_argument("--class-prompt", default=None, help="prior preservation: the class prompt (methods that use it)")
     p.add_argument("--prior-weight", type=float, default=None, help="prior preservation: the prior loss weight")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps (each sees every concept clip)")
-    p.add_argument("--max-minutes", type=float, default=4.5, help="time budget in minutes (0 = none)")
+    p.add_argument("--max-minutes", type=float, default=3.5,
+                   help="training time budget in minutes (0 = none); loading, encoding and saving come on top")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     p.add_argument("--rank", type=int, default=None,
                    help="lora: rank r (default: the largest within 1%% of the base's bytes)")

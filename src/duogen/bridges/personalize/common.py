@@ -135,3 +135,38 @@ def train_overrides(clips: int, steps: int, lr: float, max_minutes: float, train
     return [f"train.steps={steps}", f"train.batch_size={clips}", f"train.lr={lr}", "train.warmup_steps=0",
             "train.ema=0", "train.weight_decay=0", "train.min_lr_ratio=1.0", f"train.max_minutes={max_minutes}",
             "train.ckpt_every=25", "train.keep_last=1", "train.log_every=5", f"train.trainable={trainable}"]
+
+
+def concept_loss(model: Any, base: str | Path, concept: str | Path, *, token: str | None = None, seed: int = 0) -> float:
+    """`model`'s mean loss on the concept's clips under their captions, deterministic (a fidelity read that needs
+    no sampling): AR, the next-token loss of the clips' codec ids without caption dropout; diffusion, the
+    denoising loss at four fixed timesteps (0.2, 0.4, 0.6, 0.8 of the schedule) and seeded noise."""
+    import torch
+
+    info = base_info(base)
+    from ...data.concepts import load_concept
+
+    c = load_concept(concept, size=info.size, frames=info.frames, token=token)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if hasattr(model, "lm"):
+                from ...ar_models.layouts import TrainCollator
+                from ...tokenizers import load as load_codec
+
+                ids = load_codec(model.codec_path(info.path)).encode(c.videos)  # (B, f, h, w)
+                recs = [{"video_ids": v.numpy(), "text_ids": model.text.encode(cap)} for v, cap in zip(ids, c.captions)]
+                return float(model.loss(TrainCollator(model.layouts, ["t2v"], 0.0)(recs)).loss)
+            z0 = torch.cat([model.encode_video(v) for v in c.videos])  # (B, C, f, h, w)
+            g = torch.Generator().manual_seed(seed)
+            N = model.schedule.num_train_timesteps
+            total = 0.0
+            for frac in (0.2, 0.4, 0.6, 0.8):
+                eps = torch.randn(z0.shape, generator=g)
+                ids, mask = model.text_encoder.tokenize(c.captions, strict=False)
+                batch = {"latents": z0, "text_ids": ids, "text_mask": mask}
+                total += float(model.loss_per_example(batch, int(frac * N), eps).mean())
+            return total / 4
+    finally:
+        model.train(was)
