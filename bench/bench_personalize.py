@@ -124,6 +124,35 @@ def evaluate(gen, token: str, class_word: str, examples: list, val, seed: int, b
     return out
 
 
+def plot_rows(rows: list, path: Path) -> Path:
+    """Concept fidelity and drift per method, one bar group per paradigm (targets dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    paradigms = list(dict.fromkeys(r[0] for r in rows))
+    methods = list(dict.fromkeys(r[1] for r in rows))
+    w = 0.8 / len(paradigms)
+    for k, (ax, col, title, target) in enumerate(zip(axes, (2, 7), ("concept fidelity", "drift (points)"),
+                                                     (TARGETS["fidelity"], TARGETS["drift"]))):
+        for j, p in enumerate(paradigms):
+            vals = [next((float(r[col]) for r in rows if r[0] == p and r[1] == m and r[col] != "-"), 0.0)
+                    for m in methods]
+            ax.bar(np.arange(len(methods)) + j * w, vals, w, label=p)
+        ax.axhline(target, ls="--", color="gray", lw=1)
+        ax.set_xticks(np.arange(len(methods)) + w * (len(paradigms) - 1) / 2, methods, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def tuned_generator(method: str, base: Path, run: Path):
     from duogen.bridges.generate import load_generator
     from duogen.bridges.personalize import apply_adapters
@@ -209,6 +238,7 @@ def main() -> None:
     if args.section:
         from duogen.io import atomic_write_json
 
+        plot = plot_rows(rows, Path(args.section).with_name("personalize_bench.png"))
         sec = {"title": "Personalization: concept, prompt fidelity, drift and cost per method",
                "intro": (f"Concept {args.concept!r} (class word {class_word!r}), {args.steps} steps or"
                          f" {args.max_minutes} min per method, from the shipped references, {args.threads} thread(s) on"
@@ -216,7 +246,7 @@ def main() -> None:
                          " drift <= 2 points with prior preservation, LoRA <= 1% of the model's bytes,"
                          " <= 5 minutes per method."),
                "tables": [{"caption": "per method and paradigm", "columns": cols, "rows": rows}],
-               "plots": [], "notes": json.dumps(raw, default=str)[:20000], "command": cmd}
+               "plots": [plot.name], "notes": json.dumps(raw, default=str)[:20000], "command": cmd}
         atomic_write_json(Path(args.section), sec)
     print("command:", cmd)
 
