@@ -37,7 +37,8 @@ from .. import config as cfglib
 from ..ar_models.layouts import AUDIO_TASKS, MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
-from .concept import PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation, train_new_rows_only
+from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
+                      train_new_rows_only)
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
                             load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)

@@ -37,7 +37,8 @@ from typing import Any, Callable, Sequence
 
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
-from .concept import PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation, train_new_rows_only
+from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
+                      train_new_rows_only)
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
                             load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
@@ -235,7 +236,8 @@ def train_diffusion(
 
     delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 
-    summary = fit(model, loss_fn, records, cfg.train, out, collate=collate, save_model=save_final or model_saver(delta_of),
+    summary = fit(model, loss_fn, records, cfg.train, out, collate=collate,
+                  save_model=save_final or model_saver(delta_of),
                   run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve()),
                               "init_from": str(init_from.resolve()) if init_from is not None else None})
     return {

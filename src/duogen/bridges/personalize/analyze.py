@@ -7,8 +7,8 @@ Custom Diffusion, Sec. 3.1, the figure that shows cross-attention K/V moving mos
 A "layer" is a module: its weight and bias together. A fused projection is split where the lecture's figure
 needs it (the denoisers' `to_kv` into its K and V halves). Layer types: attention q / k / v / o, cross-attention
 q / k / v / o (diffusion: the projections that read the text), MLP, norms, embeddings, output head, adaLN
-modulation / timestep conditioning, text encoder, visual positions, conv, other. An embedding table that grew (placeholder tokens)
-is compared on its old rows; its new rows are counted.
+modulation / timestep conditioning, text encoder, visual positions, conv, other. An embedding table that grew
+(placeholder tokens) is compared on its old rows; its new rows are counted.
 
 Owns: the per-layer change, layer-type names, the JSON and the plot. Does not own: loading models (duogen.io)
 or training them (duogen.train).
@@ -174,7 +174,8 @@ def plot_weight_change(wc: WeightChange, path: Path, title: str = "") -> Path:
     a.set_title(title or "weight change per layer type")
     a.grid(alpha=0.3)
     for k in kinds:
-        pts = sorted((x.index, x.delta) for x in wc.layers if x.type == k and x.index is not None and x.delta is not None)
+        pts = sorted((x.index, x.delta) for x in wc.layers
+                     if x.type == k and x.index is not None and x.delta is not None)
         if pts:
             by: dict[int, list[float]] = {}
             for i, d in pts:

@@ -34,7 +34,8 @@ def class_prompts(captions: Sequence[str], token: str, class_word: str, n: int) 
     return [base[i % len(base)] for i in range(n)]
 
 
-def sample_clips(model: Any, prompts: Sequence[str], seed: int, guidance: float | None = None, codec: Any = None) -> Any:
+def sample_clips(model: Any, prompts: Sequence[str], seed: int, guidance: float | None = None,
+                 codec: Any = None) -> Any:
     """Clips uint8 (B, F, H, W, 3), one per prompt, from a loaded AR or diffusion model through the paradigms'
     own sampling (`ar_models.sampling.generate_ids` + the codec's decoder; `sample_latents` + `decode`).
     Not `bridges.generate`, which imports this package for `--adapter`. `codec`: the AR model's video codec."""
