@@ -246,8 +246,15 @@ def main() -> None:
                          " drift <= 2 points with prior preservation, LoRA <= 1% of the model's bytes,"
                          " <= 5 minutes per method."),
                "tables": [{"caption": "per method and paradigm", "columns": cols, "rows": rows}],
-               "plots": [plot.name], "notes": json.dumps(raw, default=str)[:20000], "command": cmd}
+               "plots": [plot.name],
+               "notes": ("concept fidelity: mean cosine similarity of generated objects to the examples in the probe"
+                         " classifier's features / the examples' own mean similarity; drift: validation probe"
+                         " accuracy (color, direction, shape) of the base minus the tuned model, in points; leak:"
+                         " class-word prompts whose object is closer to the concept than the midpoint between the"
+                         " base's class objects and the examples. Per-run details: personalize_raw.json beside."),
+               "command": cmd}
         atomic_write_json(Path(args.section), sec)
+        atomic_write_json(Path(args.section).with_name("personalize_raw.json"), raw)
     print("command:", cmd)
 
 
