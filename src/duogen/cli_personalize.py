@@ -13,10 +13,11 @@ import sys
 from typing import Any, Callable
 
 from .cli_common import command
+from .cli_personalize_analyze import add_analyze
 from .guards import add_overwrite_argument, add_trust_argument
 
 # Each adds one subcommand to `duogen personalize` (its parser's sub-parsers object, dest "personalize_command").
-SUBCOMMANDS: list[Callable[[Any], None]] = []
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_analyze]
 
 
 def _run(a: argparse.Namespace) -> dict[str, Any]:

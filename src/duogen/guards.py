@@ -218,6 +218,7 @@ OUTPUTS = {  # "atomic": the command swaps its finished directory in (io.atomic_
     ("data", "make"): "atomic", ("data", "import"): "atomic", ("train", "convert-deepspeed"): "atomic",
     ("generate",): "dir", ("compare",): "dir", ("train", "tokenizer"): "dir",
     ("train", "ar"): "run", ("train", "diffusion"): "run", ("personalize",): "run", ("demo",): "demo", ("tokenizer", "recon"): "file",
+    ("personalize", "analyze"): "dir",
 }
 
 

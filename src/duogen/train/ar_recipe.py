@@ -37,6 +37,8 @@ from .. import config as cfglib
 from ..ar_models.layouts import AUDIO_TASKS, MASKED_TASKS, TASKS, LayoutSpec, TrainCollator, masked_clip
 from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
+from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
+                      train_new_rows_only)
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
                             load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
@@ -65,6 +67,12 @@ class ARRecipeConfig:
     # text placeholders (`<v1>=circle`: the text "<v1>" encodes as the one new id) and task tokens (`<edit>=<t2v>`)
     add_tokens: list[str] = field(default_factory=list)
     add_task_tokens: list[str] = field(default_factory=list)
+    # DreamBooth prior preservation (train/concept.py): a data set of class clips made by the frozen model; each
+    # batch pairs every instance clip with a class clip and the loss is L_instance + prior_weight * L_class
+    prior_data: str = ""
+    prior_weight: float = 1.0
+    # of the embedding tables, train only the rows add_tokens appended (Custom Diffusion's modifier token)
+    new_rows_only: bool = False
 
     def check(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
@@ -74,6 +82,7 @@ class ARRecipeConfig:
             raise ConfigError("tasks must name at least one task")
         if self.audio_seconds <= 0:
             raise ConfigError(f"audio_seconds must be positive, got {self.audio_seconds}")
+        check_prior(self.prior_weight, self.train.weight_decay, self.new_rows_only)
 
 
 AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
@@ -274,6 +283,7 @@ def train_ar(
     if base is not None:
         model.load_state_dict(base.state_dict())
         del base
+    old_rows = model.vocab.size
     if cfg.add_tokens or cfg.add_task_tokens:
         model.add_tokens(parse_new_tokens(cfg.add_tokens, "add_tokens"),
                          parse_new_tokens(cfg.add_task_tokens, "add_task_tokens"))
@@ -289,6 +299,18 @@ def train_ar(
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(*m.loss(batch))
+
+    if cfg.prior_data:  # DreamBooth: pair every instance clip with a class clip; L = L_inst + w * L_class
+        prior = load_prior_split(cfg.prior_data)
+        with codec_on_accelerator(codec):
+            prior_enc = encode_dataset(prior, codec, codec_dir, Path(cfg.prior_data), "train", cfg.tasks, cache)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prior_text = [tok.encode(c)[: cfg.max_text] for c in prior["caption"]]
+        records = PairedRecords(records, TokenRecords(prior_enc, prior_text))
+        collate, loss_fn = paired_collate(collate), prior_preservation(loss_fn, cfg.prior_weight)
+    if cfg.new_rows_only:
+        train_new_rows_only(model, {"lm.model.embed_tokens.weight": old_rows, "lm.lm_head.weight": old_rows})
 
     delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 

@@ -37,6 +37,8 @@ from typing import Any, Callable, Sequence
 
 from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
+from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
+                      train_new_rows_only)
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
                             load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
@@ -57,6 +59,13 @@ class DiffusionRecipeConfig:
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache (shared by runs under one folder)
     add_tokens: list[str] = field(default_factory=list)  # text placeholders TOKEN=WORD, e.g. <v1>=circle
+    # DreamBooth prior preservation and Custom Diffusion's modifier-token rows: as in the AR recipe (train/concept.py)
+    prior_data: str = ""
+    prior_weight: float = 1.0
+    new_rows_only: bool = False
+
+    def check(self) -> None:
+        check_prior(self.prior_weight, self.train.weight_decay, self.new_rows_only)
 
 
 def _preset(**model: Any) -> DiffusionRecipeConfig:
@@ -196,6 +205,7 @@ def train_diffusion(
     if base is not None:
         model.load_state_dict(base.state_dict())
         del base
+    old_rows = model.text_encoder.embed.num_embeddings if hasattr(model.text_encoder, "embed") else 0
     for token, word in parse_new_tokens(cfg.add_tokens, "add_tokens").items():
         model.text_encoder.add_placeholder(token, word)
     if prepare is not None:  # the caller's change to the built model (e.g. LoRA layers), before the engine sees it
@@ -207,9 +217,27 @@ def train_diffusion(
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
 
+    collate = None
+    if cfg.prior_data:  # DreamBooth: pair every instance clip with a class clip; L = L_inst + w * L_class
+        prior = load_prior_split(cfg.prior_data)
+        with codec_on_accelerator(codec):
+            prior_raw = encode_latents_dataset(prior, codec, codec_dir, Path(cfg.prior_data), "train",
+                                               resolve_cache_dir(cfg.cache_dir, out))
+        with torch.no_grad():
+            prior_z = codec.normalize_latents(torch.from_numpy(np.asarray(prior_raw["latents"], dtype=np.float32))
+                                              .to(codec.device)).cpu()  # (N, C, f, h, w)
+        both, both_mask = model.text_encoder.tokenize(captions + list(prior["caption"]), strict=False)  # one T
+        n = len(captions)
+        records = PairedRecords(LatentRecords(latents, both[:n], both_mask[:n]),
+                                LatentRecords(prior_z, both[n:], both_mask[n:]))
+        collate, loss_fn = paired_collate(None), prior_preservation(loss_fn, cfg.prior_weight)
+    if cfg.new_rows_only and old_rows:
+        train_new_rows_only(model, {"text_encoder.embed.weight": old_rows})
+
     delta_of = init_from if init_from is not None and cfg.train.trainable else None  # final/: changed tensors only
 
-    summary = fit(model, loss_fn, records, cfg.train, out, save_model=save_final or model_saver(delta_of),
+    summary = fit(model, loss_fn, records, cfg.train, out, collate=collate,
+                  save_model=save_final or model_saver(delta_of),
                   run_config={**cfglib.to_dict(cfg), "data": str(data.resolve()), "tokenizer": str(codec_dir.resolve()),
                               "init_from": str(init_from.resolve()) if init_from is not None else None})
     return {

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError
+from .custom_diffusion import train_custom
+from .dreambooth import train_dreambooth
 from .lora import fuse_lora, is_lora_dir, load_lora, set_lora_weights, train_lora, unfuse_lora
 from .textual_inversion import is_embedding_dir, load_embedding, train_textual_inversion
 
@@ -39,6 +41,8 @@ Method = Callable[..., dict[str, Any]]
 METHODS: dict[str, Method] = {
     "lora": train_lora,
     "textual-inversion": train_textual_inversion,
+    "dreambooth": train_dreambooth,
+    "custom": train_custom,
 }
 
 __all__ = ["METHODS", "personalize", "load_adapter", "apply_adapters", "set_adapter_weights", "fuse_adapters",
