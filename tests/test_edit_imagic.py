@@ -5,27 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from duogen.bridges.diffusion import DiffusionGenerator
 from duogen.bridges.edit.imagic import imagic_edit
-from duogen.bridges.generate import ARGenerator
 from duogen.errors import ConfigError
-from test_ar_model import ar_dir, text  # noqa: F401 (fixtures: a tiny t2v AR model dir on an untrained codec)
-from test_latent_diffusion import model  # noqa: F401 (fixture: the tiny live DiT with its codec)
+from _edit_helpers import A, B, ar_dir, gen, kw, model, text  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-A, B = "a red circle", "a blue circle"
-
-
-@pytest.fixture(scope="module", params=["ar", "diffusion"])
-def gen(request, ar_dir, model):  # noqa: F811
-    if request.param == "ar":
-        return ARGenerator.from_pretrained(ar_dir)
-    return DiffusionGenerator(model)
-
-
-def kw(gen):
-    return {"top_k": 8} if gen.kind == "ar" else {"guidance": 2.0}
 
 
 @pytest.fixture(scope="module")
