@@ -20,6 +20,7 @@ from .errors import DuogenError
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
+from .cli_ip2p import add_train_ip2p
 from .guards import add_overwrite_argument, add_trust_argument
 
 # ----------------------------------------------------------------------------- data
@@ -194,6 +195,7 @@ def _add_train(sub: Any) -> None:
     train = _group(sub, "train", "train codecs, next-token models and diffusion models")
     _add_train_tools(train)
     _add_train_tokenizer(train)
+    add_train_ip2p(train)
 
     def ar(a: argparse.Namespace) -> dict[str, Any]:
         from .train.ar_recipe import train_ar
