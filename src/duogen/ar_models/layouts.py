@@ -34,7 +34,8 @@ from typing import Any, NamedTuple, Sequence
 
 from ..errors import DataError
 
-TASKS = ("t2v", "t2i", "i2v", "inpaint", "outpaint", "t2a", "v2a", "uncond", "edit")
+TASKS = ("t2v", "t2i", "i2v", "inpaint", "outpaint", "t2a", "v2a", "uncond")
+ADDED_TASKS = ("edit",)  # tasks whose token a trained vocabulary grows (`MultimodalLM.add_tokens`), not built in
 NULL_CLIP = "null"  # cond["source"] of the edit task: no source clip (IP2P's image dropout and unconditional stream)
 AUDIO_TASKS = ("t2a", "v2a")
 MASKED_TASKS = ("inpaint", "outpaint")
@@ -56,9 +57,9 @@ class LayoutSpec:
     def check(self) -> None:
         from ..errors import ConfigError
 
-        bad = [t for t in self.tasks if t not in TASKS]
+        bad = [t for t in self.tasks if t not in TASKS + ADDED_TASKS]
         if bad:
-            raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS)}")
+            raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS + ADDED_TASKS)}")
         if any(t in AUDIO_TASKS for t in self.tasks) and self.audio_tokens <= 0:
             raise ConfigError("tasks t2a / v2a need audio (audio_tokens > 0); the data set has none")
         if not 1 <= self.cond_frames < self.latent[0] and "i2v" in self.tasks:
@@ -91,8 +92,8 @@ class DecodePlan(NamedTuple):
 
 
 def check_task(task: str, spec: LayoutSpec | None = None) -> None:
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    if task not in TASKS + ADDED_TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of: {', '.join(TASKS + ADDED_TASKS)}")
     if spec is not None and task not in spec.tasks and not (task == "uncond" and "t2v" in spec.tasks):
         raise DataError(f"this model was not trained for task {task!r}; it knows: {', '.join(spec.tasks)}")
 
