@@ -88,16 +88,22 @@ class PairRecords:
         return {k: v[i] for k, v in self.cols.items()}
 
 
-def _encode(split: Any, fn: Any, codec_dir: Path, data: Path, name: str, cache: Path, what: str) -> dict[str, Any]:
-    """fn over the `source` and the `target` column, each cached -> {"source": (N, ...), "target": (N, ...)}."""
+def _latents(split: Any, codec: Any, codec_dir: Path, data: Path, name: str, cache: Path) -> dict[str, Any]:
+    """The codec's continuous latents of every pair's `source` and `target`, un-normalized, cached on disk (one cache
+    for both paradigms: AR ids are their quantization) -> {"source": (N, C, f, h, w), "target": ...} float32."""
     import numpy as np
+    import torch
 
     out = {}
     for col in ("source", "target"):
-        enc = encode_clips(split, lambda b, c=col: fn(np.stack([np.asarray(v, np.uint8) for v in b[c]])), codec_dir,
-                           data, name, cache, batch_size=32, desc=f"encoding {col} clips", column=col,
-                           v=CACHE_VERSION, what=what, col=col)
-        out[col] = np.asarray(enc.with_format("numpy")["x"])
+        def fn(b: dict[str, Any], c: str = col) -> dict[str, Any]:
+            video = np.stack([np.asarray(v, np.uint8) for v in b[c]])  # (B, F, H, W, 3)
+            with torch.inference_mode():
+                return {"x": codec.encode_latents(video).float().cpu().numpy()}
+
+        enc = encode_clips(split, fn, codec_dir, data, name, cache, batch_size=32, desc=f"encoding {col} clips",
+                           column=col, v=CACHE_VERSION, what="ip2p-latents", col=col)
+        out[col] = np.asarray(enc.with_format("numpy")["x"], dtype=np.float32)
     return out
 
 
@@ -138,9 +144,9 @@ def train_ip2p(data: str | Path, out: str | Path, *, paradigm: str, init_from: s
         if codec_dir is None or not codec_dir.exists():
             raise ConfigError(f"{init_from}: the codec it was trained on ({model.codec_ref}) is not there")
         codec = load_codec(codec_dir)
-        with torch.inference_mode():
-            enc = _encode(split, lambda v: {"x": codec.encode(v).to(torch.int32).cpu().numpy()}, codec_dir, data,
-                          cfg.split, cache, "ip2p-ar")
+        with torch.inference_mode():  # ids = the quantized latents (`codec.encode`), from the cache both paradigms share
+            enc = {k: codec.latents_to_ids(torch.from_numpy(v)).cpu().numpy()
+                   for k, v in _latents(split, codec, codec_dir, data, cfg.split, cache).items()}
         model.codec_ref = str(codec_dir.resolve())  # final/ lives elsewhere: an absolute reference
         if "<edit>" not in model.vocab.tokens:
             model.add_tokens(tasks={"<edit>": EDIT_TOKEN_INIT})
@@ -161,9 +167,8 @@ def train_ip2p(data: str | Path, out: str | Path, *, paradigm: str, init_from: s
         codec_dir = init_from / conf.get("codec", "codec")
         codec = base.codec
         with torch.inference_mode():
-            enc = _encode(split, lambda v: {"x": codec.encode_latents(v).float().cpu().numpy()}, codec_dir, data,
-                          cfg.split, cache, "ip2p-diffusion")
-            lat = {k: codec.normalize_latents(torch.from_numpy(v.astype(np.float32))).float() for k, v in enc.items()}
+            enc = _latents(split, codec, codec_dir, data, cfg.split, cache)
+            lat = {k: codec.normalize_latents(torch.from_numpy(v)).float() for k, v in enc.items()}
         C = base.config.latent[0]
         model = LatentDiffusionModel(dataclasses.replace(base.config, image_channels=C), base.tokenizer, codec)
         model.text_encoder.load_state_dict(base.text_encoder.state_dict())
