@@ -29,7 +29,7 @@ def add_train_ip2p(train: Any) -> None:
             " InstructPix2Pix editor on the edit pairs of `duogen data make edits`: AR models learn the edit"
             " layout [instruction][source clip] -> [edited clip] (a new <edit> task token); diffusion models read"
             " the source's latents as extra input channels, zero-initialised so that training starts at the base"
-            " model. 5%% of the examples drop the instruction, 5%% the source, 5%% both (drop=...), for the two"
+            " model. 5% of the examples drop the instruction, 5% the source, 5% both (drop=...), for the two"
             " guidance scales of `duogen edit --method ip2p`. Writes OUT/final, a model directory."
             "\n\nOverrides: train.* (steps, batch_size, lr, max_minutes (default 10), ...), drop, split, max_clips."
         ),

@@ -30,6 +30,10 @@ position outside the mask (causal decoding knows the target's maps only up to th
 target words' part of the mask is read online, normalised by the source's max). A given `mask` (F, H, W)
 replaces the attention mask.
 
+`info["prompt_attention"]`: the share of the source run's attention (conditional half, mean over layers, heads,
+queries and steps) that lands on the prompt's word tokens (diffusion: the cross-attention keys after <s>; AR: the
+text tokens of the prefix, from the <bov> and visual queries): how much of the maps P2P moves is about words.
+
 Shape notation: n clips, nh heads, Tq queries, K prompt keys, N output tokens (AR), (C, f, h, w) latents.
 """
 
@@ -387,9 +391,10 @@ def _diffusion_p2p(gen, source, prompt, source_prompt, n, seed, mask, tau, self_
         m = last["m"][0, 0].bool().cpu()  # (f, h, w) of the first clip
         pix = _unpool(m, (F_, H, W))
     clip = np.asarray(source) if source is not None else src.videos[0]
+    words_share = torch.stack([p[..., 1:].sum(-1).mean() for p in maps.cross.values()]).mean()  # keys after <s>
     return EditResult(out.videos, clip, src.videos[0], pix,
                       {"paradigm": "diffusion", "mode": mode, "forward_passes": passes, "steps": steps,
-                       "inverted": source is not None})
+                       "inverted": source is not None, "prompt_attention": float(words_share)})
 
 
 # ----------------------------------------------------------------------------- AR
@@ -476,6 +481,8 @@ def _ar_p2p(gen, source, prompt, source_prompt, n, seed, mask, tau, self_tau, mo
     if keep is not None:
         f, h, w = spec.latent
         pix = _unpool(~keep[0].reshape(f, h, w), out.videos.shape[1:4])
+    text_cols = list(range(off_s, off_s + len(model.encode_prompt(source_prompt))))
+    words_share = torch.stack([m[..., text_cols].sum(-1).mean() for m in maps.cross.values()]).mean()
     return EditResult(out.videos, src_video, recon_video, pix,
                       {"paradigm": "ar", "mode": mode, "tokens": int(out.tokens) * (1 if source is not None else 2),
-                       "real_source": source is not None})
+                       "real_source": source is not None, "prompt_attention": float(words_share)})
