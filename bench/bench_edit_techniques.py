@@ -8,8 +8,8 @@ Each pair (source clip, its caption, the target caption, the instruction, the wo
 edited object's mask) is edited by each technique; the probes (`duogen.eval.probes`) read the result:
 - success: the edited object shows the target attribute (color: the target color is found and the source
   color is gone; shape / direction: the object of the target color has the target shape / motion);
-- preserved: every attribute the edit did not change (of the edited object and of the others) reads as in the
-  target (= the source for those attributes);
+- preserved: every attribute the edit did not change (of the edited object, found by its target color or else
+  its source color, and of the other objects) reads as in the target (= the source for those attributes);
 - PSNR out: PSNR outside the edit's mask against the codec's own reconstruction of the source (dB).
 Rows "source (no edit)" and "target (ground truth)" score the inputs themselves: the floor and the probes'
 ceiling. p2p rows also give `prompt attention`: the share of the source run's attention on the prompt's words.
@@ -42,7 +42,8 @@ def score(clip: np.ndarray, row: dict[str, Any], recon: np.ndarray) -> dict[str,
         ok = r0 is not None and r0.shape == tgt[0]["shape"]
     else:
         ok = r0 is not None and r0.motion == tgt[0]["motion"]
-    keep = r0 is not None and all(getattr(r0, k) == tgt[0][k] for k in ("shape", "motion") if k != kind.replace(
+    r_obj = r0 or by_color.get(src[0]["color"])  # the edited object: in its new color, or still in its old one
+    keep = r_obj is not None and all(getattr(r_obj, k) == tgt[0][k] for k in ("shape", "motion") if k != kind.replace(
         "direction", "motion"))
     for a in tgt[1:]:
         r = by_color.get(a["color"])
