@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--taus", default="0,0.8", help="p2p: injection shares to compare")
     ap.add_argument("--image-scales", default="1.5", help="ip2p: image guidance scales to compare")
     ap.add_argument("--imagic-steps", default="100,50", help="imagic: embedding steps, fine-tune steps")
+    ap.add_argument("--ar-guidance", type=float, default=3.0, help="AR: classifier-free guidance for p2p / imagic")
+    ap.add_argument("--paradigms", default="ar,diffusion")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--section", default=None, help="write a report section (JSON) here")
     a = ap.parse_args()
@@ -106,6 +108,7 @@ def main() -> None:
     table: list[list[Any]] = []
     gens = {"ar": load_generator(a.ar), "diffusion": load_generator(a.dit)}
     codec = gens["ar"].codec
+    gens = {k: v for k, v in gens.items() if k in a.paradigms.split(",")}
     with torch.inference_mode():
         recons = [to_uint8(codec.decode(codec.encode(r["source"])))[0] for r in rows]
     for name, clips in (("source (no edit)", [r["source"] for r in rows]),
@@ -126,7 +129,7 @@ def main() -> None:
 
     methods = a.methods.split(",")
     for paradigm, g in gens.items():
-        kw = {"steps": a.steps} if paradigm == "diffusion" else {"top_k": 50}
+        kw = {"steps": a.steps} if paradigm == "diffusion" else {"top_k": 50, "guidance": a.ar_guidance}
         if "p2p" in methods:
             for tau in [float(t) for t in a.taus.split(",")]:
                 run("p2p", paradigm, f"tau={tau:g}, local blend", lambda r, tau=tau: p2p_edit(
@@ -137,7 +140,7 @@ def main() -> None:
             run("imagic", paradigm, f"eta=0.7, {e_steps} emb + {t_steps} tune steps", lambda r: imagic_edit(
                 g, r["source"], prompt=r["target_caption"], eta=0.7, emb_steps=e_steps, tune_steps=t_steps,
                 seed=a.seed, **kw))
-    ip2p_models = {"ar": a.ip2p_ar, "diffusion": a.ip2p_dit}
+    ip2p_models = {k: v for k, v in {"ar": a.ip2p_ar, "diffusion": a.ip2p_dit}.items() if k in a.paradigms.split(",")}
     if "ip2p" in methods:
         for paradigm, d in ip2p_models.items():
             if d is None:
