@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--ip2p-dit", default=None)
     ap.add_argument("--steps", type=int, default=25, help="diffusion sampler steps")
     ap.add_argument("--taus", default="0,0.8", help="p2p: injection shares to compare")
+    ap.add_argument("--no-blend", action="store_true", help="p2p without local blending (the injection alone)")
     ap.add_argument("--image-scales", default="1.5", help="ip2p: image guidance scales to compare")
     ap.add_argument("--imagic-steps", default="100,50", help="imagic: embedding steps, fine-tune steps")
     ap.add_argument("--ar-guidance", type=float, default=3.0, help="AR: classifier-free guidance for p2p / imagic")
@@ -132,9 +133,10 @@ def main() -> None:
         kw = {"steps": a.steps} if paradigm == "diffusion" else {"top_k": 50, "guidance": a.ar_guidance}
         if "p2p" in methods:
             for tau in [float(t) for t in a.taus.split(",")]:
-                run("p2p", paradigm, f"tau={tau:g}, local blend", lambda r, tau=tau: p2p_edit(
-                    g, r["source"], prompt=r["target_caption"], source_prompt=r["source_caption"], tau=tau,
-                    local_blend=True, seed=a.seed, **kw))
+                run("p2p", paradigm, f"tau={tau:g}" + ("" if a.no_blend else ", local blend"),
+                    lambda r, tau=tau: p2p_edit(g, r["source"], prompt=r["target_caption"],
+                                                source_prompt=r["source_caption"], tau=tau,
+                                                local_blend=None if a.no_blend else True, seed=a.seed, **kw))
         if "imagic" in methods:
             e_steps, t_steps = (int(x) for x in a.imagic_steps.split(","))
             run("imagic", paradigm, f"eta=0.7, {e_steps} emb + {t_steps} tune steps", lambda r: imagic_edit(
