@@ -175,6 +175,10 @@ def test_a_few_recipe_steps_lower_the_loss_and_the_result_edits(paradigm, edits,
     res = ip2p_edit(g, row["source"].astype(np.uint8), prompt=str(row["instruction"]), n=2,
                     **({"top_k": 8} if paradigm == "ar" else {"steps": 3}))
     assert res.videos.shape == (2, *row["source"].shape) and res.videos.dtype == np.uint8
+    # `duogen edit`'s names: --instruction, --guidance, --image-guidance
+    same = ip2p_edit(g, row["source"].astype(np.uint8), instruction=str(row["instruction"]), n=2, guidance=None,
+                     image_guidance=1.5, **({"top_k": 8} if paradigm == "ar" else {"steps": 3}))
+    assert np.array_equal(same.videos, res.videos)
 
 
 def test_bad_input_is_a_clear_error(gen, edits, ar_dir, tmp_path):  # noqa: F811
@@ -183,6 +187,8 @@ def test_bad_input_is_a_clear_error(gen, edits, ar_dir, tmp_path):  # noqa: F811
         ip2p_edit(gen, src, prompt="make it blue")  # a text-to-video model
     with pytest.raises(ConfigError, match="mask"):
         ip2p_edit(gen, src, prompt="make it blue", mask=np.ones((9, 32, 32), bool))
+    with pytest.raises(ConfigError, match="instruction"):
+        ip2p_edit(gen, src, prompt=None)
     with pytest.raises(ConfigError, match="not 'diffusion'"):
         train_ip2p(edits, tmp_path / "r", paradigm="diffusion", init_from=ar_dir)
     with pytest.raises(ConfigError, match="paradigm"):

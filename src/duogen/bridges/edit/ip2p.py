@@ -25,15 +25,22 @@ from ...errors import ConfigError
 from .common import EditResult
 
 
-def ip2p_edit(gen: Any, source: np.ndarray, *, prompt: str, source_prompt: str | None = None, n: int = 1,
-              seed: int = 0, mask: Any = None, text_scale: float | None = None, image_scale: float = 1.5,
+def ip2p_edit(gen: Any, source: np.ndarray, *, prompt: str | None = None, source_prompt: str | None = None,
+              n: int = 1, seed: int = 0, mask: Any = None, text_scale: float | None = None, image_scale: float = 1.5,
+              instruction: str | None = None, guidance: float | None = None, image_guidance: float | None = None,
               **settings: Any) -> EditResult:
-    """Edit the clip `source` (uint8 (F, H, W, 3)) by the instruction `prompt` with an IP2P-trained model.
+    """Edit the clip `source` (uint8 (F, H, W, 3)) by an instruction with an IP2P-trained model.
 
-    text_scale s_T (None: the model's stored guidance for diffusion, 3 for AR), image_scale s_I (1 = plain
-    text guidance with the source in both streams). Other settings: steps, sampler (diffusion); temperature,
-    top_k, top_p (AR). `source_prompt` is not used (the instruction says the edit).
+    The instruction is `instruction` (`duogen edit --instruction`), else `prompt`. text_scale s_T (alias
+    `guidance`; None: the model's stored guidance for diffusion, 3 for AR), image_scale s_I (alias
+    `image_guidance`; 1 = plain text guidance with the source in both streams). Other settings: steps, sampler
+    (diffusion); temperature, top_k, top_p (AR). `source_prompt` is not used (the instruction says the edit).
     """
+    prompt = instruction if instruction is not None else prompt
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError("InstructPix2Pix needs the edit as an instruction: --instruction 'make it blue'")
+    text_scale = guidance if text_scale is None else text_scale
+    image_scale = image_scale if image_guidance is None else image_guidance
     if source is None:
         raise ConfigError("InstructPix2Pix edits a given clip: pass the input")
     if mask is not None:
