@@ -20,6 +20,7 @@ from .errors import DuogenError
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
+from .cli_edit import add_edit as _add_edit
 from .cli_ip2p import add_train_ip2p
 from .guards import add_overwrite_argument, add_trust_argument
 
@@ -479,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_tokenizer(sub)
     _add_generate(sub)
+    _add_edit(sub)
     return parser
 
 
