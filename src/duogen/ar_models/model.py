@@ -275,6 +275,21 @@ class MultimodalLM(nn.Module):
         self.layouts = Layouts(self.vocab, self.spec)
         return new
 
+    def enable_task(self, task: str) -> None:
+        """Train and sample `task` from now on (its task token must be in the vocabulary; `add_tokens` first for a
+        new one such as "<edit>"): the layouts and the position budget grow to fit it; no weight changes."""
+        from .layouts import check_task
+        from ..errors import ConfigError
+
+        check_task(task)
+        if f"<{task}>" not in self.vocab.tokens:
+            raise ConfigError(f"the vocabulary has no <{task}> token: add it first (add_tokens(tasks={{'<{task}>': ...}}))")
+        if task not in self.spec.tasks:
+            self.spec.tasks = [*self.spec.tasks, task]
+        self.layouts = Layouts(self.vocab, self.spec)
+        self.max_len = self.layouts.max_len()
+        self.lm.config.max_position_embeddings = max(self.lm.config.max_position_embeddings, self.max_len)
+
     def _init_rows(self, word: str) -> list[int]:
         """Global ids whose rows a new token copies: an existing token's, or the pieces of a text word."""
         from ..errors import ConfigError

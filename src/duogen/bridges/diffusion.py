@@ -42,6 +42,13 @@ class DiffusionGenerator:
     def parameters(self) -> Any:
         return self.model.parameters()
 
+    def edit(self, source: Any, method: str = "sdedit", **kw: Any) -> Any:
+        """Edit one clip (uint8 (F, H, W, 3)) with a technique of `bridges.edit.METHODS` -> `EditResult`;
+        keywords as `bridges.edit.edit` (prompt, source_prompt, n, seed, mask, strength, guidance, ...)."""
+        from .edit import edit
+
+        return edit(self, source, method, **kw)
+
     def generate(
         self,
         prompts: Sequence[str],

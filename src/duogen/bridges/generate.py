@@ -105,6 +105,14 @@ class ARGenerator:
             warnings.warn(f"task {task} takes no image or video; the file is ignored", UserWarning, stacklevel=2)
         return {}
 
+    # ------------------------------------------------------------------ edit
+    def edit(self, source: Any, method: str = "sdedit", **kw: Any) -> Any:
+        """Edit one clip (uint8 (F, H, W, 3)) with a technique of `bridges.edit.METHODS` -> `EditResult`;
+        keywords as `bridges.edit.edit` (prompt, source_prompt, n, seed, mask, strength, guidance, ...)."""
+        from .edit import edit
+
+        return edit(self, source, method, **kw)
+
     # ------------------------------------------------------------------ generate
     def generate(
         self,

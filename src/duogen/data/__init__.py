@@ -53,7 +53,7 @@ def make_dataset(
     kind: str | None = None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    """Render a built-in data set to `out`: "shapes", one of the bundled real sets, or a "concept" (`kind`)."""
+    """Render a built-in data set to `out`: "shapes", "edits" (shapes-world edit pairs), a "concept" (`kind`) or a bundled real set."""
     from ..errors import DataError
 
     if name == "concept":
@@ -81,6 +81,14 @@ def make_dataset(
         extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
         cfg = load_world_config(preset, list(overrides) + extra)
         return make_world(out, cfg, audio=audio, overwrite=overwrite)
+    if name == "edits":
+        if audio:
+            raise DataError("--audio is available for the shapes world only, not 'edits'")
+        from .edits import make_edits
+        from .shapes import load_world_config
+
+        extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
+        return make_edits(out, load_world_config(preset, list(overrides) + extra), overwrite=overwrite)
     if name in BUNDLED:
         if overrides:
             raise DataError(f"data set '{name}' takes no key=value overrides (got {list(overrides)})")
@@ -89,4 +97,4 @@ def make_dataset(
         from .bundled import make_bundled
 
         return make_bundled(name, out, n=n, preset=preset, seed=seed, overwrite=overwrite)
-    raise DataError(f"unknown data set '{name}'; allowed values: shapes, concept, {', '.join(BUNDLED)}")
+    raise DataError(f"unknown data set '{name}'; allowed values: shapes, edits, concept, {', '.join(BUNDLED)}")

@@ -55,6 +55,7 @@ class LatentDiffusionConfig:
     snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = the plain MSE
     latent: list[int] = field(default_factory=list)  # (C, f, h, w) of one clip's latent
     quantize_decode: bool = False  # decode through the quantizer (ids), like the AR model, instead of directly
+    image_channels: int = 0  # > 0: the denoiser also reads an image's latents as extra input channels (IP2P)
     # sampling defaults (what `generate` uses when not told otherwise)
     guidance: float = 3.0
     sampler: str = "ddim"
@@ -68,12 +69,20 @@ class LatentDiffusionConfig:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.latent and len(self.latent) != 4:
             raise ConfigError(f"latent must be (C, f, h, w), got {self.latent}")
+        if self.image_channels < 0:
+            raise ConfigError(f"image_channels must be >= 0 (0 = text-to-video only), got {self.image_channels}")
 
 
 def build_denoiser(cfg: LatentDiffusionConfig) -> nn.Module:
-    """The denoiser `cfg.denoiser` names, sized to the latent channels and the text width."""
+    """The denoiser `cfg.denoiser` names, sized to the latent channels and the text width; with
+    `image_channels`, built that much wider and wrapped in `ImageConcat` (`image_cond.py`)."""
     if len(cfg.latent) != 4:
         raise ConfigError("the model's latent shape (C, f, h, w) is not set; it comes from the codec")
+    if cfg.image_channels:
+        from .image_cond import ImageConcat
+
+        inner = dataclasses.replace(cfg, image_channels=0, latent=[cfg.latent[0] + cfg.image_channels, *cfg.latent[1:]])
+        return ImageConcat(build_denoiser(inner), cfg.latent[0], cfg.image_channels)
     C, f = cfg.latent[0], cfg.latent[1]
     ctx = cfg.text.dim
     if cfg.denoiser == "dit":

@@ -24,3 +24,6 @@ class EditResult:
     reconstruction: np.ndarray  # (F, H, W, 3) uint8: the source through the model (codec round trip or inversion)
     mask: np.ndarray | None = None  # (F, H, W) bool: where the edit was allowed to change pixels; None = everywhere
     info: dict[str, Any] = field(default_factory=dict)  # method, settings, forward_passes, seconds (JSON-serialisable)
+    # what produced the edits, in the model's space (CPU torch tensors, not written to edit.json): AR "ids"
+    # (n, f, h, w) codec ids; diffusion "latents" (n, C, f, h, w) normalized latents; "source" the same for the input
+    state: dict[str, Any] = field(default_factory=dict)
