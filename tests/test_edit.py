@@ -188,8 +188,10 @@ def test_edit_checks(gens, pair):
         gen.edit(pair["source"], "sdedit", prompt=TGT_PROMPT, strength=1.5)
     with pytest.raises(DataError, match="must match"):
         gen.edit(pair["source"], "sdedit", prompt=TGT_PROMPT, mask=np.ones((9, 16, 16), bool))
-    with pytest.raises(ConfigError, match="not in this build"):
-        edit(gen, pair["source"], "imagic", prompt=TGT_PROMPT)
+    with pytest.raises(ConfigError, match="unknown edit method 'blur'"):
+        edit(gen, pair["source"], "blur", prompt=TGT_PROMPT)
+    with pytest.raises(ConfigError, match="image_channels=0"):  # ip2p needs a model trained with `duogen train ip2p`
+        edit(gen, pair["source"], "ip2p", instruction="make it blue")
     with pytest.raises(DataError, match="no object found"):
         gen.edit(np.zeros_like(pair["source"]), "diffedit", prompt=TGT_PROMPT, source_prompt=SRC_PROMPT)
     with pytest.warns(UserWarning, match="fitted to"):

@@ -82,13 +82,12 @@ def _write_clip(out: Path, stem: str, clip: np.ndarray, fps: float) -> list[str]
 
 
 def run_edit(a: argparse.Namespace) -> dict[str, Any]:
-    from .bridges.edit import METHODS, PLANNED
+    from .bridges.edit import METHODS
     from .guards import claim_output
 
     t0 = time.perf_counter()
     if a.method not in METHODS:
-        more = f" ({a.method} is not in this build yet)" if a.method in PLANNED else ""
-        raise ConfigError(f"--method {a.method!r} is not available{more}; allowed values: {', '.join(METHODS)}")
+        raise ConfigError(f"--method {a.method!r} is not available; allowed values: {', '.join(METHODS)}")
     if a.strength is not None and not 0.0 <= a.strength <= 1.0:
         raise ConfigError(f"--strength must be in [0, 1] (0 keeps the source, 1 redraws all), got {a.strength}")
     src_path, out = Path(a.input).resolve(), Path(a.out).resolve()

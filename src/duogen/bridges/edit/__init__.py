@@ -14,16 +14,20 @@ from typing import Any, Callable
 from ...errors import ConfigError, DataError
 from .common import EditResult
 from .diffedit import diffedit_edit
+from .imagic import imagic_edit
 from .inversion import invert_edit
+from .ip2p import ip2p_edit
+from .prompt_to_prompt import p2p_edit
 from .sdedit import sdedit_edit
 
 METHODS: dict[str, Callable[..., EditResult]] = {
     "sdedit": sdedit_edit,
     "invert": invert_edit,
     "diffedit": diffedit_edit,
+    "p2p": p2p_edit,
+    "imagic": imagic_edit,
+    "ip2p": ip2p_edit,  # needs a model trained for editing: `duogen train ip2p`
 }
-# techniques the issue names whose files are not in this tree yet: a clear error, not "unknown method"
-PLANNED = ("p2p", "imagic", "ip2p")
 
 
 def edit(gen: Any, source: Any, method: str = "sdedit", **kw: Any) -> EditResult:
@@ -33,8 +37,6 @@ def edit(gen: Any, source: Any, method: str = "sdedit", **kw: Any) -> EditResult
     ((F, H, W) or (H, W) bool), and its settings (`strength`, `guidance`, `steps`, ...).
     """
     if method not in METHODS:
-        if method in PLANNED:
-            raise ConfigError(f"edit method {method!r} is not in this build yet; available: {', '.join(METHODS)}")
         raise ConfigError(f"unknown edit method {method!r}; allowed values: {', '.join(METHODS)}")
     if getattr(gen, "kind", None) not in ("ar", "diffusion"):
         raise DataError(f"editing works on AR and diffusion video models, not {getattr(gen, 'kind', gen)!r}")
