@@ -47,7 +47,7 @@ CACHE_VERSION = 1
 
 @dataclass
 class GeneratedDataConfig:
-    n_real: int = 500  # real train clips (the first of the train split); small, as in Gowal et al.'s setting
+    n_real: int = 500  # real train clips (the first of the train split)
     n_generated: int = 512  # generated clips per model, from train captions spread over the split
     ratio: float = 0.5  # share of generated examples in every batch of a mixed arm, in (0, 1]
     steps: int = 800  # training steps per arm
