@@ -4,8 +4,6 @@ resume), deltas over a base model, and growing the vocabulary without renumberin
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import sys
@@ -15,7 +13,6 @@ import pytest
 import torch
 
 from duogen.ar_models.model import MultimodalLM
-from duogen.cli import main
 from duogen.diffusion.latent import LatentDiffusionModel
 from duogen.errors import CheckpointError, ConfigError
 from duogen.io import load_state_dict
@@ -23,40 +20,24 @@ from duogen.train.checkpoint import latest_checkpoint, list_checkpoints
 from duogen.train.engine import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _tiny_runs  # noqa: E402
 import engine_worker as W  # noqa: E402
+from _tiny_runs import cli, train_tiny_bases  # noqa: E402
 from test_latent_diffusion import make_codec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REF = Path(__file__).resolve().parents[1] / "src" / "duogen" / "assets" / "reference"
-AR_TINY = ["model.hidden=32", "model.layers=2", "model.heads=2", "model.kv_heads=2", "model.mlp=64", "max_text=16",
-           "text_vocab=300", "train.batch_size=4", "train.precision=fp32", "train.log_every=1"]
-DIT_TINY = ["dit.hidden=32", "dit.depth=2", "dit.heads=2", "text.width=32", "text.layers=1", "text_vocab=300",
-            "train.batch_size=4", "train.precision=fp32", "train.log_every=1"]
+AR_TINY = [*_tiny_runs.AR_TINY, "train.log_every=1"]
+DIT_TINY = [*_tiny_runs.DIT_TINY, "train.log_every=1"]
 QV = "train.trainable=*.q_proj.*,*.v_proj.*"
-
-
-def cli(*argv: str) -> tuple[int, dict, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([*argv, "--json"])
-    return rc, (json.loads(out.getvalue()) if rc == 0 else {}), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny data set, an untrained tiny codec, and an AR and a DiT model trained 2 steps on them by the CLI."""
-    from duogen.data import make_dataset
-
-    root = tmp_path_factory.mktemp("finetune")
-    make_dataset("shapes", root / "data", n=12, preset="tiny", seed=0)
-    make_codec(0).save_pretrained(root / "codec")
+    root = train_tiny_bases(tmp_path_factory.mktemp("finetune"), extra=["train.log_every=1"])
     make_codec(1).save_pretrained(root / "codec_b")  # another codec, same shapes
-    common = ["--data", str(root / "data"), "--tokenizer", str(root / "codec")]
-    rc, _, err = cli("train", "ar", *common, "--out", str(root / "ar"), *AR_TINY, "train.steps=2")
-    assert rc == 0, err
-    rc, _, err = cli("train", "diffusion", *common, "--out", str(root / "dit"), *DIT_TINY, "train.steps=2")
-    assert rc == 0, err
     return root
 
 

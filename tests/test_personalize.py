@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from duogen.cli import main
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_runs import cli  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cli(*argv: str) -> tuple[int, dict, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([*argv, "--json"])
-    return rc, (json.loads(out.getvalue()) if rc == 0 else {}), err.getvalue()
 
 
 # ----------------------------------------------------------------------------- concept data
@@ -85,11 +78,9 @@ def test_user_folder_concept(tmp_path):
 # ----------------------------------------------------------------------------- tiny bases
 
 import shutil  # noqa: E402
-import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_latent_diffusion import make_codec  # noqa: E402
 
 CAPTIONS = [f"a {c} {s} moves {d}" for c in ("red", "blue", "green", "yellow", "cyan")

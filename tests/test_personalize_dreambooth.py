@@ -4,8 +4,6 @@ the whole run (class clips from the frozen model, identifier, fine-tune) and its
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -14,37 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from duogen.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_latent_diffusion import make_codec  # noqa: E402
+from _tiny_runs import cli, train_tiny_bases  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-AR_TINY = ["model.hidden=32", "model.layers=2", "model.heads=2", "model.kv_heads=2", "model.mlp=64", "max_text=16",
-           "text_vocab=300", "train.batch_size=4", "train.precision=fp32", "train.steps=2"]
-DIT_TINY = ["dit.hidden=32", "dit.depth=2", "dit.heads=2", "text.width=32", "text.layers=1", "text_vocab=300",
-            "train.batch_size=4", "train.precision=fp32", "train.steps=2"]
-
-
-def cli(*argv: str) -> tuple[int, dict, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([*argv, "--json"])
-    return rc, (json.loads(out.getvalue()) if rc == 0 else {}), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from duogen.data import make_dataset
-
-    root = tmp_path_factory.mktemp("pers")
-    make_dataset("shapes", root / "data", n=12, preset="tiny", seed=0)
-    make_codec(0).save_pretrained(root / "codec")
-    common = ["--data", str(root / "data"), "--tokenizer", str(root / "codec")]
-    for kind, tiny in (("ar", AR_TINY), ("diffusion", DIT_TINY)):
-        rc, _, err = cli("train", kind, *common, "--out", str(root / kind), *tiny)
-        assert rc == 0, err
+    root = train_tiny_bases(tmp_path_factory.mktemp("pers"), dit_name="diffusion")
     from duogen.data.concepts import make_concept
 
     make_concept("star", root / "concept", n=4)
