@@ -293,3 +293,41 @@ def test_save_load_round_trip(tmp_path, method):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
         load_control(tmp_path / "junk.safetensors", base)
+
+
+def test_same_shape_other_weights_warns():
+    base = _base()
+    ctl = make_control(ControlConfig(method="t2i-adapter", blocks=1), base)
+    other = _base()
+    with torch.no_grad():
+        other.blocks[0].ada.bias.add_(0.01)
+    with pytest.warns(UserWarning, match="other weights"):
+        Controlled(other, [ActiveControl(ctl, _inputs()[3], 1.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Controlled(base, [ActiveControl(ctl, _inputs()[3], 1.0)])
+
+
+def test_controls_plug_into_the_sampler_of_the_shipped_reference_dit():
+    """With guidance (the batch doubles), a fresh ControlNet leaves the reference model's samples bit-equal."""
+    from duogen.demo import REFERENCE_DIR
+    from duogen.diffusion.control import as_condition
+    from duogen.diffusion.latent import LatentDiffusionModel
+
+    if not (REFERENCE_DIR / "dit" / "config.json").is_file():
+        pytest.skip("no shipped reference DiT")
+    model = LatentDiffusionModel.from_pretrained(REFERENCE_DIR / "dit").eval()
+    base = model.denoiser
+    go = lambda: model.sample_latents(["a red circle moving left"], n=2, seed=3, steps=3, guidance=3.0)  # noqa: E731
+    ref = go()
+    cond = as_condition(clip_object_masks(CFG, "train", 0).any(0))  # (1, 1, F, H, W)
+    ctl = make_control(ControlConfig(method="controlnet", blocks=2), base)
+    try:
+        model.denoiser = Controlled(base, [ActiveControl(ctl, cond, 1.0)])
+        assert torch.equal(go(), ref)
+        _perturb(ctl)
+        assert not torch.allclose(go(), ref, atol=1e-3)
+    finally:
+        model.denoiser = base
+    with pytest.raises(DataError, match=r"expected \(F, H, W\)"):
+        as_condition(np.zeros((2, 3)))

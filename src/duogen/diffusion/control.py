@@ -2,7 +2,7 @@
 
 Owns: `ControlConfig`, `ConditionEncoder`, `DiTControlNet`, `DiTAdapter`,
 `Controlled` (the base denoiser plus controls, same `forward(z_t, t, cond)`),
-`save_control` / `load_control`.
+`as_condition`, `save_control` / `load_control`, `check_fits` (the base a control was made for).
 Does not own: the conditions themselves (`data/conditions.py`), training
 recipes, the CLI, the U-Net variant, GLIGEN, AR control.
 
@@ -31,17 +31,19 @@ whatever the weights.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import TextCond, zero_
 from .dit import DiT
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 
 Method = Literal["controlnet", "t2i-adapter"]
 
@@ -52,8 +54,9 @@ class ControlConfig:
     cond_channels: int = 1  # channels of the condition clip (1: a mask, edges or rasterised boxes)
     blocks: int = 2  # the first `blocks` DiT blocks receive a residual (ControlNet copies them)
     enc_channels: int = 32  # width of the condition encoder
-    base_hidden: int = 0  # the DiT's width / depth this control was made for (filled by `for_dit`)
+    base_hidden: int = 0  # the DiT's width / depth this control was made for (filled by `make_control`)
     base_depth: int = 0
+    base_fingerprint: str = ""  # sha256 of the base's weights at `make_control` (another base of the same shape: a warning)
 
     def check(self) -> None:
         if self.method not in ("controlnet", "t2i-adapter"):
@@ -129,9 +132,32 @@ class DiTAdapter(nn.Module):
 ControlModule = DiTControlNet | DiTAdapter
 
 
+def base_fingerprint(base: DiT) -> str:
+    """sha256 over the base's parameters, in state-dict order (first 16 hex digits)."""
+    h = hashlib.sha256()
+    for k, v in base.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def as_condition(x: Any) -> Tensor:
+    """A condition from `data/conditions.py`, (F, H, W) or (C, F, H, W) bool / float, -> (1, C, F, H, W) float in [0, 1]."""
+    t = torch.as_tensor(x).float()
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4:
+        raise DataError(f"condition: expected (F, H, W) or (C, F, H, W), got {tuple(t.shape)}")
+    return t[None]
+
+
 def make_control(config: ControlConfig, base: DiT) -> ControlModule:
-    """A fresh control for `base` (an exact no-op until trained); records the base's width and depth."""
-    config = ControlConfig(**{**asdict(config), "base_hidden": base.config.hidden, "base_depth": base.config.depth})
+    """A fresh control for `base` (an exact no-op until trained); records the base's width, depth and weights' hash."""
+    if not isinstance(base, DiT):
+        raise ConfigError(f"control: ControlNet / T2I-Adapter attach to a DiT denoiser here, not {type(base).__name__}")
+    config = ControlConfig(
+        **{**asdict(config), "base_hidden": base.config.hidden, "base_depth": base.config.depth, "base_fingerprint": base_fingerprint(base)}
+    )
     config.check()
     return DiTControlNet(config, base) if config.method == "controlnet" else DiTAdapter(config, base)
 
@@ -199,10 +225,19 @@ class Controlled(nn.Module):
 
 
 def check_fits(config: ControlConfig, base: DiT) -> None:
+    """Another DiT shape: CheckpointError. Same shape, other weights (e.g. a fine-tuned base): a warning."""
+    if not isinstance(base, DiT):
+        raise CheckpointError(f"control was trained for a DiT; this model's denoiser is a {type(base).__name__}")
     if (config.base_hidden, config.base_depth) != (base.config.hidden, base.config.depth):
         raise CheckpointError(
             f"control was trained for a DiT of width {config.base_hidden} and depth {config.base_depth};"
             f" this model has {base.config.hidden} and {base.config.depth}: use the base model it was trained from"
+        )
+    if config.base_fingerprint and config.base_fingerprint != base_fingerprint(base):
+        warnings.warn(
+            "control was trained on a DiT of this shape with other weights (e.g. before a fine-tune); it may steer less well",
+            UserWarning,
+            stacklevel=3,
         )
 
 
