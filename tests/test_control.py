@@ -19,6 +19,7 @@ from duogen.data.conditions import (
     mask_from_video,
     parse_boxes,
     rasterize_boxes,
+    rasterize_paths,
     read_boxes,
     tracks_to_json,
     write_boxes,
@@ -129,6 +130,22 @@ def test_rasterised_boxes_cover_the_object_masks():
     t = BoxTrack("a box", np.array([[1.0, 2.0, 3.5, 4.0]] * 2))  # fractional edge: pixel 3 (center 3.5) is in
     r = rasterize_boxes([t], 2, 8)[0, 0]
     assert r[2:4, 1:4].all() and r.sum() == 6
+
+
+def test_motion_paths_follow_the_box_centers():
+    for split, i in CLIPS:
+        clip = make_clip(CFG, split, i)
+        tracks = clip_tracks(clip)
+        paths = rasterize_paths(tracks, CFG.frames, CFG.size, radius=1)  # (n, F, H, W)
+        boxes = rasterize_boxes(tracks, CFG.frames, CFG.size)
+        assert not (paths & ~boxes).any() and (paths.sum((2, 3)) == 9).all()  # a 3x3 square inside each box
+        for k in range(len(tracks)):
+            cx = np.array([np.nonzero(paths[k, f].any(0))[0].mean() for f in range(CFG.frames)])
+            cy = np.array([np.nonzero(paths[k, f].any(1))[0].mean() for f in range(CFG.frames)])
+            b = clip.boxes[k]
+            assert np.abs(cx - (b[:, 0] + b[:, 2] - 1) / 2).max() <= 0.5 and np.abs(cy - (b[:, 1] + b[:, 3] - 1) / 2).max() <= 0.5
+    edge = BoxTrack("at the corner", np.array([[0.0, 0.0, 1.0, 1.0]]))  # center pixel (0, 0)
+    assert rasterize_paths([edge], 1, 8, radius=1)[0, 0].sum() == 4  # clipped by the frame
 
 
 def test_edge_maps_lie_on_the_object_border():

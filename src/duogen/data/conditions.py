@@ -137,6 +137,19 @@ def rasterize_boxes(tracks: list[BoxTrack], frames: int, size: int | tuple[int, 
     return out
 
 
+def rasterize_paths(tracks: list[BoxTrack], frames: int, size: int | tuple[int, int], radius: int = 1) -> np.ndarray:
+    """The motion path of each box: (n_obj, F, H, W) bool, a (2r+1)-square at the box center in each frame.
+
+    Says where an object goes, not how big it is (a drag-style trajectory); center = ((x0 + x1) / 2, (y0 + y1) / 2).
+    """
+    squares = []
+    for t in tracks:
+        b = np.asarray(t.boxes, np.float64)  # (F, 4)
+        cx, cy = np.floor((b[:, 0] + b[:, 2]) / 2), np.floor((b[:, 1] + b[:, 3]) / 2)  # the center pixel
+        squares.append(BoxTrack(t.phrase, np.stack([cx - radius, cy - radius, cx + radius + 1, cy + radius + 1], -1)))
+    return rasterize_boxes(squares, frames, size)
+
+
 # ----------------------------------------------------------------------------- masks and edges
 
 
