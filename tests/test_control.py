@@ -348,3 +348,5 @@ def test_controls_plug_into_the_sampler_of_the_shipped_reference_dit():
         model.denoiser = base
     with pytest.raises(DataError, match=r"expected \(F, H, W\)"):
         as_condition(np.zeros((2, 3)))
+    with pytest.raises(DataError, match=r"reads \(B, 1, F, H, W\)"):
+        Controlled(base, [ActiveControl(ctl, cond.repeat(1, 2, 1, 1, 1), 1.0)])

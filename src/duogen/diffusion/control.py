@@ -186,6 +186,12 @@ class Controlled(nn.Module):
         self.control_modules = nn.ModuleList([a.module for a in controls])
         for a in controls:
             check_fits(a.module.config, base)
+            c = a.condition
+            if c.dim() != 5 or c.shape[1] != a.module.config.cond_channels:
+                raise DataError(
+                    f"control condition of shape {tuple(c.shape)}: this {a.module.config.method} reads"
+                    f" (B, {a.module.config.cond_channels}, F, H, W); see as_condition"
+                )
 
     @property
     def config(self):  # the sampler and callers read the denoiser's config
@@ -200,7 +206,7 @@ class Controlled(nn.Module):
         def pre(_m: nn.Module, args: tuple) -> None:
             x, c, text, grid = args
             for a in live:
-                cnd = a.condition.to(x.dtype)
+                cnd = a.condition.to(x.device, x.dtype)
                 if cnd.shape[0] != x.shape[0]:
                     if x.shape[0] % cnd.shape[0]:
                         raise ValueError(f"control condition batch {cnd.shape[0]} does not divide the batch {x.shape[0]}")
