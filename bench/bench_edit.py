@@ -213,11 +213,11 @@ def plot_curve(rows: list[list[Any]], xlabel: str, title: str, path: Path) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    for kind in dict.fromkeys(r[0] for r in rows):
+    for k, kind in enumerate(dict.fromkeys(r[0] for r in rows)):  # one color per model in both panels
         pts = [r for r in rows if r[0] == kind]
-        ax[0].plot([r[1] for r in pts], [r[2] for r in pts], "o-", label=f"{kind}: edit success")
-        ax[0].plot([r[1] for r in pts], [r[3] for r in pts], "s--", label=f"{kind}: preserved")
-        ax[1].plot([r[1] for r in pts], [r[4] for r in pts], "o-", label=kind)
+        ax[0].plot([r[1] for r in pts], [r[2] for r in pts], "o-", color=f"C{k}", label=f"{kind}: edit success")
+        ax[0].plot([r[1] for r in pts], [r[3] for r in pts], "s--", color=f"C{k}", label=f"{kind}: preserved")
+        ax[1].plot([r[1] for r in pts], [r[4] for r in pts], "o-", color=f"C{k}", label=kind)
     ax[0].set(xlabel=xlabel, ylabel="%", title=f"{title}: success vs preservation")
     ax[1].set(xlabel=xlabel, ylabel="dB", title="PSNR outside the edit mask")
     ax[0].legend(fontsize=7)
