@@ -200,24 +200,31 @@ def strength_curve(gens: dict[str, Any], data: list[dict[str, Any]], plot: Path 
                          round(100 * float(np.mean([x["preserved"] for x in sc])), 1),
                          round(float(np.mean([x["psnr_out"] for x in sc])), 2)])
     if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-        for kind in gens:
-            pts = [r for r in rows if r[0] == kind]
-            ax[0].plot([r[1] for r in pts], [r[2] for r in pts], "o-", label=f"{kind}: edit success")
-            ax[0].plot([r[1] for r in pts], [r[3] for r in pts], "s--", label=f"{kind}: preserved")
-            ax[1].plot([r[1] for r in pts], [r[4] for r in pts], "o-", label=kind)
-        ax[0].set(xlabel="strength", ylabel="%", title="SDEdit: success vs preservation")
-        ax[1].set(xlabel="strength", ylabel="dB", title="PSNR outside the edit mask")
-        ax[0].legend(fontsize=7)
-        ax[1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plot, dpi=110)
+        plot_curve(rows, "strength", "SDEdit", plot)
     return rows
+
+
+def plot_curve(rows: list[list[Any]], xlabel: str, title: str, path: Path) -> None:
+    """Rows [model, swept value, success %, preserved %, PSNR out dB] -> two panels (success and preservation
+    against the value; PSNR outside the edit mask), one line per model, written to `path` (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for k, kind in enumerate(dict.fromkeys(r[0] for r in rows)):  # one color per model in both panels
+        pts = [r for r in rows if r[0] == kind]
+        ax[0].plot([r[1] for r in pts], [r[2] for r in pts], "o-", color=f"C{k}", label=f"{kind}: edit success")
+        ax[0].plot([r[1] for r in pts], [r[3] for r in pts], "s--", color=f"C{k}", label=f"{kind}: preserved")
+        ax[1].plot([r[1] for r in pts], [r[4] for r in pts], "o-", color=f"C{k}", label=kind)
+    ax[0].set(xlabel=xlabel, ylabel="%", title=f"{title}: success vs preservation")
+    ax[1].set(xlabel=xlabel, ylabel="dB", title="PSNR outside the edit mask")
+    ax[0].legend(fontsize=7)
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _print(columns: list[str], rows: list[list[Any]], caption: str) -> None:

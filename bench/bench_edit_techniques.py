@@ -13,6 +13,8 @@ edited object's mask) is edited by each technique; the probes (`duogen.eval.prob
 - PSNR out: PSNR outside the edit's mask against the codec's own reconstruction of the source (dB).
 Rows "source (no edit)" and "target (ground truth)" score the inputs themselves: the floor and the probes'
 ceiling. p2p rows also give `prompt attention`: the share of the source run's attention on the prompt's words.
+With --section, one plot per sweep (success and preservation against tau / image scale / eta, per paradigm),
+drawn by bench_edit.plot_curve; Imagic's eta sweep optimises and fine-tunes once per pair and samples every eta.
 Every row ran on a loaded shared 2-core CPU, one thread: seconds are for comparison within the run only.
 """
 
@@ -54,6 +56,13 @@ def score(clip: np.ndarray, row: dict[str, Any], recon: np.ndarray) -> dict[str,
             "psnr_out": 10 * np.log10(255.0**2 / max(mse, 1e-10))}
 
 
+def curve_point(paradigm: str, value: float, scores: list[dict[str, Any]]) -> list[Any]:
+    """[paradigm, swept value, success %, preserved %, PSNR out dB]: a row of bench_edit.plot_curve."""
+    return [paradigm, value, round(100 * float(np.mean([x["success"] for x in scores])), 1),
+            round(100 * float(np.mean([x["preserved"] for x in scores])), 1),
+            round(float(np.mean([x["psnr_out"] for x in scores])), 2)]
+
+
 def summarize(name: str, paradigm: str, setting: str, scores: list[dict[str, Any]], seconds: float,
               extra: str = "") -> list[Any]:
     def share(kind: str) -> str:
@@ -83,6 +92,7 @@ def main() -> None:
     ap.add_argument("--taus", default="0,0.8", help="p2p: injection shares to compare")
     ap.add_argument("--no-blend", action="store_true", help="p2p without local blending (the injection alone)")
     ap.add_argument("--image-scales", default="1.5", help="ip2p: image guidance scales to compare")
+    ap.add_argument("--etas", default="0.7", help="imagic: etas to sample (one optimisation per pair for all)")
     ap.add_argument("--imagic-steps", default="100,50", help="imagic: embedding steps, fine-tune steps")
     ap.add_argument("--ar-guidance", type=float, default=3.0, help="AR: classifier-free guidance for p2p / imagic")
     ap.add_argument("--paradigms", default="ar,diffusion")
@@ -127,7 +137,9 @@ def main() -> None:
         table.append(summarize(name, "-", "-", [score(c, r, rc) for c, r, rc in zip(clips, rows, recons)], 0.0))
         print(table[-1], flush=True)
 
-    def run(method: str, paradigm: str, setting: str, fn: Any) -> None:
+    curves: dict[str, list[list[Any]]] = {"p2p": [], "imagic": [], "ip2p": []}  # method -> plot_curve rows
+
+    def run(method: str, paradigm: str, setting: str, fn: Any, value: float | None = None) -> None:
         scores, extra, t0 = [], [], time.perf_counter()
         for r, rc in zip(rows, recons):
             res = fn(r)
@@ -137,6 +149,8 @@ def main() -> None:
         table.append(summarize(method, paradigm, setting, scores, time.perf_counter() - t0,
                                f"{100 * np.mean(extra):.1f}%" if extra else ""))
         print(table[-1], flush=True)
+        if value is not None:
+            curves[method].append(curve_point(paradigm, value, scores))
 
     methods = a.methods.split(",")
     for paradigm, g in gens.items():
@@ -146,12 +160,23 @@ def main() -> None:
                 run("p2p", paradigm, f"tau={tau:g}" + ("" if a.no_blend else ", local blend"),
                     lambda r, tau=tau: p2p_edit(g, r["source"], prompt=r["target_caption"],
                                                 source_prompt=r["source_caption"], tau=tau,
-                                                local_blend=None if a.no_blend else True, seed=a.seed, **kw))
+                                                local_blend=None if a.no_blend else True, seed=a.seed, **kw),
+                    tau)
         if "imagic" in methods:
             e_steps, t_steps = (int(x) for x in a.imagic_steps.split(","))
-            run("imagic", paradigm, f"eta=0.7, {e_steps} emb + {t_steps} tune steps", lambda r: imagic_edit(
-                g, r["source"], prompt=r["target_caption"], eta=0.7, emb_steps=e_steps, tune_steps=t_steps,
-                seed=a.seed, **kw))
+            etas = [float(e) for e in a.etas.split(",")]
+            by_eta: dict[float, list[dict[str, Any]]] = {e: [] for e in etas}
+            t0 = time.perf_counter()
+            for r, rc in zip(rows, recons):  # stages A and B once per pair, stage C at every eta
+                res = imagic_edit(g, r["source"], prompt=r["target_caption"], eta=etas, emb_steps=e_steps,
+                                  tune_steps=t_steps, seed=a.seed, **kw)
+                for e in etas:
+                    by_eta[e].append(score(res.state["by_eta"][e][0], r, rc))
+            for e in etas:
+                table.append(summarize("imagic", paradigm, f"eta={e:g}, {e_steps} emb + {t_steps} tune steps",
+                                       by_eta[e], time.perf_counter() - t0, "s: one optimisation, all etas"))
+                curves["imagic"].append(curve_point(paradigm, e, by_eta[e]))
+                print(table[-1], flush=True)
     ip2p_models = {k: v for k, v in {"ar": a.ip2p_ar, "diffusion": a.ip2p_dit}.items() if k in a.paradigms.split(",")}
     if "ip2p" in methods:
         for paradigm, d in ip2p_models.items():
@@ -161,14 +186,30 @@ def main() -> None:
             kw = {"steps": a.steps} if paradigm == "diffusion" else {"top_k": 50}
             for s_I in [float(s) for s in a.image_scales.split(",")]:
                 run("ip2p", paradigm, f"s_T=default, s_I={s_I:g}", lambda r, s_I=s_I: ip2p_edit(
-                    g, r["source"], prompt=r["instruction"], image_scale=s_I, seed=a.seed, **kw))
+                    g, r["source"], prompt=r["instruction"], image_scale=s_I, seed=a.seed, **kw), s_I)
     widths = [max(len(str(x)) for x in col) for col in zip(COLUMNS, *table)]
     for line in [COLUMNS] + table:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
     if a.section:
+        from bench_edit import plot_curve  # bench/ is on sys.path when this script runs
+
+        Path(a.section).parent.mkdir(parents=True, exist_ok=True)
+        plots, ccols = [], ["paradigm", "value", "success %", "preserved %", "PSNR out dB"]
+        names = {"p2p": ("tau", "Prompt-to-Prompt" + ("" if a.no_blend else ", local blend")),
+                 "imagic": ("eta", "Imagic"), "ip2p": ("image scale s_I", "InstructPix2Pix")}
+        curve_tables = []
+        for method, pts in curves.items():
+            if len({p[1] for p in pts}) < 2:  # a single value is no curve
+                continue
+            png = Path(a.section).with_name(f"{Path(a.section).stem}_{method}.png")
+            plot_curve(pts, names[method][0], names[method][1], png)
+            plots.append(png.name)
+            curve_tables.append({"caption": f"{names[method][1]}: {names[method][0]} trade-off", "columns": ccols,
+                                 "rows": pts})
         cmd = "python " + " ".join(sys.argv)
         sec = {"title": "Editing: Prompt-to-Prompt, Imagic, InstructPix2Pix", "intro": __doc__.split("\n\n")[2],
-               "tables": [{"caption": f"{len(rows)} {a.split} pairs per row", "columns": COLUMNS, "rows": table}],
+               "tables": [{"caption": f"{len(rows)} {a.split} pairs per row", "columns": COLUMNS, "rows": table},
+                          *curve_tables], "plots": plots,
                "notes": " ".join(notes), "command": cmd}
         Path(a.section).write_text(json.dumps(sec, indent=2))
 

@@ -247,6 +247,23 @@ def test_edit_cli_writes_clips_reconstruction_and_json(dit_dir, pair, tmp_path, 
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before  # the input is never modified
 
 
+def test_edit_cli_passes_imagic_eta_only_to_imagic(dit_dir, pair, tmp_path, capsys):
+    import json
+
+    from duogen.data.media import write_gif
+
+    src = write_gif(tmp_path / "in.gif", pair["source"], upscale=1)
+    base = ["edit", "--model", str(dit_dir), "--input", str(src), "--target-prompt", TGT_PROMPT, "--steps", "2"]
+    rc, _, err = _cli(base + ["--out", str(tmp_path / "o"), "--method", "imagic", "--eta", "0.25"], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "o" / "edit.json").read_text())["info"]["eta"] == 0.25
+    for args, want in ((["--method", "imagic", "--eta", "nan"], "eta must be"),
+                       (["--method", "sdedit", "--eta", "0.5"], "Imagic's")):
+        rc, _, err = _cli(base + ["--out", str(tmp_path / "bad")] + args, capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and want in err, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_edit_cli_bad_input_is_one_line_and_exit_2(dit_dir, pair, tmp_path, capsys):
     from duogen.data.media import write_gif
     from duogen.tokenizers.audio_codec import build_audio_codec

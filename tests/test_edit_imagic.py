@@ -24,6 +24,14 @@ def test_eta_one_without_fine_tune_is_the_target_prompt_generation(gen, source):
     assert not np.array_equal(moved.videos[0], res.videos[0])  # the optimised embedding does change the output
 
 
+def test_a_list_of_etas_samples_each_eta_from_one_optimisation(gen, source):
+    res = imagic_edit(gen, source, prompt=B, eta=[0.5, 1.0], emb_steps=5, emb_lr=0.05, tune_steps=0, seed=5, **kw(gen))
+    assert sorted(res.state["by_eta"]) == [0.5, 1.0] and np.array_equal(res.videos, res.state["by_eta"][0.5])
+    assert np.array_equal(res.state["by_eta"][1.0], gen.generate([B], seed=5, **kw(gen)).videos)  # eta=1: target
+    one = imagic_edit(gen, source, prompt=B, eta=0.5, emb_steps=5, emb_lr=0.05, tune_steps=0, seed=5, **kw(gen))
+    assert np.array_equal(one.videos, res.state["by_eta"][0.5])  # the same as its own run
+
+
 def test_stages_lower_their_losses_and_leave_the_base_model_alone(gen, source):
     base = gen.model if gen.kind == "ar" else gen.model.denoiser
     before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -47,5 +55,7 @@ def test_bad_settings_are_clear_errors(gen, source):
         imagic_edit(gen, None, prompt=B)
     with pytest.raises(ConfigError, match="emb_steps"):
         imagic_edit(gen, source, prompt=B, emb_steps=-1)
+    with pytest.raises(ConfigError, match="eta"):
+        imagic_edit(gen, source, prompt=B, eta=[])
     with pytest.raises(ConfigError, match="mask"):
         imagic_edit(gen, source, prompt=B, mask=np.ones(source.shape[:3], bool))

@@ -90,6 +90,8 @@ def run_edit(a: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--method {a.method!r} is not available; allowed values: {', '.join(METHODS)}")
     if a.strength is not None and not 0.0 <= a.strength <= 1.0:
         raise ConfigError(f"--strength must be in [0, 1] (0 keeps the source, 1 redraws all), got {a.strength}")
+    if a.eta is not None and a.method != "imagic":  # not the DDIM sampler's eta, which the other methods would take
+        raise ConfigError(f"--eta is Imagic's embedding mix (--method imagic), not a setting of {a.method!r}")
     src_path, out = Path(a.input).resolve(), Path(a.out).resolve()
     if src_path == out or out in src_path.parents:
         raise ConfigError(f"--out {a.out} holds the input file; write the edit somewhere else")
@@ -111,7 +113,7 @@ def _edit_into(a: argparse.Namespace, target: Path, t0: float) -> dict[str, Any]
         raise DataError(f"{a.model}: holds a {kind!r} model; `duogen edit` edits AR and diffusion video models")
     gen = load_generator(a.model)
     kw: dict[str, Any] = {"prompt": a.prompt, "source_prompt": a.source_prompt, "n": a.n, "seed": a.seed}
-    for name in ("strength", "guidance", "steps", "tau", "threshold", "image_guidance", "instruction"):
+    for name in ("strength", "guidance", "steps", "tau", "eta", "threshold", "image_guidance", "instruction"):
         if getattr(a, name, None) is not None:
             kw[name] = getattr(a, name)
     with warnings.catch_warnings(record=True) as caught:
@@ -162,6 +164,8 @@ def add_edit(sub: Any) -> None:
                    help="in [0, 1]: how much is redrawn (sdedit default 0.6; diffedit: inside the mask, default 0.8 /"
                         " AR 1); 0 returns the source's reconstruction")
     p.add_argument("--tau", type=float, default=None, help="p2p: share of the steps that inject the source's attention")
+    p.add_argument("--eta", type=float, default=None,
+                   help="imagic: the target embedding's share (1 = the target prompt, 0 = the input; default 0.7)")
     p.add_argument("--threshold", type=float, default=None, help="diffedit: mask threshold on the rescaled difference (0.5)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (text); default: a diffusion model's stored one, 3 for AR")

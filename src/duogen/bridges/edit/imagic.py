@@ -4,7 +4,8 @@ Owns the three stages, written once for both paradigms:
   A. e_opt = argmin_e L(x; e, theta), starting from e_tgt (the target prompt's embedding), the model frozen;
   B. theta* = argmin_theta L(x; e_opt, theta), e_opt frozen: a brief fine-tune of a COPY of the model (the
      base model is never modified);
-  C. sample with e = eta e_tgt + (1 - eta) e_opt on theta* (eta = 1: the target prompt; eta = 0 reconstructs).
+  C. sample with e = eta e_tgt + (1 - eta) e_opt on theta* (eta = 1: the target prompt; eta = 0 reconstructs);
+     `eta` may be a list: A and B run once and C once per eta (the eta trade-off curve at the cost of one edit).
 The embedding and the loss per paradigm:
 - diffusion: e is the text encoder's output (`TextCond` tokens (1, T, D) and pooled vector); L is the
   denoising loss (Ho et al. 2020, Algorithm 1) of the source's latents at random t and noise;
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,11 +32,12 @@ from .common import EditResult
 
 
 def imagic_edit(gen: Any, source: np.ndarray, *, prompt: str, source_prompt: str | None = None, n: int = 1,
-                seed: int = 0, mask: Any = None, eta: float = 0.7, emb_steps: int = 100, emb_lr: float = 1e-3,
+                seed: int = 0, mask: Any = None, eta: float | Sequence[float] = 0.7, emb_steps: int = 100, emb_lr: float = 1e-3,
                 tune_steps: int = 50, tune_lr: float = 1e-4, batch: int = 4, **settings: Any) -> EditResult:
     """Imagic: edit the clip `source` (uint8 (F, H, W, 3)) towards `prompt`; `eta` = the target embedding's share.
 
-    emb_steps / emb_lr: stage A (Adam on the embedding); tune_steps / tune_lr: stage B (Adam on a copy of the
+    eta a list: `videos` are the first eta's and `state["by_eta"]` maps each eta to its (n, F, H, W, 3) clips
+    (stages A and B run once; the same seed's noise at every eta). emb_steps / emb_lr: stage A (Adam on the embedding); tune_steps / tune_lr: stage B (Adam on a copy of the
     model; 0 = no fine-tune); batch: noise draws per step (diffusion). Other settings go to sampling
     (guidance, steps; temperature, top_k for AR). `source_prompt` and `mask` are not used by Imagic.
     """
@@ -46,15 +48,16 @@ def imagic_edit(gen: Any, source: np.ndarray, *, prompt: str, source_prompt: str
     for name, v in (("emb_steps", emb_steps), ("tune_steps", tune_steps), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "batch" else 0):
             raise ConfigError(f"{name} must be an integer >= {1 if name == 'batch' else 0}, got {v!r}")
-    if not np.isfinite(eta):
-        raise ConfigError(f"eta must be a number (1 = the target prompt, 0 = the input), got {eta}")
+    etas = [eta] if np.isscalar(eta) else list(eta)
+    if not etas or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and np.isfinite(e) for e in etas):
+        raise ConfigError(f"eta must be a number or a list of numbers (1 = the target prompt, 0 = the input), got {eta}")
     run = {"ar": _ar, "diffusion": _diffusion}.get(gen.kind)
     if run is None:
         raise ConfigError(f"Imagic edits AR and diffusion models, not {gen.kind!r}")
     t0 = time.perf_counter()
-    res = run(gen, np.asarray(source), prompt, n, seed, float(eta), emb_steps, emb_lr, tune_steps, tune_lr, batch,
+    res = run(gen, np.asarray(source), prompt, n, seed, [float(e) for e in etas], emb_steps, emb_lr, tune_steps, tune_lr, batch,
               settings)
-    res.info.update({"method": "imagic", "prompt": prompt, "eta": eta, "emb_steps": emb_steps, "emb_lr": emb_lr,
+    res.info.update({"method": "imagic", "prompt": prompt, "eta": etas[0] if np.isscalar(eta) else etas, "emb_steps": emb_steps, "emb_lr": emb_lr,
                      "tune_steps": tune_steps, "tune_lr": tune_lr, "seed": seed, "n": n,
                      "seconds": time.perf_counter() - t0,
                      **{k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool, type(None)))}})
@@ -134,13 +137,16 @@ def _diffusion(gen, source, prompt, n, seed, eta, emb_steps, emb_lr, tune_steps,
         z = sample(denoiser, scheduler, x_T, cond, steps=steps, guidance=guidance, uncond=uncond, generator=gs)
         return z, k * steps * (2 if guidance != 1.0 else 1)
 
-    z, passes = run(eta, n)
-    z_rec, passes_rec = run(0.0, 1)
+    by_eta, passes = {}, 0
     with torch.inference_mode():
-        videos, recon = to_uint8(model.decode(z)), to_uint8(model.decode(z_rec))[0]
-    return EditResult(videos, source, recon, None, {
+        for e in eta:
+            z, p = run(e, n)
+            by_eta[e], passes = to_uint8(model.decode(z)), passes + p
+        z_rec, passes_rec = run(0.0, 1)
+        recon = to_uint8(model.decode(z_rec))[0]
+    return EditResult(by_eta[eta[0]], source, recon, None, {
         "paradigm": "diffusion", "forward_passes": passes + passes_rec + batch * (emb_steps + tune_steps) * 2,
-        "emb_loss": _ends(emb_losses), "tune_loss": _ends(tune_losses), "steps": steps, "guidance": guidance})
+        "emb_loss": _ends(emb_losses), "tune_loss": _ends(tune_losses), "steps": steps, "guidance": guidance}, {"by_eta": by_eta})
 
 
 def _ends(losses: list[float]) -> list[float]:
@@ -232,8 +238,8 @@ def _ar(gen, source, prompt, n, seed, eta, emb_steps, emb_lr, tune_steps, tune_l
         with _hooked(tuned.model, PrefixEmbeddings(plan.prefix, pos, emb)):
             return tuned.generate([prompt], n=k, seed=seed, **kw)
 
-    out = run(eta, n)
+    outs = {e: run(e, n) for e in eta}
     rec = run(0.0, 1)
-    return EditResult(out.videos, source, rec.videos[0], None, {
-        "paradigm": "ar", "tokens": int(out.tokens + rec.tokens), "emb_loss": _ends(emb_losses),
-        "tune_loss": _ends(tune_losses)})
+    return EditResult(outs[eta[0]].videos, source, rec.videos[0], None, {
+        "paradigm": "ar", "tokens": int(sum(o.tokens for o in outs.values()) + rec.tokens),
+        "emb_loss": _ends(emb_losses), "tune_loss": _ends(tune_losses)}, {"by_eta": {e: o.videos for e, o in outs.items()}})

@@ -53,10 +53,14 @@ def _uncond_at(nulls: Any, i: int) -> Any:
 
 
 def guided_ddim(gen: Any, x_T: Any, cond: Any, nulls: Any, guidance: float, steps: int, *,
-                pivot: list[Any] | None = None, keep: Any = None) -> Any:
+                pivot: list[Any] | None = None, keep: Any = None, callback: Any = None) -> Any:
     """Deterministic DDIM from x_T with a per-step unconditional condition (`nulls` a list, or one for all);
-    with `keep` (1, 1, f, h, w) and the pivot, outside the mask the sample is the pivot's after every step."""
+    with `keep` (1, 1, f, h, w) and the pivot, outside the mask the sample is the pivot's after every step.
+    Attention processors see `call.step` = i and the roles "cond" / "uncond" (two forwards, so the null may have
+    another token count than `cond`); `callback(i, t, x, pred_x0)` as in `sampling.sample` (a tensor replaces x)."""
     import torch
+
+    from ...attention import attention_context
 
     sched = _ddim(gen)
     sched.set_timesteps(steps)
@@ -65,14 +69,19 @@ def guided_ddim(gen: Any, x_T: Any, cond: Any, nulls: Any, guidance: float, step
     with torch.no_grad():
         for i, t in enumerate(sched.timesteps):
             tb = torch.full((x.shape[0],), int(t), dtype=torch.long)
-            out = den(x, tb, cond)
-            if guidance != 1.0:
-                uc = _uncond_at(nulls, i)
-                u = den(x, tb, uc if len(uc) == x.shape[0] else _expand(uc, x.shape[0]))
-                out = u + guidance * (out - u)
-            x = sched.step(out, t, x).prev_sample
+            with attention_context(step=i):
+                out = den(x, tb, cond)
+                if guidance != 1.0:
+                    uc = _uncond_at(nulls, i)
+                    with attention_context(roles=("uncond",)):
+                        u = den(x, tb, uc if len(uc) == x.shape[0] else _expand(uc, x.shape[0]))
+                    out = u + guidance * (out - u)
+            x, x0 = sched.step(out, t, x)
             if keep is not None and pivot is not None:
                 x = keep * pivot[steps - i - 1] + (1 - keep) * x
+            if callback is not None:
+                replaced = callback(i, int(t), x, x0)
+                x = x if replaced is None else replaced
     return x
 
 

@@ -3,8 +3,8 @@
 Owns: word swap, refinement and reweighting by injecting the source generation's attention maps over the
 prompt's tokens into the target generation for the first tau of the steps, local blending, and the token
 alignment between the two prompts. Does not own: the attention processors' plumbing (`duogen.attention`),
-sampling (the generators), writing files, null-text inversion (`inversion.py`; a real diffusion source is
-DDIM-inverted here under the source prompt, guidance 1).
+sampling (the generators), writing files, inversion (`inversion.py`: a real diffusion source is null-text
+inverted under the source prompt and both runs are its guided DDIM from z*_T with the per-step null embeddings).
 
 The edit of one attention map (P2P, Sec. 3.2), with M_s / M_t the source / target maps over the prompt's keys:
   swap:     M* = M_s W                   (W maps source keys to target keys, one-to-one where the two token runs
@@ -260,8 +260,8 @@ def p2p_edit(gen: Any, source: np.ndarray | None, *, prompt: str, source_prompt:
     """Prompt-to-Prompt: edit `source` (uint8 (F, H, W, 3), captioned by `source_prompt`) towards `prompt`.
 
     source None: generate the source from `source_prompt` with `seed` (the paper's setting; clip i of the
-    result edits source clip i, `EditResult.source` holds the first). A real diffusion source is DDIM-inverted
-    under `source_prompt` (sampler ddim, eta 0); an AR source is its codec ids. tau / self_tau: share of the
+    result edits source clip i, `EditResult.source` holds the first). A real diffusion source is null-text
+    inverted under `source_prompt` (Mokady et al.; DDIM, eta 0, the sampler setting is ignored); an AR source is its codec ids. tau / self_tau: share of the
     steps (AR: of the output tokens) with cross / self attention injected. mode: swap | refine | auto (swap when
     the prompts have the same token count). reweight: {word: c} scales the target's attention to the word.
     local_blend: True (the words that differ), a word or list of words, or None; `mask` (F, H, W) bool
@@ -316,8 +316,7 @@ def _blend_cols(encode: Any, prompt: str, words: list[str] | None, changed: list
 
 def _diffusion_p2p(gen, source, prompt, source_prompt, n, seed, mask, tau, self_tau, mode, reweight, local_blend,
                    threshold, blend_start, settings) -> EditResult:
-    from ...diffusion.sampling import ddim_invert
-    from ...diffusion.schedulers import make_scheduler
+    from ..result import to_uint8
 
     model = gen.model
     cfg = model.config
@@ -335,23 +334,36 @@ def _diffusion_p2p(gen, source, prompt, source_prompt, n, seed, mask, tau, self_
         raise ConfigError("p2p word lookups need the SentencePiece text encoder (text.kind=transformer)")
     weights = _weights(encode, prompt, reweight, 1, len(tgt_ids)) if reweight else None
     passes = 0
-    if source is not None:  # a real clip: DDIM-invert it under the source prompt
+    g = float(cfg.guidance if settings.get("guidance") is None else settings["guidance"])
+    if source is not None:  # a real clip: null-text inversion under the source prompt (inversion.py)
+        from .inversion import ddim_pivot, guided_ddim, null_text_optimise
+
         z0 = model.encode_video(np.asarray(source))  # (1, C, f, h, w)
-        sched = make_scheduler("ddim", model.schedule, cfg.prediction_type, eta=0.0)
-        cond = model.encode_prompts([source_prompt])
-        x_T = ddim_invert(model.denoiser, sched, z0, cond, steps=steps)
-        noise = x_T.expand(n, *x_T.shape[1:]).contiguous()
-        settings = {**settings, "sampler": "ddim", "eta": 0.0}
+        with torch.no_grad():
+            conds = {source_prompt: model.encode_prompts([source_prompt]), prompt: model.encode_prompts([prompt])}
+        pivot = ddim_pivot(gen, z0, conds[source_prompt], steps)  # [z*_0 .. z*_T], guidance 1
+        nulls: Any = model.null_cond(conds[source_prompt].tokens.shape[1])
         passes += steps
+        if g != 1.0:  # per-step null embeddings: guided DDIM from z*_T retraces the pivot
+            nulls, p = null_text_optimise(gen, pivot, conds[source_prompt], nulls, g, steps)
+            passes += p
+        x_T = pivot[-1].expand(n, *pivot[-1].shape[1:]).contiguous()
     else:
         noise = model.initial_noise(n, torch.Generator().manual_seed(int(seed)))
+
+    def run(text: str, callback: Any) -> tuple[np.ndarray, int]:  # -> (n, F, H, W, 3) uint8, forward passes
+        if source is None:
+            r = gen.generate([text], n=n, seed=seed, noise=noise, callback=callback, **settings)
+            return r.videos, r.forward_passes
+        z = guided_ddim(gen, x_T, conds[text].repeat(n), nulls, g, steps, callback=callback)
+        with torch.inference_mode():
+            return to_uint8(model.decode(z)), n * steps * (2 if g != 1.0 else 1)
     maps = _Maps()
     src_x: list[torch.Tensor] = []
     rec = DiffusionP2P(maps, True, self_steps=round(self_tau * steps))
     with attention_processor(model.denoiser, rec):
-        src = gen.generate([source_prompt], n=n, seed=seed, noise=noise,
-                           callback=lambda i, t, x, x0: src_x.append(x.clone()), **settings)
-    passes += src.forward_passes
+        src_videos, p = run(source_prompt, lambda i, t, x, x0: src_x.append(x.clone()))
+    passes += p
     src_cols = _blend_cols(encode, source_prompt, words, al.changed_src, 1) if blend else []
     tgt_cols = _blend_cols(encode, prompt, words, al.changed_tgt, 1) if blend else []
     fixed = _pool_mask(mask, latent) if mask is not None else None  # (f, h, w)
@@ -382,19 +394,19 @@ def _diffusion_p2p(gen, source, prompt, source_prompt, n, seed, mask, tau, self_
         return src_x[i] + m.to(x.dtype) * (x - src_x[i])
 
     with attention_processor(model.denoiser, inj):
-        out = gen.generate([prompt], n=n, seed=seed, noise=noise, callback=blend_step if (blend or fixed is not None)
-                           else None, **settings)
-    passes += out.forward_passes
-    F_, H, W = out.videos.shape[1:4]
+        videos, p = run(prompt, blend_step if (blend or fixed is not None) else None)
+    passes += p
+    F_, H, W = videos.shape[1:4]
     pix = None
     if "m" in last:
         m = last["m"][0, 0].bool().cpu()  # (f, h, w) of the first clip
         pix = _unpool(m, (F_, H, W))
-    clip = np.asarray(source) if source is not None else src.videos[0]
+    clip = np.asarray(source) if source is not None else src_videos[0]
     words_share = torch.stack([p[..., 1:].sum(-1).mean() for p in maps.cross.values()]).mean()  # keys after <s>
-    return EditResult(out.videos, clip, src.videos[0], pix,
+    return EditResult(videos, clip, src_videos[0], pix,
                       {"paradigm": "diffusion", "mode": mode, "forward_passes": passes, "steps": steps,
-                       "inverted": source is not None, "prompt_attention": float(words_share)})
+                       "inverted": source is not None, "null_text": source is not None and g != 1.0,
+                       "prompt_attention": float(words_share)})
 
 
 # ----------------------------------------------------------------------------- AR
