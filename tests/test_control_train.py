@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import sys
 from pathlib import Path
@@ -95,3 +96,106 @@ def test_training_lowers_the_loss_and_saves_only_the_control(bases, tmp_path, me
     assert _tree_hash(REF_DIT) == before  # the base directory is untouched
     off, on = _fixed_loss(bases, final, condition, False), _fixed_loss(bases, final, condition, True)
     assert on < 0.9 * off, (off, on)
+
+
+def _control_tensors(final):
+    from duogen.io import load_state_dict
+
+    return load_state_dict(final / "control.safetensors")
+
+
+def test_resume_is_exact(bases, tmp_path):
+    common = ["train.steps=6", "train.ckpt_every=3", "train.keep_last=0", "max_clips=8", "train.log_every=1"]
+    rc, _, err = _train(bases, tmp_path / "a", *common, method="t2i-adapter")
+    assert rc == 0, err
+    ck = sorted((tmp_path / "a" / "checkpoints").iterdir())[0]
+    assert ck.name.endswith("3")
+    from duogen.io import load_state_dict
+
+    assert all(k.startswith("control.") for k in load_state_dict(ck / "model.safetensors"))  # only the control
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ck, tmp_path / "b" / "checkpoints" / ck.name)
+    rc, s, err = _train(bases, tmp_path / "b", *common, "--resume", method="t2i-adapter")
+    assert rc == 0, err
+    assert s["steps"] == 6
+    a, b = _control_tensors(tmp_path / "a" / "final"), _control_tensors(tmp_path / "b" / "final")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fresh_control(model_dir, out, method="controlnet"):
+    from duogen.diffusion.control import ControlConfig, make_control, save_control
+    from duogen.diffusion.latent import LatentDiffusionModel
+
+    dit = LatentDiffusionModel.from_pretrained(model_dir).denoiser
+    torch.manual_seed(0)
+    save_control(make_control(ControlConfig(method=method), dit), Path(out) / "final" / "control.safetensors")
+    return Path(out)
+
+
+def _gen(model, out, *extra):
+    return cli("generate", "--model", str(model), "--prompt", "a red circle", "--steps", "3", "--save-latents",
+               "--out", str(out), *extra)
+
+
+@pytest.mark.parametrize("method", ["controlnet", "t2i-adapter"])
+def test_fresh_control_generates_bit_for_bit_the_uncontrolled_clips(bases, boxes_file, tmp_path, method):
+    from duogen.io import load_state_dict
+
+    dit = bases / "dit" / "final"
+    run = _fresh_control(dit, tmp_path / "ctl", method)
+    rc, _, err = _gen(dit, tmp_path / "plain")
+    assert rc == 0, err
+    rc, _, err = _gen(dit, tmp_path / "ctl_out", "--control", f"{run}:0.7", "--boxes", str(boxes_file[0]))
+    assert rc == 0, err
+    plain = load_state_dict(next((tmp_path / "plain").glob("*.safetensors")))
+    ctl = load_state_dict(next((tmp_path / "ctl_out").glob("*.safetensors")))
+    assert torch.equal(plain["latents"], ctl["latents"])
+
+
+def test_a_trained_control_changes_the_clips_and_generate_refuses_bad_input(bases, boxes_file, tmp_path):
+    from duogen.data.conditions import BoxTrack, write_boxes
+    from duogen.diffusion.control import ControlConfig, make_control, save_control
+    from duogen.diffusion.latent import LatentDiffusionModel
+    from duogen.io import load_state_dict, save_state_dict
+
+    dit = bases / "dit" / "final"
+    base = LatentDiffusionModel.from_pretrained(dit).denoiser
+    torch.manual_seed(0)
+    ctl = make_control(ControlConfig(method="t2i-adapter"), base)
+    with torch.no_grad():
+        for p in ctl.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a "trained" control: its zero heads are no longer zero
+    save_control(ctl, tmp_path / "ctl" / "final" / "control.safetensors")
+    boxes, frames, size = boxes_file
+    rc, _, err = _gen(dit, tmp_path / "plain")
+    rc2, _, err2 = _gen(dit, tmp_path / "on", "--control", str(tmp_path / "ctl"), "--boxes", str(boxes))
+    assert rc == rc2 == 0, err + err2
+    a = load_state_dict(next((tmp_path / "plain").glob("*.safetensors")))["latents"]
+    b = load_state_dict(next((tmp_path / "on").glob("*.safetensors")))["latents"]
+    assert not torch.equal(a, b)
+
+    # the same DiT shape with other weights: refused (one line, exit 2), as is another shape (the reference DiT)
+    other = tmp_path / "other_dit"
+    shutil.copytree(dit, other)
+    sd = load_state_dict(other / "model.safetensors")
+    save_state_dict({k: v + 0.01 if v.is_floating_point() else v for k, v in sd.items()}, other / "model.safetensors")
+    wrong_frames = write_boxes(tmp_path / "short.json", [BoxTrack("a box", np.array([[2, 2, 9, 9]] * (frames - 1)))])
+    cases = [
+        (other, ["--control", str(tmp_path / "ctl"), "--boxes", str(boxes)], "another base"),
+        (REF_DIT, ["--control", str(tmp_path / "ctl"), "--boxes", str(boxes)], "width"),
+        (dit, ["--control", str(tmp_path / "ctl"), "--boxes", str(wrong_frames)], "frame"),
+        (bases / "ar" / "final", ["--control", str(tmp_path / "ctl"), "--boxes", str(boxes)], "AR"),
+        (dit, ["--boxes", str(boxes)], "--control"),
+        (dit, ["--control", str(tmp_path / "ctl")], "condition"),
+        (dit, ["--control", str(tmp_path / "nothing"), "--boxes", str(boxes)], "control.safetensors"),
+    ]
+    for k, (model, extra, says) in enumerate(cases):
+        rc, _, err = _gen(model, tmp_path / f"bad{k}", *extra)
+        assert rc == 2 and err.count("\n") == 1 and says in err, (k, err)
+
+
+def test_train_control_refuses_bad_input(bases, tmp_path):
+    rc, _, err = _train(bases, tmp_path / "r", "train.steps=1", model=bases / "ar" / "final")
+    assert rc == 2 and err.count("\n") == 1 and "AR" in err, err
+    rc, _, err = _train(bases, tmp_path / "r2", "train.steps=1", "blocks=0")
+    assert rc == 2 and err.count("\n") == 1, err

@@ -137,6 +137,8 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
         raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
     cfg = cfglib.load(ControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
     cfg.train = apply_resume(cfg.train, resume)
+    if not cfg.train.trainable:  # checkpoints and EMA hold the control alone; resuming checks the base is the same
+        cfg.train.trainable = "control.*"
     model_dir, data, out = Path(model), Path(data), Path(out)
     conf = read_json(model_dir / "config.json")
     if not isinstance(conf, dict) or conf.get("kind") != "diffusion":
