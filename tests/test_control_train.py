@@ -173,6 +173,14 @@ def test_a_trained_control_changes_the_clips_and_generate_refuses_bad_input(base
     a = load_state_dict(next((tmp_path / "plain").glob("*.safetensors")))["latents"]
     b = load_state_dict(next((tmp_path / "on").glob("*.safetensors")))["latents"]
     assert not torch.equal(a, b)
+    # mask / edges conditions from a clip file (the generated MP4, upscaled: fitted to the model's size with a warning)
+    from duogen.data.media import read_video, write_mp4
+
+    clip = next((tmp_path / "plain").glob("*.mp4"))
+    for flag in ("--mask", "--edges"):
+        rc, s, err = _gen(dit, tmp_path / f"on{flag}", "--control", f"{tmp_path / 'ctl'}:0.5", flag, str(clip))
+        assert rc == 0 and any("fitted" in w for w in s["warnings"]), err
+    small = write_mp4(tmp_path / "small.mp4", read_video(clip)[:-1])  # one frame short
 
     # the same DiT shape with other weights: refused (one line, exit 2), as is another shape (the reference DiT)
     other = tmp_path / "other_dit"
@@ -185,6 +193,7 @@ def test_a_trained_control_changes_the_clips_and_generate_refuses_bad_input(base
         (REF_DIT, ["--control", str(tmp_path / "ctl"), "--boxes", str(boxes)], "width"),
         (dit, ["--control", str(tmp_path / "ctl"), "--boxes", str(wrong_frames)], "frame"),
         (bases / "ar" / "final", ["--control", str(tmp_path / "ctl"), "--boxes", str(boxes)], "AR"),
+        (dit, ["--control", str(tmp_path / "ctl"), "--edges", str(small)], "frames"),
         (dit, ["--boxes", str(boxes)], "--control"),
         (dit, ["--control", str(tmp_path / "ctl")], "condition"),
         (dit, ["--control", str(tmp_path / "nothing"), "--boxes", str(boxes)], "control.safetensors"),

@@ -46,7 +46,8 @@ def load_control_run(directory: Path, dit: Any) -> Any:
 
 
 def condition_from_file(kind: str, path: str | Path, frames: int, size: int) -> Any:
-    """A condition file -> (1, 1, F, H, W) float: boxes JSON (`read_boxes`), or a mask / edges video."""
+    """A condition file -> (1, 1, F, H, W) float: boxes JSON (`read_boxes`), or a mask / edges video (one of the
+    model's frame count but another frame size is resized with a warning; another frame count: DataError)."""
     from ..data.conditions import condition_clip, read_boxes
     from ..data.media import read_video
     from ..diffusion.control import as_condition
@@ -54,7 +55,14 @@ def condition_from_file(kind: str, path: str | Path, frames: int, size: int) -> 
     if kind == "boxes":
         c = condition_clip("boxes", frames, size, tracks=read_boxes(path, frames, size))
     else:
-        c = condition_clip(kind, frames, size, video=read_video(path))
+        v = read_video(path)
+        if v.shape[0] == frames and v.shape[1:3] != (size, size):  # e.g. duogen's own upscaled MP4s: fitted
+            from ..data.media import resize_video
+
+            warnings.warn(f"{path}: {kind} clip of {v.shape[1]}x{v.shape[2]} fitted to the model's {size}x{size}",
+                          UserWarning, stacklevel=2)
+            v = resize_video(v, size, frames)
+        c = condition_clip(kind, frames, size, video=v)
     return as_condition(c)
 
 
