@@ -24,6 +24,7 @@ from .cli_common import group as _group
 from .cli_personalize import add_personalize
 from .cli_edit import add_edit as _add_edit
 from .cli_ip2p import add_train_ip2p
+from .cli_control import add_generate_control, add_train_control, control_kwargs
 from .guards import add_overwrite_argument, add_trust_argument
 
 # ----------------------------------------------------------------------------- data
@@ -207,6 +208,7 @@ def _add_train(sub: Any) -> None:
     _add_train_tools(train)
     _add_train_tokenizer(train)
     add_train_ip2p(train)
+    add_train_control(train)
 
     def ar(a: argparse.Namespace) -> dict[str, Any]:
         from .train.ar_recipe import train_ar
@@ -302,6 +304,7 @@ def _add_generate(sub: Any) -> None:
         for name in ("steps", "sampler", "eta", "ddpm_variance"):  # diffusion-only flags, passed only when given
             if getattr(a, name, None) is not None:
                 kw[name] = getattr(a, name)
+        kw.update(control_kwargs(a))
         prompts = a.prompt if a.prompt else [""]
         with warnings.catch_warnings(record=True) as caught:  # warnings as one line each, and in the summary
             warnings.simplefilter("always")
@@ -338,6 +341,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--save-latents", action="store_true",
                    help="also write latents.safetensors: per clip, the AR output ids or the diffusion initial noise"
                    " and final latents (to continue from in Python: generate(ids=...), (noise=...), (latents=..., start_step=...))")
+    add_generate_control(p)
     p.add_argument("--adapter", action="append", default=[], metavar="RUN[:WEIGHT]",
                    help="a `duogen personalize` run to load on top of --model (repeatable; LoRA adapters combine,"
                    " each at its weight, default 1)")

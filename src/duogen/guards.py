@@ -217,7 +217,7 @@ def claim_file(path: str | Path, *, overwrite: bool = False, command: str = "") 
 OUTPUTS = {  # "atomic": the command swaps its finished directory in (io.atomic_dir); "run": has --resume
     ("data", "make"): "atomic", ("data", "import"): "atomic", ("train", "convert-deepspeed"): "atomic",
     ("generate",): "dir", ("compare",): "dir", ("train", "tokenizer"): "dir",
-    ("train", "ar"): "run", ("train", "diffusion"): "run", ("train", "ip2p"): "run", ("personalize",): "run", ("demo",): "demo", ("tokenizer", "recon"): "file",
+    ("train", "ar"): "run", ("train", "diffusion"): "run", ("train", "ip2p"): "run", ("train", "control"): "run", ("personalize",): "run", ("demo",): "demo", ("tokenizer", "recon"): "file",
     ("personalize", "analyze"): "dir",
 }
 

@@ -69,11 +69,15 @@ class DiffusionGenerator:
         noise: Any = None,
         latents: Any = None,
         start_step: int | None = None,
+        controls: Sequence[Any] = (),
+        condition: tuple[str, Any] | None = None,
         **ar_only: Any,
     ) -> GenerationResult:
         """Clips for `prompts` (n each); start from `noise` (x_T, (B, C, f, h, w), e.g. a result's `noise`), or
         from `latents` at step `start_step` of `steps` (SDEdit: `model.timesteps(steps)[start_step]` is its noise
-        level; start_step = steps decodes them as they are). B = len(prompts) * n."""
+        level; start_step = steps decodes them as they are). B = len(prompts) * n. `controls`: "RUN[:scale]" of
+        `duogen train control` runs (or `ActiveControl`s) read against `condition` = (boxes | mask | edges, FILE);
+        sampled through `diffusion.control.Controlled` (`bridges/control.py`)."""
         import torch
 
         if isinstance(prompts, str):
@@ -99,10 +103,19 @@ class DiffusionGenerator:
         t0 = time.perf_counter()
         if noise is None and latents is None and isinstance(n, int) and n >= 1:  # the x_T sample_latents draws, kept
             noise = self.model.initial_noise(len(prompts) * n, torch.Generator().manual_seed(int(seed)))
-        z = self.model.sample_latents(list(prompts), n=n, seed=seed, steps=steps, sampler=sampler, guidance=g,
-                                      guidance_rescale=guidance_rescale, eta=eta, ddpm_variance=ddpm_variance,
-                                      negative_prompt=negative_prompt, callback=callback, noise=noise, latents=latents,
-                                      start_step=0 if start_step is None else start_step)
+        base = self.model.denoiser
+        if controls:
+            from ..diffusion.control import Controlled
+            from .control import active_controls
+
+            self.model.denoiser = Controlled(base, active_controls(self.model, controls, condition))
+        try:
+            z = self.model.sample_latents(list(prompts), n=n, seed=seed, steps=steps, sampler=sampler, guidance=g,
+                                          guidance_rescale=guidance_rescale, eta=eta, ddpm_variance=ddpm_variance,
+                                          negative_prompt=negative_prompt, callback=callback, noise=noise, latents=latents,
+                                          start_step=0 if start_step is None else start_step)
+        finally:
+            self.model.denoiser = base
         t1 = time.perf_counter()
         with torch.inference_mode():
             videos = to_uint8(self.model.decode(z))

@@ -208,3 +208,23 @@ def check_condition(cond: np.ndarray, frames: int, size: int | tuple[int, int], 
             " give one condition frame per generated frame at the model's size"
         )
     return c
+
+
+CONDITIONS = ("boxes", "mask", "edges")
+
+
+def condition_clip(kind: str, frames: int, size: int | tuple[int, int], *, video: np.ndarray | None = None,
+                   tracks: list[BoxTrack] | None = None) -> np.ndarray:
+    """One control condition (F, H, W) bool: `boxes` rasterised from `tracks` (all objects in one channel),
+    `mask` from a segmentation / shapes clip (`mask_from_video`: on the black world, the objects), `edges` of a
+    clip (`edge_maps`). The clip is checked against (frames, size) first."""
+    if kind not in CONDITIONS:
+        raise DataError(f"condition {kind!r}; choose one of {', '.join(CONDITIONS)}")
+    if kind == "boxes":
+        if tracks is None:
+            raise DataError("a boxes condition needs box tracks (a boxes JSON file)")
+        return rasterize_boxes(tracks, frames, size).any(0)
+    if video is None:
+        raise DataError(f"a {kind} condition needs a clip")
+    v = check_condition(video, frames, size, what=f"{kind} clip")
+    return mask_from_video(v) if kind == "mask" else edge_maps(v)

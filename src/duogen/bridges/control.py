@@ -1,0 +1,85 @@
+"""Sampling a diffusion model with trained controls: load `duogen train control` runs, build their condition.
+
+Owns `parse_control` ("RUN[:scale]"), `load_control_run` (a run's control for this model's DiT, refused when
+trained for another base), `condition_from_file` (a boxes JSON / mask video / edges clip -> (1, 1, F, H, W))
+and `active_controls` (what `DiffusionGenerator.generate(controls=..., condition=...)` samples through).
+Does not own: the control modules (`diffusion/control.py`), the conditions (`data/conditions.py`), training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import CheckpointError, ConfigError
+
+
+def parse_control(spec: str | tuple[Any, float]) -> tuple[Path, float]:
+    """"RUN[:scale]" (or (run, scale)) -> (the directory holding control.safetensors, scale)."""
+    if isinstance(spec, tuple):
+        run, scale = spec
+    else:
+        run, _, s = str(spec).rpartition(":") if ":" in str(spec) and not Path(spec).exists() else (spec, "", "1")
+        try:
+            scale = float(s)
+        except ValueError:
+            raise ConfigError(f"--control {spec!r}: the scale after ':' must be a number (RUN[:SCALE])") from None
+    run = Path(run)
+    for d in (run / "final", run):
+        if (d / "control.safetensors").is_file():
+            return d, float(scale)
+    raise CheckpointError(f"{run}: no control.safetensors in it or its final/; give a `duogen train control` run")
+
+
+def load_control_run(directory: Path, dit: Any) -> Any:
+    """The control in `directory` for `dit`; CheckpointError when it was trained for another base model."""
+    from ..diffusion.control import base_fingerprint, load_control
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # same shape, other weights: refused below, not warned
+        module = load_control(directory / "control.safetensors", dit)
+    if module.config.base_fingerprint and module.config.base_fingerprint != base_fingerprint(dit):
+        raise CheckpointError(f"{directory}: this control was trained for another base model; use the model it names"
+                              " in its control.json")
+    return module
+
+
+def condition_from_file(kind: str, path: str | Path, frames: int, size: int) -> Any:
+    """A condition file -> (1, 1, F, H, W) float: boxes JSON (`read_boxes`), or a mask / edges video (one of the
+    model's frame count but another frame size is resized with a warning; another frame count: DataError)."""
+    from ..data.conditions import condition_clip, read_boxes
+    from ..data.media import read_video
+    from ..diffusion.control import as_condition
+
+    if kind == "boxes":
+        c = condition_clip("boxes", frames, size, tracks=read_boxes(path, frames, size))
+    else:
+        v = read_video(path)
+        if v.shape[0] == frames and v.shape[1:3] != (size, size):  # e.g. duogen's own upscaled MP4s: fitted
+            from ..data.media import resize_video
+
+            warnings.warn(f"{path}: {kind} clip of {v.shape[1]}x{v.shape[2]} fitted to the model's {size}x{size}",
+                          UserWarning, stacklevel=2)
+            v = resize_video(v, size, frames)
+        c = condition_clip(kind, frames, size, video=v)
+    return as_condition(c)
+
+
+def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, Any] | None) -> list[Any]:
+    """Controls for `model` (a `LatentDiffusionModel`): "RUN[:scale]" / (run, scale) specs, read against one
+    `condition` (kind, file), or `ActiveControl`s as they are."""
+    from ..diffusion.control import ActiveControl
+
+    out, codec = [], model._need_codec()
+    for c in controls:
+        if isinstance(c, ActiveControl):
+            out.append(c)
+            continue
+        if condition is None:
+            raise ConfigError("a control needs a condition: boxes (a JSON file), mask or edges (a video file)")
+        d, scale = parse_control(c)
+        module = load_control_run(d, model.denoiser)
+        cond = condition_from_file(condition[0], condition[1], int(codec.cfg.frames), int(codec.cfg.size))
+        out.append(ActiveControl(module.to(next(model.denoiser.parameters()).device), cond, scale))
+    return out

@@ -1,0 +1,178 @@
+"""Recipe: train a ControlNet or T2I-Adapter for a trained (frozen) DiT diffusion model.
+
+    train_control(model="runs/dit/final", data="runs/shapes", out="runs/ctl", method="controlnet", condition="boxes")
+
+Steps: load the base `LatentDiffusionModel` (its DiT, text encoder and codec all frozen); encode every clip of
+the data set once into the codec's latents (the diffusion recipe's cache, `encode_latents_dataset`, so a run
+next to a diffusion run reuses its cache), normalized like the base's training data; make a fresh control
+(`diffusion.control.make_control`, an exact no-op at step 0) and train it alone with the shared engine on the
+base's own loss (`LatentDiffusionModel.forward`: caption dropout, t ~ U, eps ~ N(0, I), the base's prediction
+type) with the base's denoiser wrapped in `Controlled`. The condition of each clip comes from the world's ground
+truth, per clip on the fly (`data.conditions.condition_clip`): `boxes` rasterises the clip's `boxes` column,
+`mask` is the clip's objects (the shapes world is black elsewhere), `edges` the clip's Sobel edges.
+
+`final/` holds only the control: `control.safetensors` (`save_control`) and `control.json` (method, condition,
+the base directory and the SHA-256 of its `model.safetensors`). The base directory is never written.
+
+Does not own: the control modules (`diffusion/control.py`), the conditions (`data/conditions.py`), sampling with
+a control (`bridges/control.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .. import config as cfglib
+from ..errors import ConfigError
+from .engine import LossOutput, TrainConfig, fit
+from .recipe_common import load_split, resolve_cache_dir
+
+CONTROL_FILE, CONTROL_JSON = "control.safetensors", "control.json"
+METHODS = ("controlnet", "t2i-adapter")
+
+
+@dataclass
+class ControlRecipeConfig:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=100000, batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=20, min_lr_ratio=0.1,
+        precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
+    blocks: int = 2  # the first `blocks` DiT blocks receive the control's residual
+    enc_channels: int = 32  # width of the condition encoder
+    split: str = "train"
+    max_clips: int = 0  # 0 = the whole split
+    cache_dir: str = ""  # "" = OUT/../.cache
+
+    def check(self) -> None:
+        if self.blocks < 1 or self.enc_channels < 1:
+            raise ConfigError("blocks and enc_channels must be >= 1")
+
+
+class ConditionRecords:
+    """Index -> normalized latents, text ids / mask and the clip's condition (1, F, H, W) float, made on the fly."""
+
+    def __init__(self, split: Any, kind: str, latents: Any, ids: Any, mask: Any, frames: int, size: int):
+        self.split, self.kind, self.latents, self.ids, self.mask = split, kind, latents, ids, mask
+        self.frames, self.size = frames, size
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import numpy as np
+
+        from ..data.conditions import BoxTrack, condition_clip
+
+        row = self.split[int(i)]
+        if self.kind == "boxes":
+            tracks = [BoxTrack("", np.asarray(b, np.float64)) for b in row["boxes"]]
+            c = condition_clip("boxes", self.frames, self.size, tracks=tracks)
+        else:
+            c = condition_clip(self.kind, self.frames, self.size, video=np.asarray(row["video"], np.uint8))
+        return {"latents": self.latents[i], "text_ids": self.ids[i], "text_mask": self.mask[i],
+                "condition": torch.from_numpy(c[None].astype(np.float32))}  # (1, F, H, W)
+
+
+class ControlTrainer(nn.Module):
+    """What the engine trains: the frozen base model plus the control (the only trainable parameters)."""
+
+    def __init__(self, base: Any, control: Any) -> None:
+        super().__init__()
+        self.base, self.control = base, control
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        from ..diffusion.control import ActiveControl, Controlled
+
+        denoiser = self.base.denoiser
+        self.base.denoiser = Controlled(denoiser, [ActiveControl(self.control, batch["condition"], 1.0)])
+        try:  # the base's own loss (Algorithm 1 with its caption dropout), through the controlled DiT
+            return self.base(batch)
+        finally:
+            self.base.denoiser = denoiser
+
+
+def control_saver(model_dir: Path, method: str, condition: str):
+    """The engine's `save_model`: only the control's weights and a small config naming the base."""
+    from ..diffusion.control import save_control
+    from ..io import atomic_write_json, file_sha256
+
+    base_sha = file_sha256(model_dir / "model.safetensors")
+
+    def save(m: Any, p: Path) -> None:
+        p.mkdir(parents=True, exist_ok=True)
+        save_control(m.control, p / CONTROL_FILE)
+        atomic_write_json(p / CONTROL_JSON, {"kind": "control", "method": method, "condition": condition,
+                                             "base": str(model_dir.resolve()), "base_sha256": base_sha,
+                                             "blocks": m.control.config.blocks})
+
+    return save
+
+
+def train_control(model: str | Path, data: str | Path, out: str | Path, *, method: str = "controlnet",
+                  condition: str = "boxes", overrides: Sequence[str] = (), seed: int = 0,
+                  resume: str | None = None) -> dict[str, Any]:
+    """Train a control for the diffusion model in `model` (frozen) on the data set `data`; returns the engine's
+    summary plus the control's facts. `final/` is the control alone (see the module docstring)."""
+    import numpy as np
+
+    from ..data.conditions import CONDITIONS
+    from ..diffusion.control import ControlConfig, make_control
+    from ..diffusion.dit import DiT
+    from ..diffusion.latent import LatentDiffusionModel
+    from ..io import read_json
+    from ..utils import count_parameters, seed_everything
+    from .diffusion_recipe import encode_latents_dataset
+    from .engine import apply_resume
+    from .recipe_common import codec_on_accelerator
+
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if condition not in CONDITIONS:
+        raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
+    cfg = cfglib.load(ControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
+    cfg.train = apply_resume(cfg.train, resume)
+    if not cfg.train.trainable:  # checkpoints and EMA hold the control alone; resuming checks the base is the same
+        cfg.train.trainable = "control.*"
+    model_dir, data, out = Path(model), Path(data), Path(out)
+    conf = read_json(model_dir / "config.json")
+    if not isinstance(conf, dict) or conf.get("kind") != "diffusion":
+        raise ConfigError(f"{model_dir}: not a diffusion model directory (control for AR models is not built yet)")
+    base = LatentDiffusionModel.from_pretrained(model_dir)
+    if not isinstance(base.denoiser, DiT):
+        raise ConfigError(f"{model_dir}: its denoiser is a {base.config.denoiser}; controls attach to a DiT here")
+    codec = base._need_codec()
+    codec_dir = model_dir / conf["codec"] if conf.get("codec") else model_dir / "codec"
+
+    split = load_split(data, cfg.split, cfg.max_clips)
+    frames, size = int(codec.cfg.frames), int(codec.cfg.size)
+    with codec_on_accelerator(codec):
+        encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, resolve_cache_dir(cfg.cache_dir, out))
+    with torch.no_grad():
+        raw = torch.from_numpy(np.asarray(encoded["latents"], dtype=np.float32))  # (N, C, f, h, w)
+        latents = codec.normalize_latents(raw.to(codec.device)).cpu()
+    if list(base.config.latent) != [int(v) for v in latents.shape[1:]]:
+        raise ConfigError(f"the clips of {data} make latents {list(latents.shape[1:])}; {model_dir} was trained on"
+                          f" {list(base.config.latent)}: use data of the base model's clip size")
+    ids, mask = base.text_encoder.tokenize(list(split["caption"]), strict=False)  # (N, T) each
+    records = ConditionRecords(split, condition, latents, ids, mask, frames, size)
+
+    seed_everything(seed)
+    control = make_control(ControlConfig(method=method, cond_channels=1, blocks=cfg.blocks,
+                                         enc_channels=cfg.enc_channels), base.denoiser)
+    trainer = ControlTrainer(base, control)
+
+    def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
+        return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
+
+    summary = fit(trainer, loss_fn, records, cfg.train, out, save_model=control_saver(model_dir, method, condition),
+                  run_config={**cfglib.to_dict(cfg), "model": str(model_dir.resolve()), "data": str(data.resolve()),
+                              "method": method, "condition": condition})
+    return {**vars(summary), "final": str(out / "final"), "method": method, "condition": condition,
+            "control_parameters": count_parameters(control), "clips": int(latents.shape[0]),
+            "base": str(model_dir)}
