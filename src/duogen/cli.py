@@ -25,7 +25,7 @@ from .cli_personalize import add_personalize
 from .cli_edit import add_edit as _add_edit
 from .cli_ip2p import add_train_ip2p
 from .cli_control import add_generate_control, add_train_control, control_kwargs
-from .guards import add_overwrite_argument, add_trust_argument
+from .guards import add_overwrite_argument, add_resume_argument, add_trust_argument
 
 # ----------------------------------------------------------------------------- data
 
@@ -242,8 +242,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--preset", default="tiny", help="tiny | small | base")
     p.add_argument("--text", default=None, help="reuse this text.model instead of training one")
     p.add_argument("--config", default=None, help="YAML file with recipe settings")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    add_resume_argument(p)
     _add_init_from(p)
     add_overwrite_argument(p)
     add_trust_argument(p)
@@ -276,8 +275,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--preset", default="tiny", help="tiny | small | base")
     p.add_argument("--text", default=None, help="reuse this text.model instead of training one")
     p.add_argument("--config", default=None, help="YAML file with recipe settings")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    add_resume_argument(p)
     _add_init_from(p)
     add_overwrite_argument(p)
     add_trust_argument(p)

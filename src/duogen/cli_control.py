@@ -12,7 +12,7 @@ from typing import Any
 
 from .cli_common import command
 from .errors import ConfigError
-from .guards import add_overwrite_argument
+from .guards import add_overwrite_argument, add_resume_argument
 
 
 def add_train_control(train: Any) -> None:
@@ -42,8 +42,7 @@ def add_train_control(train: Any) -> None:
     p.add_argument("--condition", required=True, choices=("boxes", "mask", "edges"))
     p.add_argument("--data", required=True, help="a shapes data set (`duogen data make shapes`) at the model's clip size")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    add_resume_argument(p)
     add_overwrite_argument(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=5 train.batch_size=8")
 

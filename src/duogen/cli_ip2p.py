@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from .cli_common import command
-from .guards import add_overwrite_argument, add_trust_argument
+from .guards import add_overwrite_argument, add_resume_argument, add_trust_argument
 
 
 def add_train_ip2p(train: Any) -> None:
@@ -38,8 +38,7 @@ def add_train_ip2p(train: Any) -> None:
     p.add_argument("--data", required=True, help="edit pairs (from `duogen data make edits`)")
     p.add_argument("--init-from", required=True, metavar="MODEL_DIR", help="the trained model to start from")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    add_resume_argument(p)
     add_overwrite_argument(p)
     add_trust_argument(p)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_minutes=5 train.batch_size=8")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from .cli_common import command
 from .cli_personalize_analyze import add_analyze
-from .guards import add_overwrite_argument, add_trust_argument
+from .guards import add_overwrite_argument, add_resume_argument, add_trust_argument
 
 # Each adds one subcommand to `duogen personalize` (its parser's sub-parsers object, dest "personalize_command").
 SUBCOMMANDS: list[Callable[[Any], None]] = [add_analyze]
@@ -89,8 +89,7 @@ def add_personalize(sub: Any) -> None:
                    help="lora: rank r (default: the largest within 1%% of the base's bytes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe override (repeatable), e.g. --set train.log_every=1")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+    add_resume_argument(p)
     add_overwrite_argument(p)
     add_trust_argument(p)
     inner = p.add_subparsers(dest="personalize_command", metavar="COMMAND")

@@ -246,6 +246,11 @@ def claim_for(args: Any) -> contextlib.AbstractContextManager[Any]:
                         replaces_atomically=kind == "atomic", command=name)
 
 
+def add_resume_argument(p: Any) -> None:
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint: no value or 'auto' = the run's latest; or a path")
+
+
 def add_overwrite_argument(p: Any, what: str = "--out") -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"start clean: replace an existing {what} (the old one is kept until this command writes;"
