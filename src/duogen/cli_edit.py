@@ -12,13 +12,14 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .cli_common import command
 from .errors import ConfigError, DataError
 from .guards import add_overwrite_argument
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DESCRIPTION = (
     "Edit one clip or image (fitted to the model's size, with a warning) with a trained next-token or diffusion"
@@ -49,6 +50,8 @@ def _read_input(path: str) -> np.ndarray:
 
 def _read_mask(path: str) -> np.ndarray:
     """A mask file: .npy of (F, H, W) / (H, W) (nonzero = edit), or an image / clip (a lit pixel = edit)."""
+    import numpy as np
+
     p = Path(path)
     if p.suffix.lower() == ".npy":
         if not p.is_file():
@@ -135,6 +138,8 @@ def _edit_into(a: argparse.Namespace, target: Path, t0: float) -> dict[str, Any]
     files += _write_clip(target, "source", res.source, a.fps)
     files += _write_clip(target, "reconstruction", res.reconstruction, a.fps)
     if res.mask is not None:
+        import numpy as np
+
         from .data.media import write_gif
 
         lit = np.repeat(res.mask[..., None], 3, -1).astype(np.uint8) * 255  # (F, H, W, 3)
