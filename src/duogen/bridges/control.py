@@ -1,8 +1,8 @@
 """Sampling a diffusion model with trained controls: load `duogen train control` runs, build their condition.
 
 Owns `parse_control` ("RUN[:scale]"), `load_control_run` (a run's control for this model's DiT, refused when
-trained for another base), `condition_from_file` (a boxes JSON / mask video / edges clip -> (1, 1, F, H, W))
-and `active_controls` (what `DiffusionGenerator.generate(controls=..., condition=...)` samples through).
+trained for another base), `read_condition_file` (a boxes JSON / mask video / edges clip), `condition_for` /
+`collate_conditions` (the condition as a given control module reads it, per clip and batched) and `active_controls` (what `DiffusionGenerator.generate(controls=..., condition=...)` samples through).
 Does not own: the control modules (`diffusion/control.py`), the conditions (`data/conditions.py`), training.
 """
 
@@ -45,25 +45,51 @@ def load_control_run(directory: Path, dit: Any) -> Any:
     return module
 
 
-def condition_from_file(kind: str, path: str | Path, frames: int, size: int) -> Any:
-    """A condition file -> (1, 1, F, H, W) float: boxes JSON (`read_boxes`), or a mask / edges video (one of the
-    model's frame count but another frame size is resized with a warning; another frame count: DataError)."""
-    from ..data.conditions import condition_clip, read_boxes
+def read_condition_file(kind: str, path: str | Path, frames: int, size: int) -> dict[str, Any]:
+    """A condition file -> {"tracks": [BoxTrack]} (boxes JSON, `read_boxes`) or {"video": (F, H, W, 3)} (a mask /
+    edges clip; one of the model's frame count but another frame size is resized with a warning; another frame
+    count: DataError when the condition is built)."""
+    from ..data.conditions import read_boxes
     from ..data.media import read_video
-    from ..diffusion.control import as_condition
 
     if kind == "boxes":
-        c = condition_clip("boxes", frames, size, tracks=read_boxes(path, frames, size))
-    else:
-        v = read_video(path)
-        if v.shape[0] == frames and v.shape[1:3] != (size, size):  # e.g. duogen's own upscaled MP4s: fitted
-            from ..data.media import resize_video
+        return {"tracks": read_boxes(path, frames, size)}
+    v = read_video(path)
+    if v.shape[0] == frames and v.shape[1:3] != (size, size):  # e.g. duogen's own upscaled MP4s: fitted
+        from ..data.media import resize_video
 
-            warnings.warn(f"{path}: {kind} clip of {v.shape[1]}x{v.shape[2]} fitted to the model's {size}x{size}",
-                          UserWarning, stacklevel=2)
-            v = resize_video(v, size, frames)
-        c = condition_clip(kind, frames, size, video=v)
-    return as_condition(c)
+        warnings.warn(f"{path}: {kind} clip of {v.shape[1]}x{v.shape[2]} fitted to the model's {size}x{size}",
+                      UserWarning, stacklevel=2)
+        v = resize_video(v, size, frames)
+    return {"video": v}
+
+
+def condition_for(module: Any, kind: str, *, frames: int, size: int, tracks: Any = None, video: Any = None) -> Any:
+    """One clip's condition as `module` reads it. A module with `make_condition(kind, frames=, size=, tracks=,
+    video=)` builds its own (e.g. grounding tokens from boxes and phrases); the raster controls (ControlNet,
+    T2I-Adapter) read the condition clip as (1, 1, F, H, W) float."""
+    make = getattr(module, "make_condition", None)
+    if make is not None:
+        return make(kind, frames=frames, size=size, tracks=tracks, video=video)
+    from ..data.conditions import condition_clip
+    from ..diffusion.control import as_condition
+
+    return as_condition(condition_clip(kind, frames, size, tracks=tracks, video=video))
+
+
+def collate_conditions(module: Any, conditions: Sequence[Any]) -> Any:
+    """Per-clip conditions from `condition_for` -> one batch (B = len(conditions)) for an `ActiveControl`."""
+    collate = getattr(module, "collate_conditions", None)
+    if collate is not None:
+        return collate(list(conditions))
+    import torch
+
+    return torch.cat(list(conditions))
+
+
+def condition_from_file(kind: str, path: str | Path, frames: int, size: int, module: Any = None) -> Any:
+    """A condition file read for `module` (default: a raster control's (1, 1, F, H, W))."""
+    return condition_for(module, kind, frames=frames, size=size, **read_condition_file(kind, path, frames, size))
 
 
 def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, Any] | None) -> list[Any]:
@@ -80,6 +106,6 @@ def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, A
             raise ConfigError("a control needs a condition: boxes (a JSON file), mask or edges (a video file)")
         d, scale = parse_control(c)
         module = load_control_run(d, model.denoiser)
-        cond = condition_from_file(condition[0], condition[1], int(codec.cfg.frames), int(codec.cfg.size))
+        cond = condition_from_file(condition[0], condition[1], int(codec.cfg.frames), int(codec.cfg.size), module)
         out.append(ActiveControl(module.to(next(model.denoiser.parameters()).device), cond, scale))
     return out
