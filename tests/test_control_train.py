@@ -53,15 +53,16 @@ def _train(bases, out, *extra, method="controlnet", condition="boxes", model=REF
                "--data", str(bases / "data"), "--out", str(out), *TRAIN, *extra)
 
 
-def _fixed_loss(bases, final, condition, control: bool) -> float:
-    """Mean v loss of the shipped reference DiT over its first 4 clips at fixed (t, eps) draws, with or without the control."""
+def _fixed_loss(bases, final, condition, control: bool, model=REF_DIT) -> float:
+    """Mean loss of `model` (the shipped reference DiT) over the first 4 clips at fixed (t, eps) draws, with or
+    without the control."""
     from duogen.bridges.control import load_control_run
     from duogen.data import load_dataset
     from duogen.diffusion.control import ActiveControl, Controlled
     from duogen.diffusion.latent import LatentDiffusionModel
     from duogen.train.control_recipe import ConditionRecords
 
-    m = LatentDiffusionModel.from_pretrained(REF_DIT).eval()
+    m = LatentDiffusionModel.from_pretrained(model).eval()
     codec = m._need_codec()
     split = load_dataset(bases / "data")["train"].select(range(4))
     video = np.stack([np.asarray(v, np.uint8) for v in split["video"]])

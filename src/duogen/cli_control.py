@@ -27,9 +27,10 @@ def add_train_control(train: Any) -> None:
     p = command(
         train, "control", "train a ControlNet or T2I-Adapter for a trained diffusion model (the base frozen)", run,
         description=(
-            "Train a spatial control for a trained DiT diffusion model (--model, e.g. the shipped reference DiT),"
-            " the base frozen: ControlNet (a trainable copy of the DiT's first blocks joined by zero-initialised"
-            " projections) or T2I-Adapter (a small conv adapter whose features add to the first blocks'). The"
+            "Train a spatial control for a trained DiT or U-Net diffusion model (--model, e.g. the shipped reference"
+            " DiT), the base frozen: ControlNet (a trainable copy of the DiT's first blocks or the U-Net's encoder"
+            " joined by zero-initialised projections) or T2I-Adapter (a small conv adapter whose features add to the"
+            " first blocks' or the U-Net encoder's at each resolution). The"
             " condition comes from each clip's ground truth: boxes (the clip's boxes rasterised), mask (its objects)"
             " or edges (its Sobel edges). OUT/final holds only the control (control.safetensors, control.json"
             " naming the base); use it with `duogen generate --model DIR --control OUT --boxes FILE.json`."

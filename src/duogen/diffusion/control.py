@@ -4,7 +4,8 @@ Owns: `ControlConfig`, `ConditionEncoder`, `DiTControlNet`, `DiTAdapter`,
 `Controlled` (the base denoiser plus controls, same `forward(z_t, t, cond)`),
 `as_condition`, `save_control` / `load_control`, `check_fits` (the base a control was made for).
 Does not own: the conditions themselves (`data/conditions.py`), training
-recipes, the CLI, the U-Net variant, GLIGEN, AR control.
+recipes, the CLI, the U-Net controls (`unet_control.py`: `make_control`, `load_control`, `check_fits` and
+`Controlled` dispatch there for a U-Net base), GLIGEN, AR control.
 
 Both methods reach the DiT without touching its math: `Controlled.forward`
 installs a forward pre-hook on the first block (which sees the patch tokens x,
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 from .blocks import TextCond, zero_
 from .dit import DiT
+from .unet_control import build_unet_control, check_unet_fits, conv_stem, describe, is_unet, unet_forward
 from ..errors import CheckpointError, ConfigError, DataError
 
 Method = Literal["controlnet", "t2i-adapter"]
@@ -57,6 +59,7 @@ class ControlConfig:
     base_hidden: int = 0  # the DiT's width / depth this control was made for (filled by `make_control`)
     base_depth: int = 0
     base_fingerprint: str = ""  # sha256 of the base's weights at `make_control` (another base of the same shape: a warning)
+    base_arch: str = ""  # a U-Net base's architecture (`unet_control.describe`); "" for a DiT
 
     def check(self) -> None:
         if self.method not in ("controlnet", "t2i-adapter"):
@@ -75,11 +78,7 @@ class ConditionEncoder(nn.Module):
 
     def __init__(self, cond_channels: int, width: int, out_dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(cond_channels, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-        )  # fmt: skip
+        self.net = conv_stem(cond_channels, width)
         self.proj = nn.Linear(width, out_dim)
 
     def forward(self, cond: Tensor, grid: tuple[int, int, int]) -> Tensor:
@@ -152,7 +151,12 @@ def as_condition(x: Any) -> Tensor:
 
 
 def make_control(config: ControlConfig, base: DiT) -> ControlModule:
-    """A fresh control for `base` (an exact no-op until trained); records the base's width, depth and weights' hash."""
+    """A fresh control for `base` (an exact no-op until trained); records the base's width, depth and weights' hash
+    (for a U-Net: its architecture, `unet_control.describe`)."""
+    if is_unet(base):
+        config = ControlConfig(**{**asdict(config), "base_arch": describe(base), "base_fingerprint": base_fingerprint(base)})
+        config.check()
+        return build_unet_control(config, base)
     if not isinstance(base, DiT):
         raise ConfigError(f"control: ControlNet / T2I-Adapter attach to a DiT denoiser here, not {type(base).__name__}")
     config = ControlConfig(
@@ -201,6 +205,8 @@ class Controlled(nn.Module):
         live = [a for a in self.controls if a.scale != 0.0]
         if not live:
             return self.base(z_t, t, cond)
+        if is_unet(self.base):  # hooks on the U-Net's backbone (unet_control.py)
+            return unet_forward(self.base, live, z_t, t, cond)
         added: dict[int, Tensor] = {}
 
         def pre(_m: nn.Module, args: tuple) -> None:
@@ -231,10 +237,13 @@ class Controlled(nn.Module):
 
 
 def check_fits(config: ControlConfig, base: DiT) -> None:
-    """Another DiT shape: CheckpointError. Same shape, other weights (e.g. a fine-tuned base): a warning."""
-    if not isinstance(base, DiT):
+    """Another DiT shape (U-Net architecture): CheckpointError. Same shape, other weights (e.g. a fine-tuned base):
+    a warning."""
+    if config.base_arch:
+        check_unet_fits(config, base)
+    elif not isinstance(base, DiT):
         raise CheckpointError(f"control was trained for a DiT; this model's denoiser is a {type(base).__name__}")
-    if (config.base_hidden, config.base_depth) != (base.config.hidden, base.config.depth):
+    elif (config.base_hidden, config.base_depth) != (base.config.hidden, base.config.depth):
         raise CheckpointError(
             f"control was trained for a DiT of width {config.base_hidden} and depth {config.base_depth};"
             f" this model has {base.config.hidden} and {base.config.depth}: use the base model it was trained from"
@@ -270,6 +279,9 @@ def load_control(path: str | Path, base: DiT) -> ControlModule:
     except (TypeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable control config ({e})") from None
     check_fits(config, base)
-    module = DiTControlNet(config, base) if config.method == "controlnet" else DiTAdapter(config, base)
+    if config.base_arch:
+        module = build_unet_control(config, base)
+    else:
+        module = DiTControlNet(config, base) if config.method == "controlnet" else DiTAdapter(config, base)
     load_weights_into(module, state, path)
     return module

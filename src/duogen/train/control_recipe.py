@@ -1,4 +1,4 @@
-"""Recipe: train a ControlNet or T2I-Adapter for a trained (frozen) DiT diffusion model.
+"""Recipe: train a ControlNet or T2I-Adapter for a trained (frozen) DiT or U-Net diffusion model.
 
     train_control(model="runs/dit/final", data="runs/shapes", out="runs/ctl", method="controlnet", condition="boxes")
 
@@ -41,7 +41,7 @@ class ControlRecipeConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=100000, batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=20, min_lr_ratio=0.1,
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
-    blocks: int = 2  # the first `blocks` DiT blocks receive the control's residual
+    blocks: int = 2  # the first `blocks` DiT blocks receive the control's residual (a U-Net: its whole encoder)
     enc_channels: int = 32  # width of the condition encoder
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
@@ -125,6 +125,7 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     from ..diffusion.control import ControlConfig, make_control
     from ..diffusion.dit import DiT
     from ..diffusion.latent import LatentDiffusionModel
+    from ..diffusion.unet_control import is_unet
     from ..io import read_json
     from ..utils import count_parameters, seed_everything
     from .diffusion_recipe import encode_latents_dataset
@@ -144,8 +145,9 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     if not isinstance(conf, dict) or conf.get("kind") != "diffusion":
         raise ConfigError(f"{model_dir}: not a diffusion model directory (control for AR models is not built yet)")
     base = LatentDiffusionModel.from_pretrained(model_dir)
-    if not isinstance(base.denoiser, DiT):
-        raise ConfigError(f"{model_dir}: its denoiser is a {base.config.denoiser}; controls attach to a DiT here")
+    if not isinstance(base.denoiser, DiT) and not is_unet(base.denoiser):
+        raise ConfigError(f"{model_dir}: its denoiser is a {type(base.denoiser).__name__}; controls attach to a DiT"
+                          " or a U-Net here")
     codec = base._need_codec()
     codec_dir = model_dir / conf["codec"] if conf.get("codec") else model_dir / "codec"
 
