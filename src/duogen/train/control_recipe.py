@@ -2,7 +2,7 @@
 
     train_control(model="runs/dit/final", data="runs/shapes", out="runs/ctl", method="controlnet", condition="boxes")
 
-Steps: load the base `LatentDiffusionModel` (its DiT, text encoder and codec all frozen); encode every clip of
+Steps: load the base `LatentDiffusionModel` (its denoiser (a DiT or a U-Net), text encoder and codec all frozen); encode every clip of
 the data set once into the codec's latents (the diffusion recipe's cache, `encode_latents_dataset`, so a run
 next to a diffusion run reuses its cache), normalized like the base's training data; make a fresh control
 (`diffusion.control.make_control`, an exact no-op at step 0) and train it alone with the shared engine on the
