@@ -101,6 +101,21 @@ def test_conditions_pool_the_frames_the_codec_folds_into_each_latent_frame():
 
 
 @pytest.mark.parametrize("name", ["unet2d", "video-2+1d"])
+def test_frames_per_token_stacks_each_latent_frames_frames(name):
+    """r = 4 (the codec's 1 + 4k grouping): still an exact no-op when fresh, and each frame of a group matters."""
+    base = _base(name)
+    z, t, text, cond = _inputs()
+    ctl = make_control(ControlConfig(method="t2i-adapter", enc_channels=8, frames_per_token=4), base)
+    with torch.no_grad():
+        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text), base(z, t, text))
+        _perturb(ctl)
+        swapped = cond[:, :, [0, 2, 1, 3, 4, 5, 6, 7, 8]]  # two frames of latent frame 1's group exchanged
+        a = Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text)
+        b = Controlled(base, [ActiveControl(ctl, swapped, 1.0)])(z, t, text)
+    assert (a - b).abs().max() > 1e-4  # averaging the group would make these equal
+
+
+@pytest.mark.parametrize("name", ["unet2d", "video-2+1d"])
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients_reach_only_the_control(name, method):
     base = _base(name)

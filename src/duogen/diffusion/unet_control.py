@@ -25,7 +25,8 @@ added, times the control's scale, by hooks on the blocks they join.
 
 The condition (B, C_cond, F, H, W) in pixels is encoded per frame (3x3 convs, stride 1, 2, 2), average-pooled to the
 latent rows and columns and, along time, averaged over the frames the codec folds into each latent frame (latent
-frame 0 <- frame 0, latent frame j <- frames r(j-1)+1 .. rj for F = 1 + r(f-1); `tokenizers/layers.py`). The image
+frame 0 <- frame 0, latent frame j <- frames r(j-1)+1 .. rj for F = 1 + r(f-1); `tokenizers/layers.py`), or, with
+`frames_per_token` r, those frames stacked as channels before the convs (`group_frames`). The image
 U-Net then folds the latent frames into channels, as it does its input. Every path into the base starts at zero:
 a fresh control is an exact no-op, and scale 0 is one whatever the weights.
 """
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 from .blocks import Downsample, ResBlock, TextCond, _per_frame, zero_
 from .unet import UNet, UNetBackbone
 from .video_unet import VideoUNet
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 
 Key = tuple[str, int]  # where a residual goes: ("skip", j) the j-th skip, ("mid", 0), ("down", k) down block k's output
 
@@ -74,6 +75,17 @@ def to_latent_grid(y: Tensor, grid: tuple[int, int, int]) -> Tensor:
     return F.adaptive_avg_pool3d(y, (f, h, w))
 
 
+def group_frames(cond: Tensor, f: int, r: int) -> Tensor:
+    """(B, C, 1 + r (f - 1), H, W) -> (B, C*r, f, H, W): each latent frame's r frames stacked as channels, grouped
+    like the codec's latent frames (frame 0 alone, repeated to fill its group, then r frames at a time)."""
+    B, C, F_, H, W = cond.shape
+    if F_ != 1 + r * (f - 1):
+        raise DataError(f"control condition of {F_} frames: this control groups 1 + {r}k frames onto"
+                        f" {f} latent frames; give the model's frame count")
+    x = torch.cat([cond[:, :, :1].expand(B, C, r - 1, H, W), cond], 2)  # (B, C, f*r, H, W)
+    return x.reshape(B, C, f, r, H, W).transpose(2, 3).reshape(B, C * r, f, H, W)
+
+
 def conv_stem(cond_channels: int, width: int) -> nn.Sequential:
     """Three 3x3 convs (stride 1, 2, 2) with SiLU: a condition frame (C_cond, H, W) -> (width, H/4, W/4)."""
     return nn.Sequential(
@@ -85,16 +97,21 @@ def conv_stem(cond_channels: int, width: int) -> nn.Sequential:
 
 class LatentGridEncoder(nn.Module):
     """Condition (B, C_cond, F, H, W) -> features (B, width, f, h, w) on the latent grid of the backbone's input x
-    (video latents (B, C, f, h, w), or the image U-Net's (B, f*C, h, w)); `fold` lays them out as x is."""
+    (video latents (B, C, f, h, w), or the image U-Net's (B, f*C, h, w)); `fold` lays them out as x is.
+    With `config.frames_per_token` r > 1 each latent frame's r frames are stacked as channels before the convs
+    (`group_frames`) instead of averaged after them, so the features see where the object is in each frame."""
 
     def __init__(self, config: Any, base: UNet | VideoUNet) -> None:
         super().__init__()
-        self.net = conv_stem(config.cond_channels, config.enc_channels)
+        self.r = getattr(config, "frames_per_token", 1)
+        self.net = conv_stem(config.cond_channels * self.r, config.enc_channels)
         self.video = isinstance(base, VideoUNet)
         self.frames = 1 if self.video else max(base.config.frames, 1)  # latent frames the image U-Net folds
 
     def forward(self, cond: Tensor, x: Tensor) -> Tensor:
         grid = (x.shape[2], *x.shape[3:]) if self.video else (self.frames, *x.shape[2:])  # (f, h, w)
+        if self.r > 1:
+            cond = group_frames(cond, grid[0], self.r)  # (B, C*r, f, H, W)
         return to_latent_grid(_per_frame(self.net, cond), grid)  # (B, width, f, h, w)
 
     def fold(self, y: Tensor) -> Tensor:
