@@ -300,16 +300,21 @@ def test_overfit_one_latent_condition_pair(method, factor):
     z_t = ab**0.5 * z0 + (1 - ab) ** 0.5 * eps
     t = torch.tensor([500])
     ctl = make_control(ControlConfig(method=method, blocks=3), base)
-    model = Controlled(base, [ActiveControl(ctl, cond, 1.0)])
-    opt = torch.optim.Adam(ctl.parameters(), lr=1e-2)
+    losses = overfit_losses(Controlled(base, [ActiveControl(ctl, cond, 1.0)]), ctl, z_t, t, text, eps)
+    assert losses[-1] < losses[0] / factor, (losses[0], losses[-1])
+
+
+def overfit_losses(model, control, z_t, t, text, eps, steps: int = 60) -> list[float]:
+    """`steps` Adam steps (lr 1e-2) of `control`'s parameters on one (z_t, t, eps): the epsilon losses."""
+    opt = torch.optim.Adam(control.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(steps):
         loss = (model(z_t, t, text) - eps).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] / factor, (losses[0], losses[-1])
+    return losses
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -207,5 +207,5 @@ def test_a_trained_control_changes_the_clips_and_generate_refuses_bad_input(base
 def test_train_control_refuses_bad_input(bases, tmp_path):
     rc, _, err = _train(bases, tmp_path / "r", "train.steps=1", model=bases / "ar" / "final")
     assert rc == 2 and err.count("\n") == 1 and "AR" in err, err
-    rc, _, err = _train(bases, tmp_path / "r2", "train.steps=1", "blocks=0")
+    rc, _, err = _train(bases, tmp_path / "r2", "train.steps=1", "blocks=-1")
     assert rc == 2 and err.count("\n") == 1, err

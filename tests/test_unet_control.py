@@ -182,6 +182,19 @@ def test_two_controls_add_with_their_scales():
         assert torch.allclose(one, run(ActiveControl(net, mask.repeat(2, 1, 1, 1, 1), 1.0)), atol=1e-6)
 
 
+def test_beta_limits_a_unet_control_to_the_first_steps():
+    """beta 0.5 of 4 sampler steps: on at t = 900 and 600, the base's own output bit for bit at 300, per sample."""
+    base = _base()
+    z, _, text, cond = _inputs()
+    ctl = make_control(ControlConfig(method="controlnet", enc_channels=8), base)
+    _perturb(ctl)
+    model = Controlled(base, [ActiveControl(ctl, cond, 1.0, beta=0.5)], timesteps=torch.tensor([900, 600, 300, 0]))
+    t = torch.tensor([900, 300])  # one sample in the control's steps, one past them
+    with torch.no_grad():
+        out, ref = model(z, t, text), base(z, t, text)
+    assert torch.equal(out[1], ref[1]) and (out[0] - ref[0]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("name", ["unet2d", "video-3d-joint"])
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip_and_refusals(tmp_path, name, method):

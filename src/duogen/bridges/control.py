@@ -33,12 +33,15 @@ def parse_control(spec: str | tuple[Any, float]) -> tuple[Path, float]:
 
 
 def load_control_run(directory: Path, dit: Any) -> Any:
-    """The control in `directory` for `dit`; CheckpointError when it was trained for another base model."""
+    """The control in `directory` for `dit` (a DiT, or a `LatentDiffusionModel`: its DiT, and its text encoder for
+    GLIGEN's phrases); CheckpointError when it was trained for another base model."""
     from ..diffusion.control import base_fingerprint, load_control
 
+    text_encoder = getattr(dit, "text_encoder", None)
+    dit = getattr(dit, "denoiser", dit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # same shape, other weights: refused below, not warned
-        module = load_control(directory / "control.safetensors", dit)
+        module = load_control(directory / "control.safetensors", dit, text_encoder)
     if module.config.base_fingerprint and module.config.base_fingerprint != base_fingerprint(dit):
         raise CheckpointError(f"{directory}: this control was trained for another base model; use the model it names"
                               " in its control.json")
@@ -92,9 +95,10 @@ def condition_from_file(kind: str, path: str | Path, frames: int, size: int, mod
     return condition_for(module, kind, frames=frames, size=size, **read_condition_file(kind, path, frames, size))
 
 
-def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, Any] | None) -> list[Any]:
+def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, Any] | None,
+                    beta: float = 1.0) -> list[Any]:
     """Controls for `model` (a `LatentDiffusionModel`): "RUN[:scale]" / (run, scale) specs, read against one
-    `condition` (kind, file), or `ActiveControl`s as they are."""
+    `condition` (kind, file) and acting for the first `beta` of the sampling steps, or `ActiveControl`s as they are."""
     from ..diffusion.control import ActiveControl
 
     out, codec = [], model._need_codec()
@@ -105,7 +109,7 @@ def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, A
         if condition is None:
             raise ConfigError("a control needs a condition: boxes (a JSON file), mask or edges (a video file)")
         d, scale = parse_control(c)
-        module = load_control_run(d, model.denoiser)
+        module = load_control_run(d, model)
         cond = condition_from_file(condition[0], condition[1], int(codec.cfg.frames), int(codec.cfg.size), module)
-        out.append(ActiveControl(module.to(next(model.denoiser.parameters()).device), cond, scale))
+        out.append(ActiveControl(module.to(next(model.denoiser.parameters()).device), cond, scale, beta))
     return out

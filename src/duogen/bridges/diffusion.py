@@ -71,13 +71,15 @@ class DiffusionGenerator:
         start_step: int | None = None,
         controls: Sequence[Any] = (),
         condition: tuple[str, Any] | None = None,
+        control_beta: float = 1.0,
         **ar_only: Any,
     ) -> GenerationResult:
         """Clips for `prompts` (n each); start from `noise` (x_T, (B, C, f, h, w), e.g. a result's `noise`), or
         from `latents` at step `start_step` of `steps` (SDEdit: `model.timesteps(steps)[start_step]` is its noise
         level; start_step = steps decodes them as they are). B = len(prompts) * n. `controls`: "RUN[:scale]" of
         `duogen train control` runs (or `ActiveControl`s) read against `condition` = (boxes | mask | edges, FILE);
-        sampled through `diffusion.control.Controlled` (`bridges/control.py`)."""
+        sampled through `diffusion.control.Controlled` (`bridges/control.py`); `control_beta` < 1 makes those runs
+        act only in the first `control_beta` of the steps (GLIGEN's scheduled sampling)."""
         import torch
 
         if isinstance(prompts, str):
@@ -108,7 +110,8 @@ class DiffusionGenerator:
             from ..diffusion.control import Controlled
             from .control import active_controls
 
-            self.model.denoiser = Controlled(base, active_controls(self.model, controls, condition))
+            self.model.denoiser = Controlled(base, active_controls(self.model, controls, condition, control_beta),
+                                             timesteps=self.model.timesteps(steps))
         try:
             z = self.model.sample_latents(list(prompts), n=n, seed=seed, steps=steps, sampler=sampler, guidance=g,
                                           guidance_rescale=guidance_rescale, eta=eta, ddpm_variance=ddpm_variance,

@@ -210,26 +210,20 @@ def check_unet_fits(config: Any, base: Any) -> None:
                               f" {describe(base)}: use the base model it was trained from")
 
 
-def _batched(cond: Tensor, batch: int) -> Tensor:
-    """A condition of batch 1 or a divisor of `batch` (guidance doubles it) repeated to `batch`."""
-    if cond.shape[0] == batch:
-        return cond
-    if batch % cond.shape[0]:
-        raise ValueError(f"control condition batch {cond.shape[0]} does not divide the batch {batch}")
-    return cond.repeat(batch // cond.shape[0], *([1] * (cond.dim() - 1)))
-
-
-def unet_forward(base: UNet | VideoUNet, live: list[Any], z_t: Tensor, t: Tensor | float, cond: TextCond | None) -> Tensor:
-    """`base(z_t, t, cond)` with each live control's residuals (times its `.scale`) added where they go."""
+def unet_forward(base: UNet | VideoUNet, live: list[tuple[UNetControl, Tensor, Tensor | float]], z_t: Tensor,
+                 t: Tensor | float, cond: TextCond | None) -> Tensor:
+    """`base(z_t, t, cond)` with each live (control, its condition (B, C_cond, F, H, W), scale)'s residuals times
+    the scale (a float, or a (B, 1, 1) tensor that switches samples on or off: `Controlled`'s beta) added where
+    they go."""
     bb = base.backbone
     added: dict[Key, Tensor] = {}
 
     def pre(_m: nn.Module, args: tuple) -> None:
         x, t_, text = args  # the backbone's input, (B,) timesteps, text
-        for a in live:
-            c = _batched(a.condition.to(x.device, x.dtype), x.shape[0])
-            for key, r in a.module.residuals(x, t_, text, c).items():
-                added[key] = added[key] + a.scale * r if key in added else a.scale * r
+        for module, c, s in live:
+            for key, r in module.residuals(x, t_, text, c.to(x.device, x.dtype)).items():
+                sr = s.reshape(-1, *([1] * (r.dim() - 1))) * r if isinstance(s, Tensor) else s * r
+                added[key] = added[key] + sr if key in added else sr
 
     def add_out(key: Key):
         def hook(_m: nn.Module, _args: tuple, out: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Recipe: train a ControlNet or T2I-Adapter for a trained (frozen) DiT or U-Net diffusion model.
+"""Recipe: train a ControlNet, T2I-Adapter or GLIGEN for a trained (frozen) DiT diffusion model (a U-Net: ControlNet
+or T2I-Adapter).
 
     train_control(model="runs/dit/final", data="runs/shapes", out="runs/ctl", method="controlnet", condition="boxes")
 
@@ -10,6 +11,9 @@ base's own loss (`LatentDiffusionModel.forward`: caption dropout, t ~ U, eps ~ N
 type) with the base's denoiser wrapped in `Controlled`. The condition of each clip comes from the world's ground
 truth, per clip on the fly (`data.conditions.condition_clip`): `boxes` rasterises the clip's `boxes` column,
 `mask` is the clip's objects (the shapes world is black elsewhere), `edges` the clip's Sobel edges.
+GLIGEN reads boxes only, with each object's phrase from the world's attributes ("a red circle",
+`data.conditions.clip_tracks`), as grounding tokens the control builds itself (`make_condition`, the phrases
+pooled by the base's frozen text encoder) and batches with its own `collate_conditions`.
 
 `final/` holds only the control: `control.safetensors` (`save_control`) and `control.json` (method, condition,
 the base directory and the SHA-256 of its `model.safetensors`). The base directory is never written.
@@ -33,7 +37,7 @@ from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import load_split, resolve_cache_dir
 
 CONTROL_FILE, CONTROL_JSON = "control.safetensors", "control.json"
-METHODS = ("controlnet", "t2i-adapter")
+METHODS = ("controlnet", "t2i-adapter", "gligen")
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ControlRecipeConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=100000, batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=20, min_lr_ratio=0.1,
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
-    blocks: int = 2  # the first `blocks` DiT blocks receive the control's residual (a U-Net: its whole encoder)
+    blocks: int = 0  # the first `blocks` DiT blocks are controlled; 0 = the method's default (2; GLIGEN: every block)
     enc_channels: int = 32  # width of the condition encoder
     frames_per_token: int = 1  # 1: condition frames averaged per token; the codec's temporal factor (4): stacked
     split: str = "train"
@@ -49,16 +53,19 @@ class ControlRecipeConfig:
     cache_dir: str = ""  # "" = OUT/../.cache
 
     def check(self) -> None:
-        if self.blocks < 1 or self.enc_channels < 1 or self.frames_per_token < 1:
-            raise ConfigError("blocks, enc_channels and frames_per_token must be >= 1")
+        if self.blocks < 0 or self.enc_channels < 1 or self.frames_per_token < 1:
+            raise ConfigError("blocks must be >= 0 (0: the method's default), enc_channels and frames_per_token >= 1")
 
 
 class ConditionRecords:
-    """Index -> normalized latents, text ids / mask and the clip's condition (1, F, H, W) float, made on the fly."""
+    """Index -> normalized latents, text ids / mask and the clip's condition, made on the fly: (1, F, H, W) float,
+    or what `module.make_condition` builds from the clip's box tracks (GLIGEN: a `Grounding` of batch 1)."""
 
-    def __init__(self, split: Any, kind: str, latents: Any, ids: Any, mask: Any, frames: int, size: int):
+    def __init__(self, split: Any, kind: str, latents: Any, ids: Any, mask: Any, frames: int, size: int,
+                 module: Any = None):
         self.split, self.kind, self.latents, self.ids, self.mask = split, kind, latents, ids, mask
         self.frames, self.size = frames, size
+        self.make = getattr(module, "make_condition", None)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -69,6 +76,13 @@ class ConditionRecords:
         from ..data.conditions import BoxTrack, condition_clip
 
         row = self.split[int(i)]
+        if self.make is not None:
+            from ..data.conditions import clip_tracks
+            from ..data.shapes import Clip
+
+            tracks = clip_tracks(Clip(None, row["caption"], row["attributes"], np.asarray(row["boxes"])))
+            return {"latents": self.latents[i], "text_ids": self.ids[i], "text_mask": self.mask[i],
+                    "condition": self.make(self.kind, frames=self.frames, size=self.size, tracks=tracks)}
         if self.kind == "boxes":
             tracks = [BoxTrack("", np.asarray(b, np.float64)) for b in row["boxes"]]
             c = condition_clip("boxes", self.frames, self.size, tracks=tracks)
@@ -96,6 +110,21 @@ class ControlTrainer(nn.Module):
             return self.base(batch)
         finally:
             self.base.denoiser = denoiser
+
+
+def module_collate(module: Any):
+    """The engine's `collate` for a control that batches its own conditions (None: the default collate)."""
+    collate = getattr(module, "collate_conditions", None)
+    if collate is None:
+        return None
+
+    def fn(items: list[dict[str, Any]]) -> dict[str, Any]:
+        from torch.utils.data import default_collate
+
+        out = default_collate([{k: v for k, v in it.items() if k != "condition"} for it in items])
+        return {**out, "condition": collate([it["condition"] for it in items])}
+
+    return fn
 
 
 def control_saver(model_dir: Path, method: str, condition: str):
@@ -137,6 +166,9 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if condition not in CONDITIONS:
         raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
+    if method == "gligen" and condition != "boxes":
+        raise ConfigError(f"--method gligen grounds boxes with phrases, not {condition}: use --condition boxes"
+                          " (controlnet or t2i-adapter read mask / edges)")
     cfg = cfglib.load(ControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
     cfg.train = apply_resume(cfg.train, resume)
     if not cfg.train.trainable:  # checkpoints and EMA hold the control alone; resuming checks the base is the same
@@ -149,6 +181,9 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     if not isinstance(base.denoiser, DiT) and not is_unet(base.denoiser):
         raise ConfigError(f"{model_dir}: its denoiser is a {type(base.denoiser).__name__}; controls attach to a DiT"
                           " or a U-Net here")
+    if is_unet(base.denoiser) and method == "gligen":
+        raise ConfigError(f"{model_dir}: its denoiser is a U-Net; --method gligen attaches to a DiT (a U-Net takes"
+                          " controlnet or t2i-adapter)")
     codec = base._need_codec()
     codec_dir = model_dir / conf["codec"] if conf.get("codec") else model_dir / "codec"
 
@@ -163,18 +198,19 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
         raise ConfigError(f"the clips of {data} make latents {list(latents.shape[1:])}; {model_dir} was trained on"
                           f" {list(base.config.latent)}: use data of the base model's clip size")
     ids, mask = base.text_encoder.tokenize(list(split["caption"]), strict=False)  # (N, T) each
-    records = ConditionRecords(split, condition, latents, ids, mask, frames, size)
-
     seed_everything(seed)
-    control = make_control(ControlConfig(method=method, cond_channels=1, blocks=cfg.blocks,
-                                         enc_channels=cfg.enc_channels, frames_per_token=cfg.frames_per_token),
-                           base.denoiser)
+    blocks = cfg.blocks or (base.denoiser.config.depth if method == "gligen" else 2)
+    control = make_control(ControlConfig(method=method, cond_channels=1, blocks=blocks, enc_channels=cfg.enc_channels,
+                                         frames_per_token=cfg.frames_per_token),
+                           base.denoiser, text_encoder=base.text_encoder)
+    records = ConditionRecords(split, condition, latents, ids, mask, frames, size, control)
     trainer = ControlTrainer(base, control)
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
         return LossOutput(m(batch), int(batch["latents"].shape[0]), {})
 
     summary = fit(trainer, loss_fn, records, cfg.train, out, save_model=control_saver(model_dir, method, condition),
+                  collate=module_collate(control),
                   run_config={**cfglib.to_dict(cfg), "model": str(model_dir.resolve()), "data": str(data.resolve()),
                               "method": method, "condition": condition})
     return {**vars(summary), "final": str(out / "final"), "method": method, "condition": condition,
