@@ -342,3 +342,9 @@ def test_generate_with_two_unet_controls_and_refusals(unet_run, tmp_path):
                                         (model, tmp_path / "dit-ctl", "trained for a DiT")]):
         rc, _, err = _gen(m, tmp_path / f"bad{k}", "--control", str(run), "--boxes", str(boxes))
         assert rc == 2 and err.count("\n") == 1 and says in err, (k, err)
+
+
+def test_train_control_refuses_gligen_on_a_unet(unet_run, tmp_path):
+    rc, _, err = _train(unet_run, tmp_path / "g", "train.steps=1", method="gligen")
+    assert rc == 2 and err.count("\n") == 1 and "gligen attaches to a DiT" in err, err
+    assert not (tmp_path / "g" / "final").exists()
