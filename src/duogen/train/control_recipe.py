@@ -46,13 +46,14 @@ class ControlRecipeConfig:
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
     blocks: int = 0  # the first `blocks` DiT blocks are controlled; 0 = the method's default (2; GLIGEN: every block)
     enc_channels: int = 32  # width of the condition encoder
+    gate_gain: float = 1.0  # GLIGEN: gates tanh(gate_gain * gamma) (1 = the paper's)
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache
 
     def check(self) -> None:
-        if self.blocks < 0 or self.enc_channels < 1:
-            raise ConfigError("blocks must be >= 0 (0: the method's default) and enc_channels >= 1")
+        if self.blocks < 0 or self.enc_channels < 1 or self.gate_gain <= 0:
+            raise ConfigError("blocks must be >= 0 (0: the method's default), enc_channels >= 1, gate_gain > 0")
 
 
 class ConditionRecords:
@@ -193,8 +194,8 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     ids, mask = base.text_encoder.tokenize(list(split["caption"]), strict=False)  # (N, T) each
     seed_everything(seed)
     blocks = cfg.blocks or (base.denoiser.config.depth if method == "gligen" else 2)
-    control = make_control(ControlConfig(method=method, cond_channels=1, blocks=blocks, enc_channels=cfg.enc_channels),
-                           base.denoiser, text_encoder=base.text_encoder)
+    control = make_control(ControlConfig(method=method, cond_channels=1, blocks=blocks, enc_channels=cfg.enc_channels,
+                                         gate_gain=cfg.gate_gain), base.denoiser, text_encoder=base.text_encoder)
     records = ConditionRecords(split, condition, latents, ids, mask, frames, size, control)
     trainer = ControlTrainer(base, control)
 
