@@ -57,6 +57,10 @@ class ConditionRecords:
     """Index -> normalized latents, text ids / mask and the clip's condition (1, F, H, W) float, made on the fly."""
 
     def __init__(self, split: Any, kind: str, latents: Any, ids: Any, mask: Any, frames: int, size: int):
+        from ..data import with_uint8_video
+
+        # only the column the condition needs, the video as uint8 numpy: a full row decodes the clip as Python lists
+        split = split.select_columns(["boxes"]) if kind == "boxes" else with_uint8_video(split.select_columns(["video"]))
         self.split, self.kind, self.latents, self.ids, self.mask = split, kind, latents, ids, mask
         self.frames, self.size = frames, size
 
