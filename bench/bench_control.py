@@ -68,7 +68,7 @@ def load_control(gen: Any, directory: Path) -> Any:
     """The control module of a run for this generator (a DiT denoiser's control, or an AR model's)."""
     from duogen.bridges.control import load_control_run
 
-    return load_control_run(directory, gen.model.denoiser if gen.kind == "diffusion" else gen.model)
+    return load_control_run(directory, gen.model)  # a diffusion model: its DiT, and its text encoder for GLIGEN
 
 
 def active(module: Any, condition: Any, scale: float, beta: float | None) -> Any:

@@ -44,7 +44,7 @@ def _inputs(batch: int = 2):
 def test_fresh_gligen_is_a_bit_equal_no_op_and_scale_zero_too():
     base = _base()
     z, t, text, ground = _inputs()
-    ctl = make_control(ControlConfig(method="gligen", blocks=3), base)
+    ctl = make_control(ControlConfig(method="gligen", blocks=3, gate_gain=10.0), base)  # tanh(10 * 0) = 0 too
     with torch.no_grad():
         ref, ref_notext = base(z, t, text), base(z, t, None)
         assert torch.equal(Controlled(base, [ActiveControl(ctl, ground, 1.0)])(z, t, text), ref)
@@ -166,7 +166,7 @@ def test_save_load_round_trip_and_another_base_refused(tmp_path):
 
     base = _base()
     z, t, text, ground = _inputs()
-    ctl = make_control(ControlConfig(method="gligen", blocks=2, fourier_freqs=4), base)
+    ctl = make_control(ControlConfig(method="gligen", blocks=2, fourier_freqs=4, gate_gain=3.0), base)
     _perturb(ctl)
     path = save_control(ctl, tmp_path / "run" / "control.safetensors")
     back = load_control(path, base)

@@ -64,8 +64,9 @@ class ControlConfig:
     cond_channels: int = 1  # channels of the condition clip (1: a mask, edges or rasterised boxes)
     blocks: int = 2  # the first `blocks` DiT blocks receive a residual (ControlNet copies them)
     enc_channels: int = 32  # width of the condition encoder
-    frames_per_token: int = 1  # 1: condition frames averaged onto the token grid; r: the codec's 1 + r*k grouping, stacked
     fourier_freqs: int = 8  # GLIGEN: Fourier frequencies per box coordinate (the authors' 8)
+    gate_gain: float = 1.0  # GLIGEN: gates tanh(gate_gain * gamma); > 1 opens them faster under a short budget
+    frames_per_token: int = 1  # 1: condition frames averaged onto the token grid; r: the codec's 1 + r*k grouping, stacked
     base_hidden: int = 0  # the DiT's width / depth this control was made for (filled by `make_control`)
     base_depth: int = 0
     base_fingerprint: str = ""  # sha256 of the base's weights at `make_control` (another base of the same shape: a warning)
@@ -74,8 +75,10 @@ class ControlConfig:
     def check(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"control: method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if min(self.cond_channels, self.blocks, self.enc_channels, self.frames_per_token, self.fourier_freqs) < 1:
-            raise ConfigError("control: cond_channels, blocks, enc_channels, frames_per_token and fourier_freqs must be >= 1")
+        if (self.cond_channels < 1 or self.blocks < 1 or self.enc_channels < 1 or self.frames_per_token < 1
+                or self.fourier_freqs < 1 or self.gate_gain <= 0):
+            raise ConfigError("control: cond_channels, blocks, enc_channels, frames_per_token and fourier_freqs must be"
+                              " >= 1, gate_gain > 0")
         if self.base_depth and self.blocks > self.base_depth:
             raise ConfigError(f"control: blocks={self.blocks} exceeds the DiT's depth {self.base_depth}")
 

@@ -110,8 +110,9 @@ class GroundingTokens(nn.Module):
 class GatedSelfAttention(nn.Module):
     """v (B, L, D), h^e (B, M, D) -> the update g (B, L, D): v + g is GLIGEN's gated self-attention + dense step."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, gain: float = 1.0) -> None:
         super().__init__()
+        self.gain = gain  # tanh(gain * gamma): under Adam, gamma learns `gain` times faster (1 = the paper's)
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, kind="self")
         self.norm2, self.ff = nn.LayerNorm(dim), FeedForward(dim, 4.0)
         self.gamma_attn = nn.Parameter(torch.zeros(()))  # tanh(0) = 0: the layer starts as an exact no-op
@@ -119,8 +120,9 @@ class GatedSelfAttention(nn.Module):
 
     def forward(self, v: Tensor, h: Tensor, scale: Tensor | float) -> Tensor:
         L = v.shape[1]
-        a = scale * torch.tanh(self.gamma_attn) * self.attn(self.norm1(torch.cat([v, h], 1)))[:, :L]  # TS(SA([v, h]))
-        return a + scale * torch.tanh(self.gamma_dense) * self.ff(self.norm2(v + a))
+        gate_a, gate_d = torch.tanh(self.gain * self.gamma_attn), torch.tanh(self.gain * self.gamma_dense)
+        a = scale * gate_a * self.attn(self.norm1(torch.cat([v, h], 1)))[:, :L]  # TS(SA([v, h]))
+        return a + scale * gate_d * self.ff(self.norm2(v + a))
 
 
 class DiTGligen(nn.Module):
@@ -131,7 +133,7 @@ class DiTGligen(nn.Module):
         self.config = config
         d = base.config.hidden
         self.tokens = GroundingTokens(base.config.context_dim, config.fourier_freqs, d)
-        self.layers = nn.ModuleList([GatedSelfAttention(d, base.config.heads) for _ in range(config.blocks)])
+        self.layers = nn.ModuleList([GatedSelfAttention(d, base.config.heads, config.gate_gain) for _ in range(config.blocks)])
         self.attach_text_encoder(text_encoder)
 
     def attach_text_encoder(self, text_encoder: Any) -> None:

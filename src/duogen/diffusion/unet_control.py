@@ -199,7 +199,8 @@ UNetControl = UNetControlNet | UNetAdapter
 def build_unet_control(config: Any, base: UNet | VideoUNet) -> UNetControl:
     """The control `config.method` names for `base` (`config` filled in by `control.make_control` / read back)."""
     if config.method not in ("controlnet", "t2i-adapter"):
-        raise ConfigError(f"control: method {config.method!r} attaches to a DiT; on a U-Net choose controlnet or t2i-adapter")
+        raise ConfigError(f"control: method {config.method!r} attaches to a DiT; on a U-Net choose controlnet or"
+                          " t2i-adapter")
     return UNetControlNet(config, base) if config.method == "controlnet" else UNetAdapter(config, base)
 
 

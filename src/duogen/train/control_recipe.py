@@ -3,9 +3,9 @@ or T2I-Adapter).
 
     train_control(model="runs/dit/final", data="runs/shapes", out="runs/ctl", method="controlnet", condition="boxes")
 
-Steps: load the base `LatentDiffusionModel` (its denoiser (a DiT or a U-Net), text encoder and codec all frozen); encode every clip of
-the data set once into the codec's latents (the diffusion recipe's cache, `encode_latents_dataset`, so a run
-next to a diffusion run reuses its cache), normalized like the base's training data; make a fresh control
+Steps: load the base `LatentDiffusionModel` (its denoiser (a DiT or a U-Net), text encoder and codec all frozen);
+encode every clip of the data set once into the codec's latents (the diffusion recipe's cache,
+`encode_latents_dataset`, so a run next to a diffusion run reuses its cache), normalized like the base's training data; make a fresh control
 (`diffusion.control.make_control`, an exact no-op at step 0) and train it alone with the shared engine on the
 base's own loss (`LatentDiffusionModel.forward`: caption dropout, t ~ U, eps ~ N(0, I), the base's prediction
 type) with the base's denoiser wrapped in `Controlled`. The condition of each clip comes from the world's ground
@@ -47,14 +47,16 @@ class ControlRecipeConfig:
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
     blocks: int = 0  # the first `blocks` DiT blocks are controlled; 0 = the method's default (2; GLIGEN: every block)
     enc_channels: int = 32  # width of the condition encoder
+    gate_gain: float = 1.0  # GLIGEN: gates tanh(gate_gain * gamma) (1 = the paper's)
     frames_per_token: int = 1  # 1: condition frames averaged per token; the codec's temporal factor (4): stacked
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache
 
     def check(self) -> None:
-        if self.blocks < 0 or self.enc_channels < 1 or self.frames_per_token < 1:
-            raise ConfigError("blocks must be >= 0 (0: the method's default), enc_channels and frames_per_token >= 1")
+        if self.blocks < 0 or self.enc_channels < 1 or self.frames_per_token < 1 or self.gate_gain <= 0:
+            raise ConfigError("blocks must be >= 0 (0: the method's default), enc_channels and frames_per_token >= 1,"
+                              " gate_gain > 0")
 
 
 class ConditionRecords:
@@ -63,6 +65,11 @@ class ConditionRecords:
 
     def __init__(self, split: Any, kind: str, latents: Any, ids: Any, mask: Any, frames: int, size: int,
                  module: Any = None):
+        from ..data import with_uint8_video
+
+        # only the columns the condition needs, the video as uint8 numpy: a full row decodes the clip as Python lists
+        split = (split.select_columns(["boxes", "attributes"]) if kind == "boxes"
+                 else with_uint8_video(split.select_columns(["video"])))
         self.split, self.kind, self.latents, self.ids, self.mask = split, kind, latents, ids, mask
         self.frames, self.size = frames, size
         self.make = getattr(module, "make_condition", None)
@@ -80,7 +87,7 @@ class ConditionRecords:
             from ..data.conditions import clip_tracks
             from ..data.shapes import Clip
 
-            tracks = clip_tracks(Clip(None, row["caption"], row["attributes"], np.asarray(row["boxes"])))
+            tracks = clip_tracks(Clip(None, "", row["attributes"], np.asarray(row["boxes"])))
             return {"latents": self.latents[i], "text_ids": self.ids[i], "text_mask": self.mask[i],
                     "condition": self.make(self.kind, frames=self.frames, size=self.size, tracks=tracks)}
         if self.kind == "boxes":
@@ -201,7 +208,7 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     seed_everything(seed)
     blocks = cfg.blocks or (base.denoiser.config.depth if method == "gligen" else 2)
     control = make_control(ControlConfig(method=method, cond_channels=1, blocks=blocks, enc_channels=cfg.enc_channels,
-                                         frames_per_token=cfg.frames_per_token),
+                                         frames_per_token=cfg.frames_per_token, gate_gain=cfg.gate_gain),
                            base.denoiser, text_encoder=base.text_encoder)
     records = ConditionRecords(split, condition, latents, ids, mask, frames, size, control)
     trainer = ControlTrainer(base, control)
