@@ -54,6 +54,7 @@ class ControlConfig:
     cond_channels: int = 1  # channels of the condition clip (1: a mask, edges or rasterised boxes)
     blocks: int = 2  # the first `blocks` DiT blocks receive a residual (ControlNet copies them)
     enc_channels: int = 32  # width of the condition encoder
+    frames_per_token: int = 1  # 1: condition frames averaged onto the token grid; r: the codec's 1 + r*k grouping, stacked
     base_hidden: int = 0  # the DiT's width / depth this control was made for (filled by `make_control`)
     base_depth: int = 0
     base_fingerprint: str = ""  # sha256 of the base's weights at `make_control` (another base of the same shape: a warning)
@@ -61,8 +62,8 @@ class ControlConfig:
     def check(self) -> None:
         if self.method not in ("controlnet", "t2i-adapter"):
             raise ConfigError(f"control: method {self.method!r}; choose controlnet or t2i-adapter")
-        if self.cond_channels < 1 or self.blocks < 1 or self.enc_channels < 1:
-            raise ConfigError("control: cond_channels, blocks and enc_channels must be >= 1")
+        if self.cond_channels < 1 or self.blocks < 1 or self.enc_channels < 1 or self.frames_per_token < 1:
+            raise ConfigError("control: cond_channels, blocks, enc_channels and frames_per_token must be >= 1")
         if self.base_depth and self.blocks > self.base_depth:
             raise ConfigError(f"control: blocks={self.blocks} exceeds the DiT's depth {self.base_depth}")
 
@@ -70,24 +71,39 @@ class ControlConfig:
 class ConditionEncoder(nn.Module):
     """Condition (B, C_cond, F, H, W) -> tokens (B, f*h*w, D) on the DiT's token grid (f, h, w).
 
-    Three 3x3 convs (stride 1, 2, 2) per frame with SiLU, then an average pool to the grid.
+    Three 3x3 convs (stride 1, 2, 2) per frame with SiLU, then an average pool to the grid. With
+    `frames_per_token` r > 1 the frames are grouped like the codec's latent frames (frame 0 alone, then r at a
+    time; F = 1 + r (f - 1)) and each group's frames are stacked as channels before the convs (frame 0 repeated
+    to fill its group), so a token sees where the object is in each of its frames instead of their average.
     """
 
-    def __init__(self, cond_channels: int, width: int, out_dim: int) -> None:
+    def __init__(self, cond_channels: int, width: int, out_dim: int, frames_per_token: int = 1) -> None:
         super().__init__()
+        self.r = frames_per_token
         self.net = nn.Sequential(
-            nn.Conv2d(cond_channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(cond_channels * frames_per_token, width, 3, padding=1), nn.SiLU(),
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
         )  # fmt: skip
         self.proj = nn.Linear(width, out_dim)
 
     def forward(self, cond: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        if self.r > 1:
+            cond = self.group_frames(cond, grid[0])  # (B, C*r, f, H, W)
         B, C, F_, H, W = cond.shape
         y = self.net(cond.transpose(1, 2).reshape(B * F_, C, H, W))  # (B*F, width, H/4, W/4)
         y = y.reshape(B, F_, *y.shape[1:]).transpose(1, 2)  # (B, width, F, H/4, W/4)
         y = nn.functional.adaptive_avg_pool3d(y, grid)  # (B, width, f, h, w)
         return self.proj(y.flatten(2).transpose(1, 2))  # (B, f*h*w, D)
+
+    def group_frames(self, cond: Tensor, f: int) -> Tensor:
+        """(B, C, 1 + r (f - 1), H, W) -> (B, C*r, f, H, W): frame 0 repeated r times, then r frames per group."""
+        B, C, F_, H, W = cond.shape
+        if F_ != 1 + self.r * (f - 1):
+            raise DataError(f"control condition of {F_} frames: this control groups 1 + {self.r}k frames onto"
+                            f" {f} latent frames; give the model's frame count")
+        x = torch.cat([cond[:, :, :1].expand(B, C, self.r - 1, H, W), cond], 2)  # (B, C, f*r, H, W)
+        return x.reshape(B, C, f, self.r, H, W).transpose(2, 3).reshape(B, C * self.r, f, H, W)
 
 
 class DiTControlNet(nn.Module):
@@ -97,7 +113,7 @@ class DiTControlNet(nn.Module):
         super().__init__()
         self.config = config
         d = base.config.hidden
-        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d)
+        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d, config.frames_per_token)
         self.hint = zero_(nn.Linear(d, d))  # Z(c; Theta_z1)
         self.blocks = copy.deepcopy(base.blocks[: config.blocks])  # Theta_c, initialised from the base
         for p in self.blocks.parameters():
@@ -120,7 +136,7 @@ class DiTAdapter(nn.Module):
         super().__init__()
         self.config = config
         d = base.config.hidden
-        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d)
+        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d, config.frames_per_token)
         self.body = nn.Sequential(nn.SiLU(), nn.Linear(d, d), nn.SiLU())
         self.heads = nn.ModuleList([zero_(nn.Linear(d, d)) for _ in range(config.blocks)])
 

@@ -43,19 +43,24 @@ class ControlRecipeConfig:
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
     blocks: int = 2  # the first `blocks` DiT blocks receive the control's residual
     enc_channels: int = 32  # width of the condition encoder
+    frames_per_token: int = 1  # 1: condition frames averaged per token; the codec's temporal factor (4): stacked
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache
 
     def check(self) -> None:
-        if self.blocks < 1 or self.enc_channels < 1:
-            raise ConfigError("blocks and enc_channels must be >= 1")
+        if self.blocks < 1 or self.enc_channels < 1 or self.frames_per_token < 1:
+            raise ConfigError("blocks, enc_channels and frames_per_token must be >= 1")
 
 
 class ConditionRecords:
     """Index -> normalized latents, text ids / mask and the clip's condition (1, F, H, W) float, made on the fly."""
 
     def __init__(self, split: Any, kind: str, latents: Any, ids: Any, mask: Any, frames: int, size: int):
+        from ..data import with_uint8_video
+
+        # only the column the condition needs, the video as uint8 numpy: a full row decodes the clip as Python lists
+        split = split.select_columns(["boxes"]) if kind == "boxes" else with_uint8_video(split.select_columns(["video"]))
         self.split, self.kind, self.latents, self.ids, self.mask = split, kind, latents, ids, mask
         self.frames, self.size = frames, size
 
@@ -164,7 +169,8 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
 
     seed_everything(seed)
     control = make_control(ControlConfig(method=method, cond_channels=1, blocks=cfg.blocks,
-                                         enc_channels=cfg.enc_channels), base.denoiser)
+                                         enc_channels=cfg.enc_channels, frames_per_token=cfg.frames_per_token),
+                           base.denoiser)
     trainer = ControlTrainer(base, control)
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
