@@ -227,6 +227,9 @@ def test_train_saves_only_the_changed_tensors_and_leaves_the_base_alone(bases, r
     base = MultimodalLM.from_pretrained(bases / "ar" / "final")
     ctl = load_control_run(final, base)
     assert ctl.config.condition == "boxes" and "<bin0>" in ctl.model.vocab.tokens and "<bin0>" not in base.vocab.tokens
+    mask = load_control_run(runs / "mask" / "final", base)  # no codec given: the one the run recorded
+    video = np.zeros((9, 32, 32, 3), np.uint8)
+    assert mask.make_condition("mask", frames=9, size=32, video=video).shape == (1, *base.spec.latent)
 
 
 def test_resume_is_exact(bases, tmp_path):

@@ -53,6 +53,7 @@ class TokenControlConfig:
     frames: int = 9  # the codec's clip: frames and side in pixels
     size: int = 32
     base_fingerprint: str = ""  # `model_fingerprint` of the base it was made from
+    codec: str = ""  # the codec that tokenizes mask / edges conditions (the base's), when the loader is given none
 
     @property
     def task(self) -> str:
@@ -250,6 +251,10 @@ def load_token_control(path: str | Path, config: dict[str, Any], base: Any, code
     if cfg.base_fingerprint and cfg.base_fingerprint != model_fingerprint(base):
         raise CheckpointError(f"{path}: this control was trained for another base model; use the model its"
                               " control.json names")
+    if codec is None and cfg.condition != "boxes" and cfg.codec and Path(cfg.codec).is_dir():
+        from ..tokenizers import load as load_codec
+
+        codec = load_codec(cfg.codec)
     model = make_token_control(base, cfg)
     state, own = load_state_dict(path), model.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]

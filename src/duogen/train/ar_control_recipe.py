@@ -170,7 +170,7 @@ def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, me
     seed_everything(seed)
     ccfg = TokenControlConfig(condition=condition, bins=cfg.bins, max_objects=cfg.max_objects,
                               phrase_tokens=cfg.phrase_tokens, frames=frames, size=size,
-                              base_fingerprint=model_fingerprint(base))
+                              base_fingerprint=model_fingerprint(base), codec=str(Path(codec_dir).resolve()))
     ctl = make_token_control(base, ccfg, seed=seed)
     if condition == "boxes":
         lay = LayoutTokens(ctl, ccfg)
