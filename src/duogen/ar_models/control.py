@@ -39,7 +39,9 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, DataError
 
 CONDITIONS = ("boxes", "mask", "edges")
-TASK_INIT = {"control": "<inpaint>", "layout": "<t2v>"}  # a new task token's rows start as this one's
+# a new task token's rows start as <t2v>'s: every control steers t2v, the one task every base trained (the
+# reference AR trained only t2v: its <inpaint> row never got a gradient)
+TASK_INIT = {"control": "<t2v>", "layout": "<t2v>"}
 
 
 @dataclass
