@@ -19,30 +19,49 @@ def add_train_control(train: Any) -> None:
     """Register `control` in the `train` group."""
 
     def run(a: argparse.Namespace) -> dict[str, Any]:
-        from .train.control_recipe import train_control
+        from pathlib import Path
 
-        return train_control(a.model, a.data, a.out, method=a.method, condition=a.condition, overrides=a.overrides,
-                             seed=a.seed, resume=a.resume)
+        from .io import read_json
+
+        conf = read_json(Path(a.model) / "config.json")
+        if isinstance(conf, dict) and conf.get("kind") == "ar":  # AR methods: train/ar_control_recipe.py
+            from .train.ar_control_recipe import train_ar_control as train
+        else:
+            from .train.control_recipe import train_control as train
+        return train(a.model, a.data, a.out, method=a.method, condition=a.condition, overrides=a.overrides,
+                     seed=a.seed, resume=a.resume)
 
     p = command(
-        train, "control", "train a ControlNet, T2I-Adapter or GLIGEN for a trained diffusion model (the base frozen)", run,
+        train, "control", "train a control for a trained model: ControlNet / T2I-Adapter / GLIGEN (diffusion),"
+        " tokens / controlar (AR)", run,
         description=(
-            "Train a spatial control for a trained DiT or U-Net diffusion model (--model, e.g. the shipped reference"
-            " DiT), the base frozen: ControlNet (a trainable copy of the DiT's first blocks or the U-Net's encoder"
-            " joined by zero-initialised projections), T2I-Adapter (a small conv adapter whose features add to the"
-            " first blocks' or the U-Net encoder's at each resolution) or GLIGEN (DiT only: gated self-attention over"
-            " the DiT's tokens and grounding tokens made of each box and its phrase, in every block; boxes only)."
-            " The condition comes from each clip's ground truth: boxes (the clip's boxes"
-            " rasterised; for GLIGEN the boxes with phrases like 'a red circle'), mask (its objects) or edges (its"
-            " Sobel edges). OUT/final holds only the control (control.safetensors, control.json naming the base);"
-            " use it with `duogen generate --model DIR --control OUT --boxes FILE.json`."
-            "\n\nOverrides: train.* (steps, batch_size, lr, max_minutes (default 10), ...), blocks (0: 2 for"
-            " ControlNet / T2I-Adapter, every block for GLIGEN; a U-Net's ControlNet copies its whole encoder),"
-            " enc_channels (32), split, max_clips."
+            "Train a spatial control for a trained model (--model, e.g. a shipped reference model); the condition"
+            " comes from each clip's ground truth: boxes (the clip's boxes; GLIGEN and AR layout tokens also read each"
+            " box's phrase, like 'a red circle'), mask (its objects) or edges (its Sobel edges). OUT/final holds only"
+            " the control (control.safetensors, control.json naming the base); use it with"
+            " `duogen generate --model DIR --control OUT --boxes FILE.json | --mask FILE | --edges FILE`."
+            "\n\nDiffusion (a DiT or U-Net model), the base frozen: controlnet (a trainable copy of the DiT's first"
+            " blocks or the U-Net's encoder, joined by zero-initialised projections), t2i-adapter (a small conv"
+            " adapter whose features add to the first blocks' or the U-Net encoder's at each resolution), gligen (DiT"
+            " only, boxes only: gated self-attention over the DiT's tokens and grounding tokens made of each box and"
+            " its phrase, in every block)."
+            "\n\nAR: tokens (VideoPoet's way): the condition goes into the prefix as tokens: a mask / edge video"
+            " through the model's codec, or boxes as quantised coordinates (new vocabulary tokens) after each object's"
+            " phrase; the model is fine-tuned (all of it by default; train.trainable=GLOBS to choose) and OUT/final"
+            " holds only the tensors that differ from the base; generation steers the base by classifier-free"
+            " guidance over the condition (scale 0 = the base). controlar (ControlAR's way): the base stays frozen;"
+            " a small condition encoder gives one embedding per video token, added (zero-initialised, times the"
+            " control's scale) to the hidden state that predicts that token after every k-th decoder layer."
+            "\n\nOverrides: train.* (steps, batch_size, lr, max_minutes (default 10), ...), split, max_clips;"
+            " diffusion: blocks (0: 2 for ControlNet / T2I-Adapter, every block for GLIGEN; a U-Net's ControlNet"
+            " copies its whole encoder), enc_channels (32); AR tokens: bins (32), max_objects (2), phrase_tokens (6),"
+            " drop (0.1, condition dropout), text_drop (0.1); AR controlar: every (2), enc_channels (32)."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="the trained diffusion model (kept frozen, never written)")
-    p.add_argument("--method", required=True, choices=("controlnet", "t2i-adapter", "gligen"))
+    p.add_argument("--model", required=True, metavar="DIR", help="the trained model (kept frozen, never written)")
+    p.add_argument("--method", required=True, choices=("controlnet", "t2i-adapter", "gligen", "tokens", "controlar"),
+                   help="diffusion: controlnet, t2i-adapter, gligen; AR: tokens (the condition as tokens in the"
+                   " prefix), controlar (control embeddings added to the hidden states, the base frozen)")
     p.add_argument("--condition", required=True, choices=("boxes", "mask", "edges"))
     p.add_argument("--data", required=True, help="a shapes data set (`duogen data make shapes`) at the model's clip size")
     p.add_argument("--out", required=True, help="run directory")
@@ -54,7 +73,8 @@ def add_train_control(train: Any) -> None:
 def add_generate_control(p: Any) -> None:
     """The control flags of `duogen generate`."""
     p.add_argument("--control", action="append", default=[], metavar="RUN[:SCALE]",
-                   help="diffusion: a `duogen train control` run to steer with (repeatable, each at its scale, default 1)")
+                   help="a `duogen train control` run to steer with (repeatable, each at its scale, default 1);"
+                   " AR and diffusion runs each on the kind of model they were trained for")
     p.add_argument("--control-beta", type=float, default=1.0, metavar="B",
                    help="diffusion: the controls act only in the first B of the sampling steps, in (0, 1] (GLIGEN's"
                    " scheduled sampling; the paper's 0.3 trades box accuracy for image quality; 1 = every step, as"
@@ -69,10 +89,6 @@ def add_generate_control(p: Any) -> None:
 
 def control_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """--control / --boxes / --mask / --edges -> the generator's keywords (none when no control is given)."""
-    from pathlib import Path
-
-    from .io import read_json
-
     given = [(k, getattr(a, k)) for k in ("boxes", "mask", "edges") if getattr(a, k, None)]
     beta = getattr(a, "control_beta", 1.0)
     if not 0.0 < beta <= 1.0:
@@ -83,9 +99,6 @@ def control_kwargs(a: argparse.Namespace) -> dict[str, Any]:
         if given:
             raise ConfigError(f"--{given[0][0]} is a control's condition: give --control RUN too")
         return {}
-    conf = read_json(Path(a.model) / "config.json")
-    if isinstance(conf, dict) and conf.get("kind") == "ar":
-        raise ConfigError("--control: control for AR models is not built yet; use a diffusion (DiT) model")
     if not given:
         raise ConfigError("--control needs a condition: --boxes FILE.json, --mask FILE or --edges FILE")
     return {"controls": list(a.control), "condition": given[0], **({"control_beta": beta} if beta != 1.0 else {})}
