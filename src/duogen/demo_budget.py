@@ -1,0 +1,260 @@
+"""How `duogen demo` splits its training time between the codec, the AR model and the DiT.
+
+    plan = allocate({"codec": StepSpeed(...), "ar": ..., "dit": ...}, pool_minutes=12.0,
+                    encode_s_per_clip=0.01, train_clips=4500)
+    plan.minutes  # {"codec": 4.9, "ar": 3.3, "dit": 3.8}; plan.codec_steps  # 2000
+
+Owns: the codec's per-step color curve (how many steps make it usable), the allocation
+rule (`allocate`: a pure function, measured speeds in, minutes and steps out), measuring
+this machine for it (`measure_machine`, a few timed steps of each stage's model), the plan
+file OUT/machine.json, and the report section that states the machine, the precision, the
+measured speeds and the shares. Does not own: running the stages (`duogen.demo`), the
+timing itself (`duogen.speed`) or the precision policy (`duogen.precision`).
+
+The rule, over the training pool P (the minutes left for codec + AR + DiT once data, text
+and the report have their fixed shares; t_c = the codec's measured seconds per step):
+
+1. The codec first. Every later stage inherits its color error, so it gets the steps its
+   colors need before the other two get anything: N_need = the steps at which the probes
+   read >= CODEC_COLOR_NEED of held-out objects' colors through it, N_use = the steps for
+   >= CODEC_COLOR_USABLE (below that neither model can reach the demo's 90% color target),
+   both read off CODEC_COLOR_CURVE (log-linear between its points):
+
+       codec seconds = max(min(N_need * t_c, CAP * P),   its needed steps, up to CAP of the pool
+                           min(N_use * t_c, MAX * P),    its usable minimum even past the cap, up to MAX
+                           MIN * P)                      on a fast machine more steps cost little
+
+   The codec trains to train.steps = codec seconds / t_c with its minutes as the time cap
+   (whichever ends first; unused time rolls over to the next stages).
+2. AR and DiT split the rest R, less the one-off encode of the training clips each does,
+   so that their training FLOPs match at the measured FLOP rates r (FLOPs per second):
+   AR training seconds = R' * r_dit / (r_ar + r_dit). The DiT then trains to the AR run's
+   actual FLOPs (`train.max_flops`) with its minutes as a time cap, as before.
+
+A slower machine (larger t_c) gives the codec a larger share; a machine where even N_use
+does not fit in MAX of the pool gets a note with the --minutes that would fit N_need.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .speed import Machine, StepSpeed
+
+# The tiny video codec's color fidelity after N training steps (a run whose cosine spans its N steps): the share
+# of held-out objects whose color the probes read back from its reconstructions. Today's codec: 635 steps -> 37%
+# (a 10-minute run on the 2-core machine, issue 19) and 2,465 steps -> 93% (the shipped reference codec,
+# `python bench/bench_codec_probes.py --model src/duogen/assets/reference/codec --data DATA`).
+CODEC_COLOR_CURVE: tuple[tuple[int, float], ...] = ((635, 0.37), (2465, 0.93))
+CODEC_COLOR_NEED = 0.95  # issue 19's codec target
+CODEC_COLOR_USABLE = 0.90  # the demo's color target for AR and DiT: a codec below it caps them below it
+CODEC_CAP = 0.5  # of the training pool: the codec's needed steps, at most
+CODEC_MAX = 0.75  # of the training pool: its usable minimum, at most (AR and DiT keep a quarter)
+CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
+PLANNED = ("codec", "ar", "dit")
+PLAN_FILE = "machine.json"
+
+
+@dataclass
+class BudgetPlan:
+    pool_minutes: float  # codec + AR + DiT minutes the plan split
+    minutes: dict[str, float]  # per planned stage: wall minutes (AR and DiT include their encode)
+    codec_steps: int  # the codec's train.steps
+    codec_needed_steps: int  # N_need
+    codec_usable_steps: int  # N_use
+    codec_bound: str  # what set the codec's time: "needed" | "cap" | "usable" | "max" | "min"
+    encode_minutes: float  # one encode of the training clips (the AR stage does one, the DiT stage another)
+    expected_steps: dict[str, int]  # what the minutes buy at the measured speeds
+    notes: list[str] = field(default_factory=list)
+
+    def shares(self) -> dict[str, float]:
+        """Each planned stage's fraction of the pool (sums to 1)."""
+        return {k: v / self.pool_minutes for k, v in self.minutes.items()}
+
+    def train_minutes(self, stage: str, minutes: float) -> float:
+        """A stage's training cap from its wall budget: AR and DiT spend `encode_minutes` first."""
+        return max(0.05, minutes - self.encode_minutes) if stage in ("ar", "dit") else minutes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shares": {k: round(v, 4) for k, v in self.shares().items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BudgetPlan":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def steps_for(curve: Sequence[tuple[int, float]], target: float) -> int:
+    """The fewest steps at which `curve` (steps, color fidelity) reaches `target`: log-linear between its points;
+    its first point's steps when that already reaches it, its last point's when none does."""
+    pts = sorted(curve)
+    if not pts:
+        raise ValueError("the codec curve needs at least one (steps, fidelity) point")
+    if pts[0][1] >= target:
+        return int(pts[0][0])
+    for (s0, c0), (s1, c1) in zip(pts, pts[1:]):
+        if c1 >= target:
+            f = (target - c0) / (c1 - c0) if c1 > c0 else 1.0
+            return int(math.ceil(math.exp(math.log(s0) + f * (math.log(s1) - math.log(s0)))))
+    return int(pts[-1][0])
+
+
+def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, encode_s_per_clip: float, train_clips: int,
+             curve: Sequence[tuple[int, float]] = CODEC_COLOR_CURVE) -> BudgetPlan:
+    """The rule in the module docstring: measured speeds (seconds per step and FLOPs per step of codec, ar, dit)
+    and the pool's minutes -> minutes per stage, the codec's step target and the steps the rest buy."""
+    missing = [k for k in PLANNED if k not in speeds]
+    if missing:
+        raise ValueError(f"speeds for {missing} missing; allocate needs codec, ar and dit")
+    if pool_minutes <= 0:
+        raise ValueError(f"pool_minutes must be positive, got {pool_minutes}")
+    P = pool_minutes * 60.0
+    t_c = max(speeds["codec"].step_s, 1e-9)
+    n_need, n_use = steps_for(curve, CODEC_COLOR_NEED), steps_for(curve, CODEC_COLOR_USABLE)
+    bounds = {"needed": min(n_need * t_c, CODEC_CAP * P), "usable": min(n_use * t_c, CODEC_MAX * P), "min": CODEC_MIN * P}
+    codec_s = max(bounds.values())
+    bound = max(bounds, key=bounds.get)
+    if bound == "needed" and n_need * t_c > CODEC_CAP * P:
+        bound = "cap"
+    if bound == "usable" and n_use * t_c > CODEC_MAX * P:
+        bound = "max"
+    codec_steps = max(1, int(codec_s / t_c + 1e-6))  # 1e-6: 151.6 / 0.1 is 1515.99...
+
+    encode_s = encode_s_per_clip * train_clips
+    rest = P - codec_s
+    train_s = max(0.0, rest - 2 * encode_s)
+    r_ar, r_dit = speeds["ar"].flops_per_s, speeds["dit"].flops_per_s
+    frac_ar = r_dit / (r_ar + r_dit) if r_ar > 0 and r_dit > 0 else 0.5  # equal FLOPs: a * r_ar = d * r_dit
+    ar_train, dit_train = train_s * frac_ar, train_s * (1 - frac_ar)
+    minutes = {"codec": codec_s / 60, "ar": (ar_train + encode_s) / 60, "dit": (dit_train + encode_s) / 60}
+    if train_s == 0.0:  # the encodes alone overrun the pool: what is left is split evenly
+        minutes["ar"] = minutes["dit"] = rest / 120
+    expected = {"codec": codec_steps, "ar": int(ar_train / max(speeds["ar"].step_s, 1e-9)),
+                "dit": int(dit_train / max(speeds["dit"].step_s, 1e-9))}
+
+    notes = []
+    if codec_steps < n_use:
+        fit_minutes = n_need * t_c / CODEC_CAP / 60
+        notes.append(f"the budget buys the codec {codec_steps} steps at {t_c:.2f} s/step, below the {n_use} its colors"
+                     f" need (>= {CODEC_COLOR_USABLE:.0%} by the probes); a training pool of {fit_minutes:.0f} minutes"
+                     f" would fit its {n_need} steps on this machine")
+    elif codec_steps < n_need:
+        notes.append(f"the codec gets {codec_steps} steps: past its usable {n_use}, short of the {n_need} for"
+                     f" >= {CODEC_COLOR_NEED:.0%} color (capped at {CODEC_CAP:.0%} of the pool)")
+    return BudgetPlan(pool_minutes=pool_minutes, minutes=minutes, codec_steps=codec_steps, codec_needed_steps=n_need,
+                      codec_usable_steps=n_use, codec_bound=bound, encode_minutes=encode_s / 60,
+                      expected_steps=expected, notes=notes)
+
+
+# ----------------------------------------------------------------------------- measuring the machine
+
+
+@dataclass
+class Measurement:
+    machine: Machine
+    precision: str  # what `auto` resolves to on the device the stages train on
+    precision_reason: str
+    speeds: dict[str, StepSpeed]
+    encode_s_per_clip: float
+    train_clips: int
+    measured_s: float  # wall seconds the measurement took
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine.to_dict(), "precision": self.precision, "precision_reason": self.precision_reason,
+                "speeds": {k: {**asdict(v), "flops_per_s": v.flops_per_s} for k, v in self.speeds.items()},
+                "encode_s_per_clip": self.encode_s_per_clip, "train_clips": self.train_clips, "measured_s": self.measured_s}
+
+
+def measure_machine(out: Path, data: Path, text: Path, repeats: int = 2, log: Any = None) -> Measurement:
+    """Time `repeats` training steps (after a warm-up) of the tiny codec, AR model and DiT at the precision `auto`
+    picks, and the codec's encode of a clip; the precision check's cache goes under `out`, nothing outside it."""
+    from .data import load_dataset
+    from .precision import resolve_precision
+    from .speed import ar_step, codec_step, describe_machine, dit_step, time_encode, time_training_step
+    from .tokenizers.text import TextTokenizer
+
+    t0 = time.perf_counter()
+    machine = describe_machine()
+    choice = resolve_precision("auto", machine.device, cache_path=out / "precision_check.json")
+    train = load_dataset(data)["train"]
+    captions = list(train.select(range(min(64, len(train))))["caption"])
+    tok = TextTokenizer.load(text)
+    speeds = {}
+    for name, build in (("codec", lambda: codec_step(machine.device)), ("ar", lambda: ar_step(tok, captions, machine.device)),
+                        ("dit", lambda: dit_step(tok, captions, machine.device))):
+        sm = build()
+        speeds[name] = time_training_step(sm, choice.precision, repeats=repeats)
+        if log:
+            log(f"measured {name}: {speeds[name].step_s:.3f} s/step, {speeds[name].flops_per_step:.3g} FLOPs/step"
+                f" ({choice.precision})")
+    enc = time_encode(codec_step(machine.device).model, device=machine.device)
+    return Measurement(machine, choice.precision, choice.reason, speeds, enc, len(train), round(time.perf_counter() - t0, 2))
+
+
+def write_plan(out: Path, m: Measurement, plan: BudgetPlan) -> Path:
+    from .io import atomic_write_json
+
+    return atomic_write_json(out / PLAN_FILE, {**m.to_dict(), "plan": plan.to_dict()})
+
+
+def read_plan(out: Path) -> tuple[dict[str, Any], BudgetPlan] | None:
+    """OUT/machine.json as (its measurement dict, the plan), or None when absent or unreadable."""
+    try:
+        doc = json.loads((out / PLAN_FILE).read_text())
+        return doc, BudgetPlan.from_dict(doc["plan"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _stage_run(out: Path, stage: str) -> dict[str, Any]:
+    """Steps, wall seconds and precision a finished stage recorded in its summary.json."""
+    try:
+        s = json.loads((out / stage / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"steps": s.get("steps"), "wall_s": s.get("train_seconds", s.get("wall_s")), "precision": s.get("precision")}
+
+
+def stage_precisions(out: Path, planned: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The precision each planned stage trained in (its summary.json), else what the plan measured."""
+    planned = planned or {}
+    return {k: _stage_run(out, k).get("precision") or planned.get(k) for k in PLANNED}
+
+
+def report_section(out: Path, command: str) -> dict[str, Any] | None:
+    """The report's section (`duogen.eval.report.load_section` format) on the machine, precision, speeds and shares."""
+    got = read_plan(out)
+    if got is None:
+        return None
+    doc, plan = got
+    machine = Machine(**doc["machine"])
+    rows = []
+    for k in PLANNED:
+        sp, run = doc["speeds"][k], _stage_run(out, k)
+        rows.append([k, run.get("precision") or doc["precision"], round(sp["step_s"], 4), f"{sp['flops_per_step']:.3g}",
+                     f"{sp['flops_per_s']:.3g}", f"{plan.shares()[k]:.0%}", round(plan.minutes[k], 2),
+                     plan.expected_steps[k], run.get("steps"), round(run["wall_s"], 1) if run.get("wall_s") else None])
+    rule = (f"codec: {plan.codec_steps} steps (needs {plan.codec_needed_steps} for >= {CODEC_COLOR_NEED:.0%} color,"
+            f" {plan.codec_usable_steps} for >= {CODEC_COLOR_USABLE:.0%}; set by: {plan.codec_bound});"
+            f" AR and DiT split the rest at equal FLOPs after {plan.encode_minutes:.2f} min of encoding each.")
+    return {
+        "title": "Machine and time budget",
+        "intro": (f"Trained on {machine.line()}; torch {machine.torch}, {machine.threads} threads."
+                  f" Precision {doc['precision']} ({doc['precision_reason']}). Measured in {doc['measured_s']:.0f} s"
+                  f" before the codec: a warm-up and {doc['speeds']['codec']['steps_timed']} timed training steps of"
+                  f" each stage's model (median), and the codec's encode ({doc['encode_s_per_clip']:.4f} s per clip,"
+                  f" {doc['train_clips']} training clips)."),
+        "tables": [{"caption": f"Training pool {plan.pool_minutes:.1f} min. {rule}",
+                    "columns": ["stage", "precision", "measured s/step", "FLOPs/step", "FLOP/s", "share of pool",
+                                "planned min", "planned steps", "steps run", "train wall (s)"],
+                    "rows": rows}],
+        "notes": " ".join(plan.notes) or None,
+        "command": command,
+    }
