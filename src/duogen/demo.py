@@ -193,7 +193,7 @@ class Demo:
             rest = [n for n in pending if n not in PLANNED]
             pool = sum(self.shares[n] for n in planned)
             pool_minutes = max(0.1, self.left_min() * pool / (pool + sum(self.shares[n] for n in rest)))
-            self.plan = allocate(m.speeds, pool_minutes, m.encode_s_per_clip, m.train_clips)
+            self.plan = allocate(m.speeds, pool_minutes, m.fixed_s())
             write_plan(self.out, m, self.plan)
             doc = m.to_dict()
         pool = sum(self.shares[n] for n in PLANNED if n in self.shares)
@@ -235,13 +235,14 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.tokenizer_recipe import main as train_tokenizer
 
     steps = [f"train.steps={d.plan.codec_steps}"] if d.plan is not None else []  # whichever ends first
+    minutes = _train_minutes(d, "codec", minutes)
     info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
                            overrides=[f"train.max_minutes={minutes:.3f}", *steps])
     return {k: info.get(k) for k in ("final", "steps", "parameters", "precision", "heldout") if k in info}
 
 
 def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
-    """The engine's time cap: the stage's budget less the planned encode (the engine's clock starts after it)."""
+    """The training loop's time cap: the stage's budget less its planned fixed cost (encoding, evaluation)."""
     return d.plan.train_minutes(stage, minutes) if d.plan is not None else minutes
 
 

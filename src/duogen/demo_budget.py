@@ -1,7 +1,7 @@
 """How `duogen demo` splits its training time between the codec, the AR model and the DiT.
 
     plan = allocate({"codec": StepSpeed(...), "ar": ..., "dit": ...}, pool_minutes=12.0,
-                    encode_s_per_clip=0.01, train_clips=4500)
+                    fixed_s={"codec": 10.0, "ar": 45.0, "dit": 45.0})
     plan.minutes  # {"codec": 4.9, "ar": 3.3, "dit": 3.8}; plan.codec_steps  # 2000
 
 Owns: the codec's per-step color curve (how many steps make it usable), the allocation
@@ -12,10 +12,13 @@ measured speeds and the shares. Does not own: running the stages (`duogen.demo`)
 timing itself (`duogen.speed`) or the precision policy (`duogen.precision`).
 
 The rule. The pool P is the minutes left for codec + AR + DiT once data, text and the report
-have their fixed shares. The AR and DiT stages each first encode the training clips with the
-codec (E, measured), a cost no split avoids, so the split is over the training time
-P' = P - 2E (at least FLOOR * P: where the encodes eat more, the demo overruns its budget and
-the plan says by how much). With t_c the codec's measured seconds per step:
+have their fixed shares. Each planned stage also spends time outside its training loop, a
+cost no split avoids (F, from the codec's measured encode time per clip): the AR and DiT
+stages encode the training clips with the codec, the codec stage stores its latent
+statistics and evaluates the held-out split. So the split is over the training time
+P' = P - F_codec - F_ar - F_dit (at least FLOOR * P: where the fixed costs eat more, the demo
+overruns its budget and the plan says by how much). With t_c the codec's measured seconds
+per step:
 
 1. The codec first. Every later stage inherits its color error, so it gets the steps its
    colors need before the other two get anything: N_need = the steps at which the probes
@@ -30,8 +33,9 @@ the plan says by how much). With t_c the codec's measured seconds per step:
    The codec trains to train.steps = codec seconds / t_c with its minutes as the time cap
    (whichever ends first; unused time rolls over to the next stages).
 2. AR and DiT split the rest R = P' - codec seconds so that their training FLOPs match at
-   the measured FLOP rates r (FLOPs per second): AR seconds = R * r_dit / (r_ar + r_dit);
-   each stage's minutes are its training seconds plus E. The DiT then trains to the AR
+   the measured FLOP rates r (FLOPs per second): AR seconds = R * r_dit / (r_ar + r_dit).
+   Each stage's minutes are its training time plus its F (its engine's time cap is the
+   training time alone). The DiT then trains to the AR
    run's actual FLOPs (`train.max_flops`) with its minutes as a time cap, as before.
 
 A slower machine (larger t_c) gives the codec a larger share; a machine where even N_use
@@ -61,7 +65,7 @@ CODEC_COLOR_USABLE = 0.90  # the demo's color target for AR and DiT: a codec bel
 CODEC_CAP = 0.5  # of the training pool: the codec's needed steps, at most
 CODEC_MAX = 0.75  # of the training pool: its usable minimum, at most (AR and DiT keep a quarter)
 CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
-FLOOR = 0.25  # of the pool: the training time planned for even when the two encodes take more (then it overruns)
+FLOOR = 0.25  # of the pool: the training time planned for even when the fixed costs take more (then it overruns)
 PLANNED = ("codec", "ar", "dit")
 PLAN_FILE = "machine.json"
 
@@ -69,25 +73,25 @@ PLAN_FILE = "machine.json"
 @dataclass
 class BudgetPlan:
     pool_minutes: float  # codec + AR + DiT minutes the plan split
-    train_pool_minutes: float  # P': the pool less the two encodes (at least FLOOR of it)
+    train_pool_minutes: float  # P': the pool less the stages' fixed costs (at least FLOOR of it)
     minutes: dict[str, float]  # per planned stage: wall minutes (AR and DiT include their encode)
     codec_steps: int  # the codec's train.steps
     codec_needed_steps: int  # N_need
     codec_usable_steps: int  # N_use
     codec_bound: str  # what set the codec's time: "needed" | "cap" | "usable" | "max" | "min"
-    encode_minutes: float  # one encode of the training clips (the AR stage does one, the DiT stage another)
+    fixed_minutes: dict[str, float]  # per planned stage: minutes outside its training loop (encode, evaluation)
     expected_steps: dict[str, int]  # what the minutes buy at the measured speeds
     notes: list[str] = field(default_factory=list)
 
     def shares(self) -> dict[str, float]:
         """Each planned stage's fraction of the planned minutes (sums to 1; the minutes sum to the pool unless
-        the encodes overrun it)."""
+        the fixed costs overrun it)."""
         total = sum(self.minutes.values())
         return {k: v / total for k, v in self.minutes.items()}
 
     def train_minutes(self, stage: str, minutes: float) -> float:
-        """A stage's training cap from its wall budget: AR and DiT spend `encode_minutes` first."""
-        return max(0.05, minutes - self.encode_minutes) if stage in ("ar", "dit") else minutes
+        """A stage's training-loop time cap from its wall budget: the budget less the stage's fixed cost."""
+        return max(0.05, minutes - self.fixed_minutes.get(stage, 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shares": {k: round(v, 4) for k, v in self.shares().items()}}
@@ -112,18 +116,19 @@ def steps_for(curve: Sequence[tuple[int, float]], target: float) -> int:
     return int(pts[-1][0])
 
 
-def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, encode_s_per_clip: float, train_clips: int,
+def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapping[str, float] | None = None,
              curve: Sequence[tuple[int, float]] = CODEC_COLOR_CURVE) -> BudgetPlan:
-    """The rule in the module docstring: measured speeds (seconds per step and FLOPs per step of codec, ar, dit)
-    and the pool's minutes -> minutes per stage, the codec's step target and the steps the rest buy."""
+    """The rule in the module docstring: measured speeds (seconds per step and FLOPs per step of codec, ar, dit),
+    the pool's minutes and each stage's fixed seconds outside its training loop -> minutes per stage, the
+    codec's step target and the steps the rest buy."""
     missing = [k for k in PLANNED if k not in speeds]
     if missing:
         raise ValueError(f"speeds for {missing} missing; allocate needs codec, ar and dit")
     if pool_minutes <= 0:
         raise ValueError(f"pool_minutes must be positive, got {pool_minutes}")
     P = pool_minutes * 60.0
-    encode_s = encode_s_per_clip * train_clips
-    Pt = max(P - 2 * encode_s, FLOOR * P)  # P': the training time to split
+    fixed = {k: float((fixed_s or {}).get(k, 0.0)) for k in PLANNED}
+    Pt = max(P - sum(fixed.values()), FLOOR * P)  # P': the training time to split
     t_c = max(speeds["codec"].step_s, 1e-9)
     n_need, n_use = steps_for(curve, CODEC_COLOR_NEED), steps_for(curve, CODEC_COLOR_USABLE)
     bounds = {"needed": min(n_need * t_c, CODEC_CAP * Pt), "usable": min(n_use * t_c, CODEC_MAX * Pt), "min": CODEC_MIN * Pt}
@@ -139,25 +144,27 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, encode_s_per_
     r_ar, r_dit = speeds["ar"].flops_per_s, speeds["dit"].flops_per_s
     frac_ar = r_dit / (r_ar + r_dit) if r_ar > 0 and r_dit > 0 else 0.5  # equal FLOPs: a * r_ar = d * r_dit
     ar_train, dit_train = rest * frac_ar, rest * (1 - frac_ar)
-    minutes = {"codec": codec_s / 60, "ar": (ar_train + encode_s) / 60, "dit": (dit_train + encode_s) / 60}
+    minutes = {"codec": (codec_s + fixed["codec"]) / 60, "ar": (ar_train + fixed["ar"]) / 60,
+               "dit": (dit_train + fixed["dit"]) / 60}
     expected = {"codec": codec_steps, "ar": int(ar_train / max(speeds["ar"].step_s, 1e-9)),
                 "dit": int(dit_train / max(speeds["dit"].step_s, 1e-9))}
 
     notes = []
-    if P - 2 * encode_s < FLOOR * P:
-        notes.append(f"the two encodes of the {train_clips} training clips take {2 * encode_s / 60:.1f} min of the"
-                     f" {pool_minutes:.1f}-min pool; the demo will overrun its budget by about"
-                     f" {sum(minutes.values()) - pool_minutes:.1f} min")
+    if P - sum(fixed.values()) < FLOOR * P:
+        notes.append(f"the stages' fixed costs (encoding the training clips for AR and DiT, the codec's evaluation)"
+                     f" take {sum(fixed.values()) / 60:.1f} min of the {pool_minutes:.1f}-min pool; the demo will overrun"
+                     f" its budget by about {sum(minutes.values()) - pool_minutes:.1f} min")
     if codec_steps < n_use:
-        fit_minutes = (n_need * t_c / CODEC_CAP + 2 * encode_s) / 60
+        fit_minutes = (n_need * t_c / CODEC_CAP + sum(fixed.values())) / 60
         notes.append(f"the budget buys the codec {codec_steps} steps at {t_c:.2f} s/step, below the {n_use} its colors"
-                     f" need (>= {CODEC_COLOR_USABLE:.0%} by the probes); a training pool of {fit_minutes:.0f} minutes"
+                     f" need (>= {CODEC_COLOR_USABLE:.0%} color fidelity); a pool of {fit_minutes:.0f} minutes"
                      f" would fit its {n_need} steps on this machine")
     elif codec_steps < n_need:
         notes.append(f"the codec gets {codec_steps} steps: past its usable {n_use}, short of the {n_need} for"
                      f" >= {CODEC_COLOR_NEED:.0%} color (capped at {CODEC_CAP:.0%} of the pool)")
     return BudgetPlan(pool_minutes=pool_minutes, train_pool_minutes=Pt / 60, minutes=minutes, codec_steps=codec_steps,
-                      codec_needed_steps=n_need, codec_usable_steps=n_use, codec_bound=bound, encode_minutes=encode_s / 60,
+                      codec_needed_steps=n_need, codec_usable_steps=n_use, codec_bound=bound,
+                      fixed_minutes={k: v / 60 for k, v in fixed.items()},
                       expected_steps=expected, notes=notes)
 
 
@@ -173,11 +180,23 @@ class Measurement:
     encode_s_per_clip: float
     train_clips: int
     measured_s: float  # wall seconds the measurement took
+    heldout_clips: int = 0
+
+    def fixed_s(self) -> dict[str, float]:
+        """Each planned stage's seconds outside its training loop, from the codec's encode time per clip: AR and
+        DiT encode the training clips; the codec encodes `stats_items` of them for its latent statistics and
+        encodes + decodes the held-out split (a decode costs about an encode)."""
+        from .train.tokenizer_recipe import VIDEO_RUN_PRESETS
+
+        stats = min(VIDEO_RUN_PRESETS["tiny"].train.stats_items, self.train_clips)
+        e = self.encode_s_per_clip
+        return {"codec": e * (stats + 2 * self.heldout_clips), "ar": e * self.train_clips, "dit": e * self.train_clips}
 
     def to_dict(self) -> dict[str, Any]:
         return {"machine": self.machine.to_dict(), "precision": self.precision, "precision_reason": self.precision_reason,
                 "speeds": {k: {**asdict(v), "flops_per_s": v.flops_per_s} for k, v in self.speeds.items()},
-                "encode_s_per_clip": self.encode_s_per_clip, "train_clips": self.train_clips, "measured_s": self.measured_s}
+                "encode_s_per_clip": self.encode_s_per_clip, "train_clips": self.train_clips,
+                "heldout_clips": self.heldout_clips, "measured_s": self.measured_s, "fixed_s": self.fixed_s()}
 
 
 def measure_machine(out: Path, data: Path, text: Path, repeats: int = 2, log: Any = None) -> Measurement:
@@ -191,7 +210,8 @@ def measure_machine(out: Path, data: Path, text: Path, repeats: int = 2, log: An
     t0 = time.perf_counter()
     machine = describe_machine()
     choice = resolve_precision("auto", machine.device, cache_path=out / "precision_check.json")
-    train = load_dataset(data)["train"]
+    ds = load_dataset(data)
+    train = ds["train"]
     captions = list(train.select(range(min(64, len(train))))["caption"])
     tok = TextTokenizer.load(text)
     speeds = {}
@@ -203,7 +223,8 @@ def measure_machine(out: Path, data: Path, text: Path, repeats: int = 2, log: An
             log(f"measured {name}: {speeds[name].step_s:.3f} s/step, {speeds[name].flops_per_step:.3g} FLOPs/step"
                 f" ({choice.precision})")
     enc = time_encode(codec_step(machine.device).model, device=machine.device)
-    return Measurement(machine, choice.precision, choice.reason, speeds, enc, len(train), round(time.perf_counter() - t0, 2))
+    return Measurement(machine, choice.precision, choice.reason, speeds, enc, len(train), round(time.perf_counter() - t0, 2),
+                       heldout_clips=len(ds["heldout"]) if "heldout" in ds else 0)
 
 
 def write_plan(out: Path, m: Measurement, plan: BudgetPlan) -> Path:
@@ -254,7 +275,8 @@ def report_section(out: Path, command: str) -> dict[str, Any] | None:
                      plan.expected_steps[k], run.get("steps"), round(run["wall_s"], 1) if run.get("wall_s") else None])
     rule = (f"codec: {plan.codec_steps} steps (needs {plan.codec_needed_steps} for >= {CODEC_COLOR_NEED:.0%} color,"
             f" {plan.codec_usable_steps} for >= {CODEC_COLOR_USABLE:.0%}; set by: {plan.codec_bound});"
-            f" AR and DiT split the rest at equal FLOPs after {plan.encode_minutes:.2f} min of encoding each.")
+            f" AR and DiT split the rest at equal FLOPs. Outside the training loops (encoding, evaluation): "
+            + ", ".join(f"{k} {v:.1f} min" for k, v in plan.fixed_minutes.items()) + ".")
     return {
         "title": "Machine and time budget",
         "intro": (f"Trained on {machine.line()}; torch {machine.torch}, {machine.threads} threads."
