@@ -172,6 +172,15 @@ def test_demo_measures_once_applies_the_shares_and_reports_machine_and_precision
                    measure=measure).run()
     assert calls == ["ar"] and len(measured) == 1 and summary["plan"]["codec_steps"] == plan.codec_steps
 
+    # every stage done: nothing runs, nothing is measured, the summary still states the machine and the shares
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+                   measure=measure).run()
+    assert calls == ["ar"] and len(measured) == 1 and summary["machine"]["capability"] == "AVX2"
+    (tmp_path / PLAN_FILE).unlink()
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+                   measure=measure).run()
+    assert len(measured) == 1 and "machine" not in summary
+
     # --fresh measures again
     Demo(tmp_path, minutes=10, stages=_stages([], {}), shares=SHARES, stream=io.StringIO(), measure=measure,
          fresh=True).run()

@@ -161,8 +161,8 @@ class Demo:
         from .demo_budget import stage_precisions
         from .eval.compare import headline
 
-        if self.measure is not None and self.plan is None and (self.out / PLAN_FILE).is_file():
-            self.make_plan([])  # every planned stage was reused: the summary still states the machine and shares
+        if self.measure is not None and self.plan is None:
+            self.make_plan([], measure=False)  # every planned stage was reused: the summary still states them
         if self.plan is not None:
             self.summary["precision"] = stage_precisions(self.out, self.summary.get("precision"))
         self.summary.update(headline(self.report))
@@ -177,15 +177,18 @@ class Demo:
         atomic_write_json(self.out / "demo_summary.json", self.summary)
         return self.summary
 
-    def make_plan(self, pending: list[str]) -> None:
+    def make_plan(self, pending: list[str], measure: bool = True) -> None:
         """Measure the machine (or reuse OUT/machine.json), split the planned stages' time by `demo_budget.allocate`,
-        and set their shares; the fixed stages (data, text, compare) keep theirs."""
+        and set their shares; the fixed stages (data, text, compare) keep theirs. With `measure` False, only a
+        plan already in OUT/machine.json is read (nothing is measured when no stage will use it)."""
         from .demo_budget import allocate, read_plan, write_plan
 
         got = read_plan(self.out)
         if got is not None:
             doc, self.plan = got
             self.say(f"machine: reusing the measurement and plan in {self.out / PLAN_FILE}")
+        elif not measure:
+            return
         else:
             self.say("measuring the machine: a few training steps of the codec, AR model and DiT")
             m = self.measure(self)
