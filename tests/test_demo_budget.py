@@ -109,6 +109,12 @@ def test_encodes_that_eat_the_pool_leave_a_floor_of_training_time_and_a_note():
     assert sum(plan.minutes.values()) > 12.15 and "overrun" in plan.notes[0]
     for k in ("ar", "dit"):
         assert plan.minutes[k] > plan.fixed_minutes[k] and plan.expected_steps[k] > 0
+    # the Demo's shares scale each budget by pool / planned total; the training cap keeps the planned training time
+    assert plan.overrun
+    scaled = plan.minutes["ar"] * 12.15 / sum(plan.minutes.values())
+    assert scaled < plan.fixed_minutes["ar"]
+    assert plan.train_minutes("ar", scaled) == pytest.approx(plan.minutes["ar"] - plan.fixed_minutes["ar"])
+    assert not allocate(SLOW, 12.0, FIXED, curve=CURVE).overrun
 
 
 def test_allocate_rejects_missing_speeds_and_an_empty_pool():

@@ -82,6 +82,7 @@ class BudgetPlan:
     fixed_minutes: dict[str, float]  # per planned stage: minutes outside its training loop (encode, evaluation)
     expected_steps: dict[str, int]  # what the minutes buy at the measured speeds
     notes: list[str] = field(default_factory=list)
+    overrun: bool = False  # the fixed costs leave less than FLOOR of the pool: the planned minutes sum past it
 
     def shares(self) -> dict[str, float]:
         """Each planned stage's fraction of the planned minutes (sums to 1; the minutes sum to the pool unless
@@ -90,8 +91,14 @@ class BudgetPlan:
         return {k: v / total for k, v in self.minutes.items()}
 
     def train_minutes(self, stage: str, minutes: float) -> float:
-        """A stage's training-loop time cap from its wall budget: the budget less the stage's fixed cost."""
-        return max(0.05, minutes - self.fixed_minutes.get(stage, 0.0))
+        """A stage's training-loop time cap from its wall budget: the budget less the stage's fixed cost. In an
+        overrun the shares scale every budget down below the fixed costs, so the planned training time is kept
+        (the plan's note said the demo would run past its budget)."""
+        fixed = self.fixed_minutes.get(stage, 0.0)
+        t = minutes - fixed
+        if self.overrun and stage in self.minutes:
+            t = max(t, self.minutes[stage] - fixed)
+        return max(0.05, t)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shares": {k: round(v, 4) for k, v in self.shares().items()}}
@@ -150,7 +157,8 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
                 "dit": int(dit_train / max(speeds["dit"].step_s, 1e-9))}
 
     notes = []
-    if P - sum(fixed.values()) < FLOOR * P:
+    overrun = P - sum(fixed.values()) < FLOOR * P
+    if overrun:
         notes.append(f"the stages' fixed costs (encoding the training clips for AR and DiT, the codec's evaluation)"
                      f" take {sum(fixed.values()) / 60:.1f} min of the {pool_minutes:.1f}-min pool; the demo will overrun"
                      f" its budget by about {sum(minutes.values()) - pool_minutes:.1f} min")
@@ -165,7 +173,7 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     return BudgetPlan(pool_minutes=pool_minutes, train_pool_minutes=Pt / 60, minutes=minutes, codec_steps=codec_steps,
                       codec_needed_steps=n_need, codec_usable_steps=n_use, codec_bound=bound,
                       fixed_minutes={k: v / 60 for k, v in fixed.items()},
-                      expected_steps=expected, notes=notes)
+                      expected_steps=expected, notes=notes, overrun=overrun)
 
 
 # ----------------------------------------------------------------------------- measuring the machine
