@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 os.environ.setdefault("DUOGEN_QUIET", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from duogen.precision import cpu_bf16_support, measure_bf16_ratio, resolve_precision  # noqa: E402
+from duogen.speed import ar_step, codec_step, dit_step  # noqa: E402  (the same builders the demo times)
 from duogen.utils import autocast, count_parameters  # noqa: E402
 
 
@@ -41,21 +41,7 @@ def matmul_gflops(n: int, dtype: torch.dtype, repeats: int = 3) -> float:
 
 
 def video_codec() -> tuple[Any, Callable[[Any], Any]]:
-    from duogen.tokenizers.losses import codec_loss
-    from duogen.tokenizers.video_codec import VideoCodec
-    from duogen.train.tokenizer_recipe import VIDEO_RUN_PRESETS
-
-    run = VIDEO_RUN_PRESETS["tiny"]
-    codec, c = VideoCodec(run.model), run.model
-    x = torch.rand(run.train.batch_size, 3, c.frames, c.size, c.size) * 2 - 1  # (B, 3, F, H, W)
-
-    def loss(model: Any) -> Any:
-        recon, q, frames = model(x)
-        target = x if frames is None else x[:, :, frames]
-        with torch.autocast("cpu", enabled=False):  # the recipe computes the loss outside autocast
-            return codec_loss(recon, target, q.aux_loss, run.loss, step=0).loss
-
-    return codec, loss
+    return codec_step()[:2]
 
 
 def audio_codec() -> tuple[Any, Callable[[Any], Any]]:
@@ -71,55 +57,12 @@ def audio_codec() -> tuple[Any, Callable[[Any], Any]]:
     return codec, lambda model: codec_loss(model, x).loss
 
 
-def _text():
-    from duogen.tokenizers.text import train_text_tokenizer
-    from duogen.train.audio_codec_recipe import caption_text
-
-    rng = np.random.default_rng(0)
-    captions = [caption_text(rng) for _ in range(400)]
-    return train_text_tokenizer(captions, None, vocab_size=512), captions
-
-
-def _video_codec_for_latents():
-    from duogen.tokenizers.video_codec import build_video_codec
-
-    codec = build_video_codec("tiny")
-    c = codec.cfg
-    return codec, codec.latent_shape((c.frames, c.size, c.size))  # (D, f, h, w)
-
-
 def ar_model() -> tuple[Any, Callable[[Any], Any]]:
-    from duogen.ar_models.layouts import LayoutSpec, TrainCollator
-    from duogen.ar_models.model import MultimodalLM
-    from duogen.tokenizers.vocab import UnifiedVocab
-    from duogen.train.ar_recipe import AR_RECIPE_PRESETS
-
-    cfg = AR_RECIPE_PRESETS["tiny"]
-    text, captions = _text()
-    codec, latent = _video_codec_for_latents()
-    spec = LayoutSpec(max_text=cfg.max_text, latent=tuple(latent[1:]), tasks=["t2v"])
-    model = MultimodalLM(cfg.model, UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}), spec, text)
-    g = np.random.default_rng(0)
-    records = [{"text_ids": text.encode(captions[i]), "video_ids": g.integers(0, codec.vocab_size, latent[1:])}
-               for i in range(cfg.train.batch_size)]
-    batch = TrainCollator(model.layouts, ["t2v"], cfg.model.cond_dropout)(records)  # ids (B, T)
-    return model, lambda m: m.loss(batch).loss
+    return ar_step()[:2]
 
 
 def dit_model() -> tuple[Any, Callable[[Any], Any]]:
-    from duogen.diffusion.latent import LatentDiffusionModel
-    from duogen.train.diffusion_recipe import DIFFUSION_RECIPE_PRESETS
-
-    cfg = DIFFUSION_RECIPE_PRESETS["tiny"]
-    text, captions = _text()
-    codec, latent = _video_codec_for_latents()
-    mcfg = cfg.model
-    mcfg.text.vocab_size, mcfg.latent = text.vocab_size, list(latent)
-    model = LatentDiffusionModel(mcfg, text, codec)
-    B = cfg.train.batch_size
-    ids, mask = model.text_encoder.tokenize(captions[:B], strict=False)  # (B, T) each
-    batch = {"latents": torch.randn(B, *latent), "text_ids": ids, "text_mask": mask}
-    return model, lambda m: m(batch)
+    return dit_step()[:2]
 
 
 MODELS = {"video": ("video codec", video_codec), "audio": ("audio codec", audio_codec),

@@ -182,10 +182,25 @@ def _add_demo(sub: Any) -> None:
         description=(
             "Make the tiny shapes world, train the text tokenizer and the video codec, train the AR model and"
             " a DiT to the same training FLOPs, compare them (and the shipped reference models) and write"
-            " the report. Stages already finished under --out are reused unless --fresh."
+            " the report. Stages already finished under --out are reused unless --fresh.\n\n"
+            "The time budget: data, text and the report keep fixed shares (3%, 1%, 15%). Before the codec"
+            " trains, the demo measures this machine: a warm-up and two timed training steps of the codec,"
+            " the AR model and the DiT at the precision train.precision=auto picks (seconds on an idle"
+            " 2-core CPU), and the codec's encode of a clip; it writes OUT/machine.json. The rest of the"
+            " budget (the pool) goes to the codec first, since every later stage inherits its color error:"
+            " the steps at which its colors come through right (duogen.demo_budget.CODEC_COLOR_CURVE),"
+            " at most half the pool's training time, its usable minimum up to three quarters of it, at"
+            " least a tenth; the AR model and the DiT split what is left so that their training FLOPs"
+            " match at the measured speeds. The training time is the pool less each stage's fixed cost"
+            " (AR and DiT encode the training clips, the codec evaluates itself), estimated from the"
+            " measured encode time. A slower machine gives the codec a larger share; where the budget"
+            " cannot hold a usable codec or the fixed costs, the log and the report say so and by how"
+            " much. The report, demo_summary.json and"
+            " --json state the machine (CPU, cores, torch's CPU capability, GPU), each stage's precision,"
+            " the measured speeds and the shares."
         ),
     )
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole demo; each stage gets a share")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole demo in minutes; each stage gets a share (see above)")
     p.add_argument("--out", default="runs/demo", help="output directory (data, runs, report)")
     p.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
 

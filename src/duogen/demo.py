@@ -20,6 +20,13 @@ DiT also gets a time cap (its share plus whatever earlier stages left unused)
 so the demo ends even where a DiT FLOP costs more wall time than an AR FLOP;
 when that cap binds, the report says so (its FLOPs fall short of the AR's).
 
+The machine first: before the codec trains, the demo times a few training steps of
+each stage's model at the precision `train.precision=auto` picks (seconds), writes
+OUT/machine.json, and splits the codec + AR + DiT part of the budget by the rule in
+`duogen.demo_budget` (the codec gets the steps its colors need, up to a cap; AR and
+DiT share the rest at equal FLOPs). The report and demo_summary.json state the
+machine, each stage's precision, the measured speeds and the shares.
+
 This module owns the orchestration only; every stage is a call into the
 library (data, tokenizers, train recipes, eval.compare).
 """
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .demo_budget import PLAN_FILE, PLANNED, BudgetPlan, Measurement
 from .errors import ConfigError
 
 # Share of the time budget per stage (sums to 1). The DiT's share is a cap: it normally
@@ -71,7 +79,8 @@ class Demo:
 
     def __init__(self, out: str | Path, minutes: float = 15.0, seed: int = 0, fresh: bool = False,
                  stream: Any = None, n_clips: int | None = None, n_samples: int = 3, prompts_per_split: int = 6,
-                 stages: list[Stage] | None = None, shares: dict[str, float] | None = None):
+                 stages: list[Stage] | None = None, shares: dict[str, float] | None = None,
+                 measure: Callable[["Demo"], Measurement] | None = None):
         if minutes <= 0:
             raise ConfigError(f"--minutes must be positive, got {minutes}")
         self.out = Path(out)
@@ -86,6 +95,10 @@ class Demo:
         self.shares = shares if shares is not None else SHARES
         if set(self.shares) != {st.name for st in self.stages}:
             raise ConfigError(f"stage shares {sorted(self.shares)} do not match the stages {[st.name for st in self.stages]}")
+        # the machine is measured (and the planned stages' shares set from it) only for the real pipeline,
+        # or when a test injects `measure`
+        self.measure = measure if measure is not None or stages is not None else measure_stages
+        self.plan: BudgetPlan | None = None
         self.t0 = time.monotonic()
         self.summary: dict[str, Any] = {"out": str(self.out), "minutes": self.minutes, "stages": {}}
 
@@ -126,7 +139,8 @@ class Demo:
                 top = self.out / Path(st.done_file).parts[0]
                 if top.is_dir():
                     shutil.rmtree(top)
-            (self.out / "demo_summary.json").unlink(missing_ok=True)
+            for f in ("demo_summary.json", PLAN_FILE, "precision_check.json", "machine_section.json"):
+                (self.out / f).unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
         names = [s.name for s in self.stages]
         for i, st in enumerate(self.stages):
@@ -135,6 +149,8 @@ class Demo:
                 self.say(f"stage {i + 1}/{len(self.stages)} {st.name}: already done ({self.out / st.done_file}), reusing it")
                 self.summary["stages"][st.name] = {"reused": True}
                 continue
+            if self.measure is not None and self.plan is None and st.name in PLANNED:
+                self.make_plan(pending)
             minutes = self.budget(st.name, pending)
             self.say(f"stage {i + 1}/{len(self.stages)} {st.name}: {st.what} (budget {minutes:.1f} min, {self.left_min():.1f} min left)")
             t = time.monotonic()
@@ -142,8 +158,13 @@ class Demo:
             info["wall_s"] = round(time.monotonic() - t, 1)
             self.summary["stages"][st.name] = info
             self.say(f"stage {st.name} finished in {info['wall_s']:.0f} s")
+        from .demo_budget import stage_precisions
         from .eval.compare import headline
 
+        if self.measure is not None and self.plan is None:
+            self.make_plan([], measure=False)  # every planned stage was reused: the summary still states them
+        if self.plan is not None:
+            self.summary["precision"] = stage_precisions(self.out, self.summary.get("precision"))
         self.summary.update(headline(self.report))
         self.summary["elapsed_min"] = round(self.elapsed_min(), 2)
         self.say(f"report: {self.summary.get('report')}")
@@ -155,6 +176,42 @@ class Demo:
 
         atomic_write_json(self.out / "demo_summary.json", self.summary)
         return self.summary
+
+    def make_plan(self, pending: list[str], measure: bool = True) -> None:
+        """Measure the machine (or reuse OUT/machine.json), split the planned stages' time by `demo_budget.allocate`,
+        and set their shares; the fixed stages (data, text, compare) keep theirs. With `measure` False, only a
+        plan already in OUT/machine.json is read (nothing is measured when no stage will use it)."""
+        from .demo_budget import allocate, read_plan, write_plan
+
+        got = read_plan(self.out)
+        if got is not None:
+            doc, self.plan = got
+            self.say(f"machine: reusing the measurement and plan in {self.out / PLAN_FILE}")
+        elif not measure:
+            return
+        else:
+            self.say("measuring the machine: a few training steps of the codec, AR model and DiT")
+            m = self.measure(self)
+            planned = [n for n in self.shares if n in PLANNED]
+            rest = [n for n in pending if n not in PLANNED]
+            pool = sum(self.shares[n] for n in planned)
+            pool_minutes = max(0.1, self.left_min() * pool / (pool + sum(self.shares[n] for n in rest)))
+            self.plan = allocate(m.speeds, pool_minutes, m.fixed_s())
+            write_plan(self.out, m, self.plan)
+            doc = m.to_dict()
+        pool = sum(self.shares[n] for n in PLANNED if n in self.shares)
+        self.shares = {**self.shares, **{k: pool * v for k, v in self.plan.shares().items() if k in self.shares}}
+        self.summary.update({"machine": doc["machine"], "precision": {k: doc["precision"] for k in PLANNED},
+                             "precision_reason": doc["precision_reason"], "speeds": doc["speeds"],
+                             "shares": {k: round(v, 4) for k, v in self.shares.items()}, "plan": self.plan.to_dict()})
+        from .speed import Machine
+
+        self.say(f"machine: {Machine(**doc['machine']).line()}; precision {doc['precision']}")
+        self.say("measured s/step: " + ", ".join(f"{k} {v['step_s']:.3f}" for k, v in doc["speeds"].items())
+                 + "; plan: " + ", ".join(f"{k} {self.plan.minutes[k]:.1f} min" for k in PLANNED)
+                 + f" (codec to {self.plan.codec_steps} steps, set by {self.plan.codec_bound})")
+        for note in self.plan.notes:
+            self.say(f"note: {note}")
 
 
 # ----------------------------------------------------------------------------- stages
@@ -180,14 +237,22 @@ def _stage_text(d: Demo, minutes: float) -> dict[str, Any]:
 def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.tokenizer_recipe import main as train_tokenizer
 
+    steps = [f"train.steps={d.plan.codec_steps}"] if d.plan is not None else []  # whichever ends first
+    minutes = _train_minutes(d, "codec", minutes)
     info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
-                           overrides=[f"train.max_minutes={minutes:.3f}"])
+                           overrides=[f"train.max_minutes={minutes:.3f}", *steps])
     return {k: info.get(k) for k in ("final", "steps", "parameters", "precision", "heldout") if k in info}
+
+
+def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
+    """The training loop's time cap: the stage's budget less its planned fixed cost (encoding, evaluation)."""
+    return d.plan.train_minutes(stage, minutes) if d.plan is not None else minutes
 
 
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.ar_recipe import train_ar
 
+    minutes = _train_minutes(d, "ar", minutes)
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
                     text=d.text / "text.model", resume="auto", overrides=[f"train.max_minutes={minutes:.3f}"])
     return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
@@ -197,6 +262,7 @@ def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
     from .eval.compare import training_info
     from .train.diffusion_recipe import train_diffusion
 
+    minutes = _train_minutes(d, "dit", minutes)
     ar_flops = training_info(d.run_dir("ar") / "final").get("flops")
     if not ar_flops:
         raise ConfigError(f"{d.run_dir('ar')}: no training FLOPs in summary.json; cannot compute-match the DiT (rerun with --fresh)")
@@ -231,7 +297,9 @@ def demo_diffusion_settings(guidance: float = 3.0) -> list[Any]:
 
 
 def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
+    from .demo_budget import report_section
     from .eval.compare import ar_settings, compare, dataset_prompts, load_model, real_clips
+    from .io import atomic_write_json
 
     ar, dit = ar_settings(), demo_diffusion_settings()
     models = [load_model("AR (demo)", d.run_dir("ar") / "final", ar), load_model("DiT (demo)", d.run_dir("dit") / "final", dit)]
@@ -241,8 +309,12 @@ def _stage_compare(d: Demo, minutes: float) -> dict[str, Any]:
     if "dit" in refs:
         models.append(load_model("DiT (reference, GPU-trained)", refs["dit"], dit))
     prompts = dataset_prompts(d.data, per_split=d.prompts_per_split)
+    sections = []
+    section = report_section(d.out, f"duogen demo --out {d.out} --minutes {d.minutes:g} --seed {d.seed}")
+    if section is not None:  # the machine, the precision, the measured speeds and the shares
+        sections.append(atomic_write_json(d.out / "machine_section.json", section))
     res = compare(models, prompts, d.report, n=d.n_samples, seed=d.seed, real=real_clips(d.data, max_clips=128),
-                  data_dir=d.data, per_call=len(prompts), log=d.say)
+                  data_dir=d.data, per_call=len(prompts), log=d.say, sections=sections)
     return {"report": res.get("report"), "models": [m["name"] for m in res["models"]]}
 
 
@@ -254,6 +326,13 @@ STAGES = [
     Stage("dit", "dit/summary.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
     Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
 ]
+
+
+def measure_stages(d: Demo) -> Measurement:
+    """The real pipeline's measurement: its data set and text tokenizer, timed at `auto`'s precision."""
+    from .demo_budget import measure_machine
+
+    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say)
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 15.0, seed: int = 0, fresh: bool = False, **kw: Any) -> dict[str, Any]:

@@ -1,0 +1,236 @@
+"""`duogen demo`'s time allocation: the pure rule (synthetic speeds), the plan the Demo applies, the report section.
+
+No test trains a real model or times one against a limit: speeds are synthetic, and the one timing test
+checks FLOPs (a closed form) and the structure of the result, not how long it took.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from duogen.demo import Demo, Stage
+from duogen.demo_budget import (CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE, CODEC_MAX, CODEC_MIN, FLOOR, PLAN_FILE,
+                                Measurement, allocate, read_plan, report_section, steps_for)
+from duogen.eval.report import load_section
+from duogen.speed import Machine, StepModel, StepSpeed, describe_machine, time_training_step
+
+CURVE = ((250, 0.40), (500, 0.80), (1000, 0.92), (2000, 0.97))
+
+
+def speeds(codec_s: float, ar_s: float, dit_s: float) -> dict[str, StepSpeed]:
+    """Seconds per step of each stage; FLOPs per step fixed (AR 4e10 at batch 32, DiT 3e10 at batch 64)."""
+    return {"codec": StepSpeed(codec_s, 4e10, 8, "fp32", 2), "ar": StepSpeed(ar_s, 4e10, 32, "fp32", 2),
+            "dit": StepSpeed(dit_s, 3e10, 64, "fp32", 2)}
+
+
+def codec_frac(plan) -> float:
+    """The codec's fraction of the training time P' (the pool less the fixed costs), where CAP / MAX / MIN apply."""
+    return (plan.minutes["codec"] - plan.fixed_minutes["codec"]) / plan.train_pool_minutes
+
+
+FIXED = {"codec": 8.0, "ar": 18.0, "dit": 18.0}  # seconds outside each training loop: 0.004 s/clip x 4,500 clips
+
+
+FAST = speeds(0.02, 0.08, 0.07)  # an idle many-core CPU
+SLOW = speeds(0.30, 1.20, 1.00)  # a busy 2-core AVX2 CPU: 15x slower at everything
+
+
+def test_steps_for_reads_the_curve_log_linearly():
+    n_use = steps_for(CURVE, CODEC_COLOR_USABLE)
+    assert 500 < n_use < 1000 < steps_for(CURVE, CODEC_COLOR_NEED) <= 2000
+    # halfway in color between 500 (0.80) and 1000 (0.92) is the geometric mean of the steps
+    assert steps_for(CURVE, 0.86) == math.ceil(math.sqrt(500 * 1000))
+    assert steps_for(CURVE, 0.1) == 250  # already reached at the first point
+    assert steps_for(CURVE, 0.999) == 2000  # never reached: the last point
+    with pytest.raises(ValueError):
+        steps_for((), 0.9)
+
+
+@pytest.mark.parametrize("sp", [FAST, SLOW], ids=["fast", "slow"])
+def test_allocation_sums_to_the_pool_and_matches_ar_and_dit_flops(sp):
+    plan = allocate(sp, pool_minutes=12.0, fixed_s=FIXED, curve=CURVE)
+    assert sum(plan.minutes.values()) == pytest.approx(12.0)
+    assert sum(plan.shares().values()) == pytest.approx(1.0)
+    ar_train = (plan.minutes["ar"] - plan.fixed_minutes["ar"]) * 60
+    dit_train = (plan.minutes["dit"] - plan.fixed_minutes["dit"]) * 60
+    assert ar_train * sp["ar"].flops_per_s == pytest.approx(dit_train * sp["dit"].flops_per_s)
+    codec_train = plan.train_minutes("codec", plan.minutes["codec"]) * 60
+    assert plan.codec_steps == int(codec_train / sp["codec"].step_s + 1e-6)
+    assert plan.train_minutes("ar", plan.minutes["ar"]) == pytest.approx(ar_train / 60)
+    assert plan.train_minutes("codec", 3.0) == pytest.approx(3.0 - 8.0 / 60)
+
+
+def test_slow_machine_gives_the_codec_a_larger_share_never_below_its_usable_steps():
+    fast = allocate(FAST, 12.0, FIXED, curve=CURVE)
+    slow = allocate(SLOW, 12.0, FIXED, curve=CURVE)
+    slower = allocate(speeds(0.5, 2.0, 1.7), 12.0, FIXED, curve=CURVE)
+    n_need, n_use = steps_for(CURVE, CODEC_COLOR_NEED), steps_for(CURVE, CODEC_COLOR_USABLE)
+    # fast: the needed steps cost little, so the codec gets its floor share and more steps than it needs
+    assert fast.codec_bound == "min" and codec_frac(fast) == pytest.approx(CODEC_MIN)
+    assert fast.codec_steps >= n_need and not fast.notes
+    # slow: the needed steps would pass the cap, so the cap binds (above the usable minimum)
+    Pt = slow.train_pool_minutes * 60
+    assert Pt == pytest.approx(720 - sum(FIXED.values()))
+    assert n_need * 0.30 > CODEC_CAP * Pt and slow.codec_bound == "cap"
+    assert codec_frac(slow) == pytest.approx(CODEC_CAP) and slow.shares()["codec"] > fast.shares()["codec"]
+    assert n_use <= slow.codec_steps < n_need and "short of" in slow.notes[0]
+    # slower: even the usable minimum passes the cap; it still gets it (it fits under MAX)
+    assert n_use * 0.5 > CODEC_CAP * Pt and n_use * 0.5 <= CODEC_MAX * Pt
+    assert slower.codec_bound == "usable" and slower.codec_steps == n_use
+    assert CODEC_CAP < codec_frac(slower) < CODEC_MAX and slower.shares()["codec"] > slow.shares()["codec"]
+    assert slower.expected_steps["ar"] < slow.expected_steps["ar"] < fast.expected_steps["ar"]
+
+
+def test_needed_steps_win_when_they_fit_under_the_cap():
+    mid = speeds(0.10, 0.4, 0.35)  # 2,000 needed steps x 0.1 s = 3.3 min, under half of 12 min
+    plan = allocate(mid, 12.0, FIXED, curve=CURVE)
+    assert plan.codec_bound == "needed" and plan.codec_steps == steps_for(CURVE, CODEC_COLOR_NEED)
+
+
+def test_a_machine_too_slow_for_a_usable_codec_is_capped_and_says_so():
+    crawl = speeds(2.0, 8.0, 7.0)
+    plan = allocate(crawl, 12.0, FIXED, curve=CURVE)
+    assert plan.codec_bound == "max" and codec_frac(plan) == pytest.approx(CODEC_MAX)
+    assert plan.codec_steps < steps_for(CURVE, CODEC_COLOR_USABLE)
+    assert plan.notes and "minutes would fit" in plan.notes[0]
+    assert min(plan.minutes.values()) > 0
+
+
+def test_encodes_that_eat_the_pool_leave_a_floor_of_training_time_and_a_note():
+    # this project's loaded 2-core machine: 0.08 s to encode a clip; 4,500 clips twice, 1,012 for the codec: 13.4 min
+    plan = allocate(speeds(2.9, 6.7, 4.3), 12.15, {"codec": 81.0, "ar": 360.0, "dit": 360.0}, curve=CURVE)
+    assert plan.train_pool_minutes == pytest.approx(FLOOR * 12.15)
+    assert sum(plan.shares().values()) == pytest.approx(1.0)
+    assert sum(plan.minutes.values()) > 12.15 and "overrun" in plan.notes[0]
+    for k in ("ar", "dit"):
+        assert plan.minutes[k] > plan.fixed_minutes[k] and plan.expected_steps[k] > 0
+    # the Demo's shares scale each budget by pool / planned total; the training cap keeps the planned training time
+    assert plan.overrun
+    scaled = plan.minutes["ar"] * 12.15 / sum(plan.minutes.values())
+    assert scaled < plan.fixed_minutes["ar"]
+    assert plan.train_minutes("ar", scaled) == pytest.approx(plan.minutes["ar"] - plan.fixed_minutes["ar"])
+    assert not allocate(SLOW, 12.0, FIXED, curve=CURVE).overrun
+
+
+def test_allocate_rejects_missing_speeds_and_an_empty_pool():
+    with pytest.raises(ValueError, match="missing"):
+        allocate({"codec": FAST["codec"]}, 12.0)
+    with pytest.raises(ValueError, match="positive"):
+        allocate(FAST, 0.0)
+
+
+# ----------------------------------------------------------------------------- the Demo applies the plan
+
+
+def _machine() -> Machine:
+    return Machine(cpu="Test CPU", cores=2, threads=2, capability="AVX2", bf16_native=False, gpu=None, device="cpu",
+                   load_average=7.5, torch=torch.__version__)
+
+
+def _stages(calls, budgets):
+    def make(name):
+        def run(d, minutes):
+            calls.append(name)
+            budgets[name] = minutes
+            f = d.out / name / "summary.json"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps({"steps": 7, "wall_s": 1.5, "precision": "fp32"}))
+            return {"stage": name}
+        return Stage(name, f"{name}/summary.json", run, f"make {name}")
+    return [make(n) for n in ("data", "codec", "ar", "dit", "compare")]
+
+
+SHARES = {"data": 0.04, "codec": 0.26, "ar": 0.25, "dit": 0.30, "compare": 0.15}
+
+
+def test_demo_measures_once_applies_the_shares_and_reports_machine_and_precision(tmp_path):
+    measured = []
+
+    def measure(d):
+        measured.append(d.out)
+        return Measurement(_machine(), "fp32", "auto: CPU without native bf16", SLOW, 0.004, 4500, 0.1, 250)
+
+    calls, budgets = [], {}
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+                   measure=measure).run()
+    assert calls == ["data", "codec", "ar", "dit", "compare"] and len(measured) == 1
+    got = read_plan(tmp_path)
+    assert got is not None
+    doc, plan = got
+    assert doc["machine"]["capability"] == "AVX2" and doc["precision"] == "fp32"
+    # the codec's budget is its planned share of the pool (the stages here take ~0 s, so nothing rolls over yet)
+    assert budgets["codec"] == pytest.approx(plan.minutes["codec"], rel=0.02)
+    assert summary["machine"]["cpu"] == "Test CPU" and summary["precision"] == {"codec": "fp32", "ar": "fp32", "dit": "fp32"}
+    assert set(summary["speeds"]) == {"codec", "ar", "dit"} and summary["speeds"]["ar"]["step_s"] == 1.2
+    assert sum(summary["shares"].values()) == pytest.approx(1.0, abs=1e-3)  # rounded to 4 digits
+    assert summary["shares"]["data"] == SHARES["data"] and summary["plan"]["codec_steps"] == plan.codec_steps
+    assert json.loads((tmp_path / "demo_summary.json").read_text())["machine"]["cores"] == 2
+
+    # resume: the AR stage is unfinished; the plan is read back, not measured again
+    (tmp_path / "ar" / "summary.json").unlink()
+    calls.clear()
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+                   measure=measure).run()
+    assert calls == ["ar"] and len(measured) == 1 and summary["plan"]["codec_steps"] == plan.codec_steps
+
+    # every stage done: nothing runs, nothing is measured, the summary still states the machine and the shares
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+                   measure=measure).run()
+    assert calls == ["ar"] and len(measured) == 1 and summary["machine"]["capability"] == "AVX2"
+    (tmp_path / PLAN_FILE).unlink()
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+                   measure=measure).run()
+    assert len(measured) == 1 and "machine" not in summary
+
+    # --fresh measures again
+    Demo(tmp_path, minutes=10, stages=_stages([], {}), shares=SHARES, stream=io.StringIO(), measure=measure,
+         fresh=True).run()
+    assert len(measured) == 2
+
+
+def test_demo_without_a_measure_keeps_its_fixed_shares(tmp_path):
+    calls, budgets = [], {}
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO()).run()
+    assert budgets["data"] == pytest.approx(0.4, rel=0.01) and "machine" not in summary
+    assert not (tmp_path / PLAN_FILE).exists()
+
+
+def test_report_section_states_machine_precision_speeds_and_shares(tmp_path):
+    def measure(d):
+        return Measurement(_machine(), "fp32", "auto: CPU without native bf16", SLOW, 0.004, 4500, 0.1, 250)
+
+    Demo(tmp_path, minutes=10, stages=_stages([], {}), shares=SHARES, stream=io.StringIO(), measure=measure).run()
+    sec = report_section(tmp_path, "duogen demo --out X")
+    f = tmp_path / "section.json"
+    f.write_text(json.dumps(sec))
+    sec = load_section(f)  # the format `duogen compare --section` reads
+    assert "Test CPU, 2 cores (AVX2, no native bf16), no GPU" in sec["intro"] and "fp32" in sec["intro"]
+    rows = {r[0]: dict(zip(sec["tables"][0]["columns"], r)) for r in sec["tables"][0]["rows"]}
+    assert set(rows) == {"codec", "ar", "dit"}
+    assert rows["ar"]["precision"] == "fp32" and rows["ar"]["measured s/step"] == 1.2 and rows["ar"]["steps run"] == 7
+    assert sum(float(r["share of pool"].rstrip("%")) for r in rows.values()) == pytest.approx(100, abs=2)
+    assert report_section(tmp_path / "nothing", "x") is None
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def test_time_training_step_counts_the_flops_of_a_linear_step():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3, bias=False)
+    x = torch.randn(5, 4)
+    s = time_training_step(StepModel(model, lambda m: m(x).square().mean(), 5), "fp32", repeats=2)
+    # forward x @ W^T: 2*5*4*3 = 120; backward: grad wrt W only (x needs none) = 120 -> 240
+    assert s.flops_per_step == 240 and s.steps_timed == 2 and s.step_s > 0 and s.batch_size == 5
+    assert s.flops_per_s == pytest.approx(240 / s.step_s)
+
+
+def test_describe_machine_reports_torch_capability_and_no_gpu_on_cpu():
+    m = describe_machine("cpu")
+    assert m.capability == torch.backends.cpu.get_cpu_capability() and m.cores >= 1 and m.gpu is None
+    assert m.device == "cpu" and m.cpu in m.line() and "no GPU" in m.line()
