@@ -143,7 +143,7 @@ class DiTGligen(nn.Module):
 
     def gates(self) -> list[float]:
         """How open each layer's gates are: tanh(gain * gamma) of its attention and dense steps, in block order."""
-        return [round(float(torch.tanh(g.gain * p)), 4) for g in self.layers for p in (g.gamma_attn, g.gamma_dense)]
+        return [round(float(torch.tanh(g.gain * p.detach())), 4) for g in self.layers for p in (g.gamma_attn, g.gamma_dense)]
 
     # ------------------------------------------------------------------ conditions (bridges.control contract)
     @torch.no_grad()
