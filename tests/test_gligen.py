@@ -272,6 +272,7 @@ def test_cli_train_gligen_then_generate_with_boxes(bases, tmp_path):
     assert (conf["method"], conf["condition"], conf["blocks"]) == ("gligen", "boxes", 2)  # every block of the base
     sd = load_state_dict(final / "control.safetensors")
     assert all(k.startswith(("tokens.", "layers.")) for k in sd) and float(sd["layers.0.gamma_attn"]) != 0.0
+    assert len(s["gates"]) == 4 and all(-1 < g < 1 for g in s["gates"]) and any(s["gates"])
     row = load_dataset(bases / "data")["train"][0]
     boxes = write_boxes(tmp_path / "boxes.json", [BoxTrack(f"a {a['color']} {a['shape']}", np.asarray(b, np.float64))
                                                   for a, b in zip(row["attributes"], row["boxes"])])

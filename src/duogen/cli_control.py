@@ -77,8 +77,8 @@ def add_generate_control(p: Any) -> None:
                    " AR and diffusion runs each on the kind of model they were trained for")
     p.add_argument("--control-beta", type=float, default=1.0, metavar="B",
                    help="diffusion: the controls act only in the first B of the sampling steps, in (0, 1] (GLIGEN's"
-                   " scheduled sampling; the paper's 0.3 trades box accuracy for image quality; 1 = every step, as"
-                   " trained)")
+                   " scheduled sampling, Sec. 3.3: the paper grounds the layout early and lets the base finish the"
+                   " details, e.g. B = 0.3; default 1 = every step, as the control was trained)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--boxes", default=None, metavar="FILE.json",
                       help='the controls\' condition: [{"phrase": ..., "boxes": [[x0, y0, x1, y1], ...]}], one box per'

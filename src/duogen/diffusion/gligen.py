@@ -141,6 +141,10 @@ class DiTGligen(nn.Module):
         object.__setattr__(self, "_text_encoder", text_encoder)
         object.__setattr__(self, "_phrase_cache", {})  # phrase -> (D_text,): the encoder is frozen
 
+    def gates(self) -> list[float]:
+        """How open each layer's gates are: tanh(gain * gamma) of its attention and dense steps, in block order."""
+        return [round(float(torch.tanh(g.gain * p.detach())), 4) for g in self.layers for p in (g.gamma_attn, g.gamma_dense)]
+
     # ------------------------------------------------------------------ conditions (bridges.control contract)
     @torch.no_grad()
     def embed_phrases(self, phrases: list[str]) -> Tensor:

@@ -222,4 +222,5 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
                               "method": method, "condition": condition})
     return {**vars(summary), "final": str(out / "final"), "method": method, "condition": condition,
             "control_parameters": count_parameters(control), "clips": int(latents.shape[0]),
+            **({"gates": control.gates()} if hasattr(control, "gates") else {}),  # GLIGEN: tanh(gain * gamma) per layer
             "base": str(model_dir)}
