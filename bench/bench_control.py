@@ -167,7 +167,8 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
     rows = [{**measure("real clips (ceiling)", clips, [c["video"] for c in clips], real_feats),
              "paradigm": "data", "cost": None}]
     base_time = None
-    for facts, ctl in [({"control": "text only", "paradigm": gen.kind}, [])] + settings:
+    text_only = [] if a.no_text_only else [({"control": "text only", "paradigm": gen.kind}, [])]
+    for facts, ctl in text_only + settings:
         videos, t0 = [], time.perf_counter()
         for i in progress(range(0, len(clips), a.batch), desc=str(facts["control"]), unit="batch"):
             chunk = clips[i : i + a.batch]
@@ -176,9 +177,9 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
             res = gen.generate([c["prompt"] for c in chunk], n=1, seed=a.seed + i, controls=controls, **kw)
             videos.extend(np.asarray(v, np.uint8) for v in res.videos)
         dt = time.perf_counter() - t0
-        base_time = base_time or dt
+        base_time = base_time or (None if a.no_text_only else dt)
         rows.append({**measure(str(facts["control"]), clips, videos, real_feats), **facts,
-                     "cost": round(dt / base_time, 2)})
+                     "cost": round(dt / base_time, 2) if base_time else None})
         print(_line(rows[-1]), flush=True)
     return rows
 
@@ -268,6 +269,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--scales", default="", help="comma list; default: each control's own RUN:scale")
     ap.add_argument("--beta", default="", help="comma list of grounding fractions for scheduled controls (GLIGEN)")
+    ap.add_argument("--no-text-only", action="store_true",
+                    help="skip the text-only row (another run of the same --n/--steps/--seed has it; no cost column)")
     ap.add_argument("--stack", action="store_true", help="also one row with every --control at once")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--section", default=None, help="write a report section (JSON + plot PNG beside it)")
