@@ -31,7 +31,6 @@ whatever the weights.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import TextCond, zero_
+from ..control_parts import ConditionEncoder, weights_fingerprint
 from .dit import DiT
 from ..errors import CheckpointError, ConfigError, DataError
 
@@ -65,29 +65,6 @@ class ControlConfig:
             raise ConfigError("control: cond_channels, blocks and enc_channels must be >= 1")
         if self.base_depth and self.blocks > self.base_depth:
             raise ConfigError(f"control: blocks={self.blocks} exceeds the DiT's depth {self.base_depth}")
-
-
-class ConditionEncoder(nn.Module):
-    """Condition (B, C_cond, F, H, W) -> tokens (B, f*h*w, D) on the DiT's token grid (f, h, w).
-
-    Three 3x3 convs (stride 1, 2, 2) per frame with SiLU, then an average pool to the grid.
-    """
-
-    def __init__(self, cond_channels: int, width: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(cond_channels, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-        )  # fmt: skip
-        self.proj = nn.Linear(width, out_dim)
-
-    def forward(self, cond: Tensor, grid: tuple[int, int, int]) -> Tensor:
-        B, C, F_, H, W = cond.shape
-        y = self.net(cond.transpose(1, 2).reshape(B * F_, C, H, W))  # (B*F, width, H/4, W/4)
-        y = y.reshape(B, F_, *y.shape[1:]).transpose(1, 2)  # (B, width, F, H/4, W/4)
-        y = nn.functional.adaptive_avg_pool3d(y, grid)  # (B, width, f, h, w)
-        return self.proj(y.flatten(2).transpose(1, 2))  # (B, f*h*w, D)
 
 
 class DiTControlNet(nn.Module):
@@ -134,11 +111,7 @@ ControlModule = DiTControlNet | DiTAdapter
 
 def base_fingerprint(base: DiT) -> str:
     """sha256 over the base's parameters, in state-dict order (first 16 hex digits)."""
-    h = hashlib.sha256()
-    for k, v in base.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return weights_fingerprint(base)
 
 
 def as_condition(x: Any) -> Tensor:
