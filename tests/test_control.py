@@ -228,6 +228,29 @@ def test_fresh_control_is_an_exact_no_op_and_scale_zero_after_training_too(metho
         assert torch.equal(base(z, t, text), ref)  # hooks are removed after each call
 
 
+def test_frames_per_token_groups_frames_like_the_codec():
+    """r = 4: frame 0 fills latent frame 0's group, then frames 1-4 and 5-8 (a 1 + 4k codec's grouping)."""
+    from duogen.diffusion.control import ConditionEncoder
+
+    enc = ConditionEncoder(1, 4, 8, frames_per_token=4)
+    cond = torch.arange(9.0).view(1, 1, 9, 1, 1).expand(1, 1, 9, 2, 2)  # frame index as its value
+    g = enc.group_frames(cond, 3)  # (1, 4, 3, 2, 2)
+    assert g.shape == (1, 4, 3, 2, 2)
+    assert g[0, :, :, 0, 0].T.tolist() == [[0, 0, 0, 0], [1, 2, 3, 4], [5, 6, 7, 8]]
+    with pytest.raises(DataError):
+        enc.group_frames(cond[:, :, :8], 3)
+    base = _base()
+    z, t, text, cond = _inputs()
+    ctl = make_control(ControlConfig(method="controlnet", blocks=2, frames_per_token=4), base)
+    with torch.no_grad():
+        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text), base(z, t, text))
+        _perturb(ctl)
+        swapped = cond[:, :, [0, 2, 1, 3, 4, 5, 6, 7, 8]]  # two frames of one latent frame's group exchanged
+        a = Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text)
+        b = Controlled(base, [ActiveControl(ctl, swapped, 1.0)])(z, t, text)
+        assert (a - b).abs().max() > 1e-4  # each frame of the group reaches the tokens, not just their mean
+
+
 def test_several_controls_add_with_their_scales():
     base = _base()
     z, t, text, cond = _inputs()

@@ -3,7 +3,7 @@
 Owns: `ConditionEncoder` (a condition clip in pixels -> one feature per token of a latent grid), used by the
 DiT ControlNet / T2I-Adapter (`diffusion/control.py`) and the AR control embeddings
 (`ar_models/control_embed.py`), and `weights_fingerprint` (the hash a control records of the base it was made
-for). A leaf: imports torch only, so `ar_models` and `diffusion` both use it without importing each other.
+for). A leaf (torch and `duogen.errors`), so `ar_models` and `diffusion` both use it without importing each other.
 Does not own: any control method, the conditions themselves (`data/conditions.py`).
 
 Shape notation: B batch, C channels, F frames, H W height width, (f, h, w) the latent grid, D width.
@@ -16,35 +16,45 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
+from .errors import DataError
+
 
 class ConditionEncoder(nn.Module):
     """Condition (B, C_cond, F, H, W) -> tokens (B, f*h*w, D) on a latent token grid (f, h, w), raster order.
 
-    Three 3x3 convs (stride 1, 2, 2) per frame with SiLU, then an average pool to the grid. `causal_time`: pool
-    frames as a causal video codec groups them (1 + r*k frames -> 1 + k latent frames, the first frame on its
-    own), so latent frame j reads the frames the codec put in it; otherwise evenly spaced bins.
+    Three 3x3 convs (stride 1, 2, 2) per frame with SiLU, then an average pool to the grid. With
+    `frames_per_token` r > 1 the frames are grouped like the codec's latent frames (frame 0 alone, then r at a
+    time; F = 1 + r (f - 1)) and each group's frames are stacked as channels before the convs (frame 0 repeated
+    to fill its group), so a token sees where the object is in each of its frames instead of their average.
     """
 
-    def __init__(self, cond_channels: int, width: int, out_dim: int) -> None:
+    def __init__(self, cond_channels: int, width: int, out_dim: int, frames_per_token: int = 1) -> None:
         super().__init__()
+        self.r = frames_per_token
         self.net = nn.Sequential(
-            nn.Conv2d(cond_channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(cond_channels * frames_per_token, width, 3, padding=1), nn.SiLU(),
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
         )  # fmt: skip
         self.proj = nn.Linear(width, out_dim)
 
-    def forward(self, cond: Tensor, grid: tuple[int, int, int], causal_time: bool = False) -> Tensor:
+    def forward(self, cond: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        if self.r > 1:
+            cond = self.group_frames(cond, grid[0])  # (B, C*r, f, H, W)
         B, C, F_, H, W = cond.shape
         y = self.net(cond.transpose(1, 2).reshape(B * F_, C, H, W))  # (B*F, width, H/4, W/4)
         y = y.reshape(B, F_, *y.shape[1:]).transpose(1, 2)  # (B, width, F, H/4, W/4)
-        f = grid[0]
-        if causal_time and f > 1 and (F_ - 1) % (f - 1) == 0:
-            r = (F_ - 1) // (f - 1)
-            rest = y[:, :, 1:].unflatten(2, (f - 1, r)).mean(3)  # (B, width, f-1, H/4, W/4): frames 1+r(j-1)..rj
-            y = torch.cat([y[:, :, :1], rest], dim=2)  # (B, width, f, H/4, W/4)
         y = nn.functional.adaptive_avg_pool3d(y, grid)  # (B, width, f, h, w)
         return self.proj(y.flatten(2).transpose(1, 2))  # (B, f*h*w, D)
+
+    def group_frames(self, cond: Tensor, f: int) -> Tensor:
+        """(B, C, 1 + r (f - 1), H, W) -> (B, C*r, f, H, W): frame 0 repeated r times, then r frames per group."""
+        B, C, F_, H, W = cond.shape
+        if F_ != 1 + self.r * (f - 1):
+            raise DataError(f"control condition of {F_} frames: this control groups 1 + {self.r}k frames onto"
+                            f" {f} latent frames; give the model's frame count")
+        x = torch.cat([cond[:, :, :1].expand(B, C, self.r - 1, H, W), cond], 2)  # (B, C, f*r, H, W)
+        return x.reshape(B, C, f, self.r, H, W).transpose(2, 3).reshape(B, C * self.r, f, H, W)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -11,10 +11,11 @@ ControlAR (Li et al. 2024, sec. 3.3, conditional decoding): x_{i+1} ~ p(x_{i+1} 
 token c_{i+1} aligned with the next image token is fused into the hidden state that predicts it, at every k-th
 layer l: h_i^l <- h_i^l + s * Z_l(c_{i+1}), with Z_l zero-initialised, so a fresh control (or s = 0) is an
 exact no-op. Here c is one embedding per token of the codec's latent grid (f, h, w), in the raster order the
-layouts put video tokens in (frame, row, column): the condition clip (B, 1, F, H, W) goes through per-frame
-convs, pooled to the grid as the causal codec groups frames (`control_parts.ConditionEncoder`). Position i
-carries c_{k} where token i+1 is video token k of the clip opened by the last `<bov>` / `<boi>`: the marker
-itself carries c_0, video token k-1 carries c_k, the clip's last token (which predicts `<eov>`) nothing.
+layouts put video tokens in (frame, row, column): the condition clip (B, 1, F, H, W) is grouped into latent
+frames as the causal codec groups them (1 + r*k frames, each group's frames stacked as channels), encoded by
+2D convs and pooled to the grid (`control_parts.ConditionEncoder`). Position i carries c_k where token i+1 is
+video token k of the clip opened by the last `<bov>` / `<boi>`: the marker itself carries c_0, video token k-1
+carries c_k, the clip's last token (which predicts `<eov>`) nothing.
 
 Hooks, not model edits: a forward hook on the token embedding reads the ids (and keeps the count of video
 tokens across the chunks of a KV-cached decode: a chunk starting with `<bos>` starts a sequence), and forward
@@ -54,6 +55,7 @@ class ControlARConfig:
     cond_channels: int = 1  # channels of the condition clip (1: a mask, edges or rasterised boxes)
     every: int = 2  # fuse after decoder layers 0, every, 2*every, ...
     enc_channels: int = 32  # width of the condition encoder
+    frames_per_token: int = 1  # condition frames stacked per latent frame (the codec's 1 + r*k grouping; `make_control_embed`)
     frames: int = 0  # the condition clip's frames and size (the base's codec; filled by `make_control_embed`)
     size: int = 0
     base_hidden: int = 0  # the base this control was made for (filled by `make_control_embed`)
@@ -64,8 +66,8 @@ class ControlARConfig:
     def check(self) -> None:
         if self.method != METHOD:
             raise ConfigError(f"control embeddings: method {self.method!r}, expected {METHOD!r}")
-        if self.cond_channels < 1 or self.every < 1 or self.enc_channels < 1:
-            raise ConfigError("control embeddings: cond_channels, every and enc_channels must be >= 1")
+        if min(self.cond_channels, self.every, self.enc_channels, self.frames_per_token) < 1:
+            raise ConfigError("control embeddings: cond_channels, every, enc_channels, frames_per_token must be >= 1")
 
     def layers(self) -> list[int]:
         """The decoder layers whose outputs receive the control."""
@@ -80,7 +82,7 @@ class ControlEmbed(nn.Module):
         config.check()
         self.config = config
         d = config.base_hidden
-        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d)
+        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d, config.frames_per_token)
         self.body = nn.Sequential(nn.SiLU(), nn.Linear(d, d), nn.SiLU())
         self.heads = nn.ModuleList([nn.Linear(d, d) for _ in config.layers()])  # Z_l, zero-initialised
         for p in self.heads.parameters():
@@ -95,16 +97,18 @@ class ControlEmbed(nn.Module):
         if c.frames and tuple(cond.shape[2:]) != (c.frames, c.size, c.size):
             raise DataError(f"control condition of {tuple(cond.shape[2:])} (frames, H, W): this control reads"
                             f" ({c.frames}, {c.size}, {c.size}), the base model's clips")
-        f = self.body(self.encoder(cond, tuple(c.base_latent), causal_time=True))  # (B, N, D)
+        f = self.body(self.encoder(cond, tuple(c.base_latent)))  # (B, N, D)
         return [head(f) for head in self.heads]
 
 
 def make_control_embed(config: ControlARConfig, base: Any, frames: int = 0, size: int = 0) -> ControlEmbed:
     """A fresh control for `base` (a `MultimodalLM`; an exact no-op until trained); records the base's width,
     depth, latent grid and weights' fingerprint, and the condition clip's frames and size (0: not checked)."""
+    f = int(base.spec.latent[0])
+    r = (frames - 1) // (f - 1) if frames and f > 1 and (frames - 1) % (f - 1) == 0 else 1  # the codec's 1 + r*k
     config = ControlARConfig(**{**asdict(config), "base_hidden": base.cfg.hidden, "base_layers": base.cfg.layers,
                                 "base_latent": [int(v) for v in base.spec.latent], "frames": int(frames),
-                                "size": int(size), "base_fingerprint": weights_fingerprint(base)})
+                                "size": int(size), "frames_per_token": r, "base_fingerprint": weights_fingerprint(base)})
     return ControlEmbed(config)
 
 

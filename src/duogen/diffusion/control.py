@@ -54,6 +54,7 @@ class ControlConfig:
     cond_channels: int = 1  # channels of the condition clip (1: a mask, edges or rasterised boxes)
     blocks: int = 2  # the first `blocks` DiT blocks receive a residual (ControlNet copies them)
     enc_channels: int = 32  # width of the condition encoder
+    frames_per_token: int = 1  # 1: condition frames averaged onto the token grid; r: the codec's 1 + r*k grouping, stacked
     base_hidden: int = 0  # the DiT's width / depth this control was made for (filled by `make_control`)
     base_depth: int = 0
     base_fingerprint: str = ""  # sha256 of the base's weights at `make_control` (another base of the same shape: a warning)
@@ -61,8 +62,8 @@ class ControlConfig:
     def check(self) -> None:
         if self.method not in ("controlnet", "t2i-adapter"):
             raise ConfigError(f"control: method {self.method!r}; choose controlnet or t2i-adapter")
-        if self.cond_channels < 1 or self.blocks < 1 or self.enc_channels < 1:
-            raise ConfigError("control: cond_channels, blocks and enc_channels must be >= 1")
+        if self.cond_channels < 1 or self.blocks < 1 or self.enc_channels < 1 or self.frames_per_token < 1:
+            raise ConfigError("control: cond_channels, blocks, enc_channels and frames_per_token must be >= 1")
         if self.base_depth and self.blocks > self.base_depth:
             raise ConfigError(f"control: blocks={self.blocks} exceeds the DiT's depth {self.base_depth}")
 
@@ -74,7 +75,7 @@ class DiTControlNet(nn.Module):
         super().__init__()
         self.config = config
         d = base.config.hidden
-        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d)
+        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d, config.frames_per_token)
         self.hint = zero_(nn.Linear(d, d))  # Z(c; Theta_z1)
         self.blocks = copy.deepcopy(base.blocks[: config.blocks])  # Theta_c, initialised from the base
         for p in self.blocks.parameters():
@@ -97,7 +98,7 @@ class DiTAdapter(nn.Module):
         super().__init__()
         self.config = config
         d = base.config.hidden
-        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d)
+        self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d, config.frames_per_token)
         self.body = nn.Sequential(nn.SiLU(), nn.Linear(d, d), nn.SiLU())
         self.heads = nn.ModuleList([zero_(nn.Linear(d, d)) for _ in range(config.blocks)])
 

@@ -43,13 +43,14 @@ class ControlRecipeConfig:
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
     blocks: int = 2  # the first `blocks` DiT blocks receive the control's residual
     enc_channels: int = 32  # width of the condition encoder
+    frames_per_token: int = 1  # 1: condition frames averaged per token; the codec's temporal factor (4): stacked
     split: str = "train"
     max_clips: int = 0  # 0 = the whole split
     cache_dir: str = ""  # "" = OUT/../.cache
 
     def check(self) -> None:
-        if self.blocks < 1 or self.enc_channels < 1:
-            raise ConfigError("blocks and enc_channels must be >= 1")
+        if self.blocks < 1 or self.enc_channels < 1 or self.frames_per_token < 1:
+            raise ConfigError("blocks, enc_channels and frames_per_token must be >= 1")
 
 
 class ConditionRecords:
@@ -168,7 +169,8 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
 
     seed_everything(seed)
     control = make_control(ControlConfig(method=method, cond_channels=1, blocks=cfg.blocks,
-                                         enc_channels=cfg.enc_channels), base.denoiser)
+                                         enc_channels=cfg.enc_channels, frames_per_token=cfg.frames_per_token),
+                           base.denoiser)
     trainer = ControlTrainer(base, control)
 
     def loss_fn(m: Any, batch: dict[str, Any]) -> LossOutput:
