@@ -3,6 +3,7 @@ scale 0, KV-cached sampling equals the teacher-forced forward with a control (wi
 gradients reach only the control, a frozen base learns to follow a condition, save / load refuses another base."""
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -133,7 +134,7 @@ def test_cached_sampling_equals_the_uncached_forward_with_a_control(guidance):
     ctl = Active(control_for(m), condition(), 0.7)
     with torch.no_grad():
         want = _uncached_greedy(m, CAPS[1], ctl, guidance)
-        with control_embeddings(m, [ctl]):
+        with ctl.module.sampling(SimpleNamespace(model=m), ctl.condition, ctl.scale):  # the bridges' protocol
             got = generate_ids(m, [CAPS[1]], sampling=SamplingConfig(temperature=0, guidance=guidance))
         base = generate_ids(m, [CAPS[1]], sampling=SamplingConfig(temperature=0, guidance=guidance))
     got = got.reshape(-1) + m.vocab.codec_range("video").start

@@ -1,9 +1,10 @@
 """ControlAR for the AR model: control embeddings added to the hidden states every few decoder layers.
 
 Owns: `ControlARConfig`, `ControlEmbed` (a condition encoder and one zero-initialised projection per fused
-layer), `make_control_embed` (a fresh one for a given base), `control_embeddings` (the context in which every
-forward of the base, teacher-forced or KV-cached, is controlled), `next_video_index` (which video token a
-position predicts), `save_control_embed` / `load_control_embed` (refused for another base).
+layer; `sampling`, the bridges' AR control protocol), `ControlUse`, `make_control_embed` (a fresh one for a given
+base), `control_embeddings` (the context in which every forward of the base, teacher-forced or KV-cached, is
+controlled), `next_video_index` (which video token a position predicts), `save_control_embed` /
+`load_control_embed` (refused for another base).
 Does not own: the conditions (`data/conditions.py`), the training recipe (`train/controlar_recipe.py`),
 loading runs and generating through the bridge API (`bridges/control.py`), the sampling loop (`sampling.py`).
 
@@ -99,6 +100,20 @@ class ControlEmbed(nn.Module):
                             f" ({c.frames}, {c.size}, {c.size}), the base model's clips")
         f = self.body(self.encoder(cond, tuple(c.base_latent)))  # (B, N, D)
         return [head(f) for head in self.heads]
+
+    @contextlib.contextmanager
+    def sampling(self, rows: Any, condition: Tensor, scale: float) -> Iterator[None]:
+        """The AR control protocol of `bridges/control.py`: for one sampling call, hook the base (`rows.model`)
+        so its decoder adds this control (no stream of its own: yields None)."""
+        with control_embeddings(rows.model, [ControlUse(self, condition, scale)]):
+            yield None
+
+
+class ControlUse:
+    """One control in use, ActiveControl-like (what `control_embeddings` reads): module, condition, scale."""
+
+    def __init__(self, module: ControlEmbed, condition: Tensor, scale: float = 1.0):
+        self.module, self.condition, self.scale = module, condition, scale
 
 
 def make_control_embed(config: ControlARConfig, base: Any, frames: int = 0, size: int = 0) -> ControlEmbed:

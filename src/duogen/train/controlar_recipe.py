@@ -79,17 +79,10 @@ class ControlARTrainer(nn.Module):
             p.requires_grad_(False)
 
     def loss(self, batch: dict[str, Any]) -> Any:
-        from ..ar_models.control_embed import control_embeddings
+        from ..ar_models.control_embed import ControlUse, control_embeddings
 
-        with control_embeddings(self.base, [_Use(self.control, batch["condition"])]):
+        with control_embeddings(self.base, [ControlUse(self.control, batch["condition"])]):
             return self.base.loss(batch)
-
-
-class _Use:
-    """An ActiveControl-like triple at scale 1 (what `control_embeddings` reads)."""
-
-    def __init__(self, module: Any, condition: torch.Tensor, scale: float = 1.0):
-        self.module, self.condition, self.scale = module, condition, scale
 
 
 def controlar_saver(model_dir: Path, condition: str):
