@@ -19,13 +19,20 @@ def add_train_control(train: Any) -> None:
     """Register `control` in the `train` group."""
 
     def run(a: argparse.Namespace) -> dict[str, Any]:
-        from .train.control_recipe import train_control
+        from pathlib import Path
 
-        return train_control(a.model, a.data, a.out, method=a.method, condition=a.condition, overrides=a.overrides,
-                             seed=a.seed, resume=a.resume)
+        from .io import read_json
+
+        conf = read_json(Path(a.model) / "config.json")
+        if isinstance(conf, dict) and conf.get("kind") == "ar":  # AR methods: train/ar_control_recipe.py
+            from .train.ar_control_recipe import train_ar_control as train
+        else:
+            from .train.control_recipe import train_control as train
+        return train(a.model, a.data, a.out, method=a.method, condition=a.condition, overrides=a.overrides,
+                     seed=a.seed, resume=a.resume)
 
     p = command(
-        train, "control", "train a ControlNet or T2I-Adapter for a trained diffusion model (the base frozen)", run,
+        train, "control", "train a control for a trained model: ControlNet / T2I-Adapter (diffusion), tokens (AR)", run,
         description=(
             "Train a spatial control for a trained DiT diffusion model (--model, e.g. the shipped reference DiT),"
             " the base frozen: ControlNet (a trainable copy of the DiT's first blocks joined by zero-initialised"
@@ -33,12 +40,19 @@ def add_train_control(train: Any) -> None:
             " condition comes from each clip's ground truth: boxes (the clip's boxes rasterised), mask (its objects)"
             " or edges (its Sobel edges). OUT/final holds only the control (control.safetensors, control.json"
             " naming the base); use it with `duogen generate --model DIR --control OUT --boxes FILE.json`."
-            "\n\nOverrides: train.* (steps, batch_size, lr, max_minutes (default 10), ...), blocks (2),"
-            " enc_channels (32), split, max_clips."
+            "\n\nFor an AR model (e.g. the shipped reference AR), --method tokens (VideoPoet's way): the condition"
+            " goes into the prefix as tokens: a mask / edge video through the model's codec, or boxes as quantised"
+            " coordinates (new vocabulary tokens) after each object's phrase. The model is fine-tuned (all of it by"
+            " default; train.trainable=GLOBS to choose) and OUT/final holds only the tensors that differ from the"
+            " base; generation steers the base by classifier-free guidance over the condition (scale 0 = the base)."
+            "\n\nOverrides: train.* (steps, batch_size, lr, max_minutes (default 10), ...), split, max_clips;"
+            " diffusion: blocks (2), enc_channels (32); AR tokens: bins (32), max_objects (2), phrase_tokens (6),"
+            " drop (0.1, condition dropout), text_drop (0.1)."
         ),
     )
     p.add_argument("--model", required=True, metavar="DIR", help="the trained diffusion model (kept frozen, never written)")
-    p.add_argument("--method", required=True, choices=("controlnet", "t2i-adapter"))
+    p.add_argument("--method", required=True, choices=("controlnet", "t2i-adapter", "tokens"),
+                   help="diffusion: controlnet, t2i-adapter; AR: tokens (the condition as tokens in the prefix)")
     p.add_argument("--condition", required=True, choices=("boxes", "mask", "edges"))
     p.add_argument("--data", required=True, help="a shapes data set (`duogen data make shapes`) at the model's clip size")
     p.add_argument("--out", required=True, help="run directory")
@@ -50,7 +64,8 @@ def add_train_control(train: Any) -> None:
 def add_generate_control(p: Any) -> None:
     """The control flags of `duogen generate`."""
     p.add_argument("--control", action="append", default=[], metavar="RUN[:SCALE]",
-                   help="diffusion: a `duogen train control` run to steer with (repeatable, each at its scale, default 1)")
+                   help="a `duogen train control` run to steer with (repeatable, each at its scale, default 1);"
+                   " AR and diffusion runs each on the kind of model they were trained for")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--boxes", default=None, metavar="FILE.json",
                       help='the controls\' condition: [{"phrase": ..., "boxes": [[x0, y0, x1, y1], ...]}], one box per'
@@ -61,18 +76,11 @@ def add_generate_control(p: Any) -> None:
 
 def control_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """--control / --boxes / --mask / --edges -> the generator's keywords (none when no control is given)."""
-    from pathlib import Path
-
-    from .io import read_json
-
     given = [(k, getattr(a, k)) for k in ("boxes", "mask", "edges") if getattr(a, k, None)]
     if not a.control:
         if given:
             raise ConfigError(f"--{given[0][0]} is a control's condition: give --control RUN too")
         return {}
-    conf = read_json(Path(a.model) / "config.json")
-    if isinstance(conf, dict) and conf.get("kind") == "ar":
-        raise ConfigError("--control: control for AR models is not built yet; use a diffusion (DiT) model")
     if not given:
         raise ConfigError("--control needs a condition: --boxes FILE.json, --mask FILE or --edges FILE")
     return {"controls": list(a.control), "condition": given[0]}

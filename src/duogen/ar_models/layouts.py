@@ -20,6 +20,12 @@ no padding masks). The loss covers only the output segment. Segments:
     edit      <bos> <edit> pad.. <bot> instruction <eot> <bov> Vsource <eov> <sep> <bov> | V <eov> <eos>
               (InstructPix2Pix; `<edit>` is added to a trained vocabulary with `MultimodalLM.add_tokens`; a
               dropped source, `cond["source"] = NULL_CLIP`, is the clip's tokens all `<pad>`)
+    control   <bos> <control> pad.. <bot> text <eot> <bov> Vcond <eov> <sep> <bov> | V <eov> <eos>
+              (VideoPoet-style control: Vcond = the condition clip (a mask or edge video) through the same codec;
+              `cond["control"]`, NULL_CLIP = dropped)
+    layout    <bos> <layout> pad.. <bot> text <eot> L <sep> <bov> | V <eov> <eos>
+              (layout tokens: L = `spec.layout_tokens` global ids given whole in `cond["layout"]`, e.g. quantised
+              box coordinates, built by `ar_models/control.py`; NULL_CLIP = all `<pad>`)
 
 `|` marks the end of the prefix (the condition); the prefix LM attends
 bidirectionally to everything before it.
@@ -35,7 +41,7 @@ from typing import Any, NamedTuple, Sequence
 from ..errors import DataError
 
 TASKS = ("t2v", "t2i", "i2v", "inpaint", "outpaint", "t2a", "v2a", "uncond")
-ADDED_TASKS = ("edit",)  # tasks whose token a trained vocabulary grows (`MultimodalLM.add_tokens`), not built in
+ADDED_TASKS = ("edit", "control", "layout")  # tasks whose token a trained vocabulary grows (`MultimodalLM.add_tokens`), not built in
 NULL_CLIP = "null"  # cond["source"] of the edit task: no source clip (IP2P's image dropout and unconditional stream)
 AUDIO_TASKS = ("t2a", "v2a")
 MASKED_TASKS = ("inpaint", "outpaint")
@@ -53,6 +59,7 @@ class LayoutSpec:
     audio_tokens: int = 0  # audio time steps per clip (0 = no audio)
     audio_levels: int = 1
     tasks: list[str] = field(default_factory=lambda: ["t2v"])
+    layout_tokens: int = 0  # the layout task's condition length (0 = no layout task)
 
     def check(self) -> None:
         from ..errors import ConfigError
@@ -62,6 +69,8 @@ class LayoutSpec:
             raise ConfigError(f"unknown task {bad[0]!r}; allowed values: {', '.join(TASKS + ADDED_TASKS)}")
         if any(t in AUDIO_TASKS for t in self.tasks) and self.audio_tokens <= 0:
             raise ConfigError("tasks t2a / v2a need audio (audio_tokens > 0); the data set has none")
+        if "layout" in self.tasks and self.layout_tokens <= 0:
+            raise ConfigError("task layout needs layout_tokens > 0 (the length of its condition segment)")
         if not 1 <= self.cond_frames < self.latent[0] and "i2v" in self.tasks:
             raise ConfigError(f"cond_frames must be 1..{self.latent[0] - 1} for i2v (latent clip has {self.latent[0]} frames)")
 
@@ -182,11 +191,20 @@ class Layouts:
                 raise DataError("task i2v needs the first frame(s) as its condition (--image or --video)")
             out = self._video(target)[k:] if target is not None else []
             return pre + [t["<bov>"]] + list(given), [vr] * (nv - k), out, [t["<eov>"], t["<eos>"]]
-        if task in MASKED_TASKS or task == "edit":
-            key = "source" if task == "edit" else "masked"
+        if task == "layout":
+            lay = cond.get("layout")
+            if lay is None:
+                raise DataError("task layout needs its layout tokens as its condition (cond['layout'])")
+            lay = [t["<pad>"]] * self.spec.layout_tokens if _is_null(lay) else [int(i) for i in _flat(lay)]
+            if len(lay) != self.spec.layout_tokens:
+                raise DataError(f"task layout needs {self.spec.layout_tokens} layout tokens, got {len(lay)}")
+            out = self._video(target) if target is not None else []
+            return pre + lay + [t["<sep>"], t["<bov>"]], [vr] * nv, out, [t["<eov>"], t["<eos>"]]
+        if task in MASKED_TASKS or task in ("edit", "control"):
+            key = {"edit": "source", "control": "control"}.get(task, "masked")
             if cond.get(key) is None:
-                raise DataError(f"task {task} needs a {'source' if task == 'edit' else 'masked'} clip as its condition")
-            masked = [t["<pad>"]] * nv if isinstance(cond[key], str) and cond[key] == NULL_CLIP else self._video(cond[key])
+                raise DataError(f"task {task} needs a {key} clip as its condition")
+            masked = [t["<pad>"]] * nv if _is_null(cond[key]) else self._video(cond[key])
             out = self._video(target) if target is not None else []
             return pre + [t["<bov>"]] + masked + [t["<eov>"], t["<sep>"], t["<bov>"]], [vr] * nv, out, [t["<eov>"], t["<eos>"]]
         if self.spec.audio_tokens <= 0:
@@ -231,8 +249,13 @@ class Layouts:
         n = 0
         for task in list(self.spec.tasks) + ["uncond"]:
             target = zeros_a if task in AUDIO_TASKS else zeros_v
-            n = max(n, len(self.example(task, [], target, {"masked": zeros_v, "video": zeros_v, "source": zeros_v}).ids))
+            conds = {"masked": zeros_v, "video": zeros_v, "source": zeros_v, "control": zeros_v, "layout": NULL_CLIP}
+            n = max(n, len(self.example(task, [], target, conds).ids))
         return n
+
+
+def _is_null(cond: Any) -> bool:
+    return isinstance(cond, str) and cond == NULL_CLIP
 
 
 def _flat(ids: Any) -> list[int]:

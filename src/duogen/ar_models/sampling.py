@@ -7,8 +7,16 @@ small models; weight edits, peft adapters and attention processors apply at
 the next call), `sample_plans` (the loop: temperature, top-k, top-p,
 classifier-free guidance with conditional and unconditional streams in one
 batch, logits restricted to each output position's id range, a per-step
-callback, given tokens kept in place of draws), and `generate_ids` (prompts ->
-codec ids through the layouts).
+callback, given tokens kept in place of draws, `ControlStream`s decoded in
+lockstep whose logits steer the base's), and `generate_ids` (prompts -> codec
+ids through the layouts).
+
+A `ControlStream` is a second model (or the same one on another layout) with
+its own prefix and KV cache, fed the same sampled tokens: at every step
+l = l_base + sum_k s_k (l_k - l_base) over the streams k (classifier-free
+guidance over a condition, Ho & Salimans 2022, composed as in Liu et al. 2022,
+"Compositional Visual Generation"): s_k = 1 samples from the controlled model
+alone, s_k = 0 leaves the base's logits exactly as they are.
 
 Attention processors (`duogen.attention`, installed with `attention_processor(model, p)`)
 run at every decode step: `call.step` is the output token whose logits the
@@ -30,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +73,31 @@ class SamplingConfig:
             raise DataError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.threads < 0:
             raise DataError(f"threads must be >= 0 (0 = torch's setting), got {self.threads}")
+
+
+@dataclass
+class ControlStream:
+    """A model decoded beside the base on its own prefix; it steers the base's logits by `scale` (module docstring).
+
+    The stream's output positions must be the base's (same ranges); its prefix may be longer (a condition in it).
+    `uncond_prefix` (B, P'): its rows for the base's text guidance (the same guidance scale applies to it).
+    """
+
+    decoder: "LlamaDecoder"
+    prefix: torch.Tensor  # (B, P')
+    scale: float = 1.0
+    uncond_prefix: torch.Tensor | None = None  # (B, P')
+    prefix_lm: bool = True
+
+
+class ControlRows(NamedTuple):
+    """What an AR control needs to steer one sampling call (the `sampling(rows, condition, scale)` protocol)."""
+
+    model: Any  # the base `MultimodalLM`
+    decoder: "LlamaDecoder"  # the base's decoder (a control that adds to hidden states hooks it)
+    text_ids: list[list[int]]  # (B,) each output row's prompt ids
+    negative_ids: list[int]  # the unconditional text of text guidance
+    guided: bool  # text guidance on: streams need their unconditional rows
 
 
 def _plain(*mods: Any) -> bool:
@@ -341,6 +374,7 @@ def sample_plans(
     seed: int = 0,
     callback: StepCallback | None = None,
     forced: torch.Tensor | None = None,
+    streams: Sequence[ControlStream] = (),
 ) -> torch.Tensor:
     """Decode N tokens after prefix (B,P); token n is drawn from global ids ranges[n] = [lo, hi).
 
@@ -349,35 +383,65 @@ def sample_plans(
     2022, written so that s = 1 gives l_c exactly). `forced` (B,N) global ids
     replace the drawn token wherever >= 0 (-1: keep the draw); the draw still
     happens, so forcing the tokens a seed produced reproduces that seed's run.
+    `streams`: `ControlStream`s steering the logits (module docstring), after text guidance in each.
     Returns (B,N) global ids.
     """
     cfg.check()
     with _threads(cfg.threads), torch.inference_mode():
-        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback, forced)
+        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback, forced, streams)
+
+
+class _Stream:
+    """One decoder in the loop: its rows (B, or 2B with text guidance) and its last hidden state."""
+
+    def __init__(self, decoder: LlamaDecoder, prefix: torch.Tensor, uncond: torch.Tensor | None, guided: bool,
+                 prefix_lm: bool, roles: tuple[str, ...]):
+        self.decoder, self.guided = decoder, guided and uncond is not None
+        x = torch.cat([prefix, uncond]) if self.guided else prefix  # (B or 2B, P)
+        self.B, self.P = prefix.shape
+        decoder.reset(x.shape[0])
+        with attention_context(step=0, roles=roles if self.guided else ("cond",)):
+            self.h = decoder.forward(x, 0, bidirectional=prefix_lm)
+
+    def logits(self, lo: int, hi: int, s: float) -> torch.Tensor:
+        """(B, R), text-guided as l_c + (s - 1)(l_c - l_u) when the stream has unconditional rows."""
+        logits = self.decoder.logits(self.h, lo, hi).float()  # (B or 2B, R)
+        if self.guided:
+            l_c, l_u = logits[: self.B], logits[self.B :]
+            logits = l_c + (s - 1.0) * (l_c - l_u)
+        return logits
+
+    def step(self, tok: torch.Tensor, n: int, roles: tuple[str, ...]) -> None:
+        step = torch.cat([tok, tok]) if self.guided else tok
+        with attention_context(step=n + 1, roles=roles if self.guided else ("cond",)):
+            self.h = self.decoder.forward(step[:, None], self.P + n)
 
 
 def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[int, int]], cfg: SamplingConfig,
             uncond_prefix: torch.Tensor | None, prefix_lm: bool, seed: int, callback: StepCallback | None,
-            forced: torch.Tensor | None = None) -> torch.Tensor:
+            forced: torch.Tensor | None = None, streams: Sequence[ControlStream] = ()) -> torch.Tensor:
     guided = cfg.guidance is not None and uncond_prefix is not None
     B, P = prefix.shape
     N = len(ranges)
     if P + N > decoder.max_len:
         raise DataError(f"prefix {P} + output {N} tokens exceed the model's {decoder.max_len}-token context")
-    x = torch.cat([prefix, uncond_prefix]) if guided else prefix  # (B or 2B, P)
+    for c in streams:
+        if c.prefix.shape[0] != B or c.prefix.shape[1] + N > c.decoder.max_len:
+            raise DataError(f"control stream prefix {tuple(c.prefix.shape)} does not fit batch {B} and"
+                            f" {c.decoder.max_len - N} prefix tokens")
     roles = ("cond", "uncond") if guided else ("cond",)  # rows [:B] conditional, [B:] unconditional
     gen = torch.Generator().manual_seed(int(seed))
-    decoder.reset(x.shape[0])
-    with attention_context(step=0, roles=roles):  # attention processors see the step and each half's role
-        h = decoder.forward(x, 0, bidirectional=prefix_lm)
+    # attention processors see the step and each half's role
+    base = _Stream(decoder, prefix, uncond_prefix, guided, prefix_lm, roles)
+    ctl = [(_Stream(c.decoder, c.prefix, c.uncond_prefix, guided, c.prefix_lm, roles), float(c.scale)) for c in streams]
     out = torch.empty(B, N, dtype=torch.long)
     s = float(cfg.guidance) if guided else 1.0
     for n in range(N):
         lo, hi = ranges[n]
-        logits = decoder.logits(h, lo, hi).float()  # (B or 2B, R)
-        if guided:
-            l_c, l_u = logits[:B], logits[B:]
-            logits = l_c + (s - 1.0) * (l_c - l_u)
+        logits = base.logits(lo, hi, s)  # (B, R)
+        if ctl:
+            steer = sum(k * (st.logits(lo, hi, s) - logits) for st, k in ctl)
+            logits = logits + steer
         if callback is not None:
             repl = callback(n, P + n, logits, out[:, :n])
             if repl is not None:
@@ -398,9 +462,8 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
             tok = torch.where(forced[:, n] >= 0, forced[:, n], tok)
         out[:, n] = tok
         if n + 1 < N:
-            step = torch.cat([tok, tok]) if guided else tok
-            with attention_context(step=n + 1, roles=roles):
-                h = decoder.forward(step[:, None], P + n)
+            for st in [base, *(c for c, _ in ctl)]:
+                st.step(tok, n, roles)
     return out
 
 
@@ -417,6 +480,7 @@ def generate_ids(
     callback: StepCallback | None = None,
     decoder: LlamaDecoder | None = None,
     forced_ids: Any = None,
+    streams: Sequence[ControlStream] = (),
 ) -> torch.Tensor:
     """Prompts -> output codec ids: (len(prompts)*n, f, h, w) for video tasks, (.., h, w) for t2i, (.., T, L) audio.
 
@@ -424,6 +488,7 @@ def generate_ids(
     for i2v ("first"), inpaint/outpaint ("masked") and v2a ("video"); it is shared by all prompts.
     Task "uncond" on a model that never trained it decodes the t2v layout with an empty prompt.
     `forced_ids`: output codec ids to keep instead of sampling (`forced_tokens`).
+    `streams`: `ControlStream`s (e.g. from `ar_models/control.py`) steering every step.
     """
     sampling = sampling or SamplingConfig()
     check_task(task, model.spec)
@@ -446,7 +511,8 @@ def generate_ids(
     prefix = torch.tensor([pl.prefix for pl in plans])  # (B,P): fixed-length layouts, no padding needed
     decoder = decoder or model.decoder()
     forced = None if forced_ids is None else forced_tokens(forced_ids, plans[0].ranges, len(plans))
-    g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback, forced)
+    g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback, forced,
+                     streams)
     return to_codec_ids(model, task, g)
 
 

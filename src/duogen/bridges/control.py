@@ -1,9 +1,19 @@
-"""Sampling a diffusion model with trained controls: load `duogen train control` runs, build their condition.
+"""Sampling either paradigm with trained controls: load `duogen train control` runs, build their condition.
 
-Owns `parse_control` ("RUN[:scale]"), `load_control_run` (a run's control for this model's DiT, refused when
-trained for another base), `read_condition_file` (a boxes JSON / mask video / edges clip), `condition_for` /
-`collate_conditions` (the condition as a given control module reads it, per clip and batched) and `active_controls` (what `DiffusionGenerator.generate(controls=..., condition=...)` samples through).
-Does not own: the control modules (`diffusion/control.py`), the conditions (`data/conditions.py`), training.
+Owns `parse_control` ("RUN[:scale]"), `load_control_run` (a run's control for this model: a DiT's, or an AR
+model's by `AR_METHODS`; refused when trained for another base or the other paradigm), `read_condition_file` (a
+boxes JSON / mask video / edges clip), `condition_for` / `collate_conditions` (the condition as a given control
+module reads it, per clip and batched) and `active_controls` (what `DiffusionGenerator.generate` and
+`ARGenerator.generate` (controls=..., condition=...) sample through).
+
+The AR control protocol: a module (what an `AR_METHODS` loader returns) has `make_condition(kind, *, frames, size,
+tracks, video)` (optionally `collate_conditions`) and `sampling(rows, condition, scale)`, a context manager given
+`ar_models.sampling.ControlRows` (the base model and decoder, each row's prompt ids) and the batched condition,
+yielding a `ControlStream` to decode beside the base (method `tokens`) or None after installing what it needs on
+`rows.decoder` for the call (a control that adds to hidden states). The safetensors metadata `control_config` of
+an AR run says "paradigm": "ar" and its "method".
+Does not own: the control modules (`diffusion/control.py`, `ar_models/control.py`), the conditions
+(`data/conditions.py`), training.
 """
 
 from __future__ import annotations
@@ -32,8 +42,53 @@ def parse_control(spec: str | tuple[Any, float]) -> tuple[Path, float]:
     raise CheckpointError(f"{run}: no control.safetensors in it or its final/; give a `duogen train control` run")
 
 
-def load_control_run(directory: Path, dit: Any) -> Any:
-    """The control in `directory` for `dit`; CheckpointError when it was trained for another base model."""
+def _ar_loaders() -> dict[str, Any]:
+    """AR method -> loader(path, control_config dict, base MultimodalLM, codec) -> module (the protocol above)."""
+    from ..ar_models.control import load_token_control
+
+    return {"tokens": load_token_control}
+
+
+AR_METHODS = ("tokens",)  # what `_ar_loaders` knows (kept import-free for the CLI's choices)
+
+
+def control_config(path: Path) -> dict[str, Any]:
+    """The `control_config` JSON in a control file's safetensors metadata ({} when there is none)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta.get("control_config", "{}"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable control file ({e})") from None
+
+
+def load_control_run(directory: Path, target: Any, codec: Any = None) -> Any:
+    """The control in `directory` for `target` (a DiT, or a `MultimodalLM` with its `codec`); CheckpointError when
+    it was trained for another base model or for the other paradigm."""
+    from ..ar_models.model import MultimodalLM
+
+    path = directory / "control.safetensors"
+    conf = control_config(path)
+    method = conf.get("method", "?")
+    if conf.get("paradigm") == "ar":
+        if not isinstance(target, MultimodalLM):
+            raise CheckpointError(f"{directory}: an AR control ({method}); use it with the AR model it was trained"
+                                  " for, not a diffusion model")
+        loaders = _ar_loaders()
+        if method not in loaders:
+            raise CheckpointError(f"{directory}: AR control method {method!r}; this duogen knows {', '.join(loaders)}")
+        return loaders[method](path, dict(conf), target, codec)
+    if isinstance(target, MultimodalLM):
+        raise CheckpointError(f"{directory}: a diffusion control ({method}); use it with the diffusion model it was"
+                              " trained for, not an AR model")
+    return _load_dit_control(directory, target)
+
+
+def _load_dit_control(directory: Path, dit: Any) -> Any:
     from ..diffusion.control import base_fingerprint, load_control
 
     with warnings.catch_warnings():
@@ -93,19 +148,24 @@ def condition_from_file(kind: str, path: str | Path, frames: int, size: int, mod
 
 
 def active_controls(model: Any, controls: Sequence[Any], condition: tuple[str, Any] | None) -> list[Any]:
-    """Controls for `model` (a `LatentDiffusionModel`): "RUN[:scale]" / (run, scale) specs, read against one
-    `condition` (kind, file), or `ActiveControl`s as they are."""
+    """Controls for `model` (a `LatentDiffusionModel`, or an `ARGenerator`): "RUN[:scale]" / (run, scale) specs,
+    read against one `condition` (kind, file), or ActiveControl-like objects (.module, .condition, .scale) as
+    they are."""
     from ..diffusion.control import ActiveControl
 
-    out, codec = [], model._need_codec()
+    if getattr(model, "kind", None) == "ar":
+        target, codec = model.model, model.codec
+    else:
+        target, codec = model.denoiser, model._need_codec()
+    out = []
     for c in controls:
-        if isinstance(c, ActiveControl):
+        if all(hasattr(c, k) for k in ("module", "condition", "scale")):
             out.append(c)
             continue
         if condition is None:
             raise ConfigError("a control needs a condition: boxes (a JSON file), mask or edges (a video file)")
         d, scale = parse_control(c)
-        module = load_control_run(d, model.denoiser)
+        module = load_control_run(d, target, codec)
         cond = condition_from_file(condition[0], condition[1], int(codec.cfg.frames), int(codec.cfg.size), module)
-        out.append(ActiveControl(module.to(next(model.denoiser.parameters()).device), cond, scale))
+        out.append(ActiveControl(module.to(next(target.parameters()).device), cond, scale))
     return out

@@ -105,6 +105,18 @@ class ARGenerator:
             warnings.warn(f"task {task} takes no image or video; the file is ignored", UserWarning, stacklevel=2)
         return {}
 
+    def _controls(self, task: str, controls: Sequence[Any], condition: tuple[str, Any] | None) -> list[Any]:
+        """The controls that run (scale != 0), loaded and their conditions read (`bridges.control.active_controls`)."""
+        if not controls:
+            if condition is not None:
+                raise DataError(f"a {condition[0]} condition steers only through a control: give controls=[RUN] too")
+            return []
+        if task != "t2v":
+            raise DataError(f"controls steer text-to-video generation (task t2v), not {task}")
+        from .control import active_controls
+
+        return [a for a in active_controls(self, list(controls), condition) if float(a.scale) != 0.0]
+
     # ------------------------------------------------------------------ edit
     def edit(self, source: Any, method: str = "sdedit", **kw: Any) -> Any:
         """Edit one clip (uint8 (F, H, W, 3)) with a technique of `bridges.edit.METHODS` -> `EditResult`;
@@ -130,14 +142,23 @@ class ARGenerator:
         video: Any = None,
         callback: Callable | None = None,
         ids: Any = None,
+        controls: Sequence[Any] = (),
+        condition: tuple[str, Any] | None = None,
         **unused: Any,
     ) -> GenerationResult:
         """Clips (or sounds) for `prompts`, n each. `ids`: output codec ids to keep instead of sampling, per clip
         (B = len(prompts) * n rows, or one row for all): a result's `ids` (the same seed decodes the same clip),
-        a flat (B, k) prefix of them (the rest is sampled), entries < 0 sampled."""
+        a flat (B, k) prefix of them (the rest is sampled), entries < 0 sampled.
+
+        `controls` (t2v): trained AR controls, each "RUN[:scale]" (read against `condition` = (kind, FILE), kind
+        boxes / mask / edges) or an ActiveControl-like object (.module, .condition: a batch of 1 or
+        len(prompts) * n from `bridges.control.collate_conditions`, .scale); see `bridges/control.py`. A control
+        at scale 0 is not run: the clips are the base's, bit for bit."""
+        import contextlib
+
         import torch
 
-        from ..ar_models.sampling import SamplingConfig, generate_ids
+        from ..ar_models.sampling import ControlRows, SamplingConfig, generate_ids
 
         if unused:
             raise DataError(f"the AR generator does not take {', '.join(sorted(unused))}")
@@ -150,11 +171,21 @@ class ARGenerator:
                             f" ({self.model.audio_codec_ref}), which is not there")
         t0 = time.perf_counter()
         cond = self.condition(task, image, video)
-        t1 = time.perf_counter()
         s = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
         forced = ids
-        ids = generate_ids(self.model, prompts, task, n=n, seed=seed, sampling=s, negative_prompt=negative_prompt,
-                           cond=cond, callback=callback, decoder=self.decoder, forced_ids=forced)
+        active = self._controls(task, controls, condition)
+        t1 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            streams = []
+            if active:
+                rows = ControlRows(self.model, self.decoder, [self.model.encode_prompt(p) for p in prompts for _ in range(n)],
+                                   self.model.encode_prompt(negative_prompt) if negative_prompt else [], guidance is not None)
+                for a in active:
+                    st = stack.enter_context(a.module.sampling(rows, a.condition, float(a.scale)))
+                    if st is not None:
+                        streams.append(st)
+            ids = generate_ids(self.model, prompts, task, n=n, seed=seed, sampling=s, negative_prompt=negative_prompt,
+                               cond=cond, callback=callback, decoder=self.decoder, forced_ids=forced, streams=streams)
         out_ids = ids.clone()  # (B, ...) the output segment's codec ids, before i2v prepends the given frames
         t2 = time.perf_counter()
         B = len(prompts) * n
@@ -179,7 +210,8 @@ class ARGenerator:
             tokens=B * int(ids[0].numel() if task != "i2v" else ids[0, self.model.spec.cond_frames :].numel()),
             info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                   "negative_prompt": negative_prompt, **({"sample_rate": rate} if audio is not None else {}),
-                  **({"forced_ids": True} if forced is not None else {})},
+                  **({"forced_ids": True} if forced is not None else {}),
+                  **({"control_scales": [float(a.scale) for a in active]} if active else {})},
             audio=audio,
             sample_rate=rate,
             ids=out_ids,

@@ -147,7 +147,7 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     model_dir, data, out = Path(model), Path(data), Path(out)
     conf = read_json(model_dir / "config.json")
     if not isinstance(conf, dict) or conf.get("kind") != "diffusion":
-        raise ConfigError(f"{model_dir}: not a diffusion model directory (control for AR models is not built yet)")
+        raise ConfigError(f"{model_dir}: not a diffusion model directory (AR models: `train_ar_control`, method tokens)")
     base = LatentDiffusionModel.from_pretrained(model_dir)
     if not isinstance(base.denoiser, DiT):
         raise ConfigError(f"{model_dir}: its denoiser is a {base.config.denoiser}; controls attach to a DiT here")
