@@ -17,6 +17,7 @@ import duogen
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _tiny_runs import cli  # noqa: E402
 from test_control_train import TRAIN, _tree_hash  # noqa: E402
 
 REF_AR = Path(duogen.__file__).parent / "assets" / "reference" / "ar"
@@ -32,10 +33,11 @@ def data(tmp_path_factory):
     return root / "data"
 
 
-def _train(data, out, *extra, condition="boxes", resume=None):
-    from duogen.train.controlar_recipe import train_controlar
-
-    return train_controlar(REF_AR, data, out, condition=condition, overrides=[*TRAIN, *extra], resume=resume)
+def _train(data, out, *extra, condition="boxes"):
+    rc, s, err = cli("train", "control", "--model", str(REF_AR), "--method", "controlar", "--condition", condition,
+                     "--data", str(data), "--out", str(out), *TRAIN, *extra)
+    assert rc == 0, err
+    return s
 
 
 def _fixed_loss(data, final, condition, control: bool) -> float:
@@ -74,7 +76,7 @@ def test_training_lowers_the_loss_and_saves_only_the_control(data, tmp_path, con
     conf = json.loads((final / "control.json").read_text())
     assert (conf["paradigm"], conf["method"], conf["condition"]) == ("ar", "controlar", condition)
     assert conf["base_sha256"] == file_sha256(REF_AR / "model.safetensors")
-    assert s["layers"] == [0, 2] and s["steps"] == 30
+    assert s["layers"] == [0, 2] and s["steps"] == 30 and s["paradigm"] == "ar"
     assert _tree_hash(REF_AR) == before  # the base directory is untouched
     off, on = _fixed_loss(data, final, condition, False), _fixed_loss(data, final, condition, True)
     assert on < 0.9 * off, (off, on)
@@ -90,19 +92,83 @@ def test_resume_is_exact(data, tmp_path):
     assert all(k.startswith("control.") for k in load_state_dict(ck / "model.safetensors"))  # only the control
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(ck, tmp_path / "b" / "checkpoints" / ck.name)
-    s = _train(data, tmp_path / "b", *common, resume="auto")
+    s = _train(data, tmp_path / "b", *common, "--resume")
     assert s["steps"] == 4
     a = load_state_dict(tmp_path / "a" / "final" / "control.safetensors")
     b = load_state_dict(tmp_path / "b" / "final" / "control.safetensors")
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bad_input(data, tmp_path):
+# ----------------------------------------------------------------------------- generate --control
+
+
+@pytest.fixture(scope="module")
+def steered(data, tmp_path_factory):
+    """A 'trained' control (random heads) for the reference AR, a boxes file and a mask clip of a data set row."""
+    from duogen.ar_models.control_embed import ControlARConfig, make_control_embed, save_control_embed
+    from duogen.ar_models.model import MultimodalLM
+    from duogen.data import load_dataset
+    from duogen.data.conditions import BoxTrack, write_boxes
+    from duogen.data.media import write_mp4
+
+    root = tmp_path_factory.mktemp("steer")
+    torch.manual_seed(0)
+    ctl = make_control_embed(ControlARConfig(), MultimodalLM.from_pretrained(REF_AR), 9, 32)
+    with torch.no_grad():
+        for p in ctl.heads.parameters():
+            p.normal_(0, 0.05)
+    save_control_embed(ctl, root / "ctl" / "final" / "control.safetensors")
+    row = load_dataset(data)["validation"][0]
+    tracks = [BoxTrack(f"object {k}", np.asarray(b, np.float64)) for k, b in enumerate(row["boxes"])]
+    video = np.asarray(row["video"], np.uint8)
+    return {"run": root / "ctl", "boxes": write_boxes(root / "boxes.json", tracks),
+            "mask": write_mp4(root / "mask.mp4", video), "short": write_mp4(root / "short.mp4", video[:-1])}
+
+
+def _gen(out, *extra, model=REF_AR):
+    return cli("generate", "--model", str(model), "--prompt", "a red circle moves left", "--save-latents", "--out",
+               str(out), *extra)
+
+
+def test_generate_with_a_control_and_scale_zero_is_the_base(steered, tmp_path):
+    from duogen.io import load_state_dict
+
+    rc, _, err = _gen(tmp_path / "plain")
+    assert rc == 0, err
+    plain = load_state_dict(tmp_path / "plain" / "latents.safetensors")["ids"]
+    rc, _, err = _gen(tmp_path / "zero", "--control", f"{steered['run']}:0", "--boxes", str(steered["boxes"]))
+    assert rc == 0, err
+    assert torch.equal(plain, load_state_dict(tmp_path / "zero" / "latents.safetensors")["ids"])
+    for kind in ("boxes", "mask"):
+        rc, s, err = _gen(tmp_path / kind, "--control", f"{steered['run']}:1.5", f"--{kind}", str(steered[kind]))
+        assert rc == 0, err
+        assert s["settings"]["control_scales"] == [1.5]
+        assert not torch.equal(plain, load_state_dict(tmp_path / kind / "latents.safetensors")["ids"])
+
+
+def test_bad_input_is_one_line_and_exit_2(data, steered, tmp_path):
+    from duogen.io import load_state_dict, save_state_dict
+
+    other = tmp_path / "ref"  # the reference AR (and its codec, which it names relatively) with other weights
+    shutil.copytree(REF_AR, other / "ar")
+    shutil.copytree(REF_AR.parent / "codec", other / "codec")
+    sd = load_state_dict(other / "ar" / "model.safetensors")
+    save_state_dict({k: v + 0.01 if v.is_floating_point() else v for k, v in sd.items()}, other / "ar" / "model.safetensors")
+    run, boxes = str(steered["run"]), str(steered["boxes"])
+    cases = [
+        (other / "ar", ["--control", run, "--boxes", boxes], "another AR base"),
+        (REF_AR.parent / "dit", ["--control", run, "--boxes", boxes, "--steps", "2"], "AR control"),
+        (REF_AR, ["--control", run, "--mask", str(steered["short"])], "frames"),
+        (REF_AR, ["--control", run], "condition"),
+    ]
+    for k, (model, extra, says) in enumerate(cases):
+        rc, _, err = _gen(tmp_path / f"bad{k}", *extra, model=model)
+        assert rc == 2 and err.count("\n") == 1 and says in err, (k, err)
+    rc, _, err = cli("train", "control", "--model", str(REF_AR.parent / "dit"), "--method", "controlar", "--condition",
+                     "boxes", "--data", str(data), "--out", str(tmp_path / "r"), *TRAIN)
+    assert rc == 2 and err.count("\n") == 1 and "controlar" in err, err
     from duogen.errors import ConfigError
+    from duogen.train.ar_control_recipe import train_ar_control
 
     with pytest.raises(ConfigError, match="condition"):
-        _train(data, tmp_path / "x", condition="depth")
-    with pytest.raises(ConfigError, match="not an AR model"):
-        from duogen.train.controlar_recipe import train_controlar
-
-        train_controlar(REF_AR.parent / "dit", data, tmp_path / "y")
+        train_ar_control(REF_AR, data, tmp_path / "x", method="controlar", condition="depth")

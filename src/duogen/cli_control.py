@@ -45,14 +45,18 @@ def add_train_control(train: Any) -> None:
             " coordinates (new vocabulary tokens) after each object's phrase. The model is fine-tuned (all of it by"
             " default; train.trainable=GLOBS to choose) and OUT/final holds only the tensors that differ from the"
             " base; generation steers the base by classifier-free guidance over the condition (scale 0 = the base)."
+            " --method controlar (ControlAR's way): the base stays frozen; a small condition encoder gives one"
+            " embedding per video token, added (zero-initialised, times the control's scale) to the hidden state"
+            " that predicts that token after every k-th decoder layer; OUT/final holds only the control."
             "\n\nOverrides: train.* (steps, batch_size, lr, max_minutes (default 10), ...), split, max_clips;"
             " diffusion: blocks (2), enc_channels (32); AR tokens: bins (32), max_objects (2), phrase_tokens (6),"
-            " drop (0.1, condition dropout), text_drop (0.1)."
+            " drop (0.1, condition dropout), text_drop (0.1); AR controlar: every (2), enc_channels (32)."
         ),
     )
     p.add_argument("--model", required=True, metavar="DIR", help="the trained diffusion model (kept frozen, never written)")
-    p.add_argument("--method", required=True, choices=("controlnet", "t2i-adapter", "tokens"),
-                   help="diffusion: controlnet, t2i-adapter; AR: tokens (the condition as tokens in the prefix)")
+    p.add_argument("--method", required=True, choices=("controlnet", "t2i-adapter", "tokens", "controlar"),
+                   help="diffusion: controlnet, t2i-adapter; AR: tokens (the condition as tokens in the prefix),"
+                   " controlar (control embeddings added to the hidden states, the base frozen)")
     p.add_argument("--condition", required=True, choices=("boxes", "mask", "edges"))
     p.add_argument("--data", required=True, help="a shapes data set (`duogen data make shapes`) at the model's clip size")
     p.add_argument("--out", required=True, help="run directory")

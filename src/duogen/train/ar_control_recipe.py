@@ -32,7 +32,7 @@ from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import encode_clips, load_split, resolve_cache_dir
 
 CACHE_VERSION = 1
-METHODS = ("tokens",)
+METHODS = ("tokens", "controlar")  # controlar: ControlAR control embeddings, train/controlar_recipe.py
 
 
 @dataclass
@@ -137,6 +137,10 @@ def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, me
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} for an AR model: choose one of {', '.join(METHODS)}")
+    if method == "controlar":
+        from .controlar_recipe import train_controlar
+
+        return train_controlar(model, data, out, condition=condition, overrides=overrides, seed=seed, resume=resume)
     if condition not in CONDITIONS:
         raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
     cfg = cfglib.load(ARControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
