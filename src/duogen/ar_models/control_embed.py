@@ -84,7 +84,9 @@ class ControlEmbed(nn.Module):
         self.config = config
         d = config.base_hidden
         self.encoder = ConditionEncoder(config.cond_channels, config.enc_channels, d, config.frames_per_token)
-        self.body = nn.Sequential(nn.SiLU(), nn.Linear(d, d), nn.SiLU())
+        # LayerNorms: a conv encoder at its default init gives features of rms ~0.01 on a 0/1 condition, which
+        # zero-initialised heads would need many steps to scale up; unit-scale features train in the CPU budget
+        self.body = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.SiLU(), nn.LayerNorm(d))
         self.heads = nn.ModuleList([nn.Linear(d, d) for _ in config.layers()])  # Z_l, zero-initialised
         for p in self.heads.parameters():
             nn.init.zeros_(p)
