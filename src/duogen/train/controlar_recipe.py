@@ -33,7 +33,7 @@ from .. import config as cfglib
 from ..errors import ConfigError
 from .control_recipe import CONTROL_FILE, CONTROL_JSON, row_condition
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import load_split, resolve_cache_dir
+from .recipe_common import load_ar_base, load_split, resolve_cache_dir
 
 METHOD = "controlar"
 
@@ -114,10 +114,7 @@ def train_controlar(model: str | Path, data: str | Path, out: str | Path, *, con
 
     from ..ar_models.control_embed import ControlARConfig, make_control_embed
     from ..ar_models.layouts import TrainCollator
-    from ..ar_models.model import MultimodalLM
     from ..data.conditions import CONDITIONS
-    from ..io import read_json
-    from ..tokenizers import load as load_codec
     from ..utils import count_parameters, seed_everything
     from .ar_recipe import encode_dataset
     from .engine import apply_resume
@@ -130,21 +127,12 @@ def train_controlar(model: str | Path, data: str | Path, out: str | Path, *, con
     if not cfg.train.trainable:  # checkpoints and EMA hold the control alone
         cfg.train.trainable = "control.*"
     model_dir, data, out = Path(model), Path(data), Path(out)
-    conf = read_json(model_dir / "config.json")
-    if not isinstance(conf, dict) or conf.get("kind") != "ar":
-        raise ConfigError(f"{model_dir}: not an AR model directory (method {METHOD} controls an AR model)")
-    base = MultimodalLM.from_pretrained(model_dir)
-    if "t2v" not in base.spec.tasks:
-        raise ConfigError(f"{model_dir}: its tasks are {base.spec.tasks}; control embeddings train on t2v")
-    codec_dir = base.codec_path(model_dir)
-    if codec_dir is None:
-        raise ConfigError(f"{model_dir}: its config names no video codec; control needs the codec it was trained on")
-    codec = load_codec(codec_dir)
+    base, codec, codec_dir = load_ar_base(model_dir, METHOD)
     frames, size = int(codec.cfg.frames), int(codec.cfg.size)
 
     split = load_split(data, cfg.split, cfg.max_clips)
     with codec_on_accelerator(codec):
-        encoded = encode_dataset(split, codec, Path(codec_dir), data, cfg.split, ["t2v"],
+        encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, ["t2v"],
                                  resolve_cache_dir(cfg.cache_dir, out))
     video_ids = np.asarray(encoded["video_ids"], dtype=np.int64)  # (N, f, h, w)
     if list(video_ids.shape[1:]) != [int(v) for v in base.spec.latent]:
