@@ -40,8 +40,8 @@ METHOD = "controlar"
 
 @dataclass
 class ControlARRecipeConfig:
-    # batch 8: ~170 steps in the 10-minute budget on the shared 2-core CPU; lr 1.5e-3 moved the held-out box and
-    # mask IoU where 5e-4 barely did (bench/bench_control.py; figures in the README)
+    # batch 8: 150-200 steps in the 10-minute budget on the shared 2-core CPU; lr 1.5e-3 is the mask run's, on
+    # boxes 5e-4 and 1.5e-3 measured alike within noise (bench/bench_control.py; figures in the README)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=100000, batch_size=8, lr=1.5e-3, weight_decay=0.0, warmup_steps=10, min_lr_ratio=0.1,
         precision="auto", ema=0.0, log_every=20, ckpt_every=0, max_minutes=10.0))
