@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..control_parts import weights_fingerprint
 from ..errors import CheckpointError, ConfigError, DataError
 
 CONDITIONS = ("boxes", "mask", "edges")
@@ -73,13 +73,8 @@ class TokenControlConfig:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over a model's state dict, in order (first 16 hex digits): which base a control belongs to (the
-    hash the DiT controls record, `diffusion.control.base_fingerprint`; ar_models cannot import diffusion)."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Which base a control belongs to: `control_parts.weights_fingerprint`, the hash every control records."""
+    return weights_fingerprint(model)
 
 
 # ----------------------------------------------------------------------------- layout tokens

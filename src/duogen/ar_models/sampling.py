@@ -190,7 +190,8 @@ class LlamaDecoder:
     they came from (in-place edits within a call). Anything else (a LoRA
     variant, a hooked layer) runs as the module itself. A layer with a
     `processor` hands its attention to it (`duogen.attention`); without one,
-    SDPA runs directly.
+    SDPA runs directly. A decoder layer's forward hooks run on its output
+    (hidden states (B,t,D)) as its own forward would run them (read at `reset`).
     """
 
     def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None):
@@ -205,6 +206,7 @@ class LlamaDecoder:
         self.max_len = int(max_len or c.max_position_embeddings)
         self.silu = getattr(c, "hidden_act", "silu") == "silu"  # else the MLP's own act_fn
         self._plan: list[tuple[Any, ...]] = []  # the layers' modules, read at `reset`
+        self._hooks: list[list[tuple[Any, Any, bool]]] = []  # per layer: its forward hooks, read at `reset`
         self._heads: dict[tuple[int, int | None], _Fused] = {}  # (lo, hi) -> the head's rows lo..hi-1
         pos = torch.arange(self.max_len)[None]
         probe = torch.zeros(1, 1, c.hidden_size, dtype=m.embed_tokens.weight.dtype)
@@ -242,6 +244,7 @@ class LlamaDecoder:
         """Start a sequence of `batch` rows: read the model's modules, drop the weight copies, size the KV cache."""
         self._heads.clear()
         self._plan = self._layers()
+        self._hooks = [_layer_hooks(layer) for layer in self.lm.model.layers]
         dtype = self.lm.model.embed_tokens.weight.dtype
         shape = (self.n_layers, batch, self.hkv, self.max_len, self.dh)
         if self.k is None or self.k.shape != shape or self.k.dtype != dtype:
@@ -310,6 +313,9 @@ class LlamaDecoder:
                 gate, up = gu_p[0](h), gu_p[1](h)
             act = (F.silu(gate) if self.silu else f.act_fn(gate)) * up
             x = x + (torch.matmul(act, down_p.weight_t()) if type(down_p) is _Fused else down_p[0](act))
+            for hook, layer, with_kwargs in self._hooks[i]:  # the layer's forward hooks see its output, as in HF
+                r = hook(layer, (x,), {}, x) if with_kwargs else hook(layer, (x,), x)
+                x = x if r is None else r
         return F.rms_norm(x[:, -1], (x.shape[-1],), m.norm.weight, m.norm.variance_epsilon)  # (B,D)
 
     def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
@@ -321,6 +327,16 @@ class LlamaDecoder:
                 return head(h)[:, lo:hi]
             fused = self._heads[(lo, hi)] = _Fused([(head.weight, [])], slice(lo, hi))  # until the next reset
         return h @ fused.weight_t()
+
+
+def _layer_hooks(layer: nn.Module) -> list[tuple[Any, Any, bool]]:
+    """A decoder layer's forward hooks, which the decoder runs on the layer's output (hidden states (B,t,D)) as
+    the layer's own call would (e.g. ControlAR's control embeddings, `control_embed.py`). A forward pre-hook
+    can't be honoured (the decoder never calls the layer): a RuntimeError rather than silently skipping it."""
+    if layer._forward_pre_hooks:
+        raise RuntimeError("a forward pre-hook on a Llama decoder layer: the KV-cached decoder runs the layer's"
+                           " parts, not its forward; hook the previous layer's output (a forward hook) instead")
+    return [(h, layer, k in layer._forward_hooks_with_kwargs) for k, h in layer._forward_hooks.items()]
 
 
 def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

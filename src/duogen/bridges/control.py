@@ -45,11 +45,12 @@ def parse_control(spec: str | tuple[Any, float]) -> tuple[Path, float]:
 def _ar_loaders() -> dict[str, Any]:
     """AR method -> loader(path, control_config dict, base MultimodalLM, codec) -> module (the protocol above)."""
     from ..ar_models.control import load_token_control
+    from ..ar_models.control_embed import load_control_embed
 
-    return {"tokens": load_token_control}
+    return {"tokens": load_token_control, "controlar": lambda path, conf, model, codec: load_control_embed(path, model)}
 
 
-AR_METHODS = ("tokens",)  # what `_ar_loaders` knows (kept import-free for the CLI's choices)
+AR_METHODS = ("tokens", "controlar")  # what `_ar_loaders` knows (kept import-free for the CLI's choices)
 
 
 def control_config(path: Path) -> dict[str, Any]:

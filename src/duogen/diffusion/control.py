@@ -37,7 +37,6 @@ whatever the weights.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -49,9 +48,10 @@ from torch import Tensor, nn
 
 from .blocks import TextCond, zero_
 from .blocks import timesteps_for
+from ..control_parts import ConditionEncoder, weights_fingerprint
 from .dit import DiT
 from .gligen import DiTGligen, Grounding, first_steps
-from .unet_control import build_unet_control, check_unet_fits, conv_stem, describe, group_frames, is_unet, unet_forward
+from .unet_control import build_unet_control, check_unet_fits, describe, is_unet, unet_forward
 from ..errors import CheckpointError, ConfigError, DataError
 
 Method = Literal["controlnet", "t2i-adapter", "gligen"]
@@ -81,35 +81,6 @@ class ControlConfig:
                               " >= 1, gate_gain > 0")
         if self.base_depth and self.blocks > self.base_depth:
             raise ConfigError(f"control: blocks={self.blocks} exceeds the DiT's depth {self.base_depth}")
-
-
-class ConditionEncoder(nn.Module):
-    """Condition (B, C_cond, F, H, W) -> tokens (B, f*h*w, D) on the DiT's token grid (f, h, w).
-
-    Three 3x3 convs (stride 1, 2, 2) per frame with SiLU, then an average pool to the grid. With
-    `frames_per_token` r > 1 the frames are grouped like the codec's latent frames (frame 0 alone, then r at a
-    time; F = 1 + r (f - 1)) and each group's frames are stacked as channels before the convs (frame 0 repeated
-    to fill its group), so a token sees where the object is in each of its frames instead of their average.
-    """
-
-    def __init__(self, cond_channels: int, width: int, out_dim: int, frames_per_token: int = 1) -> None:
-        super().__init__()
-        self.r = frames_per_token
-        self.net = conv_stem(cond_channels * frames_per_token, width)
-        self.proj = nn.Linear(width, out_dim)
-
-    def forward(self, cond: Tensor, grid: tuple[int, int, int]) -> Tensor:
-        if self.r > 1:
-            cond = self.group_frames(cond, grid[0])  # (B, C*r, f, H, W)
-        B, C, F_, H, W = cond.shape
-        y = self.net(cond.transpose(1, 2).reshape(B * F_, C, H, W))  # (B*F, width, H/4, W/4)
-        y = y.reshape(B, F_, *y.shape[1:]).transpose(1, 2)  # (B, width, F, H/4, W/4)
-        y = nn.functional.adaptive_avg_pool3d(y, grid)  # (B, width, f, h, w)
-        return self.proj(y.flatten(2).transpose(1, 2))  # (B, f*h*w, D)
-
-    def group_frames(self, cond: Tensor, f: int) -> Tensor:
-        """(B, C, 1 + r (f - 1), H, W) -> (B, C*r, f, H, W): frame 0 repeated r times, then r frames per group."""
-        return group_frames(cond, f, self.r)
 
 
 class DiTControlNet(nn.Module):
@@ -162,11 +133,7 @@ def _build(config: ControlConfig, base: DiT, text_encoder: Any = None) -> Contro
 
 def base_fingerprint(base: DiT) -> str:
     """sha256 over the base's parameters, in state-dict order (first 16 hex digits)."""
-    h = hashlib.sha256()
-    for k, v in base.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return weights_fingerprint(base)
 
 
 def as_condition(x: Any) -> Tensor:

@@ -43,6 +43,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .blocks import Downsample, ResBlock, TextCond, _per_frame, zero_
+from ..control_parts import conv_stem, group_frames
 from .unet import UNet, UNetBackbone
 from .video_unet import VideoUNet
 from ..errors import CheckpointError, ConfigError, DataError
@@ -73,26 +74,6 @@ def to_latent_grid(y: Tensor, grid: tuple[int, int, int]) -> Tensor:
         rest = y[:, :, 1:].reshape(B, D, f - 1, r, h, w).mean(3)  # (B, D, f-1, h, w)
         return torch.cat([y[:, :, :1], rest], 2)
     return F.adaptive_avg_pool3d(y, (f, h, w))
-
-
-def group_frames(cond: Tensor, f: int, r: int) -> Tensor:
-    """(B, C, 1 + r (f - 1), H, W) -> (B, C*r, f, H, W): each latent frame's r frames stacked as channels, grouped
-    like the codec's latent frames (frame 0 alone, repeated to fill its group, then r frames at a time)."""
-    B, C, F_, H, W = cond.shape
-    if F_ != 1 + r * (f - 1):
-        raise DataError(f"control condition of {F_} frames: this control groups 1 + {r}k frames onto"
-                        f" {f} latent frames; give the model's frame count")
-    x = torch.cat([cond[:, :, :1].expand(B, C, r - 1, H, W), cond], 2)  # (B, C, f*r, H, W)
-    return x.reshape(B, C, f, r, H, W).transpose(2, 3).reshape(B, C * r, f, H, W)
-
-
-def conv_stem(cond_channels: int, width: int) -> nn.Sequential:
-    """Three 3x3 convs (stride 1, 2, 2) with SiLU: a condition frame (C_cond, H, W) -> (width, H/4, W/4)."""
-    return nn.Sequential(
-        nn.Conv2d(cond_channels, width, 3, padding=1), nn.SiLU(),
-        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-    )  # fmt: skip
 
 
 class LatentGridEncoder(nn.Module):

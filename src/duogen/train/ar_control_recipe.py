@@ -29,10 +29,10 @@ from .. import config as cfglib
 from ..errors import ConfigError, DataError
 from .control_recipe import CONTROL_FILE, CONTROL_JSON
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import encode_clips, load_split, resolve_cache_dir
+from .recipe_common import encode_clips, load_ar_base, load_split, resolve_cache_dir
 
 CACHE_VERSION = 1
-METHODS = ("tokens",)
+METHODS = ("tokens", "controlar")  # controlar: ControlAR control embeddings, train/controlar_recipe.py
 
 
 @dataclass
@@ -127,9 +127,7 @@ def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, me
 
     from ..ar_models.control import (CONDITIONS, LayoutTokens, TokenControlConfig, make_token_control,
                                      model_fingerprint, save_token_control)
-    from ..ar_models.model import MultimodalLM
-    from ..io import atomic_write_json, file_sha256, read_json
-    from ..tokenizers import load as load_codec
+    from ..io import atomic_write_json, file_sha256
     from ..utils import count_parameters, seed_everything
     from .ar_recipe import encode_dataset
     from .engine import apply_resume
@@ -137,22 +135,17 @@ def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, me
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} for an AR model: choose one of {', '.join(METHODS)}")
+    if method == "controlar":
+        from .controlar_recipe import train_controlar
+
+        return train_controlar(model, data, out, condition=condition, overrides=overrides, seed=seed, resume=resume)
     if condition not in CONDITIONS:
         raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
     cfg = cfglib.load(ARControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
     cfg.check()
     cfg.train = apply_resume(cfg.train, resume)
     model_dir, data, out = Path(model), Path(data), Path(out)
-    conf = read_json(model_dir / "config.json")
-    if not isinstance(conf, dict) or conf.get("kind") != "ar":
-        raise ConfigError(f"{model_dir}: not an AR model directory (method {method} trains AR controls)")
-    base = MultimodalLM.from_pretrained(model_dir)
-    if "t2v" not in base.spec.tasks:
-        raise ConfigError(f"{model_dir}: a control steers text-to-video; this model was trained for {base.spec.tasks}")
-    codec_dir = base.codec_path(model_dir)
-    if codec_dir is None or not Path(codec_dir).exists():
-        raise ConfigError(f"{model_dir}: the codec it was trained on ({base.codec_ref}) is not there")
-    codec = load_codec(codec_dir)
+    base, codec, codec_dir = load_ar_base(model_dir, method)
     frames, size = int(codec.cfg.frames), int(codec.cfg.size)
     split = load_split(data, cfg.split, cfg.max_clips)
     if condition == "boxes" and not {"boxes", "attributes"} <= set(split.column_names):

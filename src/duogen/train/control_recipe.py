@@ -78,25 +78,32 @@ class ConditionRecords:
         return self.latents.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import numpy as np
-
-        from ..data.conditions import BoxTrack, condition_clip
-
         row = self.split[int(i)]
         if self.make is not None:
+            import numpy as np
+
             from ..data.conditions import clip_tracks
             from ..data.shapes import Clip
 
             tracks = clip_tracks(Clip(None, "", row["attributes"], np.asarray(row["boxes"])))
             return {"latents": self.latents[i], "text_ids": self.ids[i], "text_mask": self.mask[i],
                     "condition": self.make(self.kind, frames=self.frames, size=self.size, tracks=tracks)}
-        if self.kind == "boxes":
-            tracks = [BoxTrack("", np.asarray(b, np.float64)) for b in row["boxes"]]
-            c = condition_clip("boxes", self.frames, self.size, tracks=tracks)
-        else:
-            c = condition_clip(self.kind, self.frames, self.size, video=np.asarray(row["video"], np.uint8))
         return {"latents": self.latents[i], "text_ids": self.ids[i], "text_mask": self.mask[i],
-                "condition": torch.from_numpy(c[None].astype(np.float32))}  # (1, F, H, W)
+                "condition": row_condition(row, self.kind, self.frames, self.size)}
+
+
+def row_condition(row: dict[str, Any], kind: str, frames: int, size: int) -> torch.Tensor:
+    """A data set row's ground-truth condition (1, F, H, W) float: its boxes rasterised, its objects, or its edges."""
+    import numpy as np
+
+    from ..data.conditions import BoxTrack, condition_clip
+
+    if kind == "boxes":
+        tracks = [BoxTrack("", np.asarray(b, np.float64)) for b in row["boxes"]]
+        c = condition_clip("boxes", frames, size, tracks=tracks)
+    else:
+        c = condition_clip(kind, frames, size, video=np.asarray(row["video"], np.uint8))
+    return torch.from_numpy(c[None].astype(np.float32))  # (1, F, H, W)
 
 
 class ControlTrainer(nn.Module):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 
 def file_hash(path: Path) -> str:
@@ -181,3 +181,27 @@ def parse_new_tokens(entries: Sequence[str], what: str) -> dict[str, str]:
             raise ConfigError(f"{what} entry {e!r} must look like TOKEN=WORD, e.g. <v1>=circle")
         out[tok.strip()] = init.strip()
     return out
+
+
+class ARBase(NamedTuple):
+    model: Any  # the base `MultimodalLM`
+    codec: Any  # the video codec it was trained on
+    codec_dir: Path
+
+
+def load_ar_base(model_dir: Path, method: str) -> ARBase:
+    """The base of an AR control: a t2v `MultimodalLM` and its codec (ConfigError when it is not one)."""
+    from ..ar_models.model import MultimodalLM
+    from ..io import read_json
+    from ..tokenizers import load as load_codec
+
+    conf = read_json(model_dir / "config.json")
+    if not isinstance(conf, dict) or conf.get("kind") != "ar":
+        raise ConfigError(f"{model_dir}: not an AR model directory (method {method} trains AR controls)")
+    base = MultimodalLM.from_pretrained(model_dir)
+    if "t2v" not in base.spec.tasks:
+        raise ConfigError(f"{model_dir}: a control steers text-to-video; this model was trained for {base.spec.tasks}")
+    codec_dir = base.codec_path(model_dir)
+    if codec_dir is None or not Path(codec_dir).exists():
+        raise ConfigError(f"{model_dir}: the codec it was trained on ({base.codec_ref}) is not there")
+    return ARBase(base, load_codec(codec_dir), Path(codec_dir))
