@@ -239,8 +239,8 @@ def main() -> None:
         (out / "steps.json").write_text(json.dumps(doc, indent=2) + "\n")
         report(doc, out, section)
         return
-    if not a.data or not a.config:
-        ap.error("--data and at least one --config are needed (or --merge)")
+    if not a.data or not (a.config or a.reference):
+        ap.error("--data and at least one --config or --reference are needed (or --merge)")
     from duogen.data import load_dataset
 
     torch.set_num_threads(a.threads)

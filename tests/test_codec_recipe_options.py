@@ -120,3 +120,4 @@ def test_schedule_steps_and_step_hook(tmp_path):
     # cosine over 3 steps is well down at step 3; over 100 steps it has barely moved
     assert short[3]["lr"] < 0.6 * long[3]["lr"] and long[3]["lr"] > 0.99e-3
     assert short[1]["lr"] == long[1]["lr"] and "color" in short[1]
+
