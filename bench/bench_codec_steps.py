@@ -233,6 +233,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     section = Path(a.section) if a.section else None
     if a.merge:
+        missing = [p for p in a.merge if not Path(p).is_file()]
+        if missing:
+            sys.exit(f"error: {missing[0]}: no such steps.json (written by a training run of this script)")
         docs = [json.loads(Path(p).read_text()) for p in a.merge]
         doc = {**docs[0], "results": [r for d in docs for r in d["results"]],
                "command": " && ".join(d["command"] for d in docs)}
@@ -271,7 +274,7 @@ def main() -> None:
     for spec in a.config:
         doc["results"].append({})
         run_config(spec, Path(a.data), steps, a.horizon, held, attrs, a.seed, a.threads, work, doc["results"][-1], save)
-        save()
+    save()
     report(doc, out, section)
 
 
