@@ -4,6 +4,10 @@
   a shapes-world frame, so an unweighted loss is minimised early by an empty
   black frame; pixels on or next to an object (target or prediction brighter
   than the background, dilated by one pixel) get `fg_weight` times the weight.
+  With `fg_share` > 0 the weights are normalised per frame by object pixels instead
+  (`balanced_weight`): objects get that share of each frame's loss, whatever their area.
+- `mean_color_loss`: L1 between patch-mean colors of prediction and target (the
+  color a patch reads as), off unless `color_weight` > 0.
 - `gradient_loss`: L1 between the finite differences of prediction and target
   along each spatial axis, which rewards sharp edges in the right place.
 - the quantizer's auxiliary loss (commitment for VQ, entropy + commitment for LFQ)
@@ -34,6 +38,9 @@ class CodecLossConfig:
     l2_weight: float = 1.0
     fg_weight: float = 4.0  # extra weight of foreground pixels (0 = plain loss)
     fg_threshold: float = -0.8  # a pixel is foreground where any channel exceeds this (in [-1, 1])
+    fg_share: float = 0.0  # > 0: each frame's object pixels get this share of the loss, the background the rest (replaces fg_weight)
+    color_weight: float = 0.0  # L1 between the mean colors of prediction and target in each color_patch x color_patch patch
+    color_patch: int = 4  # side of the patches of the mean-color term (the codec's spatial factor)
     grad_weight: float = 0.5  # finite-difference edge term
     quantizer_weight: float = 1.0  # multiplies the quantizer's aux loss
     adv_weight: float = 0.0  # generator term against a PatchGAN (images) or a 3D PatchGAN (video); 0 = off
@@ -53,20 +60,54 @@ def _frames(x: Tensor) -> Tensor:
     return x
 
 
+def foreground_mask(target: Tensor, pred: Tensor, cfg: CodecLossConfig) -> Tensor:
+    """(N, 1, H, W) float 0/1: object pixels of target or prediction (any channel above fg_threshold), dilated by 1."""
+    fg = (target.amax(1, keepdim=True) > cfg.fg_threshold) | (pred.detach().amax(1, keepdim=True) > cfg.fg_threshold)
+    return F.max_pool2d(fg.float(), 3, stride=1, padding=1)
+
+
 def foreground_weight(target: Tensor, pred: Tensor, cfg: CodecLossConfig) -> Tensor:
     """Per-pixel weight (N, 1, H, W): 1 + fg_weight on (dilated) object pixels of target or prediction."""
-    fg = (target.amax(1, keepdim=True) > cfg.fg_threshold) | (pred.detach().amax(1, keepdim=True) > cfg.fg_threshold)
-    fg = F.max_pool2d(fg.float(), 3, stride=1, padding=1)
-    return 1.0 + cfg.fg_weight * fg
+    return 1.0 + cfg.fg_weight * foreground_mask(target, pred, cfg)
+
+
+def balanced_weight(target: Tensor, pred: Tensor, cfg: CodecLossConfig) -> Tensor:
+    """Per-pixel weight (N, 1, H, W) summing to 1 per frame: object pixels share fg_share, background the rest.
+
+    The loss is then normalised by each frame's object pixels, not by its area, so a frame's few
+    object pixels weigh as much whatever their number. A frame with no background (or no objects)
+    gives all its weight to the pixels it has, uniformly: the plain per-frame mean.
+    """
+    m = foreground_mask(target, pred, cfg)
+    n_fg = m.sum((1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    n_bg = m[0].numel() - n_fg
+    share = torch.where(n_bg == 0, 1.0, torch.where(n_fg == 0, 0.0, cfg.fg_share))
+    return share * m / n_fg.clamp(min=1) + (1 - share) * (1 - m) / n_bg.clamp(min=1)
 
 
 def reconstruction_loss(pred: Tensor, target: Tensor, cfg: CodecLossConfig) -> Tensor:
-    """Weighted mean of l1 * |e| + l2 * e^2 over pixels (weights normalised to mean 1 per batch)."""
+    """Weighted mean of l1 * |e| + l2 * e^2 over pixels (weights normalised to mean 1 per batch;
+    with fg_share > 0 to mean 1 per frame, split between objects and background by `balanced_weight`)."""
     p, t = _frames(pred.float()), _frames(target.float())
-    w = foreground_weight(t, p, cfg)
+    w = balanced_weight(t, p, cfg) if cfg.fg_share > 0 else foreground_weight(t, p, cfg)
     e = p - t
     per_pixel = cfg.l1_weight * e.abs() + cfg.l2_weight * e.square()  # (N, C, H, W)
     return (per_pixel * w).sum() / (w.sum() * p.shape[1])
+
+
+def mean_color_loss(pred: Tensor, target: Tensor, cfg: CodecLossConfig) -> Tensor:
+    """L1 between the mean colors of prediction and target over color_patch x color_patch patches.
+
+    A patch's mean color is what the probes and a viewer read first; a per-pixel loss lets a
+    blurred edge and a wrong hue cost the same. Patches holding an object pixel weigh 1 + fg_weight
+    (1 + 1 with fg_share > 0), others 1; weights normalised to mean 1 per batch.
+    """
+    p, t = _frames(pred.float()), _frames(target.float())
+    k = cfg.color_patch
+    pm, tm = F.avg_pool2d(p, k, ceil_mode=True), F.avg_pool2d(t, k, ceil_mode=True)  # (N, C, H/k, W/k)
+    fg = F.max_pool2d(foreground_mask(t, p, cfg), k, ceil_mode=True)  # (N, 1, H/k, W/k)
+    w = 1.0 + (1.0 if cfg.fg_share > 0 else cfg.fg_weight) * fg
+    return ((pm - tm).abs() * w).sum() / (w.sum() * p.shape[1])
 
 
 def gradient_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -152,6 +193,10 @@ def codec_loss(
     grad = gradient_loss(pred, target) if cfg.grad_weight > 0 else pred.new_zeros(())
     loss = rec + cfg.grad_weight * grad + cfg.quantizer_weight * aux_loss
     metrics = {"recon": float(rec.detach()), "grad": float(grad.detach()), "aux": float(aux_loss.detach())}
+    if cfg.color_weight > 0:
+        color = mean_color_loss(pred, target, cfg)
+        loss = loss + cfg.color_weight * color
+        metrics["color"] = float(color.detach())
     if discriminator is not None and adversarial_active(cfg, step):
         adv = generator_adv_loss(discriminator(pred.float()))
         loss = loss + cfg.adv_weight * adv

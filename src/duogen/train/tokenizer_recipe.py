@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ class CodecTrainConfig:
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
+    schedule_steps: int = 0  # length of the cosine in steps (0 = train.steps); longer: a run cut at train.steps keeps a longer run's schedule
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0
@@ -342,8 +343,15 @@ def train_codec(
     train_items: np.ndarray | None = None,
     val_items: np.ndarray | None = None,
     heldout_items: np.ndarray | None = None,
+    step_hook: Callable[[int, Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a codec from `run` on `data`; write the run directory `out`; return the summary."""
+    """Train a codec from `run` on `data`; write the run directory `out`; return the summary.
+
+    `step_hook(step, codec)`, when given, runs after every optimizer step (step counts from 1)
+    with the codec in training mode; the loop puts it back in training mode afterwards and
+    does not count the hook's time against `train.max_minutes` (`bench/bench_codec_steps.py`
+    evaluates the codec at given steps with it). Single-process runs only.
+    """
     from ..io import atomic_write_text
     from ..precision import annotate_config_yaml
     from ..utils import autocast, count_parameters, progress, resolve_device, seed_everything
@@ -354,6 +362,8 @@ def train_codec(
     tc = run.train
     tc.check()
     world = check_launch(tc)
+    if step_hook is not None and tc.engine != "single":
+        raise ConfigError("a step_hook runs only with train.engine=single")
     if run.loss.adv_weight > 0 and tc.engine != "single":
         raise ConfigError("loss.adv_weight > 0 trains a discriminator, which runs only with train.engine=single")
     if tc.threads > 0:
@@ -417,7 +427,8 @@ def train_codec(
                 elapsed = agreed(time.time() - t0)
             if elapsed >= budget or (tc.steps and step >= tc.steps):
                 break
-            frac = max(elapsed / budget if budget != float("inf") else 0.0, step / tc.steps if tc.steps else 0.0)
+            horizon = tc.schedule_steps or tc.steps
+            frac = max(elapsed / budget if budget != float("inf") else 0.0, step / horizon if horizon else 0.0)
             lr = _lr_at(tc, step, frac)
             for grp in opt.param_groups:
                 grp["lr"] = lr
@@ -445,6 +456,11 @@ def train_codec(
                 res.metrics["adv_d"] = float(d_loss.detach())
             step += 1
             bar.update(1)
+            if step_hook is not None:
+                t_hook = time.time()
+                step_hook(step, codec)
+                codec.train()
+                t0 += time.time() - t_hook  # the hook's time is not training time
             if step % tc.log_every == 0 and is_main:
                 row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": lr, "loss": float(res.loss.detach()),
                        **res.metrics, **{f"q_{k}": v for k, v in q.stats.items()}}

@@ -1,0 +1,123 @@
+"""Codec loss and recipe options of issue 19: object-normalised loss, mean-color term, schedule length, step hook."""
+
+import json
+
+import pytest
+import torch
+from test_codecs import VIDEO_TEST
+
+from duogen import config
+from duogen.tokenizers.losses import (
+    CodecLossConfig,
+    balanced_weight,
+    codec_loss,
+    foreground_weight,
+    gradient_loss,
+    mean_color_loss,
+    reconstruction_loss,
+)
+from duogen.tokenizers.video_codec import build_video_codec
+
+
+def _frame_with_square(size=8, lo=2, hi=4, value=1.0):
+    t = -torch.ones(1, 3, size, size)
+    t[..., lo:hi, lo:hi] = value
+    return t
+
+
+def test_options_off_are_the_old_loss_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    t = _frame_with_square()
+    p = (t + 0.3 * torch.randn(t.shape, generator=g)).clamp(-1, 1)
+    aux = torch.tensor(0.25)
+    cfg = CodecLossConfig()  # fg_share 0, color_weight 0
+    w = foreground_weight(t, p, cfg)
+    e = p - t
+    old_rec = ((e.abs() + e.square()) * w).sum() / (w.sum() * 3)
+    old = old_rec + cfg.grad_weight * gradient_loss(p, t) + aux
+    out = codec_loss(p, t, aux, cfg)
+    assert torch.equal(out.loss, old) and "color" not in out.metrics
+
+
+def test_object_normalised_loss_is_the_plain_loss_where_objects_fill_the_frame():
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(2, 3, 3, 8, 8, generator=g) * 1.5 - 0.5  # (B, C, F, H, W): every pixel above the threshold
+    p = torch.rand(t.shape, generator=g) * 2 - 1
+    plain = reconstruction_loss(p, t, CodecLossConfig(fg_weight=0.0))
+    for share in (0.3, 0.75, 1.0):
+        assert float(reconstruction_loss(p, t, CodecLossConfig(fg_share=share))) == pytest.approx(float(plain), rel=1e-6)
+    # an all-background frame: the plain mean too
+    bg = -torch.ones(1, 3, 8, 8)
+    pb = bg + 0.1
+    assert float(reconstruction_loss(pb, bg, CodecLossConfig(fg_share=0.75))) == pytest.approx(0.1 + 0.01, rel=1e-5)
+
+
+def test_object_normalised_loss_gives_objects_their_share_whatever_their_area():
+    cfg = CodecLossConfig(fg_share=0.75, l2_weight=0.0)
+    for hi in (3, 6):  # a 1x1 and a 4x4 object (3x3 and 6x6 once dilated)
+        t = _frame_with_square(size=16, lo=2, hi=hi, value=0.5)
+        p = t.clone()
+        p[..., 2:hi, 2:hi] = 0.0  # error 0.5 on the object pixels only
+        w = balanced_weight(t, p, cfg)
+        assert float(w.sum()) == pytest.approx(1.0)
+        n_obj, n_fg = (hi - 2) ** 2, (hi - 2 + 2) ** 2  # object pixels, dilated foreground pixels
+        expected = 0.75 * 0.5 * n_obj / n_fg  # fg weight 0.75 / n_fg per pixel, error 0.5 on n_obj of them
+        assert float(reconstruction_loss(p, t, cfg)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_color_term_sees_patch_colors_not_pixel_detail():
+    cfg = CodecLossConfig(color_weight=1.0, color_patch=4)
+    t = _frame_with_square(size=8, lo=0, hi=4, value=0.2)  # one 4x4 patch of flat color
+    detail = t.clone()
+    detail[..., 0:4:2, :4] += 0.1  # the same patch mean, different pixels
+    detail[..., 1:4:2, :4] -= 0.1
+    assert float(mean_color_loss(detail, t, cfg)) == pytest.approx(0.0, abs=1e-6)
+    assert float(reconstruction_loss(detail, t, cfg)) > 0
+    hue = t.clone()
+    hue[:, 0, :4, :4] = 0.8  # red channel off by 0.6 over the patch
+    c = mean_color_loss(hue.requires_grad_(), t, cfg)
+    assert float(c.detach()) > 0
+    c.backward()
+    assert float(hue.grad.abs().sum()) > 0
+    out = codec_loss(hue.detach(), t, torch.zeros(()), cfg)
+    off = codec_loss(hue.detach(), t, torch.zeros(()), CodecLossConfig(color_patch=4))
+    assert float(out.loss) == pytest.approx(float(off.loss) + out.metrics["color"], rel=1e-6)
+
+
+def _items(n=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(n, 9, 16, 16, 3, dtype=torch.uint8)
+    for i in range(n):
+        x[i, :, 4:10, 3 + i : 9 + i] = torch.randint(64, 256, (3,), generator=g).to(torch.uint8)
+    return x.numpy()  # (N, F, H, W, 3)
+
+
+def _run(tmp_path, name, hook=None, **train):
+    from duogen.train.tokenizer_recipe import VideoTokenizerRun, train_codec
+
+    run = config.from_dict(VideoTokenizerRun, {
+        "model": config.to_dict(build_video_codec("tiny", VIDEO_TEST).cfg),
+        "loss": {"color_weight": 1.0, "fg_share": 0.75},
+        "train": {"steps": 3, "max_minutes": 0, "batch_size": 2, "eval_items": 2, "eval_every_s": 1000,
+                  "stats_items": 4, "precision": "fp32", "log_every": 1, "warmup_steps": 1, "lr": 1e-3, **train}})
+    items = _items()
+    train_codec(run, "video", "synthetic", tmp_path / name, train_items=items, val_items=items[:2],
+                heldout_items=items[2:], step_hook=hook)
+    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "eval" not in r}
+
+
+def test_schedule_steps_and_step_hook(tmp_path):
+    seen = []
+
+    def hook(step, codec):
+        seen.append((step, codec.training))
+        codec.eval()  # the loop must put it back in training mode
+
+    short = _run(tmp_path, "short", hook=hook)
+    long = _run(tmp_path, "long", schedule_steps=100)
+    assert seen == [(1, True), (2, True), (3, True)]
+    # cosine over 3 steps is well down at step 3; over 100 steps it has barely moved
+    assert short[3]["lr"] < 0.6 * long[3]["lr"] and long[3]["lr"] > 0.99e-3
+    assert short[1]["lr"] == long[1]["lr"] and "color" in short[1]
+
