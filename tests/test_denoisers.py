@@ -151,7 +151,10 @@ def test_replacing_processor_changes_the_output_only_where_installed():
     torch.testing.assert_close(m(z, 10, cond), ref)  # restored
 
 
-@pytest.mark.parametrize("name", ["dit-factorized", "video-unet-2+1d", "video-unet-3d", "unet2d-frames"])
+# the 3D-conv U-Net (13 s) is `slow`: it shares the (2+1)D one's blocks and training path, and its every
+# parameter still trains in test_every_parameter_trains_from_init
+@pytest.mark.parametrize("name", ["dit-factorized", "video-unet-2+1d", pytest.param("video-unet-3d", marks=pytest.mark.slow),
+                                  "unet2d-frames"])
 def test_overfit_one_batch(name):
     """Fixed x_t, t and v target: 100 Adam steps (lr 2e-3) cut the loss by at least 1000x.
 

@@ -303,7 +303,8 @@ def test_data_import_refuses_a_symlink_out_of_the_folder_like_dotdot(tmp_path, c
     assert code == 2 and "outside the folder" in _one_line(err) and not (tmp_path / "out").exists()
 
 
-def test_generate_takes_codec_when_the_models_codec_moved(tmp_path, capsys):
+def test_generate_takes_codec_when_the_models_codec_moved(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stale relative reference falls back to the working directory: keep it empty
     model = tmp_path / "ar"
     shutil.copytree(REF / "ar", model)  # its codec reference (../codec) no longer resolves
     code, err = _run(capsys, "generate", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "g"))
