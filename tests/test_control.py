@@ -204,10 +204,22 @@ def _inputs(batch: int = 2):
     return z, t, text, cond
 
 
-def _perturb(module: torch.nn.Module) -> None:
+def _perturb(module: torch.nn.Module, s: float = 0.1) -> None:
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+            p.add_(s * torch.randn_like(p))
+
+
+def check_exact_no_op_then_acts(base, ctl, z, t, text, cond) -> None:
+    """A fresh `ctl` leaves `base` bit for bit; perturbed, it acts at scale 1 and not at scale 0; hooks go away."""
+    with torch.no_grad():
+        ref = base(z, t, text)
+        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text), ref)
+        _perturb(ctl)
+        moved = Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text)
+        assert (moved - ref).abs().max() > 1e-3  # the perturbed control does act
+        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 0.0)])(z, t, text), ref)
+        assert torch.equal(base(z, t, text), ref)  # hooks are removed after each call
 
 
 METHODS = ["controlnet", "t2i-adapter"]
@@ -217,15 +229,7 @@ METHODS = ["controlnet", "t2i-adapter"]
 def test_fresh_control_is_an_exact_no_op_and_scale_zero_after_training_too(method):
     base = _base()
     z, t, text, cond = _inputs()
-    ref = base(z, t, text)
-    ctl = make_control(ControlConfig(method=method, blocks=2), base)
-    with torch.no_grad():
-        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text), ref)
-        _perturb(ctl)
-        moved = Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text)
-        assert (moved - ref).abs().max() > 1e-3  # the perturbed control does act
-        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 0.0)])(z, t, text), ref)
-        assert torch.equal(base(z, t, text), ref)  # hooks are removed after each call
+    check_exact_no_op_then_acts(base, make_control(ControlConfig(method=method, blocks=2), base), z, t, text, cond)
 
 
 def test_frames_per_token_groups_frames_like_the_codec():

@@ -53,27 +53,15 @@ def _inputs(batch: int = 2):
     return z, t, text, cond
 
 
-def _perturb(module: torch.nn.Module, s: float = 0.1) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(s * torch.randn_like(p))
-
 
 @pytest.mark.parametrize("name", list(BASES))
 @pytest.mark.parametrize("method", METHODS)
 def test_fresh_control_is_an_exact_no_op_and_scale_zero_after_training_too(name, method):
     base = _base(name)
     z, t, text, cond = _inputs()
-    with torch.no_grad():
-        ref = base(z, t, text)
-        ctl = make_control(ControlConfig(method=method, enc_channels=8), base)
-        assert isinstance(ctl, UNetControlNet if method == "controlnet" else UNetAdapter)
-        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text), ref)
-        _perturb(ctl)
-        moved = Controlled(base, [ActiveControl(ctl, cond, 1.0)])(z, t, text)
-        assert (moved - ref).abs().max() > 1e-3  # the perturbed control does act
-        assert torch.equal(Controlled(base, [ActiveControl(ctl, cond, 0.0)])(z, t, text), ref)
-        assert torch.equal(base(z, t, text), ref)  # hooks are removed after each call
+    ctl = make_control(ControlConfig(method=method, enc_channels=8), base)
+    assert isinstance(ctl, UNetControlNet if method == "controlnet" else UNetAdapter)
+    check_exact_no_op_then_acts(base, ctl, z, t, text, cond)
 
 
 def test_controlnet_copies_the_encoder_and_adds_only_to_skips_and_middle():
@@ -226,6 +214,7 @@ def test_save_load_round_trip_and_refusals(tmp_path, name, method):
 # ----------------------------------------------------------------------------- CLI on a tiny U-Net diffusion run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_control import _perturb, check_exact_no_op_then_acts  # noqa: E402  (shared with the DiT controls)
 from _tiny_runs import cli  # noqa: E402
 from test_control_train import _fixed_loss  # noqa: E402
 

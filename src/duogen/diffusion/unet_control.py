@@ -46,7 +46,7 @@ from .blocks import Downsample, ResBlock, TextCond, _per_frame, zero_
 from ..control_parts import conv_stem, group_frames
 from .unet import UNet, UNetBackbone
 from .video_unet import VideoUNet
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError
 
 Key = tuple[str, int]  # where a residual goes: ("skip", j) the j-th skip, ("mid", 0), ("down", k) down block k's output
 
