@@ -105,7 +105,7 @@ def run_config(spec: str, data: Path, steps: list[int], horizon: int, held: np.n
                threads: int, work: Path, res: dict[str, Any], save: Any) -> None:
     """Train one config, appending an evaluation to res["points"] (and calling save()) at each of `steps`."""
     from duogen import config as cfgmod
-    from duogen.train.tokenizer_recipe import VIDEO_RUN_PRESETS, VideoTokenizerRun, train_codec
+    from duogen.train.tokenizer_recipe import VIDEO_RUN_PRESETS, VideoTokenizerRun, calibrate_codec, load_pixels, train_codec
 
     name, preset, overrides = parse_config(spec)
     fixed = [f"train.steps={max(steps)}", f"train.schedule_steps={max(horizon, max(steps))}", "train.max_minutes=0", f"train.seed={seed}", f"train.threads={threads}",
@@ -114,6 +114,7 @@ def run_config(spec: str, data: Path, steps: list[int], horizon: int, held: np.n
     res.update(name=name, spec=spec, preset=preset, overrides=overrides, points=[])
     t_last = [time.time()]
     train_s = [0.0]
+    train_clips = load_pixels(data, "train", "video", limit=512)
 
     def hook(step: int, codec: Any) -> None:
         if step == 1:  # time from the end of step 1: set-up and the first step's kernel choices excluded
@@ -121,6 +122,7 @@ def run_config(spec: str, data: Path, steps: list[int], horizon: int, held: np.n
         if step not in steps:
             return
         train_s[0] += time.time() - t_last[0]
+        calibrate_codec(codec, train_clips, "video", 512)  # what the recipe does before it saves a codec
         point = {"step": step, "train_seconds": round(train_s[0], 1), "load_avg": round(os.getloadavg()[0], 2),
                  **evaluate_point(codec, held, attrs)}
         res["points"].append(point)

@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ar_audio")
     make_dataset("shapes", root / "data", n=16, preset="tiny", seed=0, audio=True)
     torch.manual_seed(0)
-    build_video_codec("tiny", ["widths=[16]"]).save_pretrained(root / "codec")
+    build_video_codec("tiny", ["patch=4", "widths=[16]"]).save_pretrained(root / "codec")
     build_audio_codec("tiny", AUDIO_CODEC).save_pretrained(root / "audio")
     info = train_ar(root / "data", root / "codec", root / "run", audio_tokenizer=root / "audio",
                     tasks=["t2v", "t2a", "v2a"], overrides=TINY)

@@ -23,7 +23,7 @@ def test_train_ar_writes_a_loadable_model_and_reuses_the_encoded_clips(tmp_path,
 
     make_dataset("shapes", tmp_path / "data", n=16, preset="tiny", seed=0)
     torch.manual_seed(0)
-    build_video_codec("tiny", ["widths=[16]"]).save_pretrained(tmp_path / "codec")
+    build_video_codec("tiny", ["patch=4", "widths=[16]"]).save_pretrained(tmp_path / "codec")
     encodes = []
     encode = VideoCodec.encode
     monkeypatch.setattr(VideoCodec, "encode", lambda self, *a, **k: encodes.append(1) or encode(self, *a, **k))

@@ -37,7 +37,7 @@ CODEC = [*TRAIN, "train.max_minutes=0", "train.eval_items=2", "train.stats_items
 def recipe_argv(recipe: str, root: Path, out: Path, *engine: str) -> list[str]:
     data, codec = str(root / "data"), str(root / "codec")
     if recipe in ("video", "image"):
-        return ["train", "tokenizer", "--modality", recipe, "--data", data, "--out", str(out), "model.widths=[16]",
+        return ["train", "tokenizer", "--modality", recipe, "--data", data, "--out", str(out), "model.widths=[16]", "model.patch=4",
                 *CODEC, *engine]
     if recipe == "audio":
         return ["train", "tokenizer", "--modality", "audio", "--data", data, "--out", str(out), *TRAIN,
@@ -61,7 +61,7 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli_dist")
     make_dataset("shapes", root / "data", n=12, preset="tiny", seed=0, audio=HAS_SPEECH)
     torch.manual_seed(0)
-    codec = build_video_codec("tiny", ["widths=[16]"]).eval()
+    codec = build_video_codec("tiny", ["patch=4", "widths=[16]"]).eval()
     with torch.no_grad():
         codec.set_latent_stats(codec.encode_latents(torch.rand(2, 3, 9, 32, 32) * 2 - 1))
     codec.save_pretrained(root / "codec")

@@ -1,5 +1,6 @@
 """Image and video codecs: the codec contract, causality, save / load, bad input, losses, a short training run."""
 
+import copy
 import json
 import math
 
@@ -63,6 +64,17 @@ def video8x():
 
 
 @pytest.fixture(scope="module")
+def video_bn():
+    """The video codec with standardized latent channels, after a few training batches set its running statistics."""
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", VIDEO_TEST + ["latent_norm=batch"]).train()
+    with torch.no_grad():
+        for seed in range(3):
+            codec(_clips(b=4, seed=seed))
+    return codec.eval()
+
+
+@pytest.fixture(scope="module")
 def image():
     torch.manual_seed(0)
     return build_image_codec("tiny", IMAGE_TEST).eval()
@@ -107,6 +119,21 @@ def test_image_shapes_at_each_downsampling_factor(preset, factor):
         codec.encode(x[:, :, :30])
 
 
+def test_decoder_with_its_own_levels():
+    """decoder_widths: the 2D decoder may have more levels than the encoder (here a 16x16 stage after patch 4's 8x8)."""
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", ["patch=4", "widths=[16]", "decoder_widths=[8,16]", "size=16", "latent_blocks=1",
+                                       "quantizer.dim=3", "quantizer.levels=[5,5,5]", "train_frames=0"]).eval()
+    assert codec.dec2d.patch == 2 and codec.enc2d.patch == 4 and codec.cfg.spatial_factor == 4
+    x = _clips()
+    with torch.no_grad():
+        ids = _check_id_paths(codec, x)
+        assert ids.shape == (2, 3, 4, 4) and codec.decode(ids).shape == x.shape
+    for bad in (["decoder_widths=[8,32]"], ["decoder_widths=[8,16]", "decoder_patch=1"], ["decoder_widths=[8,16]", "decoder_patch=4"]):
+        with pytest.raises(ConfigError, match="decoder_widths"):
+            build_video_codec("tiny", ["patch=4", "widths=[16]", *bad])
+
+
 def test_video_8x_shapes(video8x):
     x = _clips(s=32)[..., :16, :]  # (2, 3, 9, 16, 32)
     with torch.no_grad():
@@ -138,7 +165,7 @@ def test_ids_and_latent_paths_agree(name, video, image):
         assert float(gap) <= 0.5 / 2 + 1e-4
 
 
-@pytest.mark.parametrize("name", ["video", "video8x"])
+@pytest.mark.parametrize("name", ["video", "video8x", "video_bn"])
 def test_causal_first_frame_and_prefix(name, request):
     video = request.getfixturevalue(name)
     x = _clips()
@@ -177,6 +204,44 @@ def test_vq_and_lfq_codecs_keep_the_contract(kind, name, tmp_path):
         assert torch.equal(codec(x)[1].ids, ids)  # the library's own eval-mode lookup picks the same codes
         codec.save_pretrained(tmp_path / "c")
         assert torch.equal(tokenizers.load(tmp_path / "c").encode(x), ids)
+
+
+def test_standardized_latent_channels(video_bn, tmp_path):
+    """latent_norm=batch: training standardizes each of the D channels over the batch; eval applies the
+    running statistics, a fixed affine map, so the codec contract, causality (above) and save / load hold."""
+    x = _clips()
+    bn = video_bn.enc_std
+    assert int(bn.num_batches_tracked) == 3 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    with torch.no_grad():
+        _check_id_paths(video_bn, x)
+        z_raw = video_bn.enc_out(video_bn.enc_norm(video_bn.enc_latent(video_bn.enc_down(video_bn.enc_frame(
+            video_bn.enc2d(x.transpose(1, 2).flatten(0, 1)).unflatten(0, (2, 9)).transpose(1, 2))))))
+        shape = (1, -1, 1, 1, 1)
+        want = (z_raw - bn.running_mean.view(shape)) / (bn.running_var.view(shape) + bn.eps).sqrt()
+        torch.testing.assert_close(video_bn.encoder(x), want, atol=1e-5, rtol=1e-5)
+        state = {k: v.clone() for k, v in bn.state_dict().items()}
+        z_train = video_bn.train().encoder(_clips(b=4, seed=7))  # training: this batch's own statistics
+        bn.load_state_dict(state)  # the fixture is shared: undo this batch's update of the running statistics
+        video_bn.eval()
+        torch.testing.assert_close(z_train.mean((0, 2, 3, 4)), torch.zeros(z_train.shape[1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z_train.var((0, 2, 3, 4), unbiased=False), torch.ones(z_train.shape[1]), atol=1e-3, rtol=0)
+        video_bn.save_pretrained(tmp_path / "c")
+        loaded = tokenizers.load(tmp_path / "c")
+        assert torch.equal(loaded.encode(x), video_bn.encode(x))
+        assert torch.equal(loaded.enc_std.running_mean, bn.running_mean)
+    # calibration: the running statistics become the exact ones of these clips under the current weights
+    calibrated = copy.deepcopy(video_bn)
+    rng = torch.get_rng_state()
+    calibrated.calibrate_latent_norm([x[:1], x[1:]])
+    assert torch.equal(torch.get_rng_state(), rng) and not calibrated.training
+    cbn = calibrated.enc_std
+    per_clip = [z_raw[i : i + 1].transpose(0, 1).flatten(1) for i in range(2)]  # (D, n) each
+    torch.testing.assert_close(cbn.running_mean, sum(p.mean(1) for p in per_clip) / 2)
+    torch.testing.assert_close(cbn.running_var, sum(p.var(1) for p in per_clip) / 2)
+    calibrated.train().calibrate_latent_norm([x])
+    assert calibrated.training  # the mode it had
+    with pytest.raises(ConfigError, match="latent_norm"):
+        build_video_codec("tiny", ["latent_norm=layer"])
 
 
 def test_uint8_input_matches_float(video, image):

@@ -240,7 +240,7 @@ def tiny_model_dirs(tmp_path_factory):
     torch.set_num_threads(1)  # tiny ops: one thread beats two when the cores are shared
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    codec = build_video_codec("tiny", ["widths=[16]", "latent_blocks=1", "blocks=1"])
+    codec = build_video_codec("tiny", ["patch=4", "widths=[16]", "latent_blocks=1", "blocks=1"])
     codec.save_pretrained(root / "codec")
     caps = [p.caption for p in world_prompts()]
     text = train_text_tokenizer(caps * 3, None, vocab_size=300)

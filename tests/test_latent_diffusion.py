@@ -21,7 +21,7 @@ CAPTIONS = [f"a {c} {s} moves {d}" for c in ("red", "green", "blue") for s in ("
 
 def make_codec(seed: int = 0, levels: str = "[8,5,5,5]"):
     torch.manual_seed(seed)
-    codec = build_video_codec("tiny", ["widths=[16]", f"quantizer.levels={levels}",
+    codec = build_video_codec("tiny", ["patch=4", "widths=[16]", f"quantizer.levels={levels}",
                                        f"quantizer.dim={len(json.loads(levels))}"]).eval()
     with torch.no_grad():
         codec.set_latent_stats(codec.encode_latents(clips(2)))  # stats of real encodings, not 1 / 0

@@ -12,6 +12,7 @@ from duogen.tokenizers.quantizers import CodebookUsage, Quantizer, QuantizerConf
 CONFIGS = {
     "fsq": QuantizerConfig(kind="fsq", dim=4, levels=[8, 5, 5, 5]),
     "fsq_odd": QuantizerConfig(kind="fsq", dim=3, levels=[7, 5, 3]),
+    "fsq_symmetric": QuantizerConfig(kind="fsq", dim=4, levels=[8, 5, 5, 5], symmetric=True, noise_dropout=0.5),
     "vq": QuantizerConfig(kind="vq", dim=6, codebook_size=8, kmeans_init=True, kmeans_iters=2),
     "lfq": QuantizerConfig(kind="lfq", dim=4, codebook_size=16),
     "rvq": QuantizerConfig(kind="rvq", dim=6, codebook_size=8, num_quantizers=3, kmeans_iters=2),
@@ -57,6 +58,25 @@ def test_fsq_continuous_rounds_to_library_codes():
     torch.testing.assert_close(torch.round(cont * half) / half, q(z).quantized, atol=1e-6, rtol=0)
     assert float((cont - q(z).quantized).abs().max()) <= 0.5 / 2 + 1e-4  # within half a bin of the coarsest level
     assert float(cont.abs().max()) <= 1.0 + 1e-3
+
+
+def test_symmetric_fsq_spreads_levels_evenly_and_noise_is_training_only():
+    cfg = CONFIGS["fsq_symmetric"]
+    q = Quantizer(cfg).eval()
+    z = _z(4)
+    out = q(z)
+    # every channel's codes are L evenly spaced values from -1 to 1 (the original grid of an even L is lopsided)
+    for d, L in enumerate(cfg.levels):
+        want = torch.linspace(-1, 1, L)
+        got = out.quantized[:, d].unique()
+        assert torch.allclose(got, want[(got[:, None] - want).abs().argmin(1)]) and float(got.min()) == -1.0
+    assert torch.equal(q(z).quantized, out.quantized)  # eval: deterministic, no noise
+    q.train()
+    noisy = q(z).quantized
+    off_grid = (noisy - out.quantized).abs() > 1e-6
+    assert 0.3 < off_grid.float().mean() < 0.7  # about noise_dropout of the values get noise instead of rounding only
+    with pytest.raises(ConfigError, match="symmetric"):
+        QuantizerConfig(kind="fsq", dim=4, levels=[8, 5, 5, 5], noise_dropout=0.5).check()
 
 
 def test_fsq_gradient_is_straight_through():

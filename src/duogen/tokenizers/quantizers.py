@@ -49,6 +49,8 @@ class QuantizerConfig:
     commitment_weight: float = 0.25  # vq / rvq / lfq
     entropy_weight: float = 0.1  # lfq: entropy penalty (MAGVIT-v2 eq. 5)
     diversity_gamma: float = 1.0  # lfq: weight of the codebook-entropy part
+    symmetric: bool = False  # fsq: levels spread evenly over [-1, 1] (tanh, then round; Zhao et al. 2024 sec. 3.2) instead of the original grid
+    noise_dropout: float = 0.0  # fsq with symmetric, training only: share of latent values given uniform noise instead of rounding only
 
     def check(self) -> None:
         if self.kind == "fsq":
@@ -56,6 +58,10 @@ class QuantizerConfig:
                 raise ConfigError(f"fsq needs one level per latent channel: dim={self.dim} but levels={self.levels}")
             if any(lv < 3 for lv in self.levels):
                 raise ConfigError(f"fsq levels must be >= 3, got {self.levels}")
+            if not 0 <= self.noise_dropout < 1:
+                raise ConfigError(f"noise_dropout is {self.noise_dropout}; it is a share in [0, 1)")
+            if self.noise_dropout > 0 and not self.symmetric:
+                raise ConfigError("noise_dropout needs the symmetric fsq grid: set quantizer.symmetric=true")
         elif self.kind == "lfq":
             bits = math.log2(self.codebook_size)
             if bits != int(bits) or int(bits) != self.dim:
@@ -136,7 +142,7 @@ class Quantizer(nn.Module):
 
         if cfg.kind == "fsq":
             # Mentzer et al. 2023, "Finite Scalar Quantization": bound each channel, round to L levels.
-            self.q = FSQ(levels=list(cfg.levels), dim=cfg.dim)
+            self.q = FSQ(levels=list(cfg.levels), dim=cfg.dim, preserve_symmetry=cfg.symmetric, noise_dropout=cfg.noise_dropout)
         elif cfg.kind == "vq":
             # van den Oord et al. 2017 with EMA codebook updates (their appendix A.1).
             self.q = VectorQuantize(
@@ -205,6 +211,8 @@ class Quantizer(nn.Module):
         if self.cfg.kind != "fsq":
             return z.float()
         x, spatial = _to_seq(z)
+        if self.cfg.symmetric:  # the library's symmetry_preserving_bound without floor_ste: 2u/(L-1) - 1 = tanh(x)
+            return _from_seq(torch.tanh(x), spatial)
         levels = self.q._levels.to(x.dtype)
         eps = 1e-3
         half_l = (levels - 1) * (1 + eps) / 2
@@ -218,7 +226,11 @@ class Quantizer(nn.Module):
         """Nearest code of each position: (B, D, *S) -> (B, *S) (or (B, *S, Q) for rvq). No codebook update."""
         x, spatial = _to_seq(latents)  # (B, N, D)
         kind = self.cfg.kind
-        if kind == "fsq":
+        if kind == "fsq" and self.cfg.symmetric:
+            top = (self.q._levels - 1).to(x.dtype)
+            level_idx = torch.minimum(torch.floor(top * (x + 1) / 2 + 0.5).clamp(min=0), top)  # (B, N, D) in [0, L-1]
+            ids = self.q.codes_to_indices(level_idx * 2 / top - 1).long()
+        elif kind == "fsq":
             half_width = (self.q._levels // 2).to(x.dtype)
             lo = -half_width
             hi = (self.q._levels - 1 - self.q._levels // 2).to(x.dtype)

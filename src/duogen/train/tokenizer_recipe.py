@@ -326,6 +326,13 @@ def reconstruct_file(model: str | Path, input_path: str | Path, out: str | Path)
 # ----------------------------------------------------------------------------- training
 
 
+def calibrate_codec(codec: VideoCodec | ImageCodec, train: np.ndarray, modality: str, items: int, batch: int = 64) -> None:
+    """A video codec with a standardized latent (latent_norm=batch): exact statistics over the first `items`
+    training items under its current weights (`VideoCodec.calibrate_latent_norm`); other codecs: nothing."""
+    if isinstance(codec, VideoCodec):
+        codec.calibrate_latent_norm(_to_batch(train[i : i + batch], modality) for i in range(0, min(len(train), items), batch))
+
+
 def _lr_at(tc: CodecTrainConfig, step: int, frac: float) -> float:
     """Linear warm-up over steps, then cosine from lr to lr * min_lr_ratio over the run's progress `frac`."""
     if step < tc.warmup_steps:
@@ -415,6 +422,7 @@ def train_codec(
             elapsed = agreed(time.time() - t0)
             if elapsed >= next_eval:
                 with torch.no_grad(), backend.full_params() as m:
+                    calibrate_codec(m, train, modality, 64)  # the statistics a run stopped here would save
                     res = evaluate_codec(m, val, batch_size=32)
                 codec.train()
                 point = {"step": step, "seconds": round(elapsed, 1), "val_psnr": res["psnr"],
@@ -446,7 +454,7 @@ def train_codec(
             if backend.all_reduce_sum(bad).item() > 0:
                 raise TrainingError(f"non-finite loss at step {step}; lower train.lr (now {tc.lr})")
             backend.backward(res.loss, last_micro=True)
-            backend.grad_norm_and_clip()
+            grad_norm = backend.grad_norm_and_clip()
             backend.step()
             if disc is not None and adversarial_active(run.loss, step):
                 d_loss = hinge_d_loss(disc(target), disc(recon.detach().float()))
@@ -463,7 +471,7 @@ def train_codec(
                 t0 += time.time() - t_hook  # the hook's time is not training time
             if step % tc.log_every == 0 and is_main:
                 row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": lr, "loss": float(res.loss.detach()),
-                       **res.metrics, **{f"q_{k}": v for k, v in q.stats.items()}}
+                       **res.metrics, **{f"q_{k}": v for k, v in q.stats.items()}, "grad_norm": grad_norm}
                 metrics_f.write(json.dumps(row) + "\n")
                 metrics_f.flush()
                 bar.set_postfix(psnr=f"{res.metrics['psnr']:.1f}", usage=f"{q.stats['usage']:.2f}")
@@ -474,6 +482,7 @@ def train_codec(
     train_seconds = time.time() - t0
     codec.eval()
     with torch.no_grad(), backend.full_params():
+        calibrate_codec(codec, train, modality, tc.stats_items)
         zs = [codec.encode_latents(_to_batch(train[i : i + 64], modality)) for i in range(0, min(len(train), tc.stats_items), 64)]
         codec.set_latent_stats(torch.cat(zs))
     # a fresh gather: ZeRO-3's forward hooks release the parameters after every forward, even inside one
