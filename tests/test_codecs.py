@@ -120,18 +120,19 @@ def test_image_shapes_at_each_downsampling_factor(preset, factor):
 
 
 def test_decoder_with_its_own_levels():
-    """decoder_widths: the 2D decoder may have more levels than the encoder (here a 16x16 stage after patch 4's 8x8)."""
+    """decoder_extra_levels: the 2D decoder gets a level finer than the encoder's (here 16x16 after patch 4's 8x8)."""
     torch.manual_seed(0)
-    codec = build_video_codec("tiny", ["patch=4", "widths=[16]", "decoder_widths=[8,16]", "size=16", "latent_blocks=1",
+    codec = build_video_codec("tiny", ["patch=4", "widths=[16]", "decoder_extra_levels=1", "size=16", "latent_blocks=1",
                                        "quantizer.dim=3", "quantizer.levels=[5,5,5]", "train_frames=0"]).eval()
-    assert codec.dec2d.patch == 2 and codec.enc2d.patch == 4 and codec.cfg.spatial_factor == 4
+    assert codec.cfg.dec_widths == [8, 16] and codec.dec2d.patch == 2 and codec.enc2d.patch == 4
     x = _clips()
     with torch.no_grad():
         ids = _check_id_paths(codec, x)
         assert ids.shape == (2, 3, 4, 4) and codec.decode(ids).shape == x.shape
-    for bad in (["decoder_widths=[8,32]"], ["decoder_widths=[8,16]", "decoder_patch=1"], ["decoder_widths=[8,16]", "decoder_patch=4"]):
-        with pytest.raises(ConfigError, match="decoder_widths"):
-            build_video_codec("tiny", ["patch=4", "widths=[16]", *bad])
+    assert build_video_codec("tiny", ["patch=4", "widths=[16]"]).cfg.dec_widths == [8, 16]  # the preset's extra level follows widths
+    for bad in (["patch=2", "decoder_extra_levels=2"], ["widths=[12]", "decoder_extra_levels=3"], ["decoder_extra_levels=-1"]):
+        with pytest.raises(ConfigError, match="decoder_extra_levels"):
+            build_video_codec("tiny", bad)
 
 
 def test_video_8x_shapes(video8x):

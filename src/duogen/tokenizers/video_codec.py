@@ -18,7 +18,7 @@ bounds with tanh: with only the per-position RMS norm (`"rms"`, the older
 codecs) the encoder drifts channels into tanh's flat tails early in training,
 few codes stay in use and similar colors share codes; standardized channels
 keep every level of every channel in reach from the first steps. The 2D
-decoder may have more levels than the encoder (`decoder_widths`): pixels
+decoder may have more levels than the encoder (`decoder_extra_levels`): pixels
 folded into channels lose nothing on the way in, but sharp edges on the way
 out want a stage at a finer grid.
 
@@ -54,8 +54,7 @@ class VideoCodecConfig:
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     patch: int = 1  # pixels folded into channels before the first conv (1, 2 or 4)
     blocks: int = 1  # 2D residual blocks per level
-    decoder_widths: list[int] = field(default_factory=list)  # the 2D decoder's levels if not the encoder's (same last width and spatial factor)
-    decoder_patch: int = 0  # the 2D decoder's patch if not the encoder's (0 = patch)
+    decoder_extra_levels: int = 0  # 2D decoder only: levels finer than the encoder's first (each halves the patch and the width)
     frame_blocks: int = 1  # causal 3D blocks at frame rate (each side)
     latent_blocks: int = 2  # causal 3D blocks at latent rate (each side)
     temporal_factor: int = 4  # r: 1 + r*k frames -> 1 + k latent frames
@@ -69,14 +68,12 @@ class VideoCodecConfig:
         s = self.spatial_factor
         if s < 2 or self.patch not in (1, 2, 4, 8):
             raise ConfigError(f"need a spatial factor of at least 2 (patch={self.patch}, widths={self.widths})")
-        dw, dp = self.dec_widths, self.dec_patch
-        if dp not in (1, 2, 4, 8) or dw[-1] != self.widths[-1] or dp * 2 ** (len(dw) - 1) != s:
+        k = self.decoder_extra_levels
+        if k < 0 or self.patch % 2**k or self.widths[0] % 2**k:
             raise ConfigError(
-                f"decoder_widths={dw}, decoder_patch={dp} must end at the encoder's width {self.widths[-1]} and"
-                f" give its spatial factor {s} (patch * 2**(levels - 1))"
+                f"decoder_extra_levels={k} needs a patch and a first width divisible by {2**max(k, 0)}"
+                f" (patch={self.patch}, widths={self.widths}); each extra level halves both"
             )
-        if self.size % s:
-            raise ConfigError(f"size {self.size} must be a multiple of the spatial factor {s}")
         if self.latent_norm not in ("rms", "batch"):
             raise ConfigError(f"latent_norm is {self.latent_norm!r}; allowed values: rms, batch")
         if self.temporal_factor not in (1, 2, 4, 8):
@@ -90,18 +87,20 @@ class VideoCodecConfig:
 
     @property
     def dec_widths(self) -> list[int]:
-        return list(self.decoder_widths) or list(self.widths)
+        """The 2D decoder's widths, finest level first: the encoder's, after `decoder_extra_levels` finer ones."""
+        k = self.decoder_extra_levels
+        return [self.widths[0] // 2**i for i in range(k, 0, -1)] + list(self.widths)
 
     @property
     def dec_patch(self) -> int:
-        return self.decoder_patch or (self.patch if not self.decoder_widths else self.spatial_factor // 2 ** (len(self.decoder_widths) - 1))
+        return self.patch // 2**self.decoder_extra_levels
 
 
 VIDEO_CODEC_PRESETS: dict[str, VideoCodecConfig] = {
     # tiny: standardized latent channels and a 16x16 decoder stage (issue 19: at 500 steps on the shapes world
     # 17.6 -> 19.9 dB, codebook usage 27% -> 92%, colors kept 40% -> 100%; bench/bench_codec_steps.py)
     "tiny": VideoCodecConfig(
-        size=32, frames=9, patch=4, widths=[128], decoder_widths=[64, 128], blocks=2, frame_blocks=0, latent_blocks=2,
+        size=32, frames=9, patch=4, widths=[128], decoder_extra_levels=1, blocks=2, frame_blocks=0, latent_blocks=2,
         train_frames=4, latent_norm="batch", quantizer=QuantizerConfig("fsq", 4, [8, 5, 5, 5]),
     ),
     "small": VideoCodecConfig(
