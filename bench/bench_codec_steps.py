@@ -18,7 +18,9 @@ config, and at each of --steps evaluates the codec on a fixed held-out subset (t
   The same read on the ground-truth clips is printed as the probes' ceiling.
 
 The learning-rate schedule spans max(--steps) (warm-up, then a cosine over the run), so the
-early points are mid-schedule: a run stopped there would end at a lower learning rate.
+early points are mid-schedule: a run stopped there would end at a lower learning rate. The
+end-of-schedule curve (what `train.steps=N` gives) takes one run per step count, joined with
+--merge (configs of the same name become one line; each point records its schedule).
 Per-step figures do not depend on the machine's load; the seconds per step do (the load
 average is recorded). Writes DIR/steps.json (updated after every evaluation, so a cut run
 keeps its points), DIR/steps.png (one panel per metric, one line per config) and prints a table.
@@ -123,8 +125,8 @@ def run_config(spec: str, data: Path, steps: list[int], horizon: int, held: np.n
             return
         train_s[0] += time.time() - t_last[0]
         calibrate_codec(codec, train_clips, "video", 512)  # what the recipe does before it saves a codec
-        point = {"step": step, "train_seconds": round(train_s[0], 1), "load_avg": round(os.getloadavg()[0], 2),
-                 **evaluate_point(codec, held, attrs)}
+        point = {"step": step, "schedule": run.train.schedule_steps, "train_seconds": round(train_s[0], 1),
+                 "load_avg": round(os.getloadavg()[0], 2), **evaluate_point(codec, held, attrs)}
         res["points"].append(point)
         print(f"[{name}] step {step}: psnr {point['psnr']:.2f} ssim {point['ssim']:.3f} usage "
               f"{point['codebook_usage']:.3f} color {point['color']:.3f} ({point['train_seconds']:.0f} s)", flush=True)
@@ -137,20 +139,38 @@ def run_config(spec: str, data: Path, steps: list[int], horizon: int, held: np.n
 
 
 def table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    cols = ["config", "step", "PSNR dB", "SSIM", "usage", "color", "s/step", "load"]
+    cols = ["config", "step", "schedule", "PSNR dB", "SSIM", "usage", "color", "s/step", "load"]
     rows = []
     for r in results:
-        prev_s, prev_step = 0.0, 1
+        prev = {}  # schedule -> (seconds, step) of that run's previous point
         for p in r["points"]:
             if r.get("reference"):  # a saved codec: its own step count, no timing
-                rows.append([r["name"], p["step"], round(p["psnr"], 2), round(p["ssim"], 3),
+                rows.append([r["name"], p["step"], "-", round(p["psnr"], 2), round(p["ssim"], 3),
                              f"{p['codebook_usage']:.1%}", f"{p['color']:.1%}", "-", "-"])
                 continue
+            prev_s, prev_step = prev.get(p["schedule"], (0.0, 1))
             sps = (p["train_seconds"] - prev_s) / max(1, p["step"] - prev_step)
-            prev_s, prev_step = p["train_seconds"], p["step"]
-            rows.append([r["name"], p["step"], round(p["psnr"], 2), round(p["ssim"], 3), f"{p['codebook_usage']:.1%}",
-                         f"{p['color']:.1%}", round(sps, 2), p["load_avg"]])
+            prev[p["schedule"]] = (p["train_seconds"], p["step"])
+            rows.append([r["name"], p["step"], p["schedule"], round(p["psnr"], 2), round(p["ssim"], 3),
+                         f"{p['codebook_usage']:.1%}", f"{p['color']:.1%}", round(sps, 2), p["load_avg"]])
     return cols, rows
+
+
+def join(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results of several steps.json, one per config name: points of runs with other schedules are joined
+    (sorted by step), each keeping the schedule it was read on (older files record it once, as "horizon")."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        for r in d["results"]:
+            horizon = d.get("horizon", max(d.get("steps") or [0]))
+            pts = [{**p, "schedule": p.get("schedule", horizon)} for p in r["points"]]
+            if r["name"] in by_name:
+                by_name[r["name"]]["points"] += pts
+            else:
+                by_name[r["name"]] = {**r, "points": pts}
+    for r in by_name.values():
+        r["points"].sort(key=lambda p: (p["step"], p["schedule"] or 0))
+    return list(by_name.values())
 
 
 def color_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -168,9 +188,18 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, (key, label) in zip(axes, METRICS):
-        for r in results:
-            ax.plot([p["step"] for p in r["points"]], [p[key] for p in r["points"]], marker="*" if r.get("reference")
-                    else "o", markersize=12 if r.get("reference") else 6, label=r["name"])
+        for i, r in enumerate(results):
+            color = f"C{i}"
+            if r.get("reference"):
+                ax.plot([p["step"] for p in r["points"]], [p[key] for p in r["points"]], "*", markersize=12,
+                        color=color, label=r["name"])
+                continue
+            end = [p for p in r["points"] if p["step"] == p["schedule"]]
+            mid = [p for p in r["points"] if p["step"] != p["schedule"]]
+            ax.plot([p["step"] for p in end], [p[key] for p in end], "o-", color=color, label=r["name"])
+            if mid:
+                ax.plot([p["step"] for p in mid], [p[key] for p in mid], "o", mfc="none", color=color,
+                        label=f"{r['name']} (mid-schedule)")
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -203,7 +232,8 @@ def report(doc: dict[str, Any], out: Path, section: Path | None) -> None:
                       f"evaluated on the first {doc['heldout']} held-out clips: PSNR and SSIM through the ids, "
                       f"codebook usage over those clips' ids, and color fidelity = share of ground-truth objects whose "
                       f"color the probes read in the reconstruction (on the ground truth itself: "
-                      f"{doc['probe_ceiling']:.1%}). The learning-rate schedule spans the last step. s/step is "
+                      f"{doc['probe_ceiling']:.1%}). `schedule` is the length of the run's learning-rate schedule: a point at "
+                      f"its end is what `train.steps=N` gives, an earlier one is mid-schedule. s/step is "
                       f"wall-clock on a shared CPU ({doc['threads']} thread); the load average is recorded."),
             "tables": [{"caption": "per step", "columns": cols, "rows": rows},
                        {"caption": "color fidelity per color", "columns": ccols, "rows": crows}],
@@ -229,7 +259,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, help="directory for steps.json, steps.png and the codec runs")
     ap.add_argument("--section", help="also write a report section JSON here")
-    ap.add_argument("--merge", nargs="+", help="steps.json files to merge (no training)")
+    ap.add_argument("--merge", nargs="+", help="steps.json files to merge (no training); configs of the same name are "
+                    "joined into one curve (e.g. separate runs of 250, 500 and 1000 steps, each to the end of its schedule)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +270,7 @@ def main() -> None:
         if missing:
             sys.exit(f"error: {missing[0]}: no such steps.json (written by a training run of this script)")
         docs = [json.loads(Path(p).read_text()) for p in a.merge]
-        doc = {**docs[0], "results": [r for d in docs for r in d["results"]],
-               "command": " && ".join(d["command"] for d in docs)}
+        doc = {**docs[0], "results": join(docs), "command": " && ".join(d["command"] for d in docs)}
         (out / "steps.json").write_text(json.dumps(doc, indent=2) + "\n")
         report(doc, out, section)
         return
