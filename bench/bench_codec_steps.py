@@ -175,36 +175,46 @@ def join(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def color_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     colors = sorted({k[6:] for r in results for p in r["points"] for k in p if k.startswith("color_")})
-    rows = [[r["name"], p["step"], *[f"{p.get('color_' + c, float('nan')):.0%}" for c in colors]]
-            for r in results for p in r["points"]]
-    return ["config", "step", *colors], rows
+    rows = [[r["name"], p["step"], "-" if r.get("reference") else p.get("schedule", "-"),
+             *[f"{p.get('color_' + c, float('nan')):.0%}" for c in colors]] for r in results for p in r["points"]]
+    return ["config", "step", "schedule", *colors], rows
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """One panel per metric over log-spaced steps: a config's end-of-schedule points joined by a line, its
+    mid-schedule reads as open circles, saved codecs as stars; one legend under the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
     for ax, (key, label) in zip(axes, METRICS):
         for i, r in enumerate(results):
-            color = f"C{i}"
+            color, marker = colors[i % len(colors)], "osD^v<>"[i // len(colors) % 7]
             if r.get("reference"):
                 ax.plot([p["step"] for p in r["points"]], [p[key] for p in r["points"]], "*", markersize=12,
                         color=color, label=r["name"])
                 continue
             end = [p for p in r["points"] if p["step"] == p["schedule"]]
             mid = [p for p in r["points"] if p["step"] != p["schedule"]]
-            ax.plot([p["step"] for p in end], [p[key] for p in end], "o-", color=color, label=r["name"])
+            if end:
+                ax.plot([p["step"] for p in end], [p[key] for p in end], marker + "-", color=color, label=r["name"])
             if mid:
-                ax.plot([p["step"] for p in mid], [p[key] for p in mid], "o", mfc="none", color=color,
-                        label=f"{r['name']} (mid-schedule)")
+                ax.plot([p["step"] for p in mid], [p[key] for p in mid], marker, mfc="none", color=color,
+                        label=f"{r['name']} (mid-schedule)" if end else f"{r['name']} (mid-schedule only)")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    rows = -(-len(labels) // 4)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
+    fig.set_size_inches(4 * len(METRICS), 3.6 + 0.25 * rows)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
