@@ -310,6 +310,8 @@ def test_bad_input(video, image, tmp_path):
         VideoCodec.from_pretrained(tmp_path / "img")
     with pytest.raises(ConfigError):
         build_video_codec("tiny", ["frames=8"])
+    with pytest.raises(ConfigError, match="multiple of the spatial factor"):
+        build_video_codec("tiny", ["size=30"])
 
 
 def test_losses_constructed_cases():
@@ -385,12 +387,21 @@ def test_recipe_writes_loadable_codec(tmp_path):
 
     run = config.from_dict(VideoTokenizerRun, {"model": config.to_dict(build_video_codec("tiny", VIDEO_TEST).cfg),
                                                "train": {"steps": 3, "max_minutes": 0, "batch_size": 2, "eval_items": 2,
-                                                         "eval_every_s": 1000, "stats_items": 4, "precision": "fp32"}})
+                                                         "eval_every_s": 1000, "stats_items": 4, "precision": "fp32",
+                                                         "log_every": 1}})
     items = ((_clips(b=4) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()  # (N, F, H, W, 3)
     s = train_codec(run, "video", "synthetic", tmp_path / "run", train_items=items, val_items=items[:2], heldout_items=items[2:])
     assert s["steps"] == 3 and (tmp_path / "run" / "metrics.jsonl").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "step" in r] == [1, 2, 3] and all(r["grad_norm"] > 0 for r in rows if "step" in r)
     codec = tokenizers.load(tmp_path / "run" / "final")
     assert isinstance(codec, VideoCodec) and float(codec.latent_scale.min()) > 0
+    # the preset's standardized latent was calibrated on the training items before saving: recalibrating changes nothing
+    assert codec.cfg.latent_norm == "batch"
+    again = copy.deepcopy(codec)
+    again.calibrate_latent_norm([items])
+    torch.testing.assert_close(again.enc_std.running_mean, codec.enc_std.running_mean)
+    torch.testing.assert_close(again.enc_std.running_var, codec.enc_std.running_var)
     ev = evaluate_codec(codec, items[2:])
     assert ev["psnr"] == pytest.approx(s["heldout"]["psnr"], abs=1e-4)
     assert ev["tokens_per_item"] == 48 and ev["bits_per_pixel"] == pytest.approx(48 * math.log2(125) / (9 * 16 * 16))

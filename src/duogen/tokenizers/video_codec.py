@@ -68,6 +68,8 @@ class VideoCodecConfig:
         s = self.spatial_factor
         if s < 2 or self.patch not in (1, 2, 4, 8):
             raise ConfigError(f"need a spatial factor of at least 2 (patch={self.patch}, widths={self.widths})")
+        if self.size % s:
+            raise ConfigError(f"size {self.size} must be a multiple of the spatial factor {s}")
         k = self.decoder_extra_levels
         if k < 0 or self.patch % 2**k or self.widths[0] % 2**k:
             raise ConfigError(
@@ -98,7 +100,7 @@ class VideoCodecConfig:
 
 VIDEO_CODEC_PRESETS: dict[str, VideoCodecConfig] = {
     # tiny: standardized latent channels and a 16x16 decoder stage (issue 19: at 500 steps on the shapes world
-    # 17.6 -> 19.9 dB, codebook usage 27% -> 92%, colors kept 40% -> 100%; bench/bench_codec_steps.py)
+    # 17.6 -> 20.0 dB, codebook usage 27% -> 92%, colors kept 40% -> 100%; bench/bench_codec_steps.py)
     "tiny": VideoCodecConfig(
         size=32, frames=9, patch=4, widths=[128], decoder_extra_levels=1, blocks=2, frame_blocks=0, latent_blocks=2,
         train_frames=4, latent_norm="batch", quantizer=QuantizerConfig("fsq", 4, [8, 5, 5, 5]),

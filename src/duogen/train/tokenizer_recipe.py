@@ -456,6 +456,7 @@ def train_codec(
             backend.backward(res.loss, last_micro=True)
             grad_norm = backend.grad_norm_and_clip()
             backend.step()
+            grad_norm = getattr(backend, "last_grad_norm", grad_norm) if not math.isfinite(grad_norm) else grad_norm
             if disc is not None and adversarial_active(run.loss, step):
                 d_loss = hinge_d_loss(disc(target), disc(recon.detach().float()))
                 d_opt.zero_grad(set_to_none=True)
@@ -471,7 +472,8 @@ def train_codec(
                 t0 += time.time() - t_hook  # the hook's time is not training time
             if step % tc.log_every == 0 and is_main:
                 row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": lr, "loss": float(res.loss.detach()),
-                       **res.metrics, **{f"q_{k}": v for k, v in q.stats.items()}, "grad_norm": grad_norm}
+                       **res.metrics, **{f"q_{k}": v for k, v in q.stats.items()},
+                       **({"grad_norm": grad_norm} if math.isfinite(grad_norm) else {})}
                 metrics_f.write(json.dumps(row) + "\n")
                 metrics_f.flush()
                 bar.set_postfix(psnr=f"{res.metrics['psnr']:.1f}", usage=f"{q.stats['usage']:.2f}")
