@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from duogen.data.conditions import clip_object_masks, edge_maps
+from duogen.data.conditions import edge_maps
 from duogen.data.shapes import load_world_config, make_clip
-from duogen.diffusion.blocks import TextCond
 from duogen.diffusion.control import ActiveControl, ControlConfig, Controlled, load_control, make_control, save_control
 from duogen.diffusion.dit import DiT, DiTConfig
 from duogen.diffusion.unet import UNet, UNetConfig
@@ -42,15 +41,6 @@ def _base(name: str = "video-2+1d"):
             p.add_(0.05 * torch.randn_like(p))
         net.backbone.conv_out.weight.normal_(0.0, 0.1)  # an output of about unit scale, like a trained denoiser's
     return net.requires_grad_(False).eval()
-
-
-def _inputs(batch: int = 2):
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(batch, 4, 3, 8, 8, generator=g)  # (B, C, f, h, w)
-    t = torch.tensor([100, 700][:batch])
-    text = TextCond(torch.randn(batch, 5, 16, generator=g), torch.ones(batch, 5, dtype=torch.bool), torch.randn(batch, 16, generator=g))
-    cond = torch.from_numpy(clip_object_masks(CFG, "train", 0).any(0)).float()[None, None]  # (1, 1, F, H, W)
-    return z, t, text, cond
 
 
 
@@ -214,7 +204,7 @@ def test_save_load_round_trip_and_refusals(tmp_path, name, method):
 # ----------------------------------------------------------------------------- CLI on a tiny U-Net diffusion run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_control import _perturb, check_exact_no_op_then_acts  # noqa: E402  (shared with the DiT controls)
+from test_control import _inputs, _perturb, check_exact_no_op_then_acts  # noqa: E402  (shared with the DiT controls)
 from _tiny_runs import cli  # noqa: E402
 from test_control_train import _fixed_loss  # noqa: E402
 
