@@ -5,7 +5,11 @@ encode (pixels -> ids) and decode (ids -> pixels) in fp32 and under bf16
 autocast, and the bf16 / fp32 ratio. A second baseline: the causal 3D
 convolution as computed here (2D conv over time-stacked channels) against
 `nn.Conv3d` with the same weights and causal padding, on the tiny codec's
-latent-rate tensor. Prints the load average, since the CPU is shared.
+latent-rate tensor. A third: the tiny codec recipe's training step (forward,
+loss, backward, AdamW) with the weights in channels-last memory format against
+the default layout, alternating, median of `--repeats` steps each (every 3D
+convolution here is a 2D one over stacked time, so channels-last 2D is the
+format that applies). Prints the load average, since the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16]
 """
@@ -66,6 +70,38 @@ def bench_causal_conv(repeats: int) -> dict[str, float]:
     return {"max_abs_diff": err, "conv3d_ms": t_ref * 1e3, "ours_ms": t_ours * 1e3, "speedup": t_ref / t_ours}
 
 
+def bench_channels_last(repeats: int, rounds: int = 2) -> dict[str, float]:
+    """Seconds per tiny-codec training step, default layout vs channels-last weights (alternating rounds)."""
+    import statistics
+
+    from duogen.speed import codec_step
+
+    times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
+    for _ in range(rounds):
+        for fmt in times:
+            torch.manual_seed(0)
+            sm = codec_step()
+            model = sm.model.train()
+            if fmt == "channels_last":
+                model = model.to(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step() -> None:
+                loss = sm.loss(model)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            step()  # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                step()
+                times[fmt].append(time.perf_counter() - t)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["ratio"] = out["channels_last"] / out["contiguous"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -83,6 +119,9 @@ def main() -> None:
     c = bench_causal_conv(a.repeats)
     print(f"causal 3x3x3 conv, 128 ch, 3x8x8: nn.Conv3d {c['conv3d_ms']:.1f} ms, ours (2D over stacked time) "
           f"{c['ours_ms']:.1f} ms, speedup x{c['speedup']:.2f}, max |diff| {c['max_abs_diff']:.1e}")
+    t = bench_channels_last(a.repeats)
+    print(f"tiny codec training step (batch 8): default layout {t['contiguous']:.3f} s, channels-last "
+          f"{t['channels_last']:.3f} s, ratio x{t['ratio']:.3f} (< 1: channels-last faster)")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 

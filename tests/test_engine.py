@@ -395,3 +395,24 @@ def test_progress_bar_total_is_the_expected_last_step_under_a_budget(tmp_path, m
             tmp_path / "t")
     assert s.stopped == "max_minutes"
     assert s.steps / 2 < bars[-1].total < 2 * s.steps  # an estimate of the stop, far below steps=100000
+
+
+def test_ema_warms_up_so_a_short_run_does_not_keep_its_initialisation():
+    from duogen.train.engine import EMA
+
+    lin = torch.nn.Linear(3, 2)
+    init = [p.detach().clone() for p in lin.parameters()]
+    ema = EMA(lin, 0.995)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(1790) == pytest.approx(0.995) and ema.decay_at(10**6) == 0.995
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.add_(1.0)
+    ema.update(lin, 0)  # first update: 10% initialisation, 90% the new weights
+    for s, p0 in zip(ema.shadow, init):
+        assert torch.allclose(s, p0 + 0.9, atol=1e-6)
+    for n in range(1, 278):
+        ema.update(lin, n)
+    # after 278 steps the initialisation keeps prod(d_n) < 1e-15 of the weight, not 0.995**278 = 25%
+    for s, p0 in zip(ema.shadow, init):
+        assert torch.allclose(s, p0 + 1.0, atol=2e-3)

@@ -67,7 +67,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # 0 = off
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the device runs it fast (duogen.precision)
-    ema: float = 0.0  # EMA decay; 0 = off
+    ema: float = 0.0  # EMA decay (reached after a warm-up, see EMA); 0 = off
     compile: bool = False
     grad_checkpointing: bool = False
     engine: Literal["single", "ddp", "deepspeed"] = "single"
@@ -165,18 +165,29 @@ def _enable_grad_checkpointing(model: Any) -> None:
 
 
 class EMA:
-    """Exponential moving average of the parameters: ema <- decay * ema + (1 - decay) * p."""
+    """Exponential moving average of the parameters: ema <- d_n * ema + (1 - d_n) * p at update n (0-based).
+
+    d_n = min(decay, (1 + n) / (10 + n)): the average forgets the random initialisation within the first
+    steps and averages over roughly the last tenth of a short run, reaching `decay` after (10 decay - 1) /
+    (1 - decay) updates (1,790 for 0.995). A fixed decay from step 0 would leave decay**n of the
+    initialisation in the weights (0.995**278 = 25% after a 278-step run), the warm-up of TensorFlow's
+    `ExponentialMovingAverage(num_updates=...)`.
+    """
 
     def __init__(self, module: Any, decay: float):
         self.decay = decay
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         self.shadow = [p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad]
 
-    def update(self, module: Any) -> None:
+    def decay_at(self, n: int) -> float:
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
+    def update(self, module: Any, n: int) -> None:
+        """Fold in the parameters after optimizer step n + 1 (n updates came before: the run's step count)."""
         import torch
 
         params = [p.detach().float() for _, p in module.named_parameters() if p.requires_grad]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
+        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay_at(n))
 
     def state_dict(self, module: Any) -> dict[str, Any]:
         """The module's full state dict with parameters replaced by their averages (only the averages when
@@ -500,7 +511,7 @@ def fit(
             backend.step()
             grad_norm = getattr(backend, "last_grad_norm", grad_norm)
             if ema is not None:
-                ema.update(module)
+                ema.update(module, state["step"])
             sampler.advance()
             state["step"] += 1
             state["flops"] += state["flops_per_step"]
