@@ -7,9 +7,10 @@ convolution as computed here (2D conv over time-stacked channels) against
 `nn.Conv3d` with the same weights and causal padding, on the tiny codec's
 latent-rate tensor. A third: the tiny codec recipe's training step (forward,
 loss, backward, AdamW) with the weights in channels-last memory format against
-the default layout, alternating, median of `--repeats` steps each (every 3D
-convolution here is a 2D one over stacked time, so channels-last 2D is the
-format that applies). Prints the load average, since the CPU is shared.
+the default layout, in alternating rounds (the median of the rounds' medians
+of `--repeats` steps). Every 3D convolution here is a 2D one over stacked
+time, so channels-last 2D is the format that applies. Prints the load
+average, since the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16]
 """
@@ -74,29 +75,16 @@ def bench_channels_last(repeats: int, rounds: int = 2) -> dict[str, float]:
     """Seconds per tiny-codec training step, default layout vs channels-last weights (alternating rounds)."""
     import statistics
 
-    from duogen.speed import codec_step
+    from duogen.speed import codec_step, time_training_step
 
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     for _ in range(rounds):
         for fmt in times:
             torch.manual_seed(0)
             sm = codec_step()
-            model = sm.model.train()
             if fmt == "channels_last":
-                model = model.to(memory_format=torch.channels_last)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-            def step() -> None:
-                loss = sm.loss(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            step()  # warm-up
-            for _ in range(repeats):
-                t = time.perf_counter()
-                step()
-                times[fmt].append(time.perf_counter() - t)
+                sm = sm._replace(model=sm.model.to(memory_format=torch.channels_last))
+            times[fmt].append(time_training_step(sm, "fp32", repeats, count_flops=False).step_s)
     out = {k: statistics.median(v) for k, v in times.items()}
     out["ratio"] = out["channels_last"] / out["contiguous"]
     return out
