@@ -169,9 +169,9 @@ class EMA:
 
     d_n = min(decay, (1 + n) / (10 + n)): the average forgets the random initialisation within the first
     steps and averages over roughly the last tenth of a short run, reaching `decay` after (10 decay - 1) /
-    (1 - decay) updates (1,790 for 0.995). A fixed decay from step 0 would leave decay**n of the
-    initialisation in the weights (0.995**278 = 25% after a 278-step run), the warm-up of TensorFlow's
-    `ExponentialMovingAverage(num_updates=...)`.
+    (1 - decay) updates (1,790 for 0.995); the warm-up of TensorFlow's `ExponentialMovingAverage(num_updates=...)`.
+    A fixed decay from step 0 would leave decay**n of the initialisation in the weights (0.995**278 = 25% after
+    a 278-step run).
     """
 
     def __init__(self, module: Any, decay: float):
