@@ -64,3 +64,34 @@ def test_demo_rejects_bad_budget_and_mismatched_shares(tmp_path):
 def test_default_stages_cover_the_pipeline_and_shares_sum_to_one():
     assert [s.name for s in STAGES] == ["data", "text", "codec", "ar", "dit", "compare"]
     assert sum(SHARES.values()) == pytest.approx(1.0)
+
+
+def test_the_demo_trains_its_dit_at_the_demo_rate_and_samples_every_model_at_the_demo_guidance(tmp_path, monkeypatch):
+    import duogen.demo as demo
+    import duogen.demo_budget
+    import duogen.eval.compare as cmp
+    import duogen.train.diffusion_recipe as diffusion_recipe
+
+    seen = {}
+
+    def train_diffusion(*args, overrides=(), **kwargs):
+        seen["overrides"] = list(overrides)
+        return {"steps": 1}
+
+    monkeypatch.setattr(diffusion_recipe, "train_diffusion", train_diffusion)
+    monkeypatch.setattr(cmp, "training_info", lambda path: {"flops": 1e12})
+    d = Demo(tmp_path, minutes=10)
+    demo._stage_dit(d, 3.0)
+    assert f"train.lr={demo.DEMO_DIT_LR:g}" in seen["overrides"] and "denoiser=dit" in seen["overrides"]
+
+    settings = []
+    monkeypatch.setattr(cmp, "load_model", lambda name, path, s: settings.append((name, s)))
+    monkeypatch.setattr(cmp, "dataset_prompts", lambda data, per_split: ["a prompt"])
+    monkeypatch.setattr(cmp, "real_clips", lambda data, max_clips: None)
+    monkeypatch.setattr(cmp, "compare", lambda models, prompts, out, **kw: {"report": None, "models": []})
+    monkeypatch.setattr(duogen.demo_budget, "report_section", lambda out, command: None)
+    demo._stage_compare(d, 1.0)
+    assert {name for name, _ in settings} >= {"AR (demo)", "DiT (demo)"}
+    for name, s in settings:  # the headline setting and every guided one use the demo's scale
+        guided = [x.kwargs["guidance"] for x in s if x.kwargs.get("guidance") is not None]
+        assert s[0].kwargs["guidance"] == demo.DEMO_GUIDANCE and set(guided) == {demo.DEMO_GUIDANCE}, name

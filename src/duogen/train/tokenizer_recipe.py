@@ -456,7 +456,7 @@ def train_codec(
             backend.backward(res.loss, last_micro=True)
             grad_norm = backend.grad_norm_and_clip()
             backend.step()
-            grad_norm = getattr(backend, "last_grad_norm", grad_norm) if not math.isfinite(grad_norm) else grad_norm
+            grad_norm = getattr(backend, "last_grad_norm", grad_norm)  # DeepSpeed: known only after its step (as in fit)
             if disc is not None and adversarial_active(run.loss, step):
                 d_loss = hinge_d_loss(disc(target), disc(recon.detach().float()))
                 d_opt.zero_grad(set_to_none=True)
