@@ -44,3 +44,33 @@ def test_train_ar_writes_a_loadable_model_and_reuses_the_encoded_clips(tmp_path,
     assert not encodes, "a second run over the same data and codec loads the cached ids"
     assert _snapshot(cache) == before
     assert again["final_loss"] == pytest.approx(info["final_loss"], rel=1e-4)  # same data, seed and text ids
+
+
+def test_the_ar_and_diffusion_recipes_share_one_encode_of_the_clips(tmp_path, monkeypatch):
+    """One encoder pass caches ids and latents: the diffusion recipe beside an AR run on the same codec and data
+    encodes nothing, and what each reads is what the codec's own encode / encode_latents give."""
+    from duogen.data import make_dataset
+    from duogen.train.ar_recipe import encode_dataset
+    from duogen.train.diffusion_recipe import encode_latents_dataset
+    from duogen.train.recipe_common import load_split
+
+    make_dataset("shapes", tmp_path / "data", n=16, preset="tiny", seed=0)
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", ["patch=4", "widths=[16]"]).eval()
+    codec.save_pretrained(tmp_path / "codec")
+    split = load_split(tmp_path / "data", "train")
+    passes = []
+    enc = VideoCodec.encoder
+    monkeypatch.setattr(VideoCodec, "encoder", lambda self, x: passes.append(x.shape[0]) or enc(self, x))
+
+    ids = encode_dataset(split, codec, tmp_path / "codec", tmp_path / "data", "train", ["t2v"], tmp_path / ".cache")
+    assert sum(passes) == len(split), "the AR recipe encodes every clip once"
+    passes.clear()
+    lat = encode_latents_dataset(split, codec, tmp_path / "codec", tmp_path / "data", "train", tmp_path / ".cache")
+    assert not passes, "the diffusion recipe reads the AR recipe's cache"
+
+    video = np.stack([np.asarray(v, dtype=np.uint8) for v in split["video"]])
+    with torch.no_grad():
+        want_ids, want_z = codec.encode(video), codec.encode_latents(video)
+    assert np.array_equal(np.asarray(ids["video_ids"]), want_ids.numpy())
+    np.testing.assert_allclose(np.asarray(lat["latents"], dtype=np.float32), want_z.numpy(), atol=1e-6)

@@ -13,9 +13,9 @@ timing itself (`duogen.speed`) or the precision policy (`duogen.precision`).
 
 The rule. The pool P is the minutes left for codec + AR + DiT once data, text and the report
 have their fixed shares. Each planned stage also spends time outside its training loop, a
-cost no split avoids (F, from the codec's measured encode time per clip): the AR and DiT
-stages encode the training clips with the codec, the codec stage stores its latent
-statistics and evaluates the held-out split. So the split is over the training time
+cost no split avoids (F, from the codec's measured encode time per clip): the AR stage
+encodes the training clips with the codec (into the cache the DiT stage reads), the codec
+stage stores its latent statistics and evaluates the held-out split. So the split is over the training time
 P' = P - F_codec - F_ar - F_dit (at least FLOOR * P: where the fixed costs eat more, the demo
 overruns its budget and the plan says by how much). With t_c the codec's measured seconds
 per step:
@@ -74,7 +74,7 @@ PLAN_FILE = "machine.json"
 class BudgetPlan:
     pool_minutes: float  # codec + AR + DiT minutes the plan split
     train_pool_minutes: float  # P': the pool less the stages' fixed costs (at least FLOOR of it)
-    minutes: dict[str, float]  # per planned stage: wall minutes (AR and DiT include their encode)
+    minutes: dict[str, float]  # per planned stage: wall minutes (the AR stage includes the encode the DiT stage reuses)
     codec_steps: int  # the codec's train.steps
     codec_needed_steps: int  # N_need
     codec_usable_steps: int  # N_use
@@ -191,14 +191,15 @@ class Measurement:
     heldout_clips: int = 0
 
     def fixed_s(self) -> dict[str, float]:
-        """Each planned stage's seconds outside its training loop, from the codec's encode time per clip: AR and
-        DiT encode the training clips; the codec encodes `stats_items` of them for its latent statistics and
-        encodes + decodes the held-out split (a decode costs about an encode)."""
+        """Each planned stage's seconds outside its training loop, from the codec's encode time per clip: the AR
+        stage encodes the training clips into the cache the DiT stage then reads (one encoder pass gives both the
+        ids and the latents, `recipe_common.encode_videos`); the codec encodes `stats_items` of them for its
+        latent statistics and encodes + decodes the held-out split (a decode costs about an encode)."""
         from .train.tokenizer_recipe import VIDEO_RUN_PRESETS
 
         stats = min(VIDEO_RUN_PRESETS["tiny"].train.stats_items, self.train_clips)
         e = self.encode_s_per_clip
-        return {"codec": e * (stats + 2 * self.heldout_clips), "ar": e * self.train_clips, "dit": e * self.train_clips}
+        return {"codec": e * (stats + 2 * self.heldout_clips), "ar": e * self.train_clips, "dit": 0.0}
 
     def to_dict(self) -> dict[str, Any]:
         return {"machine": self.machine.to_dict(), "precision": self.precision, "precision_reason": self.precision_reason,

@@ -40,8 +40,9 @@ from ..errors import ConfigError
 from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
                       train_new_rows_only)
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
-                            load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
+from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, encode_videos,
+                            fine_tune_codec, load_split, model_saver, parse_new_tokens, resolve_cache_dir,
+                            text_tokenizer)
 
 CACHE_VERSION = 1
 
@@ -98,24 +99,11 @@ AR_RECIPE_PRESETS: dict[str, ARRecipeConfig] = {
 
 def encode_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, tasks: Sequence[str],
                    cache_dir: Path, batch_size: int = 32) -> Any:
-    """Codec ids for every clip (and its masked versions for inpaint / outpaint), cached on disk."""
-    import numpy as np
-    import torch
-
-    masked = sorted(t for t in tasks if t in MASKED_TASKS)
-
-    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B,F,H,W,3)
-        out: dict[str, Any] = {}
-        with torch.inference_mode():
-            out["video_ids"] = codec.encode(video).to(torch.int32).cpu().numpy()  # (B,f,h,w)
-            for t in masked:
-                m = np.stack([masked_clip(v, t) for v in video])
-                out[f"{'masked' if t == 'inpaint' else 'outpaint'}_ids"] = codec.encode(m).to(torch.int32).cpu().numpy()
-        return out
-
-    return encode_clips(split, fn, codec_dir, data, split_name, cache_dir, batch_size=batch_size,
-                        desc="encoding clips with the codec", v=CACHE_VERSION, masked=masked)
+    """Codec ids for every clip (`video_ids`, and its masked versions for inpaint / outpaint), cached on disk:
+    the cache the diffusion recipe's latents share (`recipe_common.encode_videos`)."""
+    masked = [t for t in tasks if t in MASKED_TASKS]
+    return encode_videos(split, codec, codec_dir, data, split_name, cache_dir, masked=masked, mask_clip=masked_clip,
+                         batch_size=batch_size)
 
 
 def fit_audio(waves: Sequence[Any], samples: int) -> Any:
@@ -147,12 +135,13 @@ def encode_audio(split: Any, codec: Any, codec_dir: Path, data: Path, split_name
 
 
 class TokenRecords:
-    """The dataset the engine indexes: pre-encoded codec ids + text ids, as dicts the collator reads."""
+    """The dataset the engine indexes: pre-encoded codec ids (the `*_ids` columns) + text ids, as dicts the
+    collator reads. The cache's other columns (the continuous `latents` it shares with diffusion) are left out."""
 
     def __init__(self, encoded: Any, text_ids: list[list[int]]):
         import numpy as np
 
-        self.cols = {c: np.asarray(encoded[c], dtype=np.int64) for c in encoded.column_names}
+        self.cols = {c: np.asarray(encoded[c], dtype=np.int64) for c in encoded.column_names if c.endswith("_ids")}
         self.text_ids = text_ids
 
     def __len__(self) -> int:

@@ -40,10 +40,9 @@ from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
                       train_new_rows_only)
 from .engine import LossOutput, TrainConfig, fit
-from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, fine_tune_codec,
+from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_videos, fine_tune_codec,
                             load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
 
-CACHE_VERSION = 1
 # model keys a fine-tune may change from its base model's config (training and sampling behaviour, not shapes)
 FINETUNE_KEEP = ("cond_dropout", "snr_gamma", "guidance", "sampler", "steps", "quantize_decode")
 
@@ -103,17 +102,9 @@ def _model_overrides(overrides: Sequence[str]) -> list[str]:
 
 def encode_latents_dataset(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, cache_dir: Path,
                            batch_size: int = 32) -> Any:
-    """The codec's continuous latents (N, C, f, h, w) for every clip, un-normalized, cached on disk."""
-    import numpy as np
-    import torch
-
-    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B, F, H, W, 3)
-        with torch.inference_mode():
-            return {"latents": codec.encode_latents(video).float().cpu().numpy()}  # (B, C, f, h, w)
-
-    return encode_clips(split, fn, codec_dir, data, split_name, cache_dir, batch_size=batch_size,
-                        desc="encoding clip latents", v=CACHE_VERSION, what="latents")
+    """The codec's continuous latents (`latents`, (N, C, f, h, w)) for every clip, un-normalized, cached on disk:
+    the cache the AR recipe's ids share (`recipe_common.encode_videos`)."""
+    return encode_videos(split, codec, codec_dir, data, split_name, cache_dir, batch_size=batch_size)
 
 
 class LatentRecords:

@@ -85,6 +85,41 @@ def encode_clips(split: Any, fn: Callable[[dict[str, list[Any]]], dict[str, Any]
                            batch_size=batch_size, remove_columns=list(split.column_names), desc=desc)
 
 
+VIDEO_CACHE_VERSION = 1
+
+
+def encode_videos(split: Any, codec: Any, codec_dir: Path, data: Path, split_name: str, cache: Path, *,
+                  masked: Sequence[str] = (), mask_clip: Callable[[Any, str], Any] | None = None,
+                  batch_size: int = 32) -> Any:
+    """Every clip's continuous codec latents and codec ids from ONE encoder pass, cached under `cache`.
+
+    Columns: `latents` float32 (C, f, h, w), un-normalized (what the diffusion recipe trains on) and
+    `video_ids` int32 (f, h, w) = `codec.latents_to_ids(latents)`, the same ids `codec.encode` gives (what
+    the AR recipe trains on). One cache serves both, so a diffusion run beside an AR run on the same codec,
+    data and split encodes nothing (`duogen demo` trains both). `masked` names AR tasks whose masked clips
+    (`mask_clip(clip, task)`) are encoded too, as `masked_ids` (inpaint) / `outpaint_ids`; they key the cache.
+    """
+    import numpy as np
+    import torch
+
+    masked = sorted(masked)
+    if masked and mask_clip is None:
+        raise ValueError("encode_videos: masked tasks need mask_clip")
+
+    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        video = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["video"]])  # (B, F, H, W, 3)
+        with torch.inference_mode():
+            z = codec.encode_latents(video).float()  # (B, C, f, h, w)
+            out = {"latents": z.cpu().numpy(), "video_ids": codec.latents_to_ids(z).to(torch.int32).cpu().numpy()}
+            for t in masked:
+                m = np.stack([mask_clip(v, t) for v in video])
+                out[f"{'masked' if t == 'inpaint' else 'outpaint'}_ids"] = codec.encode(m).to(torch.int32).cpu().numpy()
+        return out
+
+    return encode_clips(split, fn, codec_dir, data, split_name, cache, batch_size=batch_size,
+                        desc="encoding clips with the codec", v=VIDEO_CACHE_VERSION, what="video", masked=masked)
+
+
 def base_model_config(base_cfg: Any, run_cfg: Any, overrides: Sequence[str], keep: Sequence[str],
                       init_from: Path) -> Any:
     """The model config a fine-tune (`--init-from`) trains: the base model's.
