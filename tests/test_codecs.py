@@ -130,6 +130,10 @@ def test_decoder_with_its_own_levels():
         ids = _check_id_paths(codec, x)
         assert ids.shape == (2, 3, 4, 4) and codec.decode(ids).shape == x.shape
     assert build_video_codec("tiny", ["patch=4", "widths=[16]"]).cfg.dec_widths == [8, 16]  # the preset's extra level follows widths
+    full = build_video_codec("tiny", ["patch=4", "widths=[16]", "decoder_extra_levels=2"]).eval()
+    assert full.cfg.dec_widths == [4, 8, 16] and full.dec2d.patch == 1  # two extra levels: the finest at full resolution
+    with torch.no_grad():
+        assert full.decode(full.encode(_clips(s=32))).shape == _clips(s=32).shape
     for bad in (["patch=2", "decoder_extra_levels=2"], ["widths=[12]", "decoder_extra_levels=3"], ["decoder_extra_levels=-1"]):
         with pytest.raises(ConfigError, match="decoder_extra_levels"):
             build_video_codec("tiny", bad)
