@@ -5,7 +5,8 @@
 
 Steps: train (or reuse) the SentencePiece model on the training captions;
 encode every clip once with the codec into a cache keyed by the codec's
-weights and the data set (`duogen.train.data.pretokenize`), and with audio
+weights and the data set (`duogen.train.data.pretokenize`; the diffusion
+recipe's latents come from the same pass and cache), and with audio
 tasks every example's `audio`, cropped or padded with silence to
 `audio_seconds`, with the audio codec into the same cache; build the unified
 vocabulary and the layouts; train with the shared engine; `final/` is a

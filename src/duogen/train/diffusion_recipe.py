@@ -4,7 +4,9 @@
 
 Steps: train (or reuse) the SentencePiece model on the training captions (the
 same ids the AR model reads); encode every clip once into the codec's
-continuous latents, cached on disk, then normalize them by the codec's stored
+continuous latents, cached on disk (shared with an AR run on the same codec,
+data and split whose tasks need no masked clips: the second encodes nothing),
+then normalize them by the codec's stored
 `latent_shift` / `latent_scale`; train text encoder + denoiser jointly with the
 shared engine (v-prediction on a cosine schedule, EMA weights by default);
 `final/` is a `LatentDiffusionModel` directory (config.json kind "diffusion",
