@@ -9,8 +9,10 @@ latent-rate tensor. A third: the tiny codec recipe's training step (forward,
 loss, backward, AdamW) with the weights in channels-last memory format against
 the default layout, in alternating rounds (the median of the rounds' medians
 of `--repeats` steps). Every 3D convolution here is a 2D one over stacked
-time, so channels-last 2D is the format that applies. Prints the load
-average, since the CPU is shared.
+time, so channels-last 2D is the format that applies. A fourth: the same
+training step with a second, full-resolution decoder stage
+(`model.decoder_extra_levels=2`) against the preset's, FLOPs and time. Prints
+the load average, since the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16]
 """
@@ -90,6 +92,27 @@ def bench_channels_last(repeats: int, rounds: int = 2) -> dict[str, float]:
     return out
 
 
+def bench_decoder_levels(repeats: int, rounds: int = 2) -> dict[str, float]:
+    """The tiny codec recipe's training step with the preset's decoder (one level finer than the encoder's,
+    16x16) against one with a second, full-resolution 32x32 stage (decoder_extra_levels=2): FLOPs per step
+    (torch's counter) and seconds per step (alternating rounds, the median of the rounds' medians)."""
+    import statistics
+
+    from duogen.speed import codec_step, time_training_step
+
+    times: dict[int, list[float]] = {1: [], 2: []}
+    flops: dict[int, float] = {}
+    for r in range(rounds):
+        for k in times:
+            torch.manual_seed(0)
+            s = time_training_step(codec_step(decoder_extra_levels=k), "fp32", repeats, count_flops=r == 0)
+            times[k].append(s.step_s)
+            flops.setdefault(k, s.flops_per_step)
+    return {"s_1": statistics.median(times[1]), "s_2": statistics.median(times[2]), "flops_1": flops[1],
+            "flops_2": flops[2], "time_ratio": statistics.median(times[2]) / statistics.median(times[1]),
+            "flops_ratio": flops[2] / flops[1]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -110,6 +133,9 @@ def main() -> None:
     t = bench_channels_last(a.repeats)
     print(f"tiny codec training step (batch 8): default layout {t['contiguous']:.3f} s, channels-last "
           f"{t['channels_last']:.3f} s, ratio x{t['ratio']:.3f} (< 1: channels-last faster)")
+    d = bench_decoder_levels(a.repeats)
+    print(f"tiny codec training step, decoder to 16x16 (preset) {d['s_1']:.3f} s {d['flops_1']:.3g} FLOPs, with a"
+          f" 32x32 stage {d['s_2']:.3f} s {d['flops_2']:.3g} FLOPs: time x{d['time_ratio']:.2f}, FLOPs x{d['flops_ratio']:.2f}")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 

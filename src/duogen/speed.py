@@ -106,8 +106,11 @@ def _tiny_codec_latent() -> tuple[Any, tuple[int, ...]]:
     return codec, tuple(codec.latent_shape((c.frames, c.size, c.size)))  # (D, f, h, w)
 
 
-def codec_step(device: str = "cpu") -> StepModel:
-    """The `tiny` video codec recipe's step: its model, loss and batch size on random clips (B, 3, F, H, W)."""
+def codec_step(device: str = "cpu", **model: Any) -> StepModel:
+    """The `tiny` video codec recipe's step: its model, loss and batch size on random clips (B, 3, F, H, W).
+    `model` changes fields of the preset's model config (e.g. decoder_extra_levels=2)."""
+    import dataclasses
+
     import torch
 
     from .tokenizers.losses import codec_loss
@@ -115,7 +118,8 @@ def codec_step(device: str = "cpu") -> StepModel:
     from .train.tokenizer_recipe import VIDEO_RUN_PRESETS
 
     run = VIDEO_RUN_PRESETS["tiny"]
-    codec, c = VideoCodec(run.model).to(device), run.model
+    c = dataclasses.replace(run.model, **model)
+    codec = VideoCodec(c).to(device)
     x = torch.rand(run.train.batch_size, 3, c.frames, c.size, c.size, device=device) * 2 - 1  # (B, 3, F, H, W)
 
     def loss(model: Any) -> Any:
