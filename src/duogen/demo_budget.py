@@ -211,8 +211,10 @@ class Measurement:
 def measure_machine(out: Path, data: Path, text: Path, repeats: int = 3, log: Any = None) -> Measurement:
     """Time `repeats` training steps (after a warm-up) of the tiny codec, AR model and DiT at the precision `auto`
     picks, and the codec's encode of a clip; the precision check's cache goes under `out`, nothing outside it.
-    Each stage's speed is its fastest timed step: a process finishing beside the demo slows some steps, and
-    the median of two followed it (a codec measured at 2.27 s/step that trained at 0.72 planned 103 steps)."""
+    Each stage's speed is the median of three timed steps: a load passing through one of them does not move it
+    (the median of two did: a codec measured at 2.27 s/step that trained at 0.72 planned 103 steps). Not the
+    fastest step: it under-reads the training loop, which also loads and logs (a codec measured at 0.613 s/step
+    trained at 0.85 with its evaluations, and made 366 of its 452 planned steps)."""
     from .data import load_dataset
     from .precision import resolve_precision
     from .speed import ar_step, codec_step, describe_machine, dit_step, time_encode, time_training_step
@@ -229,7 +231,7 @@ def measure_machine(out: Path, data: Path, text: Path, repeats: int = 3, log: An
     for name, build in (("codec", lambda: codec_step(machine.device)), ("ar", lambda: ar_step(tok, captions, machine.device)),
                         ("dit", lambda: dit_step(tok, captions, machine.device))):
         sm = build()
-        speeds[name] = time_training_step(sm, choice.precision, repeats=repeats, stat="min")
+        speeds[name] = time_training_step(sm, choice.precision, repeats=repeats)
         if log:
             log(f"measured {name}: {speeds[name].step_s:.3f} s/step, {speeds[name].flops_per_step:.3g} FLOPs/step"
                 f" ({choice.precision})")
@@ -293,7 +295,7 @@ def report_section(out: Path, command: str) -> dict[str, Any] | None:
         "intro": (f"Trained on {machine.line()}; torch {machine.torch}, {machine.threads} threads."
                   f" Precision {doc['precision']} ({doc['precision_reason']}). Measured in {doc['measured_s']:.0f} s"
                   f" before the codec: a warm-up and {doc['speeds']['codec']['steps_timed']} timed training steps of"
-                  f" each stage's model (the {doc['speeds']['codec'].get('stat', 'median')}), and the codec's encode ({doc['encode_s_per_clip']:.4f} s per clip,"
+                  f" each stage's model (median), and the codec's encode ({doc['encode_s_per_clip']:.4f} s per clip,"
                   f" {doc['train_clips']} training clips)."),
         "tables": [{"caption": f"Pool {plan.pool_minutes:.1f} min, {plan.train_pool_minutes:.1f} of them training. {rule}",
                     "columns": ["stage", "precision", "measured s/step", "FLOPs/step", "FLOP/s", "share of pool",

@@ -55,12 +55,11 @@ class StepModel(NamedTuple):
 
 @dataclass
 class StepSpeed:
-    step_s: float  # seconds per training step (`stat` of the timed steps)
+    step_s: float  # seconds per training step (median of the timed steps)
     flops_per_step: float  # forward + backward FLOPs of one step (torch's FLOP counter, as the engine counts)
     batch_size: int
     precision: str  # "fp32" | "bf16": what the step ran in
     steps_timed: int
-    stat: str = "median"  # "median" | "min" of the timed steps
 
     @property
     def flops_per_s(self) -> float:
@@ -184,14 +183,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training_step(sm: StepModel, precision: str, repeats: int = 3, count_flops: bool = True,
-                       stat: str = "median") -> StepSpeed:
-    """Seconds per training step of `sm` (the median, or with stat="min" the fastest, of `repeats` after one warm-up
-    step) and its FLOPs per step. The minimum is the least moved by a passing load from another process."""
+def time_training_step(sm: StepModel, precision: str, repeats: int = 3, count_flops: bool = True) -> StepSpeed:
+    """Seconds per training step of `sm` (median of `repeats` after one warm-up step) and its FLOPs per step."""
     import torch
-
-    if stat not in ("median", "min"):
-        raise ValueError(f"stat is {stat!r}; allowed values: median, min")
 
     from .train.engine import LossOutput, _measure_flops
     from .utils import autocast
@@ -219,8 +213,8 @@ def time_training_step(sm: StepModel, precision: str, repeats: int = 3, count_fl
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return StepSpeed(step_s=min(times) if stat == "min" else statistics.median(times), flops_per_step=flops,
-                     batch_size=sm.batch_size, precision=precision, steps_timed=len(times), stat=stat)
+    return StepSpeed(step_s=statistics.median(times), flops_per_step=flops, batch_size=sm.batch_size,
+                     precision=precision, steps_timed=len(times))
 
 
 def time_encode(codec: Any, n: int = 16, device: str = "cpu") -> float:
