@@ -14,7 +14,7 @@ training step with a second, full-resolution decoder stage
 (`model.decoder_extra_levels=2`) against the preset's, FLOPs and time. Prints
 the load average, since the CPU is shared.
 
-    .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16]
+    .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16] [--only decoder-levels ...]
 """
 
 from __future__ import annotations
@@ -118,24 +118,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
+    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels")
+    ap.add_argument("--only", choices=parts, action="append",
+                    help="run only this part (repeatable; default: all). On a CPU without native bf16 the bf16"
+                         " throughput part takes many minutes")
     a = ap.parse_args()
+    run = set(a.only or parts)
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"threads={torch.get_num_threads()} load_avg={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}")
-    for preset in ("tiny", "small"):
+    for preset in ("tiny", "small") if "throughput" in run else ():
         r = bench_codec(preset, a.batch if preset == "tiny" else max(1, a.batch // 4), a.repeats)
         print(f"{preset:5s} {r['params_M']:.2f}M params | frames/s encode fp32 {r['encode_fp32']:8.0f} bf16 "
               f"{r['encode_bf16']:8.0f} (x{r['encode_bf16/fp32']:.2f}) | decode fp32 {r['decode_fp32']:8.0f} "
               f"bf16 {r['decode_bf16']:8.0f} (x{r['decode_bf16/fp32']:.2f})")
-    c = bench_causal_conv(a.repeats)
-    print(f"causal 3x3x3 conv, 128 ch, 3x8x8: nn.Conv3d {c['conv3d_ms']:.1f} ms, ours (2D over stacked time) "
-          f"{c['ours_ms']:.1f} ms, speedup x{c['speedup']:.2f}, max |diff| {c['max_abs_diff']:.1e}")
-    t = bench_channels_last(a.repeats)
-    print(f"tiny codec training step (batch 8): default layout {t['contiguous']:.3f} s, channels-last "
-          f"{t['channels_last']:.3f} s, ratio x{t['ratio']:.3f} (< 1: channels-last faster)")
-    d = bench_decoder_levels(a.repeats)
-    print(f"tiny codec training step, decoder to 16x16 (preset) {d['s_1']:.3f} s {d['flops_1']:.3g} FLOPs, with a"
-          f" 32x32 stage {d['s_2']:.3f} s {d['flops_2']:.3g} FLOPs: time x{d['time_ratio']:.2f}, FLOPs x{d['flops_ratio']:.2f}")
+    if "causal-conv" in run:
+        c = bench_causal_conv(a.repeats)
+        print(f"causal 3x3x3 conv, 128 ch, 3x8x8: nn.Conv3d {c['conv3d_ms']:.1f} ms, ours (2D over stacked time) "
+              f"{c['ours_ms']:.1f} ms, speedup x{c['speedup']:.2f}, max |diff| {c['max_abs_diff']:.1e}")
+    if "channels-last" in run:
+        t = bench_channels_last(a.repeats)
+        print(f"tiny codec training step (batch 8): default layout {t['contiguous']:.3f} s, channels-last "
+              f"{t['channels_last']:.3f} s, ratio x{t['ratio']:.3f} (< 1: channels-last faster)")
+    if "decoder-levels" in run:
+        d = bench_decoder_levels(a.repeats)
+        print(f"tiny codec training step, decoder to 16x16 (preset) {d['s_1']:.3f} s {d['flops_1']:.3g} FLOPs, with a"
+              f" 32x32 stage {d['s_2']:.3f} s {d['flops_2']:.3g} FLOPs: time x{d['time_ratio']:.2f}, FLOPs x{d['flops_ratio']:.2f}")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 
