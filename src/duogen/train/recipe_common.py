@@ -2,9 +2,12 @@
 
 Opening the training split, the text tokenizer (given, or trained on the
 split's captions), and the on-disk cache of what the codec makes of every
-clip (keyed by the codec's weights, the data set and the split). Each recipe
-still reads top to bottom in its own `train_*`; this module does not own the
-models, the engine, or the per-batch encode functions.
+clip (keyed by the codec's weights, the data set and the split), with the one
+video encode both paradigms read (`encode_videos`: ids for the AR recipe,
+latents for the diffusion recipe, from one encoder pass). Each recipe still
+reads top to bottom in its own `train_*`; this module does not own the
+models, the engine, or the other recipes' encode functions (audio, control,
+instruction pairs).
 """
 
 from __future__ import annotations
