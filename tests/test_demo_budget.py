@@ -248,6 +248,20 @@ def test_time_training_step_is_not_moved_by_a_load_through_one_of_three_steps():
     assert s.steps_timed == 3 and s.step_s < 0.1
 
 
+def test_only_the_ar_stage_plans_the_encode_the_dit_stage_reads_from_its_cache():
+    """One encoder pass serves both stages (`recipe_common.encode_videos`), so the DiT plans no encode time, and
+    the machine is measured over three timed steps (the median) per model."""
+    import inspect
+
+    from duogen.demo_budget import measure_machine
+
+    m = Measurement(_machine(), "fp32", "auto: CPU without native bf16", SLOW, 0.004, 4500, 0.1, 250)
+    fixed = m.fixed_s()
+    assert fixed["ar"] == pytest.approx(0.004 * 4500) and fixed["dit"] == 0.0
+    assert fixed["codec"] == pytest.approx(0.004 * (512 + 2 * 250))  # latent statistics + held-out encode and decode
+    assert inspect.signature(measure_machine).parameters["repeats"].default == 3
+
+
 def test_describe_machine_reports_torch_capability_and_no_gpu_on_cpu():
     m = describe_machine("cpu")
     assert m.capability == torch.backends.cpu.get_cpu_capability() and m.cores >= 1 and m.gpu is None
