@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,21 +74,34 @@ def bench_causal_conv(repeats: int) -> dict[str, float]:
     return {"max_abs_diff": err, "conv3d_ms": t_ref * 1e3, "ours_ms": t_ours * 1e3, "speedup": t_ref / t_ours}
 
 
-def bench_channels_last(repeats: int, rounds: int = 2) -> dict[str, float]:
-    """Seconds per tiny-codec training step, default layout vs channels-last weights (alternating rounds)."""
+def _alternating_steps(variants: dict[str, Callable[[], Any]], repeats: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Each variant's training step (`speed.StepModel` builders), timed in alternating rounds: per variant the median
+    of the rounds' medians of `repeats` steps, and its FLOPs per step (counted in the first round)."""
     import statistics
 
-    from duogen.speed import codec_step, time_training_step
+    from duogen.speed import time_training_step
 
-    times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
-    for _ in range(rounds):
-        for fmt in times:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    flops: dict[str, float] = {}
+    for r in range(rounds):
+        for k, build in variants.items():
             torch.manual_seed(0)
-            sm = codec_step()
-            if fmt == "channels_last":
-                sm = sm._replace(model=sm.model.to(memory_format=torch.channels_last))
-            times[fmt].append(time_training_step(sm, "fp32", repeats, count_flops=False).step_s)
-    out = {k: statistics.median(v) for k, v in times.items()}
+            s = time_training_step(build(), "fp32", repeats, count_flops=r == 0)
+            times[k].append(s.step_s)
+            flops.setdefault(k, s.flops_per_step)
+    return {k: {"s": statistics.median(times[k]), "flops": flops[k]} for k in variants}
+
+
+def bench_channels_last(repeats: int, rounds: int = 2) -> dict[str, float]:
+    """Seconds per tiny-codec training step, default layout vs channels-last weights (alternating rounds)."""
+    from duogen.speed import codec_step
+
+    def channels_last() -> Any:
+        sm = codec_step()
+        return sm._replace(model=sm.model.to(memory_format=torch.channels_last))
+
+    t = _alternating_steps({"contiguous": codec_step, "channels_last": channels_last}, repeats, rounds)
+    out = {k: v["s"] for k, v in t.items()}
     out["ratio"] = out["channels_last"] / out["contiguous"]
     return out
 
@@ -96,21 +110,11 @@ def bench_decoder_levels(repeats: int, rounds: int = 2) -> dict[str, float]:
     """The tiny codec recipe's training step with the preset's decoder (one level finer than the encoder's,
     16x16) against one with a second, full-resolution 32x32 stage (decoder_extra_levels=2): FLOPs per step
     (torch's counter) and seconds per step (alternating rounds, the median of the rounds' medians)."""
-    import statistics
+    from duogen.speed import codec_step
 
-    from duogen.speed import codec_step, time_training_step
-
-    times: dict[int, list[float]] = {1: [], 2: []}
-    flops: dict[int, float] = {}
-    for r in range(rounds):
-        for k in times:
-            torch.manual_seed(0)
-            s = time_training_step(codec_step(decoder_extra_levels=k), "fp32", repeats, count_flops=r == 0)
-            times[k].append(s.step_s)
-            flops.setdefault(k, s.flops_per_step)
-    return {"s_1": statistics.median(times[1]), "s_2": statistics.median(times[2]), "flops_1": flops[1],
-            "flops_2": flops[2], "time_ratio": statistics.median(times[2]) / statistics.median(times[1]),
-            "flops_ratio": flops[2] / flops[1]}
+    t = _alternating_steps({k: (lambda k=k: codec_step(decoder_extra_levels=int(k))) for k in ("1", "2")}, repeats, rounds)
+    return {"s_1": t["1"]["s"], "s_2": t["2"]["s"], "flops_1": t["1"]["flops"], "flops_2": t["2"]["flops"],
+            "time_ratio": t["2"]["s"] / t["1"]["s"], "flops_ratio": t["2"]["flops"] / t["1"]["flops"]}
 
 
 def main() -> None:
