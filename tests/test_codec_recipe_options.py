@@ -121,3 +121,34 @@ def test_schedule_steps_and_step_hook(tmp_path):
     assert short[3]["lr"] < 0.6 * long[3]["lr"] and long[3]["lr"] > 0.99e-3
     assert short[1]["lr"] == long[1]["lr"] and "color" in short[1]
 
+
+
+def test_weight_average_is_what_evaluations_the_hook_and_final_see_and_training_is_unchanged(tmp_path):
+    from duogen.tokenizers import load as load_codec_dir
+
+    def recorder(into):
+        def hook(step, codec):
+            into[step] = {k: v.detach().clone() for k, v in codec.named_parameters()}
+        return hook
+
+    raw, avg = {}, {}
+    plain = _run(tmp_path, "plain", hook=recorder(raw))
+    averaged = _run(tmp_path, "avg", hook=recorder(avg), ema=0.9)
+    assert [plain[s]["loss"] for s in (1, 2, 3)] == [averaged[s]["loss"] for s in (1, 2, 3)]  # the swaps change no step
+    for n in (1, 2):  # update n folds the step-(n + 1) weights in with decay min(0.9, (1 + n) / (10 + n))
+        d = (1 + n) / (10 + n)
+        for k, v in avg[n + 1].items():
+            torch.testing.assert_close(v, d * avg[n][k] + (1 - d) * raw[n + 1][k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(avg[3][k], raw[3][k]) for k in raw[3])
+    for name, want in (("plain", raw[3]), ("avg", avg[3])):  # final/ holds the average (the raw weights without it)
+        saved = dict(load_codec_dir(tmp_path / name / "final").named_parameters())
+        for k, v in want.items():
+            torch.testing.assert_close(saved[k], v)
+
+
+def test_weight_average_decay_is_checked():
+    from duogen.errors import ConfigError
+    from duogen.train.tokenizer_recipe import CodecTrainConfig
+
+    with pytest.raises(ConfigError, match="train.ema"):
+        CodecTrainConfig(steps=1, ema=1.0).check()

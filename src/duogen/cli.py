@@ -427,7 +427,7 @@ def _add_train_tokenizer(train: Any) -> None:
             " decoder_extra_levels (video),"
             " quantizer.kind=fsq|vq|lfq, quantizer.levels=[8,5,5,5], ...), loss.* (fg_weight, grad_weight,"
             " adv_weight, adv_start: a PatchGAN for images, a 3D PatchGAN for video), train.* (lr, batch_size,"
-            " max_minutes, steps, precision, threads)."
+            " max_minutes, steps, precision, threads, ema: a weight average that evaluations and OUT/final use)."
             " On a shared, busy CPU train.threads=1 is much faster than the default.\n\naudio: trains on"
             " --data's `audio` column (`duogen data make shapes --audio`) and writes OUT/final and OUT/eval.json"
             " (SI-SNR, mel distance). Overrides: train.* (max_minutes, default 4; steps, batch_size, lr,"

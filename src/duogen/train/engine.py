@@ -33,6 +33,7 @@ at the start of `fit`; the model must already be built (its init is the caller's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,7 +41,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 from ..errors import ConfigError, TrainingError
 from ..precision import check_precision
@@ -218,6 +219,15 @@ class EMA:
     def restore(module: Any, saved: list[Any]) -> None:
         for p, s in zip([p for _, p in module.named_parameters() if p.requires_grad], saved):
             p.data.copy_(s)
+
+    @contextlib.contextmanager
+    def applied(self, module: Any) -> Iterator[Any]:
+        """The module with the averages in it for the block (an evaluation); the training weights come back after."""
+        saved = self.swap_into(module)
+        try:
+            yield module
+        finally:
+            EMA.restore(module, saved)
 
 
 def _measure_flops(module: Any, loss_fn: Callable, batch: Any, precision: str, backward: bool) -> float:
@@ -564,15 +574,13 @@ def fit(
     if stopped != "signal":
         if on_eval is not None and (cfg.eval_every == 0 or state["step"] % cfg.eval_every != 0):
             run_eval()
-        saved_weights = ema.swap_into(module) if ema is not None else None
-        with torch.no_grad(), backend.full_params() as m:
+        averaged = ema.applied(module) if ema is not None else contextlib.nullcontext()
+        with torch.no_grad(), averaged, backend.full_params() as m:
             if is_main:
                 if save_model is not None:
                     save_model(m, run_dir / "final")
                 else:
                     save_model_dir(run_dir / "final", model_config, m.state_dict())
-        if saved_weights is not None:
-            EMA.restore(module, saved_weights)
     wall = time.perf_counter() - session_t0
     summary = TrainSummary(
         steps=state["step"], wall_s=wall, items=session_items, items_per_s=session_items / max(wall, 1e-9),

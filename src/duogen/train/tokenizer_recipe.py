@@ -22,6 +22,7 @@ time, so they stop and evaluate together.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,6 +54,9 @@ class CodecTrainConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0
+    # weight average (the engine's EMA: decay min(ema, (1 + n) / (10 + n)) at update n); 0 = off. With it on,
+    # the periodic evaluations, the step hook and final/ use the averaged weights
+    ema: float = 0.0
     precision: str = "auto"  # auto: bf16 where this machine runs it fast, else fp32 (duogen.precision)
     max_minutes: float = 10.0  # wall-clock budget for the optimisation loop (0 = no limit)
     steps: int = 0  # stop after this many steps (0 = no limit; one of the two must be set)
@@ -75,6 +79,8 @@ class CodecTrainConfig:
             raise ConfigError(f"config key 'train.engine' is {self.engine!r}; allowed values: single, ddp, deepspeed")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"config key 'train.zero_stage' is {self.zero_stage}; allowed values: 0, 1, 2, 3")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"config key 'train.ema' is a decay in [0, 1) (0 = off), got {self.ema}")
 
 
 @dataclass
@@ -357,14 +363,15 @@ def train_codec(
     `step_hook(step, codec)`, when given, runs after every optimizer step (step counts from 1)
     with the codec in training mode; the loop puts it back in training mode afterwards and
     does not count the hook's time against `train.max_minutes` (`bench/bench_codec_steps.py`
-    evaluates the codec at given steps with it). Single-process runs only.
+    evaluates the codec at given steps with it). Single-process runs only. With `train.ema` > 0 the hook's
+    codec holds the averaged weights (the training weights come back after it).
     """
     from ..io import atomic_write_text
     from ..precision import annotate_config_yaml
     from ..utils import autocast, count_parameters, progress, resolve_device, seed_everything
 
     from .backends import check_launch, make_backend
-    from .engine import TrainConfig, resolve_backend_precision
+    from .engine import EMA, TrainConfig, resolve_backend_precision
 
     tc = run.train
     tc.check()
@@ -379,7 +386,7 @@ def train_codec(
     out = Path(out)
     backend = make_backend(TrainConfig(
         steps=max(tc.steps, 1), batch_size=tc.batch_size, lr=tc.lr, weight_decay=tc.weight_decay,
-        betas=tuple(tc.betas), grad_clip=tc.grad_clip, engine=tc.engine, zero_stage=tc.zero_stage))
+        betas=tuple(tc.betas), grad_clip=tc.grad_clip, engine=tc.engine, zero_stage=tc.zero_stage, ema=tc.ema))
     is_main = backend.rank == 0
     device = resolve_device(tc.device) if tc.engine == "single" else backend.device
     backend.device = device
@@ -397,6 +404,11 @@ def train_codec(
     codec.prepare(_to_batch(train[:1], modality))  # a wrong-size data set fails here, with the codec's message
     backend.setup(codec)  # AdamW; the LR is set below at every step (the backend's schedule is overwritten)
     opt = backend.optimizer
+    ema = EMA(backend.module, tc.ema) if tc.ema > 0 else None
+
+    def averaged() -> Any:  # evaluations (and the hook) see the weights a run stopped here would save
+        return ema.applied(backend.module) if ema is not None else contextlib.nullcontext()
+
     disc = d_opt = None
     if run.loss.adv_weight > 0:
         disc = build_discriminator(modality).to(device)
@@ -421,7 +433,7 @@ def train_codec(
         while True:
             elapsed = agreed(time.time() - t0)
             if elapsed >= next_eval:
-                with torch.no_grad(), backend.full_params() as m:
+                with torch.no_grad(), averaged(), backend.full_params() as m:
                     calibrate_codec(m, train, modality, 64)  # the statistics a run stopped here would save
                     res = evaluate_codec(m, val, batch_size=32)
                 codec.train()
@@ -457,6 +469,8 @@ def train_codec(
             grad_norm = backend.grad_norm_and_clip()
             backend.step()
             grad_norm = getattr(backend, "last_grad_norm", grad_norm)  # DeepSpeed: known only after its step (as in fit)
+            if ema is not None:
+                ema.update(backend.module, step)
             if disc is not None and adversarial_active(run.loss, step):
                 d_loss = hinge_d_loss(disc(target), disc(recon.detach().float()))
                 d_opt.zero_grad(set_to_none=True)
@@ -467,7 +481,8 @@ def train_codec(
             bar.update(1)
             if step_hook is not None:
                 t_hook = time.time()
-                step_hook(step, codec)
+                with averaged():
+                    step_hook(step, codec)
                 codec.train()
                 t0 += time.time() - t_hook  # the hook's time is not training time
             if step % tc.log_every == 0 and is_main:
@@ -482,6 +497,8 @@ def train_codec(
         if metrics_f is not None:
             metrics_f.close()
     train_seconds = time.time() - t0
+    if ema is not None:  # the saved codec is the average: its latent statistics are computed on it below
+        ema.swap_into(backend.module)
     codec.eval()
     with torch.no_grad(), backend.full_params():
         calibrate_codec(codec, train, modality, tc.stats_items)
