@@ -266,3 +266,20 @@ def test_describe_machine_reports_torch_capability_and_no_gpu_on_cpu():
     m = describe_machine("cpu")
     assert m.capability == torch.backends.cpu.get_cpu_capability() and m.cores >= 1 and m.gpu is None
     assert m.device == "cpu" and m.cpu in m.line() and "no GPU" in m.line()
+
+
+def test_the_codec_stage_trains_to_the_planned_steps_with_headroom_on_its_time_cap(tmp_path, monkeypatch):
+    import duogen.demo as demo
+    import duogen.train.tokenizer_recipe as tokenizer_recipe
+
+    seen = []
+    monkeypatch.setattr(tokenizer_recipe, "main", lambda *a, overrides=(), **kw: seen.append(list(overrides)) or {})
+    plan = allocate(SLOW, 8.0, FIXED)
+    d = Demo(tmp_path, minutes=10)
+    demo._stage_codec(d, plan.minutes["codec"])  # no plan: the budget is the cap, no step count
+    d.plan = plan
+    demo._stage_codec(d, plan.minutes["codec"])
+    assert seen[0] == [f"train.max_minutes={plan.minutes['codec']:.3f}"]
+    cap = plan.train_minutes("codec", plan.minutes["codec"]) * demo.CODEC_LOOP_HEADROOM
+    assert seen[1] == [f"train.max_minutes={cap:.3f}", f"train.steps={plan.codec_steps}"]
+    assert demo.CODEC_LOOP_HEADROOM > 1.09  # the loop's measured slowdown against the timed steps

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .demo_budget import PLAN_FILE, PLANNED, BudgetPlan, Measurement
+from .demo_budget import CODEC_LOOP_HEADROOM, PLAN_FILE, PLANNED, BudgetPlan, Measurement
 from .errors import ConfigError
 
 # Share of the time budget per stage (sums to 1). The DiT's share is a cap: it normally
@@ -247,7 +247,8 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.tokenizer_recipe import main as train_tokenizer
 
     steps = [f"train.steps={d.plan.codec_steps}"] if d.plan is not None else []  # whichever ends first
-    minutes = _train_minutes(d, "codec", minutes)
+    # with a plan, its steps end the run: the time cap has headroom for the loop's own costs
+    minutes = _train_minutes(d, "codec", minutes) * (CODEC_LOOP_HEADROOM if d.plan is not None else 1.0)
     info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
                            overrides=[f"train.max_minutes={minutes:.3f}", *steps])
     return {k: info.get(k) for k in ("final", "steps", "parameters", "precision", "heldout") if k in info}
