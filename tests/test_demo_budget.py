@@ -268,18 +268,35 @@ def test_describe_machine_reports_torch_capability_and_no_gpu_on_cpu():
     assert m.device == "cpu" and m.cpu in m.line() and "no GPU" in m.line()
 
 
-def test_the_codec_stage_trains_to_the_planned_steps_with_headroom_on_its_time_cap(tmp_path, monkeypatch):
+def test_the_codec_and_dit_stages_get_headroom_so_their_own_targets_end_them(tmp_path, monkeypatch):
     import duogen.demo as demo
+    import duogen.eval.compare as cmp
+    import duogen.train.ar_recipe as ar_recipe
+    import duogen.train.diffusion_recipe as diffusion_recipe
     import duogen.train.tokenizer_recipe as tokenizer_recipe
 
-    seen = []
-    monkeypatch.setattr(tokenizer_recipe, "main", lambda *a, overrides=(), **kw: seen.append(list(overrides)) or {})
+    seen = {"codec": [], "ar": [], "dit": []}
+
+    def record(stage):
+        return lambda *a, overrides=(), **kw: seen[stage].append(list(overrides)) or {}
+
+    monkeypatch.setattr(tokenizer_recipe, "main", record("codec"))
+    monkeypatch.setattr(ar_recipe, "train_ar", record("ar"))
+    monkeypatch.setattr(diffusion_recipe, "train_diffusion", record("dit"))
+    monkeypatch.setattr(cmp, "training_info", lambda path: {"flops": 1e12})
     plan = allocate(SLOW, 8.0, FIXED)
     d = Demo(tmp_path, minutes=10)
-    demo._stage_codec(d, plan.minutes["codec"])  # no plan: the budget is the cap, no step count
-    d.plan = plan
-    demo._stage_codec(d, plan.minutes["codec"])
-    assert seen[0] == [f"train.max_minutes={plan.minutes['codec']:.3f}"]
-    cap = plan.train_minutes("codec", plan.minutes["codec"]) * demo.CODEC_LOOP_HEADROOM
-    assert seen[1] == [f"train.max_minutes={cap:.3f}", f"train.steps={plan.codec_steps}"]
-    assert demo.CODEC_LOOP_HEADROOM > 1.09  # the loop's measured slowdown against the timed steps
+    for plan_or_none in (None, plan):
+        d.plan = plan_or_none
+        demo._stage_codec(d, plan.minutes["codec"])
+        demo._stage_ar(d, plan.minutes["ar"])
+        demo._stage_dit(d, plan.minutes["dit"])
+    assert seen["codec"][0] == [f"train.max_minutes={plan.minutes['codec']:.3f}"]  # no plan: the budget, no steps
+    codec_cap = plan.train_minutes("codec", plan.minutes["codec"]) * demo.LOOP_HEADROOM["codec"]
+    assert seen["codec"][1] == [f"train.max_minutes={codec_cap:.3f}", f"train.steps={plan.codec_steps}"]
+    dit_cap = plan.train_minutes("dit", plan.minutes["dit"]) * demo.LOOP_HEADROOM["dit"]
+    assert f"train.max_minutes={dit_cap:.3f}" in seen["dit"][1] and "train.max_flops=1e+12" in seen["dit"][1]
+    ar_cap = plan.train_minutes("ar", plan.minutes["ar"])  # the AR stage's cap is its end: no headroom
+    assert seen["ar"][1] == [f"train.max_minutes={ar_cap:.3f}"]
+    # the loops' measured slowdowns against the timed steps: codec x1.09, DiT x1.15
+    assert demo.LOOP_HEADROOM["codec"] > 1.09 and demo.LOOP_HEADROOM["dit"] >= 1.15 and "ar" not in demo.LOOP_HEADROOM

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .demo_budget import CODEC_LOOP_HEADROOM, PLAN_FILE, PLANNED, BudgetPlan, Measurement
+from .demo_budget import LOOP_HEADROOM, PLAN_FILE, PLANNED, BudgetPlan, Measurement
 from .errors import ConfigError
 
 # Share of the time budget per stage (sums to 1). The DiT's share is a cap: it normally
@@ -247,16 +247,18 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.tokenizer_recipe import main as train_tokenizer
 
     steps = [f"train.steps={d.plan.codec_steps}"] if d.plan is not None else []  # whichever ends first
-    # with a plan, its steps end the run: the time cap has headroom for the loop's own costs
-    minutes = _train_minutes(d, "codec", minutes) * (CODEC_LOOP_HEADROOM if d.plan is not None else 1.0)
+    minutes = _train_minutes(d, "codec", minutes)
     info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
                            overrides=[f"train.max_minutes={minutes:.3f}", *steps])
     return {k: info.get(k) for k in ("final", "steps", "parameters", "precision", "heldout") if k in info}
 
 
 def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
-    """The training loop's time cap: the stage's budget less its planned fixed cost (encoding, evaluation)."""
-    return d.plan.train_minutes(stage, minutes) if d.plan is not None else minutes
+    """The training loop's time cap: the stage's budget less its planned fixed cost (encoding, evaluation); with a
+    plan, times LOOP_HEADROOM for the stages that another target ends (the codec's steps, the DiT's FLOPs)."""
+    if d.plan is None:
+        return minutes
+    return d.plan.train_minutes(stage, minutes) * LOOP_HEADROOM.get(stage, 1.0)
 
 
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:

@@ -31,14 +31,14 @@ per step:
                            MIN * P')                      on a fast machine more steps cost little
 
    The codec trains to train.steps = codec seconds / t_c with its training minutes times
-   CODEC_LOOP_HEADROOM as the time cap (whichever ends first; its loop runs a little slower than
+   LOOP_HEADROOM as the time cap (whichever ends first; its loop runs a little slower than
    the timed steps; unused time rolls over to the next stages, time taken past its share comes
    out of theirs).
 2. AR and DiT split the rest R = P' - codec seconds so that their training FLOPs match at
    the measured FLOP rates r (FLOPs per second): AR seconds = R * r_dit / (r_ar + r_dit).
    Each stage's minutes are its training time plus its F (its engine's time cap is the
    training time alone). The DiT then trains to the AR
-   run's actual FLOPs (`train.max_flops`) with its minutes as a time cap, as before.
+   run's actual FLOPs (`train.max_flops`) with its training minutes times LOOP_HEADROOM as a time cap.
 
 A slower machine (larger t_c) gives the codec a larger share; a machine where even N_use
 does not fit in MAX of P' gets a note with the pool that would fit N_need.
@@ -68,11 +68,13 @@ CODEC_CAP = 0.5  # of the training pool: the codec's needed steps, at most
 CODEC_MAX = 0.75  # of the training pool: its usable minimum, at most (AR and DiT keep a quarter)
 CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
 FLOOR = 0.25  # of the pool: the training time planned for even when the fixed costs take more (then it overruns)
-# The codec's loop runs slower than the timed synthetic steps (its batches, augmentation and periodic evaluations):
-# in `duogen demo --out /tmp/s10/demo2/run` 0.712 s per step against 0.654 measured (x1.09), so a cap at the
-# planned time stopped it at 416 of its 452 steps. Its time cap gets this headroom; it stops at its planned steps
-# first, and what it takes past its share comes out of the AR's and DiT's budgets (they split the time left).
-CODEC_LOOP_HEADROOM = 1.15
+# Training loops run slower than the timed synthetic steps (batches, augmentation, periodic evaluations). The codec
+# (which ends at its planned steps) and the DiT (which ends at the AR model's FLOPs) get this headroom on their time
+# caps so that their own targets end them: in `duogen demo --out /tmp/s10/demo2/run` the codec ran 0.712 s per step
+# against 0.654 measured (x1.09) and its cap stopped it at 416 of 452 steps; in /tmp/s11/demo/run the DiT ran 0.74
+# against 0.646 (x1.15) and its cap stopped it at 0.87x the AR's FLOPs. What a stage takes past its share comes out
+# of the stages after it (they split the time left). The AR stage's cap is its end: it has none.
+LOOP_HEADROOM = {"codec": 1.15, "dit": 1.15}
 PLANNED = ("codec", "ar", "dit")
 PLAN_FILE = "machine.json"
 
