@@ -189,7 +189,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # the default cycle's 10 colors first (today / new keep theirs), then tab20's lighter tones, Dark2 and Set2:
+    # 36 configs before a color repeats (with another marker)
+    colors = [*plt.rcParams["axes.prop_cycle"].by_key()["color"], *plt.get_cmap("tab20").colors[1::2],
+              *plt.get_cmap("Dark2").colors, *plt.get_cmap("Set2").colors]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
     for ax, (key, label) in zip(axes, METRICS):
         for i, r in enumerate(results):
