@@ -300,3 +300,16 @@ def test_the_codec_and_dit_stages_get_headroom_so_their_own_targets_end_them(tmp
     assert seen["ar"][1] == [f"train.max_minutes={ar_cap:.3f}"]
     # the loops' measured slowdowns against the timed steps: codec x1.09, DiT x1.15
     assert demo.LOOP_HEADROOM["codec"] > 1.09 and demo.LOOP_HEADROOM["dit"] >= 1.15 and "ar" not in demo.LOOP_HEADROOM
+
+
+def test_codec_step_builds_the_preset_codec_with_the_given_model_changes():
+    """`bench/bench_codec.py` times the preset against model changes through `codec_step(**model)`."""
+    from duogen.speed import codec_step
+    from duogen.train.tokenizer_recipe import VIDEO_RUN_PRESETS
+
+    preset = VIDEO_RUN_PRESETS["tiny"].model
+    base, finer = codec_step(), codec_step(decoder_extra_levels=preset.decoder_extra_levels + 1)
+    assert base.model.cfg == preset and base.batch_size == VIDEO_RUN_PRESETS["tiny"].train.batch_size
+    assert finer.model.cfg.decoder_extra_levels == preset.decoder_extra_levels + 1
+    assert sum(p.numel() for p in finer.model.parameters()) > sum(p.numel() for p in base.model.parameters())
+    assert float(finer.loss(finer.model)) > 0
