@@ -297,7 +297,7 @@ def test_the_codec_and_dit_stages_get_headroom_so_their_own_targets_end_them(tmp
     dit_cap = plan.train_minutes("dit", plan.minutes["dit"]) * demo.LOOP_HEADROOM["dit"]
     assert f"train.max_minutes={dit_cap:.3f}" in seen["dit"][1] and "train.max_flops=1e+12" in seen["dit"][1]
     ar_cap = plan.train_minutes("ar", plan.minutes["ar"])  # the AR stage's cap is its end: no headroom
-    assert seen["ar"][1] == [f"train.max_minutes={ar_cap:.3f}"]
+    assert seen["ar"][1] == [*demo.demo_ar_overrides(), f"train.max_minutes={ar_cap:.3f}"]
     # the loops' measured slowdowns against the timed steps: codec x1.09, DiT x1.15
     assert demo.LOOP_HEADROOM["codec"] > 1.09 and demo.LOOP_HEADROOM["dit"] >= 1.15 and "ar" not in demo.LOOP_HEADROOM
 
@@ -313,3 +313,33 @@ def test_codec_step_builds_the_preset_codec_with_the_given_model_changes():
     assert finer.model.cfg.decoder_extra_levels == preset.decoder_extra_levels + 1
     assert sum(p.numel() for p in finer.model.parameters()) > sum(p.numel() for p in base.model.parameters())
     assert float(finer.loss(finer.model)) > 0
+
+
+def test_ar_step_builds_the_preset_ar_with_the_given_model_changes():
+    """The demo times its AR model through `ar_step(**model)`: the preset without changes, the change with them."""
+    from duogen.speed import ar_step
+    from duogen.train.ar_recipe import AR_RECIPE_PRESETS
+
+    preset = AR_RECIPE_PRESETS["tiny"].model
+    base, one = ar_step(), ar_step(layers=1)
+    assert base.model.cfg == preset and len(base.model.lm.model.layers) == preset.layers
+    assert one.model.cfg.layers == 1 and len(one.model.lm.model.layers) == 1
+    assert sum(p.numel() for p in one.model.parameters()) < sum(p.numel() for p in base.model.parameters())
+    assert float(one.loss(one.model)) > 0
+
+
+def test_the_demo_trains_and_measures_the_same_ar_model(tmp_path, monkeypatch):
+    """The AR stage's overrides parse into the recipe's config, and the measurement times that model."""
+    import duogen.demo as demo
+    import duogen.demo_budget as demo_budget
+    from duogen import config as cfglib
+    from duogen.train.ar_recipe import AR_RECIPE_PRESETS, ARRecipeConfig
+
+    cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset="tiny", overrides=demo.demo_ar_overrides())
+    for k, v in demo.DEMO_AR_MODEL.items():
+        assert getattr(cfg.model, k) == v, k
+    assert cfg.train.lr == demo.DEMO_AR_LR and cfg.model.hidden == AR_RECIPE_PRESETS["tiny"].model.hidden
+    seen = {}
+    monkeypatch.setattr(demo_budget, "measure_machine", lambda *a, **kw: seen.update(kw))
+    demo.measure_stages(Demo(tmp_path, minutes=10))
+    assert seen["ar_model"] == demo.DEMO_AR_MODEL

@@ -199,7 +199,11 @@ def _add_demo(sub: Any) -> None:
             " cannot hold a usable codec or the fixed costs, the log and the report say so and by how"
             " much. The report, demo_summary.json and"
             " --json state the machine (CPU, cores, torch's CPU capability, GPU), each stage's precision,"
-            " the measured speeds and the shares."
+            " the measured speeds and the shares.\n\n"
+            "The models: the tiny presets, except that the AR model has one decoder layer instead of four and"
+            " trains at learning rate 4e-3, as does the DiT (duogen.demo.DEMO_AR_MODEL, DEMO_AR_LR,"
+            " DEMO_DIT_LR): at the demo's few minutes of training more steps beat more layers. Every model in"
+            " the report samples at guidance 5."
         ),
     )
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole demo in minutes; each stage gets a share (see above)")

@@ -57,6 +57,15 @@ DEMO_GUIDANCE = 5.0
 # the same 278-step run (demo codec, data and FLOPs, EMA with warm-up) drew the prompt's color 93% vs 88% and its
 # direction 25% vs 5% (128 clips, guidance 5).
 DEMO_DIT_LR = 4e-3
+# The demo's AR model: the `tiny` preset with one decoder layer instead of four, at learning rate 4e-3. At the
+# demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more layers, as 128 wide beat 256
+# wide at 10 minutes. Same codec, data and wall time (`duogen train ar ... train.max_minutes=5.05 model.layers=L
+# train.lr=LR`, one core each, two runs side by side), the prompt's color by the probes (`duogen compare
+# --per-split 16 --n 4 --guidance 5`, 128 clips): 4 layers at 1e-3 (the preset) 175 steps 50%; 2 layers 300 steps
+# 65% (80% at 2e-3); 1 layer 420-440 steps 74% at 1e-3, 81% at 2e-3, 84% at 4e-3 (direction 26%), 82% at 8e-3.
+# The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are its own.
+DEMO_AR_MODEL = {"layers": 1}
+DEMO_AR_LR = 4e-3
 
 
 @dataclass
@@ -261,12 +270,17 @@ def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
     return d.plan.train_minutes(stage, minutes) * LOOP_HEADROOM.get(stage, 1.0)
 
 
+def demo_ar_overrides() -> list[str]:
+    """The demo's AR model and learning rate as `duogen train ar` overrides on the `tiny` preset."""
+    return [*(f"model.{k}={v}" for k, v in DEMO_AR_MODEL.items()), f"train.lr={DEMO_AR_LR:g}"]
+
+
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.ar_recipe import train_ar
 
     minutes = _train_minutes(d, "ar", minutes)
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
-                    text=d.text / "text.model", resume="auto", overrides=[f"train.max_minutes={minutes:.3f}"])
+                    text=d.text / "text.model", resume="auto", overrides=[*demo_ar_overrides(), f"train.max_minutes={minutes:.3f}"])
     return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
 
 
@@ -344,7 +358,7 @@ def measure_stages(d: Demo) -> Measurement:
     """The real pipeline's measurement: its data set and text tokenizer, timed at `auto`'s precision."""
     from .demo_budget import measure_machine
 
-    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say)
+    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say, ar_model=DEMO_AR_MODEL)
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 15.0, seed: int = 0, fresh: bool = False, **kw: Any) -> dict[str, Any]:

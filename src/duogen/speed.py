@@ -130,8 +130,11 @@ def codec_step(device: str = "cpu", **model: Any) -> StepModel:
     return StepModel(codec, loss, run.train.batch_size)
 
 
-def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu") -> StepModel:
-    """The `tiny` AR recipe's step (t2v, its batch size) on random codec ids; `text` / `captions` default to synthetic ones."""
+def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu", **model: Any) -> StepModel:
+    """The `tiny` AR recipe's step (t2v, its batch size) on random codec ids; `text` / `captions` default to synthetic ones.
+    `model` changes fields of the preset's model config (e.g. layers=1)."""
+    import dataclasses
+
     import numpy as np
 
     from .ar_models.layouts import LayoutSpec, TrainCollator
@@ -145,13 +148,14 @@ def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu")
         text, captions = synthetic_text(vocab_size=cfg.text_vocab)
     codec, latent = _tiny_codec_latent()
     spec = LayoutSpec(max_text=cfg.max_text, latent=latent[1:], tasks=["t2v"])
-    model = MultimodalLM(cfg.model, UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}), spec, text).to(device)
+    mcfg = dataclasses.replace(cfg.model, **model)
+    lm = MultimodalLM(mcfg, UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}), spec, text).to(device)
     g = np.random.default_rng(0)
     B = cfg.train.batch_size
     records = [{"text_ids": text.encode(captions[i % len(captions)])[: cfg.max_text],
                 "video_ids": g.integers(0, codec.vocab_size, latent[1:])} for i in range(B)]
-    batch = _to_device(TrainCollator(model.layouts, ["t2v"], cfg.model.cond_dropout)(records), device)  # ids (B, T)
-    return StepModel(model, lambda m: m.loss(batch).loss, B)
+    batch = _to_device(TrainCollator(lm.layouts, ["t2v"], mcfg.cond_dropout)(records), device)  # ids (B, T)
+    return StepModel(lm, lambda m: m.loss(batch).loss, B)
 
 
 def dit_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu") -> StepModel:
