@@ -15,7 +15,7 @@ import torch
 
 from duogen.demo import Demo, Stage
 from duogen.demo_budget import (CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE, CODEC_MAX, CODEC_MIN, FLOOR, PLAN_FILE,
-                                Measurement, allocate, read_plan, report_section, steps_for)
+                                BudgetPlan, Measurement, allocate, read_plan, report_section, steps_for)
 from duogen.eval.report import load_section
 from duogen.speed import Machine, StepModel, StepSpeed, describe_machine, time_training_step
 
@@ -59,6 +59,8 @@ def test_allocation_sums_to_the_pool_and_matches_ar_and_dit_flops(sp):
     ar_train = (plan.minutes["ar"] - plan.fixed_minutes["ar"]) * 60
     dit_train = (plan.minutes["dit"] - plan.fixed_minutes["dit"]) * 60
     assert ar_train * sp["ar"].flops_per_s == pytest.approx(dit_train * sp["dit"].flops_per_s)
+    assert plan.ar_flops == pytest.approx(ar_train * sp["ar"].flops_per_s)  # the AR stage's train.max_flops
+    assert BudgetPlan.from_dict({k: v for k, v in plan.to_dict().items() if k != "ar_flops"}).ar_flops == 0  # an old plan
     codec_train = plan.train_minutes("codec", plan.minutes["codec"]) * 60
     assert plan.codec_steps == int(codec_train / sp["codec"].step_s + 1e-6)
     assert plan.train_minutes("ar", plan.minutes["ar"]) == pytest.approx(ar_train / 60)
@@ -296,10 +298,11 @@ def test_the_codec_and_dit_stages_get_headroom_so_their_own_targets_end_them(tmp
     assert seen["codec"][1] == [f"train.max_minutes={codec_cap:.3f}", f"train.steps={plan.codec_steps}"]
     dit_cap = plan.train_minutes("dit", plan.minutes["dit"]) * demo.LOOP_HEADROOM["dit"]
     assert f"train.max_minutes={dit_cap:.3f}" in seen["dit"][1] and "train.max_flops=1e+12" in seen["dit"][1]
-    ar_cap = plan.train_minutes("ar", plan.minutes["ar"])  # the AR stage's cap is its end: no headroom
-    assert seen["ar"][1] == [*demo.demo_ar_overrides(), f"train.max_minutes={ar_cap:.3f}"]
+    assert seen["ar"][0] == [*demo.demo_ar_overrides(), f"train.max_minutes={plan.minutes['ar']:.3f}"]  # no plan
+    ar_cap = plan.train_minutes("ar", plan.minutes["ar"]) * demo.LOOP_HEADROOM["ar"]  # its planned FLOPs end it
+    assert seen["ar"][1] == [*demo.demo_ar_overrides(), f"train.max_flops={plan.ar_flops:.6g}", f"train.max_minutes={ar_cap:.3f}"]
     # the loops' measured slowdowns against the timed steps: codec x1.09, DiT x1.15
-    assert demo.LOOP_HEADROOM["codec"] > 1.09 and demo.LOOP_HEADROOM["dit"] >= 1.15 and "ar" not in demo.LOOP_HEADROOM
+    assert demo.LOOP_HEADROOM["codec"] > 1.09 and demo.LOOP_HEADROOM["dit"] >= 1.15 and demo.LOOP_HEADROOM["ar"] > 1.0
 
 
 def test_codec_step_builds_the_preset_codec_with_the_given_model_changes():

@@ -46,7 +46,7 @@ from .errors import ConfigError
 
 # Share of the time budget per stage (sums to 1). The DiT's share is a cap: it normally
 # stops at the AR's FLOPs first.
-SHARES = {"data": 0.03, "text": 0.01, "codec": 0.26, "ar": 0.25, "dit": 0.30, "compare": 0.15}
+SHARES = {"data": 0.03, "text": 0.01, "codec": 0.26, "ar": 0.25, "dit": 0.35, "compare": 0.10}
 REFERENCE_DIR = Path(__file__).parent / "assets" / "reference"
 # Guidance of every model in the demo's report. Measured on the demo's own models (`duogen compare --per-split 16
 # --n 4 --guidance G`, 128 clips each): the fresh AR model's color 65% at 3 -> 75% at 5 (74% at 8), the fresh DiT's
@@ -263,8 +263,9 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
 
 
 def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
-    """The training loop's time cap: the stage's budget less its planned fixed cost (encoding, evaluation); with a
-    plan, times LOOP_HEADROOM for the stages that another target ends (the codec's steps, the DiT's FLOPs)."""
+    """The training loop's time cap: the budget less its planned fixed cost (encoding, evaluation); with a
+    plan, times LOOP_HEADROOM, since another target ends each stage (the codec's steps, the AR model's planned
+    FLOPs, the DiT's matched FLOPs)."""
     if d.plan is None:
         return minutes
     return d.plan.train_minutes(stage, minutes) * LOOP_HEADROOM.get(stage, 1.0)
@@ -279,8 +280,10 @@ def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.ar_recipe import train_ar
 
     minutes = _train_minutes(d, "ar", minutes)
+    flops = [f"train.max_flops={d.plan.ar_flops:.6g}"] if d.plan is not None and d.plan.ar_flops > 0 else []
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
-                    text=d.text / "text.model", resume="auto", overrides=[*demo_ar_overrides(), f"train.max_minutes={minutes:.3f}"])
+                    text=d.text / "text.model", resume="auto",
+                    overrides=[*demo_ar_overrides(), *flops, f"train.max_minutes={minutes:.3f}"])
     return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
 
 

@@ -37,8 +37,9 @@ per step:
 2. AR and DiT split the rest R = P' - codec seconds so that their training FLOPs match at
    the measured FLOP rates r (FLOPs per second): AR seconds = R * r_dit / (r_ar + r_dit).
    Each stage's minutes are its training time plus its F (its engine's time cap is the
-   training time alone). The DiT then trains to the AR
-   run's actual FLOPs (`train.max_flops`) with its training minutes times LOOP_HEADROOM as a time cap.
+   training time alone, times LOOP_HEADROOM). The AR model trains to its planned FLOPs (AR seconds * r_ar,
+   `train.max_flops`), so a loop that runs faster than its timed steps ends early and leaves the time to the
+   DiT rather than taking the DiT's FLOPs; the DiT then trains to the AR run's actual FLOPs.
 
 A slower machine (larger t_c) gives the codec a larger share; a machine where even N_use
 does not fit in MAX of P' gets a note with the pool that would fit N_need.
@@ -68,13 +69,16 @@ CODEC_CAP = 0.5  # of the training pool: the codec's needed steps, at most
 CODEC_MAX = 0.75  # of the training pool: its usable minimum, at most (AR and DiT keep a quarter)
 CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
 FLOOR = 0.25  # of the pool: the training time planned for even when the fixed costs take more (then it overruns)
-# Training loops run slower than the timed synthetic steps (batches, augmentation, periodic evaluations). The codec
-# (which ends at its planned steps) and the DiT (which ends at the AR model's FLOPs) get this headroom on their time
-# caps so that their own targets end them: in `duogen demo --out /tmp/s10/demo2/run` the codec ran 0.712 s per step
-# against 0.654 measured (x1.09) and its cap stopped it at 416 of 452 steps; in /tmp/s11/demo/run the DiT ran 0.74
-# against 0.646 (x1.15) and its cap stopped it at 0.87x the AR's FLOPs. What a stage takes past its share comes out
-# of the stages after it (they split the time left). The AR stage's cap is its end: it has none.
-LOOP_HEADROOM = {"codec": 1.15, "dit": 1.15}
+# A training loop runs at a different speed from the timed synthetic steps (batches, augmentation, periodic
+# evaluations, and a few timed steps read a passing load). Each stage ends at its own target (the codec at its
+# planned steps, the AR model at its planned FLOPs, the DiT at the AR run's FLOPs) and gets this headroom on its
+# time cap so that the target, not the cap, ends it: in `duogen demo --out /tmp/s10/demo2/run` the codec ran 0.712 s
+# per step against 0.654 measured (x1.09) and its cap stopped it at 416 of 452 steps; in /tmp/s11/demo/run the DiT
+# ran 0.74 against 0.646 (x1.15) and its cap stopped it at 0.87x the AR's FLOPs. In /tmp/s12/demo/run the AR
+# model's cap was its end: its loop ran 0.36 s per step against 0.502 measured, it made 695 steps for the plan's
+# 522 (1.1e13 FLOPs), and the DiT's cap stopped it at 0.69x those. What a stage takes past its share comes out of
+# the stages after it (they split the time left); what it leaves goes to them.
+LOOP_HEADROOM = {"codec": 1.15, "ar": 1.15, "dit": 1.15}
 PLANNED = ("codec", "ar", "dit")
 PLAN_FILE = "machine.json"
 
@@ -90,6 +94,7 @@ class BudgetPlan:
     codec_bound: str  # what set the codec's time: "needed" | "cap" | "usable" | "max" | "min"
     fixed_minutes: dict[str, float]  # per planned stage: minutes outside its training loop (encode, evaluation)
     expected_steps: dict[str, int]  # what the minutes buy at the measured speeds
+    ar_flops: float = 0.0  # the AR model's planned training FLOPs (its train.max_flops; 0 in plans written before)
     notes: list[str] = field(default_factory=list)
     overrun: bool = False  # the fixed costs leave less than FLOOR of the pool: the planned minutes sum past it
 
@@ -182,7 +187,7 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     return BudgetPlan(pool_minutes=pool_minutes, train_pool_minutes=Pt / 60, minutes=minutes, codec_steps=codec_steps,
                       codec_needed_steps=n_need, codec_usable_steps=n_use, codec_bound=bound,
                       fixed_minutes={k: v / 60 for k, v in fixed.items()},
-                      expected_steps=expected, notes=notes, overrun=overrun)
+                      expected_steps=expected, ar_flops=ar_train * r_ar, notes=notes, overrun=overrun)
 
 
 # ----------------------------------------------------------------------------- measuring the machine
