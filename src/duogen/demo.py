@@ -6,15 +6,15 @@ output is already complete (unless `fresh`):
   data      the tiny shapes world                          OUT/data/dataset_dict.json
   text      SentencePiece on the world's captions          OUT/text/text.model
   codec     the video codec (duogen train tokenizer)       OUT/codec/summary.json
-  ar        the next-token model, to its time share        OUT/ar/summary.json
+  ar        the next-token model, to its planned FLOPs     OUT/ar/summary.json
   dit       the DiT, to the AR run's training FLOPs        OUT/dit/summary.json
   compare   both (plus shipped reference models) -> report OUT/report/report.html
 
 An interrupted AR or DiT run (a kill, Ctrl-C) resumes from its last checkpoint
 (`resume=auto`); its time budget counts the wall time already spent.
 
-Compute matching: the AR model trains first, to its share of the time budget;
-its total training FLOPs (the engine's summary.json) become the DiT's
+Compute matching: the AR model trains first, to the FLOPs the plan gives it (its
+share of the time budget when there is no plan); its total training FLOPs (the engine's summary.json) become the DiT's
 `max_flops`, and the report shows each run's wall time beside its FLOPs. The
 DiT also gets a time cap (its share plus whatever earlier stages left unused)
 so the demo ends even where a DiT FLOP costs more wall time than an AR FLOP;
@@ -351,7 +351,7 @@ STAGES = [
     Stage("data", "data/dataset_dict.json", _stage_data, "render the tiny shapes world"),
     Stage("text", "text/text.model", _stage_text, "train the SentencePiece text tokenizer on the captions"),
     Stage("codec", "codec/summary.json", _stage_codec, "train the video codec"),
-    Stage("ar", "ar/summary.json", _stage_ar, "train the next-token (AR) model to its time share"),
+    Stage("ar", "ar/summary.json", _stage_ar, "train the next-token (AR) model to its planned FLOPs (its time share without a plan)"),
     Stage("dit", "dit/summary.json", _stage_dit, "train the DiT to the AR model's training FLOPs"),
     Stage("compare", "report/report.html", _stage_compare, "sample both, score with the probes, write the report"),
 ]
