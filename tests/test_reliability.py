@@ -214,6 +214,21 @@ def test_generate_makes_big_jobs_in_bounded_calls_and_refuses_what_cannot_fit(tm
     assert sizes == [G.BATCH] and not (tmp_path / "big").exists()  # one bounded call, then refused
 
 
+def test_the_call_count_is_counted_not_listed():
+    """`generate_to_dir` counts its calls without building them (listing 10^9 clips' calls took 45 s before the
+    refusal); the count is the number of calls made, and the calls cover every (prompt, sample) once."""
+    from duogen.bridges.generate import _calls, _n_calls
+
+    for n_prompts in (1, 2, 5, 17):
+        for n in (1, 3, 7, 16, 33, 100):
+            for batch in (1, 4, 16):
+                calls = list(_calls(n_prompts, n, batch))
+                assert _n_calls(n_prompts, n, batch) == len(calls), (n_prompts, n, batch)
+                assert all(np_ * nk <= batch for _, np_, _, nk in calls)
+                cells = [(p, k) for p0, np_, k0, nk in calls for p in range(p0, p0 + np_) for k in range(k0, k0 + nk)]
+                assert sorted(cells) == [(p, k) for p in range(n_prompts) for k in range(n)]
+
+
 # ----------------------------------------------------------------------------- numbers
 
 

@@ -243,6 +243,13 @@ def load_generator(directory: str | Path, codec: str | Path | None = None) -> Ge
     return _GENERATORS[kind](directory, codec)
 
 
+def _n_calls(n_prompts: int, n: int, batch: int) -> int:
+    """How many calls `_calls` makes, without listing them (a refused job of 10^9 clips is counted, not built)."""
+    if n >= batch:
+        return n_prompts * -(-n // batch)
+    return -(-n_prompts // (batch // n))
+
+
 def _calls(n_prompts: int, n: int, batch: int) -> Iterator[tuple[int, int, int, int]]:
     """Split prompts x n into generate calls of at most `batch` clips: (first prompt, prompts, first sample, n)."""
     if n >= batch:
@@ -299,8 +306,8 @@ def generate_to_dir(model: str | Path, prompts: Sequence[str], out: str | Path, 
     t_load = time.perf_counter() - t0
     prompts = list(prompts)
     given = any(k in kwargs for k in ("ids", "noise", "latents"))  # tensors for every clip: one call
-    calls = [(0, len(prompts), 0, n)] if given else list(_calls(len(prompts), n, BATCH))
-    n_calls = len(calls)
+    calls = iter([(0, len(prompts), 0, n)]) if given else _calls(len(prompts), n, BATCH)  # lazily: a job may be huge
+    n_calls = 1 if given else _n_calls(len(prompts), n, BATCH)
     out = Path(out)
     files: list[str] = []
     res_prompts: list[str] = []
