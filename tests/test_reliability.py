@@ -207,11 +207,21 @@ def test_generate_makes_big_jobs_in_bounded_calls_and_refuses_what_cannot_fit(tm
     assert len(summary["files"]) == 40 and len(set(summary["files"])) == 40
     assert "clip_001_19.png" in {Path(f).name for f in summary["files"]}
     sizes.clear()
+    drawn = []  # the calls generate_to_dir takes from the plan: a refused huge job must not list all of them
+    plan_calls = G._calls
+
+    def counted(*a):
+        for c in plan_calls(*a):
+            drawn.append(c)
+            yield c
+
+    monkeypatch.setattr(G, "_calls", counted)
     monkeypatch.setattr("duogen.guards.free_bytes", lambda path: 10_000)
     code, err = _run(capsys, "generate", "--model", str(REF / "ar"), "--prompt", "a", "--n", "1000000000",
                      "--out", str(tmp_path / "big"))
     assert code == 2 and "1000000000 clips needs about" in _one_line(err)
     assert sizes == [G.BATCH] and not (tmp_path / "big").exists()  # one bounded call, then refused
+    assert len(drawn) == 1  # counted (`_n_calls`), not listed: 62.5M calls took 45 s before the refusal
 
 
 def test_the_call_count_is_counted_not_listed():
