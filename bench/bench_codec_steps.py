@@ -214,10 +214,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
+    legend_h = 0.2 + 0.17 * -(-len(labels) // 4)  # inches under the panels: four entries a row
+    fig.set_size_inches(4 * len(METRICS), 3.6 + legend_h)  # sized before the layout, so the panels keep 3.6 inches
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    rows = -(-len(labels) // 4)
-    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
-    fig.set_size_inches(4 * len(METRICS), 3.6 + 0.25 * rows)
+    fig.tight_layout(rect=(0, legend_h / (3.6 + legend_h), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
