@@ -74,3 +74,22 @@ def test_the_ar_and_diffusion_recipes_share_one_encode_of_the_clips(tmp_path, mo
         want_ids, want_z = codec.encode(video), codec.encode_latents(video)
     assert np.array_equal(np.asarray(ids["video_ids"]), want_ids.numpy())
     np.testing.assert_allclose(np.asarray(lat["latents"], dtype=np.float32), want_z.numpy(), atol=1e-6)
+
+
+def test_a_train_seed_override_is_the_seed_the_run_uses(tmp_path):
+    """`duogen train ar ... train.seed=5` trains with seed 5 (the `--seed` flag's default 0 used to replace it):
+    the same run as `--seed 5`, another than seed 0, and its config.yaml says 5."""
+    import yaml
+
+    from duogen.data import make_dataset
+    from duogen.train.ar_recipe import train_ar
+
+    make_dataset("shapes", tmp_path / "data", n=16, preset="tiny", seed=0)
+    torch.manual_seed(0)
+    build_video_codec("tiny", ["patch=4", "widths=[16]"]).save_pretrained(tmp_path / "codec")
+    run = lambda name, ov, seed: train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / name,  # noqa: E731
+                                          overrides=TINY + ov, seed=seed)["final_loss"]
+    by_override, by_flag, default = run("o", ["train.seed=5"], 0), run("f", [], 5), run("d", [], 0)
+    assert by_override == pytest.approx(by_flag, rel=1e-6)
+    assert by_override != pytest.approx(default, rel=1e-6)
+    assert yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())["train"]["seed"] == 5

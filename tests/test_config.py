@@ -63,3 +63,14 @@ def test_yaml_round_trip(tmp_path):
     cfg = config.load(Outer, overrides=["resume=auto", "name=x"])
     path = config.save_yaml(cfg, tmp_path / "config.yaml")
     assert config.load_yaml(Outer, path) == cfg
+
+
+def test_seed_flag_goes_under_an_explicit_override():
+    """`--seed` sets the key unless the command's own `key=value` overrides do: the flag always has a value (0 by
+    default), so appended last it used to replace an explicit `train.seed=N` silently."""
+    load = lambda ov: config.load(Outer, presets=PRESETS, preset="tiny", overrides=ov)  # noqa: E731
+    assert config.seed_first(["lr=0.1"], 3, key="inner.width") == ["inner.width=3", "lr=0.1"]
+    assert load(config.seed_first(["lr=0.1"], 3, key="inner.width")).inner.width == 3  # the flag alone
+    assert load(config.seed_first(["inner.width=5"], 0, key="inner.width")).inner.width == 5  # the override wins
+    assert load(config.seed_first(["inner.width=5"], 3, key="inner.width")).inner.width == 5
+    assert config.seed_first(["lr=0.1"], None) == ["lr=0.1"]  # no flag, nothing added

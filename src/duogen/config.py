@@ -208,6 +208,16 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
+def seed_first(overrides: Sequence[str], seed: int | None, key: str = "train.seed") -> list[str]:
+    """A command's `--seed` as the first of its overrides, so that a `train.seed=N` among them wins.
+
+    Precedence: defaults <- preset <- YAML file <- `--seed` <- `key=value` overrides. The flag always has a
+    value (0 unless given); appended after the overrides it replaced an explicit `train.seed=N` without a word.
+    `seed` None adds nothing.
+    """
+    return ([f"{key}={seed}"] if seed is not None else []) + list(overrides)
+
+
 def load(
     cls: type[C],
     *,

@@ -40,6 +40,14 @@ def with_uint8_video(ds: Any) -> Any:
     return ds.with_format("numpy", columns=["video"], dtype=np.uint8, output_all_columns=True)
 
 
+def _world_overrides(overrides: Sequence[str], seed: int, n: int | None) -> list[str]:
+    """A world's overrides under the flags: `--seed` first (a `seed=N` override wins over it), `--n` last
+    (given, it wins over an `n=N` override)."""
+    from ..config import seed_first
+
+    return seed_first(overrides, seed, key="seed") + ([f"n={n}"] if n is not None else [])
+
+
 def make_dataset(
     name: str,
     out: str | Path,
@@ -78,8 +86,7 @@ def make_dataset(
     if name == "shapes":
         from .shapes import load_world_config, make_world
 
-        extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
-        cfg = load_world_config(preset, list(overrides) + extra)
+        cfg = load_world_config(preset, _world_overrides(overrides, seed, n))
         return make_world(out, cfg, audio=audio, overwrite=overwrite)
     if name == "edits":
         if audio:
@@ -87,8 +94,7 @@ def make_dataset(
         from .edits import make_edits
         from .shapes import load_world_config
 
-        extra = [f"seed={seed}"] + ([f"n={n}"] if n is not None else [])
-        return make_edits(out, load_world_config(preset, list(overrides) + extra), overwrite=overwrite)
+        return make_edits(out, load_world_config(preset, _world_overrides(overrides, seed, n)), overwrite=overwrite)
     if name in BUNDLED:
         if overrides:
             raise DataError(f"data set '{name}' takes no key=value overrides (got {list(overrides)})")

@@ -141,7 +141,7 @@ def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, me
         return train_controlar(model, data, out, condition=condition, overrides=overrides, seed=seed, resume=resume)
     if condition not in CONDITIONS:
         raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
-    cfg = cfglib.load(ARControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
+    cfg = cfglib.load(ARControlRecipeConfig, overrides=cfglib.seed_first(overrides, seed))
     cfg.check()
     cfg.train = apply_resume(cfg.train, resume)
     model_dir, data, out = Path(model), Path(data), Path(out)
@@ -160,11 +160,11 @@ def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, me
         cond_ids = None if condition == "boxes" else _condition_ids(split, condition, codec, Path(codec_dir), data,
                                                                     cfg.split, cache)
 
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     ccfg = TokenControlConfig(condition=condition, bins=cfg.bins, max_objects=cfg.max_objects,
                               phrase_tokens=cfg.phrase_tokens, frames=frames, size=size,
                               base_fingerprint=model_fingerprint(base), codec=str(Path(codec_dir).resolve()))
-    ctl = make_token_control(base, ccfg, seed=seed)
+    ctl = make_token_control(base, ccfg, seed=cfg.train.seed)
     if condition == "boxes":
         lay = LayoutTokens(ctl, ccfg)
         rows = split.select_columns(["boxes", "attributes"])

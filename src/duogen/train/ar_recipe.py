@@ -187,7 +187,7 @@ def train_ar(
     from .backends import check_launch
     from .engine import apply_resume
 
-    overrides = list(overrides) + [f"train.seed={seed}"]
+    overrides = cfglib.seed_first(overrides, seed)
     if tasks:
         overrides.append("tasks=" + ",".join(tasks))
     cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset=preset, file=file, overrides=overrides)
@@ -268,7 +268,7 @@ def train_ar(
         spec = dataclasses.replace(base.spec, tasks=list(cfg.tasks))
         if "audio" not in refs and base.audio_codec_ref:
             refs["audio"] = str(base.codec_path(init_from, audio=True))
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=refs["video"], audio_codec_ref=refs.get("audio"))
     if base is not None:
         model.load_state_dict(base.state_dict())

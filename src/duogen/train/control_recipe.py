@@ -183,7 +183,7 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     if method == "gligen" and condition != "boxes":
         raise ConfigError(f"--method gligen grounds boxes with phrases, not {condition}: use --condition boxes"
                           " (controlnet or t2i-adapter read mask / edges)")
-    cfg = cfglib.load(ControlRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
+    cfg = cfglib.load(ControlRecipeConfig, overrides=cfglib.seed_first(overrides, seed))
     cfg.train = apply_resume(cfg.train, resume)
     if not cfg.train.trainable:  # checkpoints and EMA hold the control alone; resuming checks the base is the same
         cfg.train.trainable = "control.*"
@@ -212,7 +212,7 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
         raise ConfigError(f"the clips of {data} make latents {list(latents.shape[1:])}; {model_dir} was trained on"
                           f" {list(base.config.latent)}: use data of the base model's clip size")
     ids, mask = base.text_encoder.tokenize(list(split["caption"]), strict=False)  # (N, T) each
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     blocks = cfg.blocks or (base.denoiser.config.depth if method == "gligen" else 2)
     control = make_control(ControlConfig(method=method, cond_channels=1, blocks=blocks, enc_channels=cfg.enc_channels,
                                          frames_per_token=cfg.frames_per_token, gate_gain=cfg.gate_gain),

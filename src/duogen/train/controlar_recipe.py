@@ -122,7 +122,7 @@ def train_controlar(model: str | Path, data: str | Path, out: str | Path, *, con
 
     if condition not in CONDITIONS:
         raise ConfigError(f"--condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
-    cfg = cfglib.load(ControlARRecipeConfig, overrides=[*overrides, f"train.seed={seed}"])
+    cfg = cfglib.load(ControlARRecipeConfig, overrides=cfglib.seed_first(overrides, seed))
     cfg.train = apply_resume(cfg.train, resume)
     if not cfg.train.trainable:  # checkpoints and EMA hold the control alone
         cfg.train.trainable = "control.*"
@@ -147,7 +147,7 @@ def train_controlar(model: str | Path, data: str | Path, out: str | Path, *, con
     def collate(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {**tokens(recs), "condition": torch.stack([r["condition"] for r in recs])}  # (B, 1, F, H, W)
 
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     control = make_control_embed(ControlARConfig(every=cfg.every, enc_channels=cfg.enc_channels), base, frames, size)
     trainer = ControlARTrainer(base, control)
 

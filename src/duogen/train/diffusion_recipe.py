@@ -148,7 +148,7 @@ def train_diffusion(
     from .backends import check_launch
     from .engine import apply_resume
 
-    overrides = _model_overrides(overrides) + [f"train.seed={seed}"]
+    overrides = cfglib.seed_first(_model_overrides(overrides), seed)
     cfg = cfglib.load(DiffusionRecipeConfig, presets=DIFFUSION_RECIPE_PRESETS, preset=preset, file=file,
                       overrides=overrides)
     cfg.train = apply_resume(cfg.train, resume)
@@ -193,7 +193,7 @@ def train_diffusion(
         tok = text_tokenizer(text, captions, out, cfg.text_vocab)
         mcfg.text.vocab_size = tok.vocab_size
     mcfg.latent = [int(v) for v in latents.shape[1:]]
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     model = LatentDiffusionModel(mcfg, tok, codec)
     if base is not None:
         model.load_state_dict(base.state_dict())

@@ -120,7 +120,7 @@ def train_ip2p(data: str | Path, out: str | Path, *, paradigm: str, init_from: s
 
     if paradigm not in PARADIGMS:
         raise ConfigError(f"unknown paradigm {paradigm!r}; allowed values: {', '.join(PARADIGMS)}")
-    cfg = cfglib.load(IP2PRecipeConfig, overrides=list(overrides) + [f"train.seed={seed}"])
+    cfg = cfglib.load(IP2PRecipeConfig, overrides=cfglib.seed_first(overrides, seed))
     cfg.check()
     cfg.train = apply_resume(cfg.train, resume)
     init_from, data, out = Path(init_from), Path(data), Path(out)
@@ -135,7 +135,7 @@ def train_ip2p(data: str | Path, out: str | Path, *, paradigm: str, init_from: s
                         " `duogen data make edits --out DIR`")
     cache = resolve_cache_dir(cfg.cache_dir, out)
     instructions = list(split["instruction"])
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     if paradigm == "ar":
         from ..ar_models.model import MultimodalLM
 

@@ -574,7 +574,7 @@ def main(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """`duogen train tokenizer`: dispatch on modality; image and video codecs train here."""
-    overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None and modality != "text" else [])
+    overrides = cfgmod.seed_first(overrides, seed if modality != "text" else None)
     if modality == "video":
         run = cfgmod.load(VideoTokenizerRun, presets=VIDEO_RUN_PRESETS, preset=preset, file=config_file, overrides=overrides)
     elif modality == "image":
