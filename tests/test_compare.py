@@ -61,6 +61,20 @@ def test_mean_accuracy_averages_per_kind_and_over_kinds():
     assert acc == {"color": 0.75, "shape": 0.0, "all": 0.375}
 
 
+def test_accuracy_stderr_takes_prompts_as_the_units():
+    # three prompts x two clips: prompt means 1, 0, 0.5 (sample std 0.5); shape is read for one prompt only
+    rows = [[{"color": 1.0, "shape": 1.0}, {"color": 1.0, "shape": 0.0}], [{"color": 0.0}, {"color": 0.0}],
+            [{"color": 1.0}, {"color": 0.0}]]
+    se = metrics.accuracy_stderr(rows)
+    assert se["color"] == pytest.approx(0.5 / np.sqrt(3)) and se["shape"] is None
+    # "all" is over the per-prompt means of the kinds: 0.75, 0, 0.5
+    assert se["all"] == pytest.approx(np.std([0.75, 0.0, 0.5], ddof=1) / np.sqrt(3))
+    # the clips of one prompt are not counted as independent: the same scores as six one-clip prompts read a smaller error
+    flat = metrics.accuracy_stderr([[c] for row in rows for c in row])
+    assert flat["color"] == pytest.approx(np.std([1, 1, 0, 0, 1, 0], ddof=1) / np.sqrt(6)) and flat["color"] < se["color"]
+    assert metrics.accuracy_stderr([[{"color": 1.0}]]) == {"all": None, "color": None}
+
+
 # ----------------------------------------------------------------------------- a small compare run
 
 from _compare_helpers import known_models, real_world_clips, world_prompts  # noqa: E402
@@ -119,6 +133,20 @@ def test_bridge_sections_render_their_tables_plots_and_command(small_run, tmp_pa
     (tmp_path / "untitled.json").write_text('{"tables": []}')
     with pytest.raises(DataError, match="title"):
         load_section(tmp_path / "untitled.json")
+
+
+def test_results_and_report_carry_each_accuracy_with_its_standard_error(small_run):
+    from duogen.eval.compare import headline
+
+    out, res = small_run
+    s = _setting(res, "render", "frozen")
+    for split, acc in s["accuracy"].items():
+        rows = [row for row, p in zip(s["per_clip_accuracy"], res["prompts"]) if split == "all" or p["split"] == split]
+        assert s["accuracy_stderr"][split] == metrics.accuracy_stderr(rows)
+        assert set(s["accuracy_stderr"][split]) == set(acc)
+    head = headline(out)["models"]["render"]
+    assert set(head["accuracy_stderr"]) == set(head["accuracy"])
+    assert " ± " in (out / "report.html").read_text()
 
 
 def test_rescoring_saved_clips_gives_the_reported_accuracies(small_run):

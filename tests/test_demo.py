@@ -95,3 +95,15 @@ def test_the_demo_trains_its_dit_at_the_demo_rate_and_samples_every_model_at_the
     for name, s in settings:  # the headline setting and every guided one use the demo's scale
         guided = [x.kwargs["guidance"] for x in s if x.kwargs.get("guidance") is not None]
         assert s[0].kwargs["guidance"] == demo.DEMO_GUIDANCE and set(guided) == {demo.DEMO_GUIDANCE}, name
+
+
+def test_the_demo_prints_each_headline_accuracy_with_its_standard_error():
+    from duogen.demo import headline_line
+
+    h = {"sampling": "cfg-5", "accuracy": {"color": 0.861, "count": 0.5, "direction": 0.181, "all": 0.44},
+         "accuracy_stderr": {"color": 0.052, "count": 0.1, "direction": None, "all": 0.03},
+         "train_flops": 8.92e12, "train_wall_s": 206.4}
+    assert headline_line("AR (demo)", h) == ("AR (demo) [cfg-5]: color 86% ± 5, direction 18%; training 8.92e+12 FLOPs"
+                                             " in 206 s")
+    old = {k: v for k, v in h.items() if k != "accuracy_stderr"}  # a report written before the errors were kept
+    assert headline_line("AR", old).startswith("AR [cfg-5]: color 86%, direction 18%;")

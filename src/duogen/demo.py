@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .demo_budget import LOOP_HEADROOM, PLAN_FILE, PLANNED, BudgetPlan, Measurement
 from .errors import ConfigError
@@ -187,9 +187,7 @@ class Demo:
         self.summary["elapsed_min"] = round(self.elapsed_min(), 2)
         self.say(f"report: {self.summary.get('report')}")
         for name, h in self.summary.get("models", {}).items():
-            acc = ", ".join(f"{k} {100 * v:.0f}%" for k, v in h["accuracy"].items() if k in ("color", "direction", "shape"))
-            flops = f"{h['train_flops']:.3g}" if h.get("train_flops") else "?"
-            self.say(f"{name} [{h['sampling']}]: {acc}; training {flops} FLOPs in {h.get('train_wall_s') or 0:.0f} s")
+            self.say(headline_line(name, h))
         from .io import atomic_write_json
 
         atomic_write_json(self.out / "demo_summary.json", self.summary)
@@ -304,6 +302,15 @@ def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
     info["matched_flops"] = float(ar_flops)
     info["flops_ratio_dit_to_ar"] = float(dit_flops) / float(ar_flops) if dit_flops else None
     return info
+
+
+def headline_line(name: str, h: Mapping[str, Any]) -> str:
+    """One model's line at the end of the demo: `compare.headline`'s accuracies, each with its standard error."""
+    err = h.get("accuracy_stderr") or {}
+    acc = ", ".join(f"{k} {100 * v:.0f}%" + (f" ± {100 * err[k]:.0f}" if err.get(k) is not None else "")
+                    for k, v in h["accuracy"].items() if k in ("color", "direction", "shape"))
+    flops = f"{h['train_flops']:.3g}" if h.get("train_flops") else "?"
+    return f"{name} [{h['sampling']}]: {acc}; training {flops} FLOPs in {h.get('train_wall_s') or 0:.0f} s"
 
 
 def reference_models() -> dict[str, Path]:

@@ -380,12 +380,23 @@ def score_clips(clips: Clips, prompts: Sequence[Prompt]) -> list[list[dict[str, 
     return score_readings(read_clips(clips), prompts)
 
 
+def _per_split(per_clip: list[list[dict[str, float]]], prompts: Sequence[Prompt],
+               stat: Callable[[list[list[dict[str, float]]]], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`stat` of the per-prompt rows over all prompts ("all") and over each prompt split."""
+    out = {"all": stat(per_clip)}
+    for split in sorted({p.split for p in prompts}):
+        out[split] = stat([row for row, p in zip(per_clip, prompts) if p.split == split])
+    return out
+
+
 def accuracy_table(per_clip: list[list[dict[str, float]]], prompts: Sequence[Prompt]) -> dict[str, dict[str, float]]:
     """Mean accuracy per attribute kind, per prompt split and over all prompts."""
-    out = {"all": metrics.mean_accuracy(a for row in per_clip for a in row)}
-    for split in sorted({p.split for p in prompts}):
-        out[split] = metrics.mean_accuracy(a for row, p in zip(per_clip, prompts) if p.split == split for a in row)
-    return out
+    return _per_split(per_clip, prompts, lambda rows: metrics.mean_accuracy(a for row in rows for a in row))
+
+
+def accuracy_stderr(per_clip: list[list[dict[str, float]]], prompts: Sequence[Prompt]) -> dict[str, dict[str, Any]]:
+    """The standard error of each `accuracy_table` entry, prompts as the units (`metrics.accuracy_stderr`)."""
+    return _per_split(per_clip, prompts, metrics.accuracy_stderr)
 
 
 def features(clips: np.ndarray) -> np.ndarray:
@@ -407,6 +418,7 @@ def setting_metrics(clips: Clips, prompts: Sequence[Prompt], real_feats: np.ndar
     change = metrics.temporal_change(clips.reshape((P * N,) + clips.shape[2:]))
     return {
         "accuracy": accuracy_table(per_clip, prompts),
+        "accuracy_stderr": accuracy_stderr(per_clip, prompts),
         "per_clip_accuracy": per_clip,
         "frechet_probe_distance": metrics.frechet_distance(feats, real_feats) if real_feats is not None and P * N >= 2 else None,
         "diversity": metrics.diversity(feats.reshape(P, N, -1)),
@@ -552,6 +564,8 @@ def headline(report_dir: str | Path) -> dict[str, Any]:
             "sampling": s["label"],
             "accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("all", {}).items()},
             "heldout_accuracy": {k: round(v, 4) for k, v in s["accuracy"].get("heldout", {}).items()},
+            "accuracy_stderr": {k: None if v is None else round(v, 4)
+                                for k, v in (s.get("accuracy_stderr") or {}).get("all", {}).items()},
             "frechet_probe_distance": s.get("frechet_probe_distance"),
             "train_flops": tr.get("flops"),
             "train_wall_s": tr.get("wall_s"),

@@ -95,3 +95,20 @@ def mean_accuracy(per_clip: Iterable[Mapping[str, float]]) -> dict[str, float]:
     if out:
         out["all"] = float(np.mean(list(out.values())))
     return out
+
+
+def accuracy_stderr(per_prompt: Iterable[Sequence[Mapping[str, float]]]) -> dict[str, float | None]:
+    """Standard error of `mean_accuracy` per kind (and "all"), with prompts as the units.
+
+    The samples of one prompt share its caption and are not independent draws, so each prompt's
+    clips are averaged first; the error is the sample standard deviation of those prompt means
+    over the square root of their number (the prompts are a sample of the captions one could ask
+    for). With the same number of clips per prompt, the mean of the prompt means is `mean_accuracy`.
+    A kind seen in fewer than two prompts has no error (None).
+    """
+    means = [mean_accuracy(clips) for clips in per_prompt]
+    out: dict[str, float | None] = {}
+    for k in sorted({k for m in means for k in m}):
+        vals = [m[k] for m in means if k in m]
+        out[k] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else None
+    return out

@@ -39,6 +39,11 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * float(v):.1f}%"
 
 
+def _pct_se(v: Any, se: Any) -> str:
+    """A percentage with its standard error, "86.1% ± 5.2" (the error left out where there is none)."""
+    return _pct(v) if v is None or se is None else f"{_pct(v)} ± {100 * float(se):.1f}"
+
+
 def _kinds(results: Mapping[str, Any]) -> list[str]:
     found: set[str] = set()
     for m in results["models"]:
@@ -199,10 +204,10 @@ def _accuracy_table(results: Mapping[str, Any], kinds: list[str]) -> str:
     head = ["model", "prompts"] + kinds
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for m in results["models"]:
-        acc = _headline(m)["accuracy"]
+        acc, err = _headline(m)["accuracy"], _headline(m).get("accuracy_stderr") or {}
         for split in [k for k in ("validation", "heldout", "custom") if k in acc] + ["all"]:
             cells = [f"<td class=l>{html.escape(m['name'])}</td>", f"<td class=l>{split}</td>"]
-            cells += [f"<td>{_pct(acc[split].get(k))}</td>" for k in kinds]
+            cells += [f"<td>{_pct_se(acc[split].get(k), err.get(split, {}).get(k))}</td>" for k in kinds]
             rows.append("<tr>" + "".join(cells) + "</tr>")
     return "<table>" + "\n".join(rows) + "</table>"
 
@@ -321,7 +326,9 @@ def write_report(report_dir: str | Path, results: Mapping[str, Any], *, upscale:
         f" (their temporal change: {_fmt(real.get('temporal_change'))}).</p>",
         "<h2>Prompt accuracy (headline sampling setting)</h2>", _accuracy_table(results, kinds),
         "<h2>Cost, fidelity and diversity</h2>", _metrics_table(results),
-        "<p class=note>Accuracy: the fraction of each prompt's attributes the probes recover, per kind, averaged over clips."
+        "<p class=note>Accuracy: the fraction of each prompt's attributes the probes recover, per kind, averaged over clips;"
+        " ± its standard error with prompts as the units (the spread of the per-prompt means over the square root of"
+        " their number: the samples of one prompt are not independent draws)."
         " Frechet probe distance: between Gaussians fitted to probe features of the generated clips and of real held-out clips (lower is closer)."
         " Diversity: mean pairwise probe-feature distance among the samples of one prompt. Temporal change: mean absolute"
         " frame-to-frame pixel difference (fraction of 255); the ratio to real clips is 1 for data-like motion, below 1 for frozen"
