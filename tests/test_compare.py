@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +148,28 @@ def test_results_and_report_carry_each_accuracy_with_its_standard_error(small_ru
         assert set(s["accuracy_stderr"][split]) == set(acc)
     head = headline(out)["models"]["render"]
     assert set(head["accuracy_stderr"]) == set(head["accuracy"])
-    assert " ± " in (out / "report.html").read_text()
+    # a table cell holds the headline accuracy and its error (the note under the table mentions "±" too)
+    assert re.search(r"<td>\d+\.\d% ± \d+\.\d</td>", (out / "report.html").read_text())
+
+
+def test_the_accuracy_by_number_of_objects_adds_up_to_the_reported_one(small_run):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "bench_accuracy_by_objects.py"
+    spec = importlib.util.spec_from_file_location("bench_accuracy_by_objects", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, _ = small_run
+    res = json.loads((out / "results.json").read_text())
+    rows = bench.by_objects(res, ("color",))
+    s = _setting(res, "render", "frozen")
+    mine = [r for r in rows if (r["model"], r["setting"]) == ("render", "frozen")]
+    whole = next(r for r in mine if r["objects"] == "all")
+    assert whole["accuracy"]["color"] == pytest.approx(s["accuracy"]["all"]["color"])
+    assert whole["stderr"]["color"] == pytest.approx(s["accuracy_stderr"]["all"]["color"])
+    parts = [r for r in mine if r["objects"] != "all"]
+    assert sum(r["clips"] for r in parts) == whole["clips"] == sum(len(c) for c in s["per_clip_accuracy"])
+    assert sum(sum(r["score_pairs"].values()) for r in parts) == whole["clips"]
 
 
 def test_rescoring_saved_clips_gives_the_reported_accuracies(small_run):

@@ -103,8 +103,9 @@ def accuracy_stderr(per_prompt: Iterable[Sequence[Mapping[str, float]]]) -> dict
     The samples of one prompt share its caption and are not independent draws, so each prompt's
     clips are averaged first; the error is the sample standard deviation of those prompt means
     over the square root of their number (the prompts are a sample of the captions one could ask
-    for). With the same number of clips per prompt, the mean of the prompt means is `mean_accuracy`.
-    A kind seen in fewer than two prompts has no error (None).
+    for). With the same number of clips per prompt, the mean of a kind's prompt means is its
+    `mean_accuracy`; "all" is the error of the mean of each prompt's own "all" (the same number where
+    every prompt is read for every kind). A kind seen in fewer than two prompts has no error (None).
     """
     means = [mean_accuracy(clips) for clips in per_prompt]
     out: dict[str, float | None] = {}

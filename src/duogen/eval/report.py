@@ -204,7 +204,8 @@ def _accuracy_table(results: Mapping[str, Any], kinds: list[str]) -> str:
     head = ["model", "prompts"] + kinds
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for m in results["models"]:
-        acc, err = _headline(m)["accuracy"], _headline(m).get("accuracy_stderr") or {}
+        head = _headline(m)
+        acc, err = head["accuracy"], head.get("accuracy_stderr") or {}
         for split in [k for k in ("validation", "heldout", "custom") if k in acc] + ["all"]:
             cells = [f"<td class=l>{html.escape(m['name'])}</td>", f"<td class=l>{split}</td>"]
             cells += [f"<td>{_pct_se(acc[split].get(k), err.get(split, {}).get(k))}</td>" for k in kinds]
