@@ -77,8 +77,9 @@ def test_the_ar_and_diffusion_recipes_share_one_encode_of_the_clips(tmp_path, mo
 
 
 def test_a_train_seed_override_is_the_seed_the_run_uses(tmp_path):
-    """`duogen train ar ... train.seed=5` trains with seed 5 (the `--seed` flag's default 0 used to replace it):
-    the same run as `--seed 5`, another than seed 0, and its config.yaml says 5."""
+    """`duogen train ar ... train.seed=5`, or a --config file with train.seed: 5, trains with seed 5 (the `--seed`
+    flag's default 0 used to replace both): the same run as `--seed 5`, another than seed 0, and its config.yaml
+    says 5. A flag that disagrees with the override is refused."""
     import yaml
 
     from duogen.data import make_dataset
@@ -87,9 +88,16 @@ def test_a_train_seed_override_is_the_seed_the_run_uses(tmp_path):
     make_dataset("shapes", tmp_path / "data", n=16, preset="tiny", seed=0)
     torch.manual_seed(0)
     build_video_codec("tiny", ["patch=4", "widths=[16]"]).save_pretrained(tmp_path / "codec")
-    run = lambda name, ov, seed: train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / name,  # noqa: E731
-                                          overrides=TINY + ov, seed=seed)["final_loss"]
-    by_override, by_flag, default = run("o", ["train.seed=5"], 0), run("f", [], 5), run("d", [], 0)
+    (tmp_path / "seed5.yaml").write_text("train:\n  seed: 5\n")
+    run = lambda name, ov, seed, file=None: train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / name,  # noqa: E731
+                                                     overrides=TINY + ov, seed=seed, file=file)["final_loss"]
+    by_override, by_flag, default = run("o", ["train.seed=5"], None), run("f", [], 5), run("d", [], 0)
     assert by_override == pytest.approx(by_flag, rel=1e-6)
     assert by_override != pytest.approx(default, rel=1e-6)
-    assert yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())["train"]["seed"] == 5
+    assert run("y", [], None, tmp_path / "seed5.yaml") == pytest.approx(by_flag, rel=1e-6)
+    for name in "oy":
+        assert yaml.safe_load((tmp_path / name / "config.yaml").read_text())["train"]["seed"] == 5
+    from duogen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--seed 0 and the override train.seed=5 disagree"):
+        run("x", ["train.seed=5"], 0)

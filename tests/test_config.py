@@ -66,11 +66,15 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_seed_flag_goes_under_an_explicit_override():
-    """`--seed` sets the key unless the command's own `key=value` overrides do: the flag always has a value (0 by
-    default), so appended last it used to replace an explicit `train.seed=N` silently."""
+    """`--seed` sets the key; a `key=value` override alone sets it; the two disagreeing are refused (appended last,
+    the flag's default 0 used to replace an explicit `train.seed=N` silently)."""
     load = lambda ov: config.load(Outer, presets=PRESETS, preset="tiny", overrides=ov)  # noqa: E731
     assert config.seed_first(["lr=0.1"], 3, key="inner.width") == ["inner.width=3", "lr=0.1"]
     assert load(config.seed_first(["lr=0.1"], 3, key="inner.width")).inner.width == 3  # the flag alone
-    assert load(config.seed_first(["inner.width=5"], 0, key="inner.width")).inner.width == 5  # the override wins
-    assert load(config.seed_first(["inner.width=5"], 3, key="inner.width")).inner.width == 5
+    assert load(config.seed_first(["inner.width=5"], None, key="inner.width")).inner.width == 5  # the override alone
+    assert load(config.seed_first(["inner.width=5"], 5, key="inner.width")).inner.width == 5  # the two agree
+    with pytest.raises(ConfigError, match="--seed 3 and the override inner.width=5 disagree"):
+        config.seed_first(["inner.width=5"], 3, key="inner.width")
+    with pytest.raises(ConfigError, match="disagree"):
+        config.seed_first(["inner.width=0"], 3, key="inner.width")
     assert config.seed_first(["lr=0.1"], None) == ["lr=0.1"]  # no flag, nothing added

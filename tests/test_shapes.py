@@ -45,9 +45,18 @@ def test_same_seed_gives_byte_identical_files_and_other_seeds_differ(tmp_path):
     assert va.shape == vc.shape == (36, 9, 32, 32, 3) and va.dtype == np.uint8
     # Different seeds: (nearly) every clip differs, not just one.
     assert (va != vc).reshape(len(va), -1).any(1).mean() > 0.9
-    # `duogen data make shapes ... seed=4` is `--seed 4`: the flag's default no longer replaces the override
-    make_dataset("shapes", tmp_path / "d", n=40, seed=0, overrides=["seed=4"])
+    # `duogen data make shapes ... seed=4` is `--seed 4`: the flag's default no longer replaces the override,
+    # and a flag that disagrees with the override is refused before any work
+    from duogen.cli import main
+
+    assert main(["data", "make", "shapes", "--out", str(tmp_path / "d"), "--n", "40", "seed=4"]) == 0
     assert _arrow_bytes(tmp_path / "d") == c
+    assert main(["data", "make", "shapes", "--out", str(tmp_path / "e"), "--n", "40", "--seed", "4", "seed=4"]) == 0
+    assert _arrow_bytes(tmp_path / "e") == c
+    with pytest.raises(ConfigError, match="--seed 0 and the override seed=4 disagree"):
+        make_dataset("shapes", tmp_path / "f", n=40, seed=0, overrides=["seed=4"])
+    assert main(["data", "make", "shapes", "--out", str(tmp_path / "g"), "--n", "40", "--seed", "3", "seed=4"]) == 2
+    assert not _arrow_bytes(tmp_path / "g")
 
 
 def test_on_disk_rows_equal_the_pure_clip_function_and_prompt_list(tmp_path):

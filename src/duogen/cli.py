@@ -21,6 +21,7 @@ from .cli_classify import add_classify, add_eval_zero_shot
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
 from .cli_common import group as _group
+from .cli_common import seed_flag
 from .cli_personalize import add_personalize
 from .cli_edit import add_edit as _add_edit
 from .cli_ip2p import add_train_ip2p
@@ -37,7 +38,7 @@ def _add_data(sub: Any) -> None:
         from .data import make_dataset
 
         return make_dataset(
-            a.name, a.out, n=a.n, preset=a.preset, seed=a.seed, audio=a.audio,
+            a.name, a.out, n=a.n, preset=a.preset, seed=seed_flag(a), audio=a.audio,
             overwrite=a.overwrite, overrides=a.overrides, kind=a.kind, token=a.token,
         )
 
@@ -237,7 +238,7 @@ def _add_train(sub: Any) -> None:
 
         tasks = [t for t in a.tasks.split(",") if t] if a.tasks else None
         return train_ar(a.data, a.tokenizer, a.out, audio_tokenizer=a.audio_tokenizer, preset=a.preset, tasks=tasks,
-                        text=a.text, file=a.config, overrides=a.overrides, seed=a.seed, resume=a.resume,
+                        text=a.text, file=a.config, overrides=a.overrides, seed=seed_flag(a), resume=a.resume,
                         init_from=a.init_from)
 
     p = _command(
@@ -274,7 +275,7 @@ def _add_train(sub: Any) -> None:
         from .train.diffusion_recipe import train_diffusion
 
         return train_diffusion(a.data, a.tokenizer, a.out, preset=a.preset, text=a.text, file=a.config,
-                               overrides=a.overrides, seed=a.seed, resume=a.resume, init_from=a.init_from)
+                               overrides=a.overrides, seed=seed_flag(a), resume=a.resume, init_from=a.init_from)
 
     p = _command(
         train, "diffusion", "train a latent diffusion model (DiT or video U-Net) on the codec's latents", diffusion,
@@ -420,7 +421,7 @@ def _add_train_tokenizer(train: Any) -> None:
         from .train.tokenizer_recipe import main as train_tokenizer
 
         summary = train_tokenizer(a.modality, a.data, a.out, preset=a.preset, overrides=a.overrides,
-                                  config_file=a.config, seed=a.seed)
+                                  config_file=a.config, seed=seed_flag(a))
         return {k: v for k, v in summary.items() if k != "curve"} if isinstance(summary, dict) else summary
 
     p = _command(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli_common import command
+from .cli_common import command, seed_flag
 from .errors import ConfigError
 from .guards import add_overwrite_argument, add_resume_argument
 
@@ -29,7 +29,7 @@ def add_train_control(train: Any) -> None:
         else:
             from .train.control_recipe import train_control as train
         return train(a.model, a.data, a.out, method=a.method, condition=a.condition, overrides=a.overrides,
-                     seed=a.seed, resume=a.resume)
+                     seed=seed_flag(a), resume=a.resume)
 
     p = command(
         train, "control", "train a control for a trained model: ControlNet / T2I-Adapter / GLIGEN (diffusion),"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli_common import command
+from .cli_common import command, seed_flag
 from .guards import add_overwrite_argument, add_resume_argument, add_trust_argument
 
 
@@ -20,7 +20,7 @@ def add_train_ip2p(train: Any) -> None:
         from .train.ip2p_recipe import train_ip2p
 
         return train_ip2p(a.data, a.out, paradigm=a.paradigm, init_from=a.init_from, overrides=a.overrides,
-                          seed=a.seed, resume=a.resume)
+                          seed=seed_flag(a), resume=a.resume)
 
     p = command(
         train, "ip2p", "fine-tune a model into an InstructPix2Pix editor on edit pairs", run,

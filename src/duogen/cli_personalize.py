@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from .cli_common import command
+from .cli_common import command, seed_or_override
 from .cli_personalize_analyze import add_analyze
 from .guards import add_overwrite_argument, add_resume_argument, add_trust_argument
 
@@ -44,7 +44,8 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:  # a fitted clip, a skipped file: one line each
         warnings.simplefilter("always")
         summary = personalize(a.method, a.model, a.concept, a.out, token=a.token, steps=a.steps,
-                              max_minutes=a.max_minutes, seed=a.seed, resume=a.resume, overrides=tuple(a.set),
+                              max_minutes=a.max_minutes, seed=seed_or_override(a, a.set), resume=a.resume,
+                              overrides=tuple(a.set),
                               **settings)
     notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)
                                and ("fitted" in str(w.message) or "skipped" in str(w.message))))

@@ -209,13 +209,23 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def seed_first(overrides: Sequence[str], seed: int | None, key: str = "train.seed") -> list[str]:
-    """A command's `--seed` as the first of its overrides, so that a `train.seed=N` among them wins.
+    """A command's `--seed` as the first of its overrides: defaults <- preset <- YAML file <- `--seed` <- `key=value`.
 
-    Precedence: defaults <- preset <- YAML file <- `--seed` <- `key=value` overrides. The flag always has a
-    value (0 unless given); appended after the overrides it replaced an explicit `train.seed=N` without a word.
-    `seed` None adds nothing.
+    `seed` None (the flag not given) adds nothing, so a config file's seed stands. A flag and a `key=N` override
+    that disagree are refused: appended after the overrides, the flag used to replace them without a word.
     """
-    return ([f"{key}={seed}"] if seed is not None else []) + list(overrides)
+    if seed is None:
+        return list(overrides)
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k.strip() == key:
+            try:
+                same = int(v) == int(seed)
+            except ValueError:
+                same = False
+            if not same:
+                raise ConfigError(f"--seed {seed} and the override {o} disagree; give the seed once")
+    return [f"{key}={seed}"] + list(overrides)
 
 
 def load(

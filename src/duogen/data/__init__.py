@@ -40,9 +40,9 @@ def with_uint8_video(ds: Any) -> Any:
     return ds.with_format("numpy", columns=["video"], dtype=np.uint8, output_all_columns=True)
 
 
-def _world_overrides(overrides: Sequence[str], seed: int, n: int | None) -> list[str]:
-    """A world's overrides under the flags: `--seed` first (a `seed=N` override wins over it), `--n` last
-    (given, it wins over an `n=N` override)."""
+def _world_overrides(overrides: Sequence[str], seed: int | None, n: int | None) -> list[str]:
+    """A world's overrides under the flags: `--seed` first (refused where a `seed=N` override disagrees), `--n`
+    last (given, it wins over an `n=N` override)."""
     from ..config import seed_first
 
     return seed_first(overrides, seed, key="seed") + ([f"n={n}"] if n is not None else [])
@@ -54,7 +54,7 @@ def make_dataset(
     *,
     n: int | None = None,
     preset: str = "tiny",
-    seed: int = 0,
+    seed: int | None = None,
     audio: bool = False,
     overwrite: bool = False,
     overrides: Sequence[str] = (),
@@ -78,7 +78,7 @@ def make_dataset(
             digit = int(extra.get("digit", 7))
         except ValueError:
             raise DataError(f"digit={extra['digit']!r} is not a digit 0-9") from None
-        return make_concept(kind, out, n=n, preset=preset, token=token or DEFAULT_TOKEN, digit=digit, seed=seed,
+        return make_concept(kind, out, n=n, preset=preset, token=token or DEFAULT_TOKEN, digit=digit, seed=seed or 0,
                             overwrite=overwrite)
     if kind is not None or token is not None:
         raise DataError(f"--kind and --token belong to `data make concept`, not '{name}'")
@@ -102,5 +102,5 @@ def make_dataset(
             raise DataError(f"--audio is available for the shapes world only, not '{name}'")
         from .bundled import make_bundled
 
-        return make_bundled(name, out, n=n, preset=preset, seed=seed, overwrite=overwrite)
+        return make_bundled(name, out, n=n, preset=preset, seed=seed or 0, overwrite=overwrite)
     raise DataError(f"unknown data set '{name}'; allowed values: shapes, edits, concept, {', '.join(BUNDLED)}")

@@ -119,7 +119,7 @@ def _condition_ids(split: Any, kind: str, codec: Any, codec_dir: Path, data: Pat
 
 
 def train_ar_control(model: str | Path, data: str | Path, out: str | Path, *, method: str = "tokens",
-                     condition: str = "boxes", overrides: Sequence[str] = (), seed: int = 0,
+                     condition: str = "boxes", overrides: Sequence[str] = (), seed: int | None = None,
                      resume: str | None = None) -> dict[str, Any]:
     """Train a `tokens` control for the AR model in `model` on the shapes data set `data`; returns the engine's
     summary plus the control's facts (see the module docstring)."""

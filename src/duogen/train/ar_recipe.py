@@ -165,7 +165,7 @@ def train_ar(
     text: str | Path | None = None,
     file: str | Path | None = None,
     overrides: Sequence[str] = (),
-    seed: int = 0,
+    seed: int | None = None,
     resume: str | None = None,
     init_from: str | Path | None = None,
     prepare: Callable[[Any], None] | None = None,

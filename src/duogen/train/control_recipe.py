@@ -159,7 +159,7 @@ def control_saver(model_dir: Path, method: str, condition: str):
 
 
 def train_control(model: str | Path, data: str | Path, out: str | Path, *, method: str = "controlnet",
-                  condition: str = "boxes", overrides: Sequence[str] = (), seed: int = 0,
+                  condition: str = "boxes", overrides: Sequence[str] = (), seed: int | None = None,
                   resume: str | None = None) -> dict[str, Any]:
     """Train a control for the diffusion model in `model` (frozen) on the data set `data`; returns the engine's
     summary plus the control's facts. `final/` is the control alone (see the module docstring)."""

@@ -105,7 +105,7 @@ def controlar_saver(model_dir: Path, condition: str):
 
 
 def train_controlar(model: str | Path, data: str | Path, out: str | Path, *, condition: str = "boxes",
-                    overrides: Sequence[str] = (), seed: int = 0, resume: str | None = None) -> dict[str, Any]:
+                    overrides: Sequence[str] = (), seed: int | None = None, resume: str | None = None) -> dict[str, Any]:
     """Train control embeddings for the AR model in `model` (frozen) on the data set `data`; returns the engine's
     summary plus the control's facts. `final/` is the control alone (see the module docstring)."""
     import warnings

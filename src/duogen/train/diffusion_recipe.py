@@ -131,7 +131,7 @@ def train_diffusion(
     text: str | Path | None = None,
     file: str | Path | None = None,
     overrides: Sequence[str] = (),
-    seed: int = 0,
+    seed: int | None = None,
     resume: str | None = None,
     init_from: str | Path | None = None,
     prepare: Callable[[Any], None] | None = None,

@@ -108,7 +108,7 @@ def _latents(split: Any, codec: Any, codec_dir: Path, data: Path, name: str, cac
 
 
 def train_ip2p(data: str | Path, out: str | Path, *, paradigm: str, init_from: str | Path,
-               overrides: Sequence[str] = (), seed: int = 0, resume: str | None = None) -> dict[str, Any]:
+               overrides: Sequence[str] = (), seed: int | None = None, resume: str | None = None) -> dict[str, Any]:
     """Fine-tune the model in `init_from` into an IP2P editor on the edit pairs at `data`; returns the summary."""
     import numpy as np
     import torch
