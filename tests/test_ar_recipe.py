@@ -95,7 +95,11 @@ def test_a_train_seed_override_is_the_seed_the_run_uses(tmp_path):
     assert by_override == pytest.approx(by_flag, rel=1e-6)
     assert by_override != pytest.approx(default, rel=1e-6)
     assert run("y", [], None, tmp_path / "seed5.yaml") == pytest.approx(by_flag, rel=1e-6)
-    for name in "oy":
+    from duogen.cli import main  # the command line without --seed: the file's seed, not the flag's default 0
+
+    assert main(["train", "ar", "--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "codec"), "--out",
+                 str(tmp_path / "c"), "--config", str(tmp_path / "seed5.yaml"), *TINY]) == 0
+    for name in "oyc":
         assert yaml.safe_load((tmp_path / name / "config.yaml").read_text())["train"]["seed"] == 5
     from duogen.errors import ConfigError
 
