@@ -337,6 +337,25 @@ def test_compare_a_real_ar_model_dir(tiny_model_dirs):
     assert rescore(out)["AR tiny"]["no-cfg"] == plain["accuracy"]
 
 
+def test_ar_sampling_settings_reach_the_sampler(tiny_model_dirs):
+    """temperature / top-k / top-p go into every AR setting, named in the labels; greedy (temperature 0) draws
+    the same clip for every seed, which plain sampling does not."""
+    from duogen.eval.compare import ar_settings, compare, load_model
+
+    assert [(s.label, s.kwargs) for s in ar_settings(5.0, temperature=0.5, top_k=20)] == [
+        ("cfg-5 t0.5 k20", {"guidance": 5.0, "temperature": 0.5, "top_k": 20}),
+        ("no-cfg t0.5 k20", {"guidance": None, "temperature": 0.5, "top_k": 20})]
+    assert [s.label for s in ar_settings(2.0, top_p=0.9)] == ["cfg-2 p0.9", "no-cfg p0.9"]
+    assert ar_settings(3.0) == ar_settings(3.0, temperature=1.0, top_k=0, top_p=1.0)  # plain sampling: no tag
+    out = tiny_model_dirs["root"] / "greedy"
+    for name, sampling in (("greedy", {"temperature": 0.0}), ("plain", None)):
+        entry = load_model("AR", tiny_model_dirs["ar"], ar_sampling=sampling)
+        res = compare([entry], world_prompts()[:1], out / name, n=2, seed=3, report=False)
+        with np.load(out / name / res["models"][0]["settings"][1]["clips"]) as z:
+            a, b = z["clips"][0]
+        assert (a == b).all() == (name == "greedy")
+
+
 def test_compare_both_paradigms_through_the_cli(tiny_model_dirs, capsys):
     """`duogen compare --ar --diffusion` on model dirs: same prompts, both sweeps, report written."""
     from duogen.cli import main
@@ -347,13 +366,16 @@ def test_compare_both_paradigms_through_the_cli(tiny_model_dirs, capsys):
                                  for p in world_prompts()[:2]))
     out = root / "cli_report"
     rc = main(["compare", "--ar", str(tiny_model_dirs["ar"]), "--diffusion", f"DiT tiny={tiny_model_dirs['dit']}",
-               "--prompts", str(prompts), "--n", "1", "--steps-sweep", "2,4", "--out", str(out), "--json"])
+               "--prompts", str(prompts), "--n", "1", "--steps-sweep", "2,4", "--out", str(out), "--json",
+               "--temperature", "0.5"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["report"] == str(out / "report.html") and set(summary["headline"]) == {"AR", "DiT tiny"}
     res = json.loads((out / "results.json").read_text())
     ar, dit = res["models"]
     assert (ar["kind"], dit["kind"]) == ("ar", "diffusion")
+    assert [(s["label"], s["kwargs"].get("temperature")) for s in ar["settings"]] == [("cfg-3 t0.5", 0.5), ("no-cfg t0.5", 0.5)]
+    assert all("temperature" not in s["kwargs"] for s in dit["settings"])
     assert dit["parameters"] == tiny_model_dirs["dit_params"]
     # DDIM at each step count (largest first), DPM-Solver++ at those <= 20; the model's guidance 2.0: two streams
     assert [s["label"] for s in dit["settings"]] == ["ddim-4", "ddim-2", "dpm++-4", "dpm++-2"]
@@ -372,3 +394,5 @@ def test_compare_cli_bad_input(tiny_model_dirs, capsys):
     assert "pass --data DIR or --prompts FILE" in capsys.readouterr().err
     assert main(["compare", "--ar", str(tiny_model_dirs["root"]), "--out", str(out)]) == 2
     assert "not a model directory" in capsys.readouterr().err
+    assert main(["compare", "--ar", str(tiny_model_dirs["ar"]), "--out", str(out), "--top-p", "0"]) == 2
+    assert "--top-p" in capsys.readouterr().err

@@ -80,11 +80,23 @@ def diffusion_settings(steps: Sequence[int] = (10, 20, 50), guidance: float | No
     return out
 
 
-def ar_settings(guidance: float = 3.0) -> list[Setting]:
-    """AR with classifier-free guidance (the headline) and without it (guidance None: one stream)."""
-    out = [Setting(f"cfg-{guidance:g}", {"guidance": guidance})]
+def ar_settings(guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[Setting]:
+    """AR with classifier-free guidance (the headline) and without it (guidance None: one stream).
+
+    `temperature`, `top_k`, `top_p` apply to both; a value other than plain sampling's (1, 0 = off, 1 = off)
+    is named in the labels ("cfg-5 t0.5").
+    """
+    extra: dict[str, Any] = {}
+    if temperature != 1.0:
+        extra["temperature"] = temperature
+    if top_k:
+        extra["top_k"] = top_k
+    if top_p != 1.0:
+        extra["top_p"] = top_p
+    tag = "".join(f" {p}{extra[k]:g}" for k, p in (("temperature", "t"), ("top_k", "k"), ("top_p", "p")) if k in extra)
+    out = [Setting(f"cfg-{guidance:g}{tag}", {"guidance": guidance, **extra})]
     if guidance != 1.0:
-        out.append(Setting("no-cfg", {"guidance": None}))
+        out.append(Setting(f"no-cfg{tag}", {"guidance": None, **extra}))
     return out
 
 
@@ -275,8 +287,12 @@ def training_info(model_dir: str | Path) -> dict[str, Any]:
 
 
 def load_model(name: str, model_dir: str | Path, settings: list[Setting] | None = None, *,
-               steps_sweep: Sequence[int] = (10, 20, 50), guidance: float | None = None) -> ModelEntry:
-    """Load a generator from a model dir (`duogen.bridges.generate.load_generator`) with its default sweep."""
+               steps_sweep: Sequence[int] = (10, 20, 50), guidance: float | None = None,
+               ar_sampling: Mapping[str, Any] | None = None) -> ModelEntry:
+    """Load a generator from a model dir (`duogen.bridges.generate.load_generator`) with its default sweep.
+
+    `ar_sampling`: temperature / top_k / top_p for an AR model's settings (`ar_settings`); a diffusion model
+    ignores it."""
     from ..bridges.generate import load_generator
 
     model_dir = Path(model_dir)
@@ -290,7 +306,7 @@ def load_model(name: str, model_dir: str | Path, settings: list[Setting] | None 
                 guidance = _find_key(json.loads((model_dir / "config.json").read_text()), ("guidance",))
             settings = diffusion_settings(steps_sweep, guidance)
         else:
-            settings = ar_settings(3.0 if guidance is None else guidance)
+            settings = ar_settings(3.0 if guidance is None else guidance, **(ar_sampling or {}))
     return ModelEntry(name=name, generator=gen, kind=kind, settings=settings, path=str(model_dir))
 
 
@@ -517,8 +533,10 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
                  n: int = 4, seed: int = 0, data: str | Path | None = None, steps_sweep: str | Sequence[int] = (10, 20, 50),
                  guidance: float | None = None, per_split: int = 8, extra: Sequence[str] = (),
                  per_call: int = 8, log: Callable[[str], None] | None = None,
-                 sections: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """`duogen compare`: load model dirs, pick prompts and real clips, run `compare`; return results + headline."""
+                 sections: Sequence[str | Path] = (), ar_sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`duogen compare`: load model dirs, pick prompts and real clips, run `compare`; return results + headline.
+
+    `ar_sampling`: temperature / top_k / top_p of every AR model's settings (`ar_settings`)."""
     if isinstance(steps_sweep, str):
         try:
             steps_sweep = [int(s) for s in steps_sweep.split(",") if s.strip()]
@@ -529,7 +547,7 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
     models = []
     for want, specs, default in (("ar", ar, "AR"), ("diffusion", diffusion, "diffusion"), (None, extra, "model")):
         for name, path in _named(specs, default):
-            m = load_model(name, path, steps_sweep=steps_sweep, guidance=guidance)
+            m = load_model(name, path, steps_sweep=steps_sweep, guidance=guidance, ar_sampling=ar_sampling)
             if want is not None and m.kind != want:
                 raise ConfigError(f"{path} is {'an AR' if m.kind == 'ar' else 'a diffusion'} model; pass it with --{m.kind}")
             models.append(m)
