@@ -71,3 +71,21 @@ def test_bad_flags_are_one_line_errors(run, tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("duogen: error:") and msg in err[0], err
     assert not (tmp_path / "gen" / "generation.json").exists()
+
+
+def test_the_seed_is_the_flag_or_the_config_files_and_a_disagreeing_pair_is_refused(run, tmp_path, capsys):
+    """Without --seed the --config file's train.seed trains the run (the flag's default 0 used to replace it);
+    --seed 3 with train.seed=7 is refused before any work."""
+    import yaml
+
+    (tmp_path / "seed7.yaml").write_text("train:\n  seed: 7\n")
+    args = ["train", "diffusion", "--data", str(run / "data"), "--tokenizer", str(run / "codec"), "denoiser=unet3d",
+            "train.steps=1", "unet.channels=16", "unet.heads=2", "text.width=32", "text.layers=1", "train.batch_size=4",
+            "train.precision=fp32"]
+    assert main([*args, "--out", str(tmp_path / "f"), "--config", str(tmp_path / "seed7.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "f" / "config.yaml").read_text())["train"]["seed"] == 7
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "x"), "--seed", "3", "train.seed=7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["duogen: error: --seed 3 and the override train.seed=7 disagree; give the seed once"], err
+    assert not (tmp_path / "x" / "config.yaml").exists()
