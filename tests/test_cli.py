@@ -70,3 +70,18 @@ def test_reference_script_parses_model_specs():
         shipped = sizes(json.loads((refs / kind / "config.json").read_text()))
         assert abs(int(ov.pop("train.steps")) - json.loads((refs / kind / "summary.json").read_text())["steps"]) <= 1
         assert ov and all(json.loads(v) == shipped.get(k.split(".", 1)[1], False) for k, v in ov.items()), (kind, ov)
+
+
+def test_the_seed_flag_is_known_to_be_given_or_not():
+    """`--seed` records whether the command line gave it (seed_flag: None when not, so a config's seed decides);
+    personalize's one seed is the flag, else its --set train.seed=N, else 0."""
+    from duogen.cli_common import seed_flag, seed_or_override
+
+    parser = cli.build_parser()
+    given = parser.parse_args(["compare", "--out", "x", "--seed", "0"])
+    absent = parser.parse_args(["compare", "--out", "x"])
+    assert (given.seed, seed_flag(given)) == (0, 0)
+    assert (absent.seed, seed_flag(absent)) == (0, None)
+    assert seed_or_override(absent, ["train.steps=3", "train.seed=5"]) == 5
+    assert seed_or_override(absent, ["train.steps=3"]) == 0
+    assert seed_or_override(parser.parse_args(["compare", "--out", "x", "--seed", "2"]), ["train.seed=5"]) == 2
