@@ -61,9 +61,10 @@ def seed_flag(a: argparse.Namespace) -> int | None:
 def seed_or_override(a: argparse.Namespace, overrides: Any, key: str = "train.seed") -> int:
     """One seed for a command that seeds more than its training run: `--seed` when given, else a `key=N` among
     the overrides, else the flag's default (a flag and an override that disagree are refused by the recipe)."""
+    from .config import override_seeds
+
     if not getattr(a, "seed_given", False):
-        for o in overrides:
-            k, _, v = o.partition("=")
-            if k.strip() == key and v.strip().isdigit():
-                return int(v)
+        for _, value in override_seeds(overrides, key):
+            if value is not None and value >= 0:
+                return value
     return a.seed

@@ -208,6 +208,19 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
+def override_seeds(overrides: Sequence[str], key: str = "train.seed") -> list[tuple[str, int | None]]:
+    """Each `key=value` among the overrides with its value as an integer (None where it is not one)."""
+    out: list[tuple[str, int | None]] = []
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k.strip() == key:
+            try:
+                out.append((o, int(v)))
+            except ValueError:
+                out.append((o, None))
+    return out
+
+
 def seed_first(overrides: Sequence[str], seed: int | None, key: str = "train.seed") -> list[str]:
     """A command's `--seed` as the first of its overrides: defaults <- preset <- YAML file <- `--seed` <- `key=value`.
 
@@ -216,15 +229,9 @@ def seed_first(overrides: Sequence[str], seed: int | None, key: str = "train.see
     """
     if seed is None:
         return list(overrides)
-    for o in overrides:
-        k, _, v = o.partition("=")
-        if k.strip() == key:
-            try:
-                same = int(v) == int(seed)
-            except ValueError:
-                same = False
-            if not same:
-                raise ConfigError(f"--seed {seed} and the override {o} disagree; give the seed once")
+    for o, value in override_seeds(overrides, key):
+        if value != seed:
+            raise ConfigError(f"--seed {seed} and the override {o} disagree; give the seed once")
     return [f"{key}={seed}"] + list(overrides)
 
 
