@@ -118,7 +118,7 @@ def main() -> None:
     stage("compare", cmp_args, out / "compare" / "results.json")
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from duogen.demo import headline
+    from duogen.eval.compare import headline
 
     summary = {"out": str(out), "seconds": timing, "codec": json.loads((codec / "summary.json").read_text())["heldout"],
                "models": headline(out / "compare")["models"]}
