@@ -66,7 +66,7 @@ def test_default_stages_cover_the_pipeline_and_shares_sum_to_one():
     assert sum(SHARES.values()) == pytest.approx(1.0)
 
 
-def test_the_demo_trains_its_dit_at_the_demo_rate_and_samples_every_model_at_the_demo_guidance(tmp_path, monkeypatch):
+def test_the_demo_trains_its_dit_at_the_demo_rate_and_samples_each_model_at_its_paradigms_guidance(tmp_path, monkeypatch):
     import duogen.demo as demo
     import duogen.demo_budget
     import duogen.eval.compare as cmp
@@ -92,9 +92,11 @@ def test_the_demo_trains_its_dit_at_the_demo_rate_and_samples_every_model_at_the
     monkeypatch.setattr(duogen.demo_budget, "report_section", lambda out, command: None)
     demo._stage_compare(d, 1.0)
     assert {name for name, _ in settings} >= {"AR (demo)", "DiT (demo)"}
-    for name, s in settings:  # the headline setting and every guided one use the demo's scale
+    assert demo.DEMO_AR_GUIDANCE != demo.DEMO_DIT_GUIDANCE  # so that a swap of the two scales fails below
+    for name, s in settings:  # the headline setting and every guided one use the scale of the model's paradigm
+        scale = demo.DEMO_AR_GUIDANCE if name.startswith("AR") else demo.DEMO_DIT_GUIDANCE
         guided = [x.kwargs["guidance"] for x in s if x.kwargs.get("guidance") is not None]
-        assert s[0].kwargs["guidance"] == demo.DEMO_GUIDANCE and set(guided) == {demo.DEMO_GUIDANCE}, name
+        assert s[0].kwargs["guidance"] == scale and set(guided) == {scale}, name
 
 
 def test_the_demo_prints_each_headline_accuracy_with_its_standard_error():

@@ -212,7 +212,8 @@ def _add_demo(sub: Any) -> None:
             "The models: the tiny presets, except that the AR model has one decoder layer instead of four and"
             " trains at learning rate 4e-3, as does the DiT (duogen.demo.DEMO_AR_MODEL, DEMO_AR_LR,"
             " DEMO_DIT_LR): at the demo's few minutes of training more steps beat more layers. Every model in"
-            " the report samples at guidance 5."
+            " the report samples at one guidance scale per paradigm: 3 for the AR models, 5 for the DiTs"
+            " (DEMO_AR_GUIDANCE, DEMO_DIT_GUIDANCE)."
         ),
     )
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole demo in minutes; each stage gets a share (see above)")
