@@ -396,3 +396,32 @@ def test_compare_cli_bad_input(tiny_model_dirs, capsys):
     assert "not a model directory" in capsys.readouterr().err
     assert main(["compare", "--ar", str(tiny_model_dirs["ar"]), "--out", str(out), "--top-p", "0"]) == 2
     assert "--top-p" in capsys.readouterr().err
+
+
+def test_the_token_loss_bench_splits_the_training_loss_by_frame_and_object(tiny_model_dirs):
+    import importlib.util
+
+    import torch
+
+    from duogen.bridges.generate import ARGenerator
+
+    path = Path(__file__).parents[1] / "bench" / "bench_ar_token_loss.py"
+    spec = importlib.util.spec_from_file_location("bench_ar_token_loss", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gen = ARGenerator.from_pretrained(tiny_model_dirs["ar"])
+    gen.model.eval()
+    prompts = world_prompts()[:3]
+    videos = np.concatenate([real_world_clips(3), np.zeros((1, 9, 32, 32, 3), np.uint8)])
+    captions = [p.caption for p in prompts] + ["a red circle moves left"]
+    res = bench.token_loss(gen.model, gen.codec, videos, captions, batch=2)
+    # equal tokens per latent frame, so the frames' mean is the training loss on the same examples
+    exs = [gen.model.layouts.example("t2v", gen.model.encode_prompt(c), i.reshape(3, 8, 8))
+           for c, i in zip(captions, gen.codec.encode(videos))]
+    with torch.no_grad():
+        loss = float(gen.model.loss(gen.model.layouts.batch(exs)).loss)
+    assert np.mean(res["all"]) == pytest.approx(loss, abs=2e-3)
+    # the empty clip is all background; the rendered ones hold objects
+    alone = bench.token_loss(gen.model, gen.codec, videos[-1:], captions[-1:])
+    assert alone["object_share"] == [0.0, 0.0, 0.0] and alone["background"] == alone["all"]
+    assert 0 < min(res["object_share"]) and max(res["object_share"]) < 1
