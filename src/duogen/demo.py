@@ -51,11 +51,11 @@ REFERENCE_DIR = Path(__file__).parent / "assets" / "reference"
 # Guidance in the demo's report, one scale per paradigm. The DiT's (and at first the AR model's) was set on the
 # demo's own models (`duogen compare --per-split 16 --n 4 --guidance G`, 128 clips each): the fresh DiT's color
 # 49% at 3 -> 61% at 5 (61% at 8), the reference DiT's 100% -> 100% (direction 73% -> 76%). The AR model's scale
-# was 5 too while it made about 200 steps (color 65% at 3 -> 75% at 5); with the 500-2,000 steps it makes now, 3
-# reads better in each of five paired runs (same prompts and seeds; color at 3 against 5: 85.2/83.2, 86.3/86.3,
-# 87.9/79.7 at about 9e12 FLOPs, 87.5/85.5, 86.3/79.3 at 3.2e13; count 52-64% against 44-52%, direction 29-45%
-# against 29-36%), while a stronger pull breaks its objects into pieces of other colors (74.6% at 8). The
-# reference AR reads 92.2 / 93.8% color at 3 / 5, direction 68.8 / 62.5%, shape 53.5 / 44.5%.
+# was 5 too while it made about 200 steps (color 65% at 3 -> 75% at 5); with the 280-2,000 steps it makes now, 3
+# reads at least as well in each of eight paired runs (same prompts and seeds; color 3.5 points higher on average,
+# e.g. 87.9 / 79.7% at 3 / 5 at about 9e12 FLOPs, 85.9 / 82.0% at 4.5e12, 81.2 / 77.7% at 2.8e13; count 57% against
+# 47%, direction 41% against 35%), while a stronger pull breaks its objects into pieces of other colors (74.6% at
+# 8). The reference AR reads 92.2 / 93.8% color at 3 / 5, direction 68.8 / 62.5%, shape 53.5 / 44.5% (README).
 DEMO_AR_GUIDANCE = 3.0
 DEMO_DIT_GUIDANCE = 5.0
 # The demo's DiT learning rate: its ~300 steps learn more at 4e-3 than at the preset's 2e-3 (set at 874 steps):
