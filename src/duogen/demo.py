@@ -52,7 +52,7 @@ REFERENCE_DIR = Path(__file__).parent / "assets" / "reference"
 # demo's own models (`duogen compare --per-split 16 --n 4 --guidance G`, 128 clips each): the fresh DiT's color
 # 49% at 3 -> 61% at 5 (61% at 8), the reference DiT's 100% -> 100% (direction 73% -> 76%). The AR model's scale
 # was 5 too while it made about 200 steps (color 65% at 3 -> 75% at 5); with the 280-2,000 steps it makes now, 3
-# reads at least as well in each of eight paired runs (same prompts and seeds; color 3.5 points higher on average,
+# reads at least as well in each of eight paired runs (same prompts and seeds; color 3.9 points higher on average,
 # e.g. 87.9 / 79.7% at 3 / 5 at about 9e12 FLOPs, 85.9 / 82.0% at 4.5e12, 81.2 / 77.7% at 2.8e13; count 57% against
 # 47%, direction 41% against 35%), while a stronger pull breaks its objects into pieces of other colors (74.6% at
 # 8). The reference AR reads 92.2 / 93.8% color at 3 / 5, direction 68.8 / 62.5%, shape 53.5 / 44.5% (README).
