@@ -15,8 +15,7 @@ import torch
 
 from duogen.demo import Demo, Stage
 from duogen.demo_budget import (CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE, CODEC_MAX, CODEC_MIN, FLOOR, PLAN_FILE,
-                                BudgetPlan, Measurement, allocate, plan_ar_depth, read_plan, report_section,
-                                steps_for)
+                                BudgetPlan, Measurement, allocate, read_plan, report_section, steps_for)
 from duogen.eval.report import load_section
 from duogen.speed import Machine, StepModel, StepSpeed, describe_machine, time_training_step
 
@@ -125,72 +124,6 @@ def test_allocate_rejects_missing_speeds_and_an_empty_pool():
         allocate({"codec": FAST["codec"]}, 12.0)
     with pytest.raises(ValueError, match="positive"):
         allocate(FAST, 0.0)
-
-
-ONE, TWO = {"layers": 1}, {"layers": 2}
-
-
-def ar_speed(step_s: float, flops_per_step: float) -> StepSpeed:
-    return StepSpeed(step_s, flops_per_step, 32, "fp32", 3)
-
-
-def test_the_ar_model_gets_its_second_layer_where_the_plan_gives_it_the_flops_for_it():
-    # the deeper model takes more FLOPs per step and runs at a different FLOP rate; each is planned at its own
-    one, two = ar_speed(0.08, 1.6e10), ar_speed(0.12, 2.8e10)
-    base = allocate(FAST, 12.0, FIXED, curve=CURVE)
-    deep = allocate({**FAST, "ar": two}, 12.0, FIXED, curve=CURVE)
-    shallow = allocate({**FAST, "ar": one}, 12.0, FIXED, curve=CURVE)
-    assert shallow.ar_flops != deep.ar_flops and base.ar_model == {}
-    options = [(ONE, one, 0.0), (TWO, two, deep.ar_flops * 0.9)]  # two layers reach their least FLOPs
-    plan = plan_ar_depth(FAST, 12.0, FIXED, options, curve=CURVE)
-    assert plan.ar_model == TWO and plan.ar_flops == pytest.approx(deep.ar_flops)
-    assert plan.minutes == pytest.approx(deep.minutes) and plan.expected_steps["ar"] == deep.expected_steps["ar"]
-    # the same machine with the threshold above what the two-layer plan gets: one layer, with its own FLOP rate
-    options = [(ONE, one, 0.0), (TWO, two, deep.ar_flops * 1.1)]
-    plan = plan_ar_depth(FAST, 12.0, FIXED, options, curve=CURVE)
-    assert plan.ar_model == ONE and plan.ar_flops == pytest.approx(shallow.ar_flops)
-    # a slow machine's pool gives few FLOPs: the shallow model whatever its own threshold says
-    options = [(ONE, ar_speed(1.2, 1.6e10), 1e30), (TWO, ar_speed(1.8, 2.8e10), 2e13)]
-    assert plan_ar_depth(SLOW, 12.0, FIXED, options, curve=CURVE).ar_model == ONE
-    # the choice survives the plan file; plans written before it read as no choice
-    assert BudgetPlan.from_dict(plan.to_dict()).ar_model == ONE
-    assert BudgetPlan.from_dict({k: v for k, v in plan.to_dict().items() if k != "ar_model"}).ar_model == {}
-    with pytest.raises(ValueError, match="at least one"):
-        plan_ar_depth(FAST, 12.0, FIXED, [], curve=CURVE)
-
-
-def test_the_demo_plans_with_and_trains_the_ar_model_its_flops_choose(tmp_path, monkeypatch):
-    """The Demo plans with every AR model the measurement timed, trains the chosen one, and its plan file and
-    report state that model's speed, not the first one's."""
-    import duogen.demo as demo
-    import duogen.train.ar_recipe as ar_recipe
-
-    one, two = ar_speed(0.08, 1.6e10), ar_speed(0.12, 2.8e10)
-    deep_flops = allocate({**FAST, "ar": two}, 10.0, FIXED, curve=CURVE).ar_flops
-
-    def measure(d):
-        return Measurement(_machine(), "fp32", "test", {**FAST, "ar": one}, 0.004, 4500, 0.1, 250,
-                           ar_models=[(ONE, one), (TWO, two)])
-
-    for least, want, speed in ((1.0, TWO, two), (1e30, ONE, one)):
-        monkeypatch.setattr(demo, "DEMO_AR_MODELS", ((ONE, 0.0), (TWO, least)))
-        out = tmp_path / f"least{least:g}"
-        Demo(out, minutes=10, stages=_stages([], {}), shares=SHARES, stream=io.StringIO(), measure=measure).run()
-        doc, plan = read_plan(out)
-        assert plan.ar_model == want and doc["speeds"]["ar"]["step_s"] == speed.step_s
-        assert [m["model"] for m in doc["ar_models"]] == [ONE, TWO]
-        sec = report_section(out, "x")
-        assert f"AR model: layers={want['layers']}" in sec["tables"][0]["caption"]
-        rows = {r[0]: r for r in sec["tables"][0]["rows"]}
-        assert rows["ar"][2] == speed.step_s
-        # the AR stage trains that model, from the plan read back (as a resumed demo would)
-        seen = []
-        monkeypatch.setattr(ar_recipe, "train_ar", lambda *a, overrides=(), **kw: seen.append(list(overrides)) or {})
-        d = Demo(out, minutes=10)
-        d.plan = plan
-        demo._stage_ar(d, plan.minutes["ar"])
-        assert f"model.layers={want['layers']}" in seen[0] and f"train.max_flops={plan.ar_flops:.6g}" in seen[0]
-    assert deep_flops > 1.0
 
 
 # ----------------------------------------------------------------------------- the Demo applies the plan
@@ -409,12 +342,7 @@ def test_the_demo_trains_and_measures_the_same_ar_model(tmp_path, monkeypatch):
     for k, v in demo.DEMO_AR_MODEL.items():
         assert getattr(cfg.model, k) == v, k
     assert cfg.train.lr == demo.DEMO_AR_LR and cfg.model.hidden == AR_RECIPE_PRESETS["tiny"].model.hidden
-    for model, _ in demo.DEMO_AR_MODELS:  # every model the depth rule may choose parses into the recipe's config
-        cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset="tiny", overrides=demo.demo_ar_overrides(model))
-        assert all(getattr(cfg.model, k) == v for k, v in model.items()) and cfg.train.lr == demo.DEMO_AR_LR
-    assert demo.DEMO_AR_MODELS[0] == (demo.DEMO_AR_MODEL, 0.0)  # the shallow model is the default at any FLOPs
-    assert [m["layers"] for m, _ in demo.DEMO_AR_MODELS] == sorted(m["layers"] for m, _ in demo.DEMO_AR_MODELS)
     seen = {}
     monkeypatch.setattr(demo_budget, "measure_machine", lambda *a, **kw: seen.update(kw))
     demo.measure_stages(Demo(tmp_path, minutes=10))
-    assert seen["ar_models"] == [m for m, _ in demo.DEMO_AR_MODELS]  # each candidate is timed
+    assert seen["ar_model"] == demo.DEMO_AR_MODEL

@@ -211,9 +211,7 @@ def _add_demo(sub: Any) -> None:
             " the measured speeds and the shares.\n\n"
             "The models: the tiny presets, except that the AR model has one decoder layer instead of four and"
             " trains at learning rate 4e-3, as does the DiT (duogen.demo.DEMO_AR_MODEL, DEMO_AR_LR,"
-            " DEMO_DIT_LR): at the demo's few minutes of training more steps beat more layers. Where the plan gives"
-            " the AR model 2e13 training FLOPs or more (a fast machine), it trains two layers instead, which"
-            " draw more colors from there (DEMO_AR_MODELS; the measurement times both). Every model in"
+            " DEMO_DIT_LR): at the demo's few minutes of training more steps beat more layers. Every model in"
             " the report samples at one guidance scale per paradigm: 3 for the AR models, 5 for the DiTs"
             " (DEMO_AR_GUIDANCE, DEMO_DIT_GUIDANCE)."
         ),

@@ -24,8 +24,7 @@ The machine first: before the codec trains, the demo times a few training steps 
 each stage's model at the precision `train.precision=auto` picks (seconds), writes
 OUT/machine.json, and splits the codec + AR + DiT part of the budget by the rule in
 `duogen.demo_budget` (the codec gets the steps its colors need, up to a cap; AR and
-DiT share the rest at equal FLOPs; the AR model gets a second layer when its planned
-FLOPs reach 2e13). The report and demo_summary.json state the
+DiT share the rest at equal FLOPs). The report and demo_summary.json state the
 machine, each stage's precision, the measured speeds and the shares.
 
 This module owns the orchestration only; every stage is a call into the
@@ -72,13 +71,6 @@ DEMO_DIT_LR = 4e-3
 # The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are its own.
 DEMO_AR_MODEL = {"layers": 1}
 DEMO_AR_LR = 4e-3
-# Its depth follows the plan's FLOPs (`demo_budget.plan_ar_depth`; every candidate is timed): (model changes, the
-# least planned training FLOPs it is for). With more compute the second layer pays: same codec, data and FLOPs,
-# two seeds, guidance 3 (`duogen train ar ... train.max_flops=F model.layers=L train.lr=4e-3`, 128 clips, README
-# "The demo and its report"), one against two layers, color: 85.9 / 79.3% against 75.8 / 73.4% at 4.5e12 FLOPs,
-# 86.3 / 87.9% against 85.5 / 82.4% at 9e12; 81.2 / 82.0% against 86.3 / 86.7% at 2.8e13 and 87.5 / 86.3% against
-# 86.7 / 85.5% at 3.2e13 (on two codecs; and two layers ahead at guidance 5 on three more from 2e13 up).
-DEMO_AR_MODELS: tuple[tuple[dict[str, Any], float], ...] = ((DEMO_AR_MODEL, 0.0), ({"layers": 2}, 2e13))
 
 
 @dataclass
@@ -132,11 +124,6 @@ class Demo:
         self.plan: BudgetPlan | None = None
         self.t0 = time.monotonic()
         self.summary: dict[str, Any] = {"out": str(self.out), "minutes": self.minutes, "stages": {}}
-
-    def ar_model(self) -> dict[str, Any]:
-        """The AR model's changes to the `tiny` preset: the plan's choice, else (no plan, or one written before the
-        depth followed the FLOPs) DEMO_AR_MODEL."""
-        return dict(self.plan.ar_model) if self.plan is not None and self.plan.ar_model else dict(DEMO_AR_MODEL)
 
     # -- paths
     @property
@@ -215,7 +202,7 @@ class Demo:
         """Measure the machine (or reuse OUT/machine.json), split the planned stages' time by `demo_budget.allocate`,
         and set their shares; the fixed stages (data, text, compare) keep theirs. With `measure` False, only a
         plan already in OUT/machine.json is read (nothing is measured when no stage will use it)."""
-        from .demo_budget import allocate, plan_ar_depth, read_plan, write_plan
+        from .demo_budget import allocate, read_plan, write_plan
 
         got = read_plan(self.out)
         if got is not None:
@@ -230,12 +217,7 @@ class Demo:
             rest = [n for n in pending if n not in PLANNED]
             pool = sum(self.shares[n] for n in planned)
             pool_minutes = max(0.1, self.left_min() * pool / (pool + sum(self.shares[n] for n in rest)))
-            options = [(model, speed, least) for (model, least), (_, speed) in zip(DEMO_AR_MODELS, m.ar_models)]
-            if options:  # a measurement that timed the demo's AR models (a test's may time one, or none)
-                self.plan = plan_ar_depth(m.speeds, pool_minutes, m.fixed_s(), options)
-                m.use_ar_model(self.plan.ar_model)
-            else:
-                self.plan = allocate(m.speeds, pool_minutes, m.fixed_s())
+            self.plan = allocate(m.speeds, pool_minutes, m.fixed_s())
             write_plan(self.out, m, self.plan)
             doc = m.to_dict()
         pool = sum(self.shares[n] for n in PLANNED if n in self.shares)
@@ -248,8 +230,7 @@ class Demo:
         self.say(f"machine: {Machine(**doc['machine']).line()}; precision {doc['precision']}")
         self.say("measured s/step: " + ", ".join(f"{k} {v['step_s']:.3f}" for k, v in doc["speeds"].items())
                  + "; plan: " + ", ".join(f"{k} {self.plan.minutes[k]:.1f} min" for k in PLANNED)
-                 + f" (codec to {self.plan.codec_steps} steps, set by {self.plan.codec_bound}; AR model"
-                 + "".join(f" {k}={v}" for k, v in self.ar_model().items()) + f" to {self.plan.ar_flops:.3g} FLOPs)")
+                 + f" (codec to {self.plan.codec_steps} steps, set by {self.plan.codec_bound})")
         for note in self.plan.notes:
             self.say(f"note: {note}")
 
@@ -293,11 +274,9 @@ def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
     return d.plan.train_minutes(stage, minutes) * LOOP_HEADROOM.get(stage, 1.0)
 
 
-def demo_ar_overrides(model: Mapping[str, Any] | None = None) -> list[str]:
-    """The demo's AR model (`model`, default DEMO_AR_MODEL) and learning rate as `duogen train ar` overrides on
-    the `tiny` preset."""
-    model = DEMO_AR_MODEL if model is None else model
-    return [*(f"model.{k}={v}" for k, v in model.items()), f"train.lr={DEMO_AR_LR:g}"]
+def demo_ar_overrides() -> list[str]:
+    """The demo's AR model and learning rate as `duogen train ar` overrides on the `tiny` preset."""
+    return [*(f"model.{k}={v}" for k, v in DEMO_AR_MODEL.items()), f"train.lr={DEMO_AR_LR:g}"]
 
 
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
@@ -307,7 +286,7 @@ def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     flops = [f"train.max_flops={d.plan.ar_flops:.6g}"] if d.plan is not None and d.plan.ar_flops > 0 else []
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
                     text=d.text / "text.model", resume="auto",
-                    overrides=[*demo_ar_overrides(d.ar_model()), *flops, f"train.max_minutes={minutes:.3f}"])
+                    overrides=[*demo_ar_overrides(), *flops, f"train.max_minutes={minutes:.3f}"])
     return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
 
 
@@ -394,7 +373,7 @@ def measure_stages(d: Demo) -> Measurement:
     """The real pipeline's measurement: its data set and text tokenizer, timed at `auto`'s precision."""
     from .demo_budget import measure_machine
 
-    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say, ar_models=[m for m, _ in DEMO_AR_MODELS])
+    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say, ar_model=DEMO_AR_MODEL)
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 15.0, seed: int = 0, fresh: bool = False, **kw: Any) -> dict[str, Any]:

@@ -41,12 +41,6 @@ per step:
    `train.max_flops`), so a loop that runs faster than its timed steps ends early and leaves the time to the
    DiT rather than taking the DiT's FLOPs; the DiT then trains to the AR run's actual FLOPs.
 
-3. The AR model's depth follows its planned FLOPs (`plan_ar_depth`): the demo times each of its
-   candidate AR models (one layer, two layers) and plans with the deepest whose own plan gives it
-   at least the FLOPs from which it draws more colors (for two layers 2e13: `duogen.demo.DEMO_AR_MODELS`).
-   Fewer FLOPs buy a shallow model more steps, and below about 1e13 those steps are worth more
-   than the second layer; above 2e13 two layers have drawn the colors at least as often.
-
 A slower machine (larger t_c) gives the codec a larger share; a machine where even N_use
 does not fit in MAX of P' gets a note with the pool that would fit N_need.
 """
@@ -101,7 +95,6 @@ class BudgetPlan:
     fixed_minutes: dict[str, float]  # per planned stage: minutes outside its training loop (encode, evaluation)
     expected_steps: dict[str, int]  # what the minutes buy at the measured speeds
     ar_flops: float = 0.0  # the AR model's planned training FLOPs (its train.max_flops; 0 in plans written before)
-    ar_model: dict[str, Any] = field(default_factory=dict)  # its changes to the preset's model ({} in plans written before)
     notes: list[str] = field(default_factory=list)
     overrun: bool = False  # the fixed costs leave less than FLOOR of the pool: the planned minutes sum past it
 
@@ -197,25 +190,6 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
                       expected_steps=expected, ar_flops=ar_train * r_ar, notes=notes, overrun=overrun)
 
 
-def plan_ar_depth(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapping[str, float] | None,
-                  ar_options: Sequence[tuple[Mapping[str, Any], StepSpeed, float]],
-                  curve: Sequence[tuple[int, float]] = CODEC_COLOR_CURVE) -> BudgetPlan:
-    """`allocate` with the AR model chosen by its planned FLOPs. `ar_options`: (model changes, that model's measured
-    speed, the least planned FLOPs it is for), shallowest first; the first is the default whatever its FLOPs. Each
-    is planned with its own speed (a deeper model's FLOP rate differs); the plan of the last one whose planned
-    FLOPs reach its least is returned, with `ar_model` set to its changes."""
-    if not ar_options:
-        raise ValueError("plan_ar_depth needs at least one AR model")
-    chosen = None
-    for i, (model, speed, least) in enumerate(ar_options):
-        plan = allocate({**speeds, "ar": speed}, pool_minutes, fixed_s, curve)
-        if i == 0 or plan.ar_flops >= least:
-            plan.ar_model = dict(model)
-            chosen = plan
-    assert chosen is not None
-    return chosen
-
-
 # ----------------------------------------------------------------------------- measuring the machine
 
 
@@ -229,16 +203,6 @@ class Measurement:
     train_clips: int
     measured_s: float  # wall seconds the measurement took
     heldout_clips: int = 0
-    # every AR model timed, as (its changes to the preset's model, its speed); speeds["ar"] is the planned one's
-    ar_models: list[tuple[dict[str, Any], StepSpeed]] = field(default_factory=list)
-
-    def use_ar_model(self, model: Mapping[str, Any]) -> None:
-        """Make `model` (one of `ar_models`) the AR model that speeds["ar"] and the plan file describe."""
-        for m, speed in self.ar_models:
-            if dict(m) == dict(model):
-                self.speeds["ar"] = speed
-                return
-        raise ValueError(f"AR model {dict(model)} was not measured; measured: {[m for m, _ in self.ar_models]}")
 
     def fixed_s(self) -> dict[str, float]:
         """Each planned stage's seconds outside its training loop, from the codec's encode time per clip: the AR
@@ -255,15 +219,14 @@ class Measurement:
         return {"machine": self.machine.to_dict(), "precision": self.precision, "precision_reason": self.precision_reason,
                 "speeds": {k: {**asdict(v), "flops_per_s": v.flops_per_s} for k, v in self.speeds.items()},
                 "encode_s_per_clip": self.encode_s_per_clip, "train_clips": self.train_clips,
-                "heldout_clips": self.heldout_clips, "measured_s": self.measured_s, "fixed_s": self.fixed_s(),
-                "ar_models": [{"model": m, **asdict(v), "flops_per_s": v.flops_per_s} for m, v in self.ar_models]}
+                "heldout_clips": self.heldout_clips, "measured_s": self.measured_s, "fixed_s": self.fixed_s()}
 
 
 def measure_machine(out: Path, data: Path, text: Path, repeats: int = 3, log: Any = None,
-                    ar_models: Sequence[Mapping[str, Any]] = ({},)) -> Measurement:
-    """Time `repeats` training steps (after a warm-up) of the tiny codec, each AR model (`ar_models`: the changes
-    to its preset's model config the demo may train with; speeds["ar"] is the first's) and the DiT at the precision
-    `auto` picks, and the codec's encode of a clip; the precision check's cache goes under `out`, nothing outside it.
+                    ar_model: Mapping[str, Any] | None = None) -> Measurement:
+    """Time `repeats` training steps (after a warm-up) of the tiny codec, AR model (`ar_model`: the changes to its
+    preset's model config the demo trains with) and DiT at the precision `auto` picks, and the codec's encode of a
+    clip; the precision check's cache goes under `out`, nothing outside it.
     Each stage's speed is the median of three timed steps: a load passing through one of them does not move it
     (the median of two did: a codec measured at 2.27 s/step that trained at 0.72 planned 103 steps). Not the
     fastest step: it under-reads the training loop, which also loads and logs (a codec measured at 0.613 s/step
@@ -280,24 +243,17 @@ def measure_machine(out: Path, data: Path, text: Path, repeats: int = 3, log: An
     train = ds["train"]
     captions = list(train.select(range(min(64, len(train))))["caption"])
     tok = TextTokenizer.load(text)
-    if not ar_models:
-        raise ValueError("measure_machine needs at least one AR model")
-    runs = [("codec", {}, lambda: codec_step(machine.device))]
-    runs += [("ar", dict(m), lambda m=m: ar_step(tok, captions, machine.device, **m)) for m in ar_models]
-    runs += [("dit", {}, lambda: dit_step(tok, captions, machine.device))]
-    speeds: dict[str, StepSpeed] = {}
-    timed_ar: list[tuple[dict[str, Any], StepSpeed]] = []
-    for name, model, build in runs:
-        speed = time_training_step(build(), choice.precision, repeats=repeats)
-        if name == "ar":
-            timed_ar.append((model, speed))
-        speeds.setdefault(name, speed)
+    speeds = {}
+    for name, build in (("codec", lambda: codec_step(machine.device)), ("ar", lambda: ar_step(tok, captions, machine.device, **(ar_model or {}))),
+                        ("dit", lambda: dit_step(tok, captions, machine.device))):
+        sm = build()
+        speeds[name] = time_training_step(sm, choice.precision, repeats=repeats)
         if log:
-            what = name + "".join(f" {k}={v}" for k, v in model.items())
-            log(f"measured {what}: {speed.step_s:.3f} s/step, {speed.flops_per_step:.3g} FLOPs/step ({choice.precision})")
+            log(f"measured {name}: {speeds[name].step_s:.3f} s/step, {speeds[name].flops_per_step:.3g} FLOPs/step"
+                f" ({choice.precision})")
     enc = time_encode(codec_step(machine.device).model, device=machine.device)
     return Measurement(machine, choice.precision, choice.reason, speeds, enc, len(train), round(time.perf_counter() - t0, 2),
-                       heldout_clips=len(ds["heldout"]) if "heldout" in ds else 0, ar_models=timed_ar)
+                       heldout_clips=len(ds["heldout"]) if "heldout" in ds else 0)
 
 
 def write_plan(out: Path, m: Measurement, plan: BudgetPlan) -> Path:
@@ -333,13 +289,6 @@ def stage_precisions(out: Path, planned: Mapping[str, str] | None = None) -> dic
     return {k: _stage_run(out, k).get("precision") or planned.get(k) for k in PLANNED}
 
 
-def _ar_model_words(plan: BudgetPlan) -> str:
-    """The AR model the plan chose, for the report's caption ('' for plans written before it chose one)."""
-    if not plan.ar_model:
-        return ""
-    return f" (AR model: {', '.join(f'{k}={v}' for k, v in plan.ar_model.items())}, for {plan.ar_flops:.2g} planned FLOPs)"
-
-
 def report_section(out: Path, command: str) -> dict[str, Any] | None:
     """The report's section (`duogen.eval.report.load_section` format) on the machine, precision, speeds and shares."""
     got = read_plan(out)
@@ -355,7 +304,7 @@ def report_section(out: Path, command: str) -> dict[str, Any] | None:
                      plan.expected_steps[k], run.get("steps"), round(run["wall_s"], 1) if run.get("wall_s") else None])
     rule = (f"codec: {plan.codec_steps} steps (needs {plan.codec_needed_steps} for >= {CODEC_COLOR_NEED:.0%} color,"
             f" {plan.codec_usable_steps} for >= {CODEC_COLOR_USABLE:.0%}; set by: {plan.codec_bound});"
-            f" AR and DiT split the rest at equal FLOPs{_ar_model_words(plan)}. Outside the training loops (encoding, evaluation): "
+            f" AR and DiT split the rest at equal FLOPs. Outside the training loops (encoding, evaluation): "
             + ", ".join(f"{k} {v:.1f} min" for k, v in plan.fixed_minutes.items()) + ".")
     return {
         "title": "Machine and time budget",
