@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from duogen.demo import Demo, Stage
-from duogen.demo_budget import (CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE, CODEC_MAX, CODEC_MIN, FLOOR, PLAN_FILE,
-                                BudgetPlan, Measurement, allocate, read_plan, report_section, steps_for)
+from duogen.demo_budget import (AR_ENOUGH_FLOPS, CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE, CODEC_MAX, CODEC_MIN,
+                                CODEC_SHARP_STEPS, FLOOR, PLAN_FILE, BudgetPlan, Measurement, allocate, read_plan, report_section, steps_for)
 from duogen.eval.report import load_section
 from duogen.speed import Machine, StepModel, StepSpeed, describe_machine, time_training_step
 
@@ -86,6 +86,28 @@ def test_slow_machine_gives_the_codec_a_larger_share_never_below_its_usable_step
     assert slower.codec_bound == "usable" and slower.codec_steps == n_use
     assert CODEC_CAP < codec_frac(slower) < CODEC_MAX and slower.shares()["codec"] > slow.shares()["codec"]
     assert slower.expected_steps["ar"] < slow.expected_steps["ar"] < fast.expected_steps["ar"]
+
+
+# the sixth demo run's measurement (2-core AMD EPYC with native bf16): codec, one-layer AR model, DiT
+EPYC_BF16 = {"codec": StepSpeed(0.183, 4.98e10, 8, "bf16", 3), "ar": StepSpeed(0.156, 1.61e10, 32, "bf16", 3),
+             "dit": StepSpeed(0.377, 3.07e10, 64, "bf16", 3)}
+EPYC_FIXED = {"codec": 9.0, "ar": 20.0, "dit": 0.0}
+
+
+def test_a_fast_machine_gives_the_codec_its_sharp_steps_while_the_ar_model_keeps_enough_flops():
+    plan = allocate(EPYC_BF16, 12.4, EPYC_FIXED)
+    assert plan.codec_bound == "sharp" and plan.codec_steps == CODEC_SHARP_STEPS
+    assert plan.codec_steps > max(plan.codec_needed_steps, int(CODEC_MIN * plan.train_pool_minutes * 60 / 0.183))
+    assert plan.ar_flops > AR_ENOUGH_FLOPS
+    # a smaller pool: the sharp steps would leave the AR model short, so the codec stops where it keeps exactly enough
+    tight = allocate(EPYC_BF16, 8.0, EPYC_FIXED)
+    assert tight.codec_bound == "sharp" and tight.codec_needed_steps < tight.codec_steps < CODEC_SHARP_STEPS
+    assert tight.ar_flops == pytest.approx(AR_ENOUGH_FLOPS, rel=1e-3)
+    # smaller still: the colors' steps come first, whatever the AR model is left
+    tighter = allocate(EPYC_BF16, 5.0, EPYC_FIXED)
+    assert tighter.codec_bound == "needed" and tighter.ar_flops < AR_ENOUGH_FLOPS
+    # a slow machine never gets past its colors' steps for sharpness (the AR model would starve)
+    assert allocate(SLOW, 12.0, FIXED).codec_bound in ("needed", "cap")
 
 
 def test_needed_steps_win_when_they_fit_under_the_cap():

@@ -23,7 +23,8 @@ when that cap binds, the report says so (its FLOPs fall short of the AR's).
 The machine first: before the codec trains, the demo times a few training steps of
 each stage's model at the precision `train.precision=auto` picks (seconds), writes
 OUT/machine.json, and splits the codec + AR + DiT part of the budget by the rule in
-`duogen.demo_budget` (the codec gets the steps its colors need, up to a cap; AR and
+`duogen.demo_budget` (the codec gets the steps its colors need, up to a cap, and on a
+fast machine the steps that sharpen it while the AR model keeps enough FLOPs; AR and
 DiT share the rest at equal FLOPs). The report and demo_summary.json state the
 machine, each stage's precision, the measured speeds and the shares.
 

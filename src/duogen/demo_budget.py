@@ -28,7 +28,16 @@ per step:
 
        codec seconds = max(min(N_need * t_c, CAP * P'),   its needed steps, up to CAP
                            min(N_use * t_c, MAX * P'),    its usable minimum even past the cap, up to MAX
+                           min(N_sharp * t_c, CAP * P',   its sharp steps, while the AR model keeps
+                               P' - S_enough),            the FLOPs past which it gains little
                            MIN * P')                      on a fast machine more steps cost little
+
+   Past its colors the codec keeps paying: its shapes sharpen, and the AR model trained on
+   its ids draws the prompt more often at the same FLOPs, while the AR model's own gains
+   flatten past about AR_ENOUGH_FLOPS (the measurements at CODEC_SHARP_STEPS). So where the
+   machine is fast enough the codec trains to N_sharp = CODEC_SHARP_STEPS, as long as the
+   AR model is still planned AR_ENOUGH_FLOPS (S_enough: the training time that gives it
+   those, with the DiT's matching share).
 
    The codec trains to train.steps = codec seconds / t_c with its training minutes times
    LOOP_HEADROOM as the time cap (whichever ends first; its loop runs a little slower than
@@ -68,6 +77,14 @@ CODEC_COLOR_USABLE = 0.90  # the demo's color target for AR and DiT: a codec bel
 CODEC_CAP = 0.5  # of the training pool: the codec's needed steps, at most
 CODEC_MAX = 0.75  # of the training pool: its usable minimum, at most (AR and DiT keep a quarter)
 CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
+# The codec's steps past its colors, and the AR FLOPs they may leave (the "sharp" bound). On the demo's world and
+# one codec seed, a codec trained 452 / 756 / 1,500 steps (held-out PSNR 20.0 / 21.5 / 22.6 dB) under the demo's AR
+# model at 1.5e13 FLOPs gave color 82.0 / 78.1%, 87.5 / 85.9%, 88.3 / 89.8% (two AR seeds, guidance 3, 128 clips;
+# count 51.6 -> 66.4%, direction 37.0 -> 46.9% from 452 to 1,500 steps); the AR model on the 756-step codec read
+# 82.6 / 87.1 / 86.7 / 86.9% color at 4.5e12 / 9e12 / 1.5e13 / 3.2e13 FLOPs, direction 18.8 / 34.8 / 42.4 /
+# 44.2% (README, "The demo and its report").
+CODEC_SHARP_STEPS = 1500
+AR_ENOUGH_FLOPS = 1.5e13
 FLOOR = 0.25  # of the pool: the training time planned for even when the fixed costs take more (then it overruns)
 # A training loop runs at a different speed from the timed synthetic steps (batches, augmentation, periodic
 # evaluations, and a few timed steps read a passing load). Each stage ends at its own target (the codec at its
@@ -91,7 +108,7 @@ class BudgetPlan:
     codec_steps: int  # the codec's train.steps
     codec_needed_steps: int  # N_need
     codec_usable_steps: int  # N_use
-    codec_bound: str  # what set the codec's time: "needed" | "cap" | "usable" | "max" | "min"
+    codec_bound: str  # what set the codec's time: "needed" | "cap" | "usable" | "max" | "sharp" | "min"
     fixed_minutes: dict[str, float]  # per planned stage: minutes outside its training loop (encode, evaluation)
     expected_steps: dict[str, int]  # what the minutes buy at the measured speeds
     ar_flops: float = 0.0  # the AR model's planned training FLOPs (its train.max_flops; 0 in plans written before)
@@ -152,7 +169,12 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     Pt = max(P - sum(fixed.values()), FLOOR * P)  # P': the training time to split
     t_c = max(speeds["codec"].step_s, 1e-9)
     n_need, n_use = steps_for(curve, CODEC_COLOR_NEED), steps_for(curve, CODEC_COLOR_USABLE)
-    bounds = {"needed": min(n_need * t_c, CODEC_CAP * Pt), "usable": min(n_use * t_c, CODEC_MAX * Pt), "min": CODEC_MIN * Pt}
+    r_ar, r_dit = speeds["ar"].flops_per_s, speeds["dit"].flops_per_s
+    frac_ar = r_dit / (r_ar + r_dit) if r_ar > 0 and r_dit > 0 else 0.5  # equal FLOPs: a * r_ar = d * r_dit
+    # the most the codec may take while AR (and, at its matching share, DiT) training still gets AR_ENOUGH_FLOPS
+    spare = Pt - AR_ENOUGH_FLOPS / (r_ar * frac_ar) if r_ar > 0 else 0.0
+    bounds = {"needed": min(n_need * t_c, CODEC_CAP * Pt), "usable": min(n_use * t_c, CODEC_MAX * Pt),
+              "sharp": min(CODEC_SHARP_STEPS * t_c, CODEC_CAP * Pt, spare), "min": CODEC_MIN * Pt}
     codec_s = max(bounds.values())
     bound = max(bounds, key=bounds.get)
     if bound == "needed" and n_need * t_c > CODEC_CAP * Pt:
@@ -162,8 +184,6 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     codec_steps = max(1, int(codec_s / t_c + 1e-6))  # 1e-6: 151.6 / 0.1 is 1515.99...
 
     rest = Pt - codec_s
-    r_ar, r_dit = speeds["ar"].flops_per_s, speeds["dit"].flops_per_s
-    frac_ar = r_dit / (r_ar + r_dit) if r_ar > 0 and r_dit > 0 else 0.5  # equal FLOPs: a * r_ar = d * r_dit
     ar_train, dit_train = rest * frac_ar, rest * (1 - frac_ar)
     minutes = {"codec": (codec_s + fixed["codec"]) / 60, "ar": (ar_train + fixed["ar"]) / 60,
                "dit": (dit_train + fixed["dit"]) / 60}
