@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from duogen.demo import Demo, Stage
-from duogen.demo_budget import (AR_ENOUGH_FLOPS, CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE, CODEC_MAX, CODEC_MIN,
-                                CODEC_SHARP_STEPS, FLOOR, PLAN_FILE, BudgetPlan, Measurement, allocate, read_plan, report_section, steps_for)
+from duogen.demo_budget import (AR_ENOUGH_FLOPS, CODEC_BOUND_WORDS, CODEC_CAP, CODEC_COLOR_NEED, CODEC_COLOR_USABLE,
+                                CODEC_MAX, CODEC_MIN, CODEC_SHARP_STEPS, FLOOR, PLAN_FILE, BudgetPlan, Measurement,
+                                allocate, read_plan, report_section, steps_for)
 from duogen.eval.report import load_section
 from duogen.speed import Machine, StepModel, StepSpeed, describe_machine, time_training_step
 
@@ -108,6 +109,7 @@ def test_a_fast_machine_gives_the_codec_its_sharp_steps_while_the_ar_model_keeps
     assert tighter.codec_bound == "needed" and tighter.ar_flops < AR_ENOUGH_FLOPS
     # a slow machine never gets past its colors' steps for sharpness (the AR model would starve)
     assert allocate(SLOW, 12.0, FIXED).codec_bound in ("needed", "cap")
+    assert set(CODEC_BOUND_WORDS) == {"needed", "cap", "usable", "max", "sharp", "min"}  # every bound has its words
 
 
 def test_needed_steps_win_when_they_fit_under_the_cap():
@@ -238,6 +240,8 @@ def test_report_section_states_machine_precision_speeds_and_shares(tmp_path):
     assert set(rows) == {"codec", "ar", "dit"}
     assert rows["ar"]["precision"] == "fp32" and rows["ar"]["measured s/step"] == 1.2 and rows["ar"]["steps run"] == 7
     assert sum(float(r["share of pool"].rstrip("%")) for r in rows.values()) == pytest.approx(100, abs=2)
+    # the caption says what set the codec's steps, in words (SLOW at this pool: the steps its colors need)
+    assert f"set by: needed, {CODEC_BOUND_WORDS['needed']}" in sec["tables"][0]["caption"]
     assert report_section(tmp_path / "nothing", "x") is None
 
 

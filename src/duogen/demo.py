@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .demo_budget import LOOP_HEADROOM, PLAN_FILE, PLANNED, BudgetPlan, Measurement
+from .demo_budget import CODEC_BOUND_WORDS, LOOP_HEADROOM, PLAN_FILE, PLANNED, BudgetPlan, Measurement
 from .errors import ConfigError
 
 # Share of the time budget per stage (sums to 1). The DiT's share is a cap: it normally
@@ -231,7 +231,8 @@ class Demo:
         self.say(f"machine: {Machine(**doc['machine']).line()}; precision {doc['precision']}")
         self.say("measured s/step: " + ", ".join(f"{k} {v['step_s']:.3f}" for k, v in doc["speeds"].items())
                  + "; plan: " + ", ".join(f"{k} {self.plan.minutes[k]:.1f} min" for k in PLANNED)
-                 + f" (codec to {self.plan.codec_steps} steps, set by {self.plan.codec_bound})")
+                 + f" (codec to {self.plan.codec_steps} steps, set by {self.plan.codec_bound}:"
+                 f" {CODEC_BOUND_WORDS.get(self.plan.codec_bound, '?')})")
         for note in self.plan.notes:
             self.say(f"note: {note}")
 

@@ -77,14 +77,25 @@ CODEC_COLOR_USABLE = 0.90  # the demo's color target for AR and DiT: a codec bel
 CODEC_CAP = 0.5  # of the training pool: the codec's needed steps, at most
 CODEC_MAX = 0.75  # of the training pool: its usable minimum, at most (AR and DiT keep a quarter)
 CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
-# The codec's steps past its colors, and the AR FLOPs they may leave (the "sharp" bound). On the demo's world and
-# one codec seed, a codec trained 452 / 756 / 1,500 steps (held-out PSNR 20.0 / 21.5 / 22.6 dB) under the demo's AR
-# model at 1.5e13 FLOPs gave color 82.0 / 78.1%, 87.5 / 85.9%, 88.3 / 89.8% (two AR seeds, guidance 3, 128 clips;
-# count 51.6 -> 66.4%, direction 37.0 -> 46.9% from 452 to 1,500 steps); the AR model on the 756-step codec read
-# 82.6 / 87.1 / 86.7 / 86.9% color at 4.5e12 / 9e12 / 1.5e13 / 3.2e13 FLOPs, direction 18.8 / 34.8 / 42.4 /
-# 44.2% (README, "The demo and its report").
+# The codec's steps past its colors, and the AR FLOPs they may leave (the "sharp" bound). On the demo's world, the
+# demo's AR model at 1.5e13 FLOPs drew the prompt's color (two AR seeds, guidance 3, 128 clips) 80.1% on average
+# on a codec trained 452 steps (20.0 dB held-out), 86.7% on one of 756 (21.5 dB), 89.1 and 85.8% on two of 1,500
+# (22.6, 22.8 dB; count 66-67% against 52% at 452) and 85.0% on one of 3,000 (23.9 dB): a plateau from about 750
+# steps within the spread between codecs of one recipe. The DiT at those FLOPs read 91.8% color on the 1,500-step
+# codec against 94.0% on the 452-step one, shape 15.0 against 10.4%. The AR model's own compute gains little past
+# about 1.5e13: on the 756-step codec 82.6 / 87.1 / 86.7 / 86.9% color at 4.5e12 / 9e12 / 1.5e13 / 3.2e13 FLOPs,
+# direction 18.8 / 34.8 / 42.4 / 44.2% (README, "The demo and its report").
 CODEC_SHARP_STEPS = 1500
 AR_ENOUGH_FLOPS = 1.5e13
+# What each codec bound means, for the log and the report
+CODEC_BOUND_WORDS = {
+    "needed": "the steps its colors need",
+    "cap": f"its cap, {CODEC_CAP:.0%} of the training time, short of the steps its colors need",
+    "usable": "its usable minimum, past its cap",
+    "max": f"its usable minimum, cut at {CODEC_MAX:.0%} of the training time",
+    "sharp": f"sharper past its colors, while the AR model keeps {AR_ENOUGH_FLOPS:.2g} FLOPs",
+    "min": f"its least share, {CODEC_MIN:.0%} of the training time",
+}
 FLOOR = 0.25  # of the pool: the training time planned for even when the fixed costs take more (then it overruns)
 # A training loop runs at a different speed from the timed synthetic steps (batches, augmentation, periodic
 # evaluations, and a few timed steps read a passing load). Each stage ends at its own target (the codec at its
@@ -323,7 +334,8 @@ def report_section(out: Path, command: str) -> dict[str, Any] | None:
                      f"{sp['flops_per_s']:.3g}", f"{plan.shares()[k]:.0%}", round(plan.minutes[k], 2),
                      plan.expected_steps[k], run.get("steps"), round(run["wall_s"], 1) if run.get("wall_s") else None])
     rule = (f"codec: {plan.codec_steps} steps (needs {plan.codec_needed_steps} for >= {CODEC_COLOR_NEED:.0%} color,"
-            f" {plan.codec_usable_steps} for >= {CODEC_COLOR_USABLE:.0%}; set by: {plan.codec_bound});"
+            f" {plan.codec_usable_steps} for >= {CODEC_COLOR_USABLE:.0%}; set by: {plan.codec_bound},"
+            f" {CODEC_BOUND_WORDS.get(plan.codec_bound, '?')});"
             f" AR and DiT split the rest at equal FLOPs. Outside the training loops (encoding, evaluation): "
             + ", ".join(f"{k} {v:.1f} min" for k, v in plan.fixed_minutes.items()) + ".")
     return {
