@@ -1,6 +1,6 @@
 """fp32 vs bf16 on this machine: matmul GFLOP/s, one training step of each recipe's tiny model, and `auto`.
 
-    .venv/bin/python bench/bench_precision.py [--repeats 2] [--threads N] [--only video,audio,ar,dit]
+    .venv/bin/python bench/bench_precision.py [--repeats 2] [--threads N] [--only video,audio,ar,dit] [--attention]
 
 Baseline, in the same process: each measurement in fp32. Reported:
 - an n x n matmul (n = 256, 512, 1024) in fp32 and bf16: GFLOP/s and the bf16 / fp32 time ratio;
@@ -8,6 +8,9 @@ Baseline, in the same process: each measurement in fp32. Reported:
   `tiny` preset of each recipe at its preset batch size: the video codec (batch 8), the audio
   codec (8 x 0.5 s), the AR model (batch 32, t2v) and the DiT (batch 64), on random inputs of the
   real shapes; seconds per step (the best of `--repeats` after one warm-up step) and the ratio;
+- attention alone (`--attention`): forward + backward of one SDPA call at the `tiny` DiT's and AR model's
+  shapes under bf16 autocast, as torch runs it (autocast casts q, k, v to bf16) against duogen's
+  `sdpa_tensors` (float32 inside on a CPU, `duogen.attention.cpu_attention_dtype`), and in plain fp32;
 - what `train.precision=auto` resolves to here (`duogen.precision`), and why.
 Prints the load average, since the CPU may be shared.
 """
@@ -23,6 +26,7 @@ os.environ.setdefault("DUOGEN_QUIET", "1")
 
 import torch  # noqa: E402
 
+from duogen.attention import sdpa_tensors  # noqa: E402
 from duogen.precision import cpu_bf16_support, measure_bf16_ratio, resolve_precision  # noqa: E402
 from duogen.speed import ar_step, codec_step, dit_step  # noqa: E402  (the same builders the demo times)
 from duogen.utils import autocast, count_parameters  # noqa: E402
@@ -84,13 +88,44 @@ def step_seconds(build: Callable[[], tuple[Any, Callable]], precision: str, repe
         loss.backward()
         opt.step()
 
-    step()
+    return best_seconds(step, repeats), count_parameters(model)
+
+
+def best_seconds(fn: Callable[[], None], repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of `fn`, after one warm-up call."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        step()
+        fn()
         best = min(best, time.perf_counter() - t)
-    return best, count_parameters(model)
+    return best
+
+
+# (batch, heads, query tokens, key tokens, head size, causal): the tiny DiT's self-attention over a latent frame's
+# 48 tokens, its 25-token attention, and the tiny AR model's causal attention over its t2v sequence
+ATTENTION_SHAPES = {"DiT 48 tokens": (64, 4, 48, 48, 32, False), "DiT 25 tokens": (64, 4, 25, 25, 32, False),
+                    "AR causal 231": (32, 4, 231, 231, 32, True)}
+
+
+def attention_ms(shape: tuple[int, int, int, int, int, bool], how: str, repeats: int) -> float:
+    """Milliseconds of SDPA forward + backward (best of `repeats` after a warm-up): `how` is "torch bf16" (plain
+    F.scaled_dot_product_attention under bf16 autocast), "duogen bf16" (`sdpa_tensors` under it) or "fp32"."""
+    import torch.nn.functional as F
+
+    B, H, Tq, Tk, D, causal = shape
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=g, requires_grad=True) for T in (Tq, Tk, Tk))
+
+    def run() -> None:
+        with autocast("fp32" if how == "fp32" else "bf16"):
+            if how == "duogen bf16":
+                out = sdpa_tensors(q, k, v, causal=causal)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out.float().sum().backward()
+
+    return best_seconds(run, repeats) * 1e3
 
 
 def main() -> None:
@@ -98,6 +133,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed training steps per model and precision")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--only", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument("--attention", action="store_true", help="also time attention alone: torch's bf16 SDPA vs duogen's")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +150,11 @@ def main() -> None:
         f32, n = step_seconds(build, "fp32", args.repeats)
         b16, _ = step_seconds(build, "bf16", args.repeats)
         print(f"{name:<16}{n / 1e6:>8.2f}M{f32:>10.3f}{b16:>10.3f}{b16 / f32:>12.1f}x", flush=True)
+    if args.attention:
+        print(f"\n{'attention fwd+bwd':<18}{'fp32 ms':>9}{'torch bf16 ms':>15}{'duogen bf16 ms':>16}{'torch / duogen':>16}")
+        for name, shape in ATTENTION_SHAPES.items():
+            f32, tb, db = (attention_ms(shape, how, max(args.repeats, 5)) for how in ("fp32", "torch bf16", "duogen bf16"))
+            print(f"{name:<18}{f32:>9.2f}{tb:>15.2f}{db:>16.2f}{tb / db:>15.1f}x", flush=True)
     t = time.perf_counter()
     ratio = measure_bf16_ratio()
     check_s = time.perf_counter() - t

@@ -187,3 +187,57 @@ def test_one_processor_runs_on_both_paradigms(ar):
         with attention_processor(ar, flatten_uncond), attention_processor(m, flatten_uncond):
             ar_out, dif_out = generate_ids(ar, PROMPTS, sampling=s), run(m, cond, uncond, 4.0 if guided else 1.0)
         assert torch.equal(ar_out, ar_ref) != guided and torch.equal(dif_out, dif_ref) != guided
+
+
+# ----------------------------------------------------------------------------- CPU attention under bf16 autocast
+
+
+def test_cpu_attention_runs_in_float32_under_bf16_autocast():
+    """CPU autocast would run SDPA in bf16 (its backward several times slower than float32 on CPUs with AMX):
+    the shared fast path attends in float32 and returns the input's dtype, with float32 gradients."""
+    import torch.nn.functional as F
+
+    from duogen.attention import sdpa_tensors
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.rand(2, 1, 6, 6, generator=g) > 0.3
+    mask[..., 0] = True
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # float32, no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ours = sdpa_tensors(q, k, v, mask)
+        half = sdpa_tensors(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert plain.dtype == torch.bfloat16  # what autocast alone does
+    assert ours.dtype == torch.float32 and torch.equal(ours, want)
+    assert half.dtype == torch.bfloat16  # half in, half out; computed in float32 from the rounded inputs
+    ref = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), attn_mask=mask)
+    assert torch.equal(half, ref.bfloat16())
+    ours.sum().backward()
+    assert q.grad.dtype == torch.float32
+
+
+def test_both_paradigms_attend_in_float32_in_a_bf16_cpu_training_step(ar):
+    """The DiT's attention layers and the Llama's (through transformers' attention interface) hand SDPA
+    float32 tensors under bf16 autocast, and the step's loss is finite."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append({q.dtype, k.dtype, v.dtype})
+        return real(q, k, v, *a, **kw)
+
+    m, cond, _ = dit_and_cond()
+    x = torch.randn(3, 4, 2, 4, 4)
+    ids = torch.randint(0, ar.vocab.size, (2, 20), generator=torch.Generator().manual_seed(0))
+    F.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dit_out = m(x, torch.tensor([10, 20, 30]), cond)
+            ar_out = ar(ids, None)
+    finally:
+        F.scaled_dot_product_attention = real
+    assert len(seen) >= 2 and all(s == {torch.float32} for s in seen)
+    assert torch.isfinite(dit_out.float()).all() and torch.isfinite(ar_out.float()).all()

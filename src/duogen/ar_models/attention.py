@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..attention import run_processor
+from ..attention import cpu_attention_dtype, cpu_attention_fp32, run_processor
 
 IMPLEMENTATION = "duogen"
 
@@ -41,9 +41,13 @@ def duogen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     proc = getattr(module, "processor", None)
-    if proc is None:  # transformers' own SDPA call, unchanged
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    if proc is None:  # transformers' own SDPA call, in float32 on a CPU (`cpu_attention_dtype`)
+        dtype = query.dtype
+        with cpu_attention_fp32(query):
+            query, key, value = cpu_attention_dtype(query, key, value)
+            out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                            scaling=scaling, is_causal=is_causal, **kwargs)
+        return out.to(dtype), None
     mask = attention_mask
     if mask is not None and mask.dtype != torch.bool:  # an additive float mask: 0 where attending
         mask = mask == 0
