@@ -284,12 +284,39 @@ def demo_ar_overrides() -> list[str]:
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .train.ar_recipe import train_ar
 
+    replan = _replan_ar(d, minutes)
     minutes = _train_minutes(d, "ar", minutes)
-    flops = [f"train.max_flops={d.plan.ar_flops:.6g}"] if d.plan is not None and d.plan.ar_flops > 0 else []
+    target = replan.get("flops", d.plan.ar_flops if d.plan is not None else 0.0)
+    flops = [f"train.max_flops={target:.6g}"] if target > 0 else []
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
                     text=d.text / "text.model", resume="auto",
                     overrides=[*demo_ar_overrides(), *flops, f"train.max_minutes={minutes:.3f}"])
-    return {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
+    out = {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
+    return {**out, **({"replan": replan} if replan else {})}
+
+
+def _replan_ar(d: Demo, minutes: float) -> dict[str, Any]:
+    """The AR model's FLOP target planned again after the codec (`demo_budget.replan_ar_flops`), over the AR's and
+    the DiT's wall minutes as the clock now gives them: {"flops", "planned_flops", "codec_loop_factor",
+    "minutes"}; {} without a plan, or without the codec run's steps and seconds."""
+    from .demo_budget import read_plan, replan_ar_flops
+    from .speed import StepSpeed
+
+    got = read_plan(d.out)
+    if d.plan is None or d.plan.ar_flops <= 0 or got is None:
+        return {}
+    try:
+        codec = json.loads((d.run_dir("codec") / "summary.json").read_text())
+        speeds = {k: StepSpeed.from_dict(v) for k, v in got[0]["speeds"].items()}
+        factor = float(codec["train_seconds"]) / (int(codec["steps"]) * speeds["codec"].step_s)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return {}
+    names = [s.name for s in d.stages]
+    both = minutes + d.budget("dit", names[names.index("ar"):])
+    flops = replan_ar_flops(d.plan, speeds, both, factor)
+    d.say(f"AR model's FLOPs planned again after the codec: {flops:.3g} (planned {d.plan.ar_flops:.3g}); the codec's"
+          f" loop ran {factor:.2f}x its timed steps, and AR and DiT have {both:.1f} min")
+    return {"flops": flops, "planned_flops": d.plan.ar_flops, "codec_loop_factor": round(factor, 3), "minutes": round(both, 2)}
 
 
 def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:

@@ -49,6 +49,10 @@ per step:
    training time alone, times LOOP_HEADROOM). The AR model trains to its planned FLOPs (AR seconds * r_ar,
    `train.max_flops`), so a loop that runs faster than its timed steps ends early and leaves the time to the
    DiT rather than taking the DiT's FLOPs; the DiT then trains to the AR run's actual FLOPs.
+3. Once the codec has trained, the AR model's FLOP target is planned again (`replan_ar_flops`): the same split
+   over the AR's and the DiT's minutes as the demo's clock then gives them, at the measured speeds divided by
+   the codec loop's factor (its seconds per step over the timed step's, when above 1). A codec that ran past its
+   share, or a machine slower than when it was timed, costs both models FLOPs alike instead of the DiT alone.
 
 A slower machine (larger t_c) gives the codec a larger share; a machine where even N_use
 does not fit in MAX of P' gets a note with the pool that would fit N_need.
@@ -107,6 +111,12 @@ FLOOR = 0.25  # of the pool: the training time planned for even when the fixed c
 # 522 (1.1e13 FLOPs), and the DiT's cap stopped it at 0.69x those. What a stage takes past its share comes out of
 # the stages after it (they split the time left); what it leaves goes to them.
 LOOP_HEADROOM = {"codec": 1.15, "ar": 1.15, "dit": 1.15}
+# After the codec the AR model's FLOP target is planned again (`replan_ar_flops`) on the time left, at the measured
+# speeds slowed by the codec loop's factor. In /tmp/s18/demo10/run (before this) the codec's loop ran 1.16x its timed
+# steps and 40 s past its share, the AR model's 1.10x, the DiT's 1.17x; the AR model made its planned 3.44e13 FLOPs
+# and the DiT's cap stopped it at 2.77e13 (0.80x). A loop that runs faster than timed is not counted (factor 1):
+# in /tmp/s12/demo/run the AR model's ran 0.72x while the others ran slower.
+MAX_LOOP_FACTOR = 1.5
 PLANNED = ("codec", "ar", "dit")
 PLAN_FILE = "machine.json"
 
@@ -195,7 +205,7 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     codec_steps = max(1, int(codec_s / t_c + 1e-6))  # 1e-6: 151.6 / 0.1 is 1515.99...
 
     rest = Pt - codec_s
-    ar_train, dit_train = rest * frac_ar, rest * (1 - frac_ar)
+    ar_train, dit_train = rest * frac_ar, rest * (1 - frac_ar)  # ar_train * r_ar is ar_flops_for(speeds, rest)
     minutes = {"codec": (codec_s + fixed["codec"]) / 60, "ar": (ar_train + fixed["ar"]) / 60,
                "dit": (dit_train + fixed["dit"]) / 60}
     expected = {"codec": codec_steps, "ar": int(ar_train / max(speeds["ar"].step_s, 1e-9)),
@@ -218,7 +228,29 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     return BudgetPlan(pool_minutes=pool_minutes, train_pool_minutes=Pt / 60, minutes=minutes, codec_steps=codec_steps,
                       codec_needed_steps=n_need, codec_usable_steps=n_use, codec_bound=bound,
                       fixed_minutes={k: v / 60 for k, v in fixed.items()},
-                      expected_steps=expected, ar_flops=ar_train * r_ar, notes=notes, overrun=overrun)
+                      expected_steps=expected, ar_flops=ar_flops_for(speeds, rest), notes=notes, overrun=overrun)
+
+
+def ar_flops_for(speeds: Mapping[str, StepSpeed], train_s: float, loop_factor: float = 1.0) -> float:
+    """The AR model's training FLOPs when it and the DiT split `train_s` seconds of training so that their FLOPs
+    match: train_s * r_ar * r_dit / (r_ar + r_dit), at the measured FLOP rates r divided by `loop_factor` (how much
+    slower than their timed steps the loops run; clipped to [1, MAX_LOOP_FACTOR])."""
+    f = min(max(loop_factor, 1.0), MAX_LOOP_FACTOR)
+    r_ar, r_dit = speeds["ar"].flops_per_s / f, speeds["dit"].flops_per_s / f
+    if r_ar <= 0 or r_dit <= 0:
+        return 0.0
+    return max(0.0, train_s) * r_ar * r_dit / (r_ar + r_dit)
+
+
+def replan_ar_flops(plan: BudgetPlan, speeds: Mapping[str, StepSpeed], ar_dit_minutes: float,
+                    codec_loop_factor: float) -> float:
+    """The AR model's FLOP target once the codec has trained: the same matched split as `allocate`, over the
+    AR's and the DiT's wall minutes as the demo's clock now gives them (less their fixed costs), at the measured
+    speeds slowed by the codec's loop factor (its loop's seconds per step over its timed step's). A codec that ran
+    past its share, or a machine that has slowed since it was timed, then costs both models FLOPs alike, and
+    the DiT, which trains last, still has the time to match the AR model's."""
+    fixed = plan.fixed_minutes.get("ar", 0.0) + plan.fixed_minutes.get("dit", 0.0)
+    return ar_flops_for(speeds, (ar_dit_minutes - fixed) * 60.0, codec_loop_factor)
 
 
 # ----------------------------------------------------------------------------- measuring the machine

@@ -65,6 +65,11 @@ class StepSpeed:
     def flops_per_s(self) -> float:
         return self.flops_per_step / self.step_s if self.step_s > 0 else 0.0
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StepSpeed":
+        """From its dict in OUT/machine.json (which also holds the derived flops_per_s)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
 
 def describe_machine(device: str = "auto") -> Machine:
     """CPU model, cores, torch's CPU capability, native bf16, the GPU when `device` resolves to one."""
