@@ -10,7 +10,7 @@ Baseline, in the same process: each measurement in fp32. Reported:
   real shapes; seconds per step (the best of `--repeats` after one warm-up step) and the ratio;
 - attention alone (`--attention`): forward + backward of one SDPA call at the `tiny` DiT's and AR model's
   shapes under bf16 autocast, as torch runs it (autocast casts q, k, v to bf16) against duogen's
-  `sdpa_tensors` (float32 inside on a CPU, `duogen.attention.cpu_attention_dtype`), and in plain fp32;
+  `sdpa_tensors` (float32 inside on a CPU, `duogen.attention.cpu_fp32_attention`), and in plain fp32;
 - what `train.precision=auto` resolves to here (`duogen.precision`), and why.
 Prints the load average, since the CPU may be shared.
 """

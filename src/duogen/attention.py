@@ -79,43 +79,35 @@ def sdpa(call: AttentionCall) -> Tensor:
 
 
 def sdpa_tensors(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-    """`sdpa` on bare tensors (a layer's fast path without a processor; the same kernel call).
-
-    On a CPU, half-precision inputs (bf16 autocast) are attended in float32 and the output cast back
-    (`cpu_attention_dtype`): torch's CPU flash-attention kernel is several times slower in bf16.
-    """
+    """`sdpa` on bare tensors (a layer's fast path without a processor; the same kernel call), in float32 on a
+    CPU (`cpu_fp32_attention`)."""
     gqa = q.shape[1] != k.shape[1]
     if gqa and mask is not None:
         n = q.shape[1] // k.shape[1]
         k, v, gqa = k.repeat_interleave(n, dim=1), v.repeat_interleave(n, dim=1), False
-    dtype = q.dtype
-    with cpu_attention_fp32(q):
-        q, k, v = cpu_attention_dtype(q, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=gqa)
-    return out.to(dtype)
+    return cpu_fp32_attention(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                                       enable_gqa=gqa), q, k, v)
 
 
-def cpu_attention_dtype(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v in float32 when any of them is half-precision on a CPU; unchanged otherwise (float32, GPUs).
+def cpu_fp32_attention(attend: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """`attend(q, k, v)` in float32 on a CPU when CPU autocast is on (turned off around it, since it would cast
+    SDPA's inputs to bf16) or any of q, k, v is half-precision; the output in q's dtype. Elsewhere (float32
+    without autocast, GPUs) just `attend(q, k, v)`.
 
-    torch's CPU flash-attention kernel runs bf16 several times slower than float32, its backward most of all
-    (CPU autocast casts SDPA's inputs to bf16, so the call also runs under `cpu_attention_fp32`):
-    at the `tiny` DiT's shapes (batch 64, 4 heads, 25-48 tokens, head size 32) forward + backward took 19-37 ms
-    in bf16 against 2.3-6.7 ms in float32 on a 2-core Intel Xeon with AMX, and the DiT's bf16 training step
-    1.5-1.7x the float32 one (`python bench/bench_precision.py --only dit,attention`). Attention is a small
+    torch's CPU flash-attention kernel runs bf16 several times slower than float32, its backward most of all: at
+    the `tiny` DiT's shapes (batch 64, 4 heads, 25-48 tokens, head size 32) forward + backward took 14-33 ms under
+    bf16 autocast against 2.1-4.1 ms in float32 on a 2-core Intel Xeon with AMX, and the DiT's bf16 training step
+    took 1.5-1.9x the float32 one (`python bench/bench_precision.py --only dit --attention`). Attention is a small
     share of the FLOPs, so the projections and MLPs around it keep bf16's gain.
     """
-    if q.device.type == "cpu" and any(t.dtype in (torch.bfloat16, torch.float16) for t in (q, k, v)):
-        return q.float(), k.float(), v.float()
-    return q, k, v
-
-
-def cpu_attention_fp32(q: Tensor) -> contextlib.AbstractContextManager[Any]:
-    """A context that turns CPU autocast off around an attention call on `q`'s device (a CPU autocast would
-    cast SDPA's inputs back to bf16); a no-op elsewhere. Use with `cpu_attention_dtype`."""
-    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return torch.autocast("cpu", enabled=False)
-    return contextlib.nullcontext()
+    if q.device.type != "cpu":
+        return attend(q, k, v)
+    half = any(t.dtype in (torch.bfloat16, torch.float16) for t in (q, k, v))
+    if torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return attend(q.float(), k.float(), v.float()).to(q.dtype)
+    return attend(q.float(), k.float(), v.float()).to(q.dtype) if half else attend(q, k, v)
 
 
 def attention_probs(call: AttentionCall) -> Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..attention import cpu_attention_dtype, cpu_attention_fp32, run_processor
+from ..attention import cpu_fp32_attention, run_processor
 
 IMPLEMENTATION = "duogen"
 
@@ -41,13 +41,11 @@ def duogen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     proc = getattr(module, "processor", None)
-    if proc is None:  # transformers' own SDPA call, in float32 on a CPU (`cpu_attention_dtype`)
-        dtype = query.dtype
-        with cpu_attention_fp32(query):
-            query, key, value = cpu_attention_dtype(query, key, value)
-            out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                            scaling=scaling, is_causal=is_causal, **kwargs)
-        return out.to(dtype), None
+    if proc is None:  # transformers' own SDPA call, in float32 on a CPU (`cpu_fp32_attention`)
+        out = cpu_fp32_attention(lambda q, k, v: sdpa_attention_forward(
+            module, q, k, v, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)[0],
+            query, key, value)
+        return out, None
     mask = attention_mask
     if mask is not None and mask.dtype != torch.bool:  # an additive float mask: 0 where attending
         mask = mask == 0
