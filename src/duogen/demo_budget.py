@@ -191,7 +191,7 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     t_c = max(speeds["codec"].step_s, 1e-9)
     n_need, n_use = steps_for(curve, CODEC_COLOR_NEED), steps_for(curve, CODEC_COLOR_USABLE)
     r_ar, r_dit = speeds["ar"].flops_per_s, speeds["dit"].flops_per_s
-    frac_ar = r_dit / (r_ar + r_dit) if r_ar > 0 and r_dit > 0 else 0.5  # equal FLOPs: a * r_ar = d * r_dit
+    frac_ar = ar_time_fraction(r_ar, r_dit)
     # the most the codec may take while AR (and, at its matching share, DiT) training still gets AR_ENOUGH_FLOPS
     spare = Pt - AR_ENOUGH_FLOPS / (r_ar * frac_ar) if r_ar > 0 else 0.0
     bounds = {"needed": min(n_need * t_c, CODEC_CAP * Pt), "usable": min(n_use * t_c, CODEC_MAX * Pt),
@@ -205,7 +205,7 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
     codec_steps = max(1, int(codec_s / t_c + 1e-6))  # 1e-6: 151.6 / 0.1 is 1515.99...
 
     rest = Pt - codec_s
-    ar_train, dit_train = rest * frac_ar, rest * (1 - frac_ar)  # ar_train * r_ar is ar_flops_for(speeds, rest)
+    ar_train, dit_train = rest * frac_ar, rest * (1 - frac_ar)
     minutes = {"codec": (codec_s + fixed["codec"]) / 60, "ar": (ar_train + fixed["ar"]) / 60,
                "dit": (dit_train + fixed["dit"]) / 60}
     expected = {"codec": codec_steps, "ar": int(ar_train / max(speeds["ar"].step_s, 1e-9)),
@@ -231,15 +231,19 @@ def allocate(speeds: Mapping[str, StepSpeed], pool_minutes: float, fixed_s: Mapp
                       expected_steps=expected, ar_flops=ar_flops_for(speeds, rest), notes=notes, overrun=overrun)
 
 
+def ar_time_fraction(r_ar: float, r_dit: float) -> float:
+    """The AR model's fraction of the training time AR and DiT split so that their FLOPs match at FLOP rates r
+    (a * r_ar = d * r_dit); half when a rate is unknown (0)."""
+    return r_dit / (r_ar + r_dit) if r_ar > 0 and r_dit > 0 else 0.5
+
+
 def ar_flops_for(speeds: Mapping[str, StepSpeed], train_s: float, loop_factor: float = 1.0) -> float:
     """The AR model's training FLOPs when it and the DiT split `train_s` seconds of training so that their FLOPs
-    match: train_s * r_ar * r_dit / (r_ar + r_dit), at the measured FLOP rates r divided by `loop_factor` (how much
-    slower than their timed steps the loops run; clipped to [1, MAX_LOOP_FACTOR])."""
+    match (`ar_time_fraction`), at the measured FLOP rates divided by `loop_factor` (how much slower than their timed
+    steps the loops run; clipped to [1, MAX_LOOP_FACTOR])."""
     f = min(max(loop_factor, 1.0), MAX_LOOP_FACTOR)
     r_ar, r_dit = speeds["ar"].flops_per_s / f, speeds["dit"].flops_per_s / f
-    if r_ar <= 0 or r_dit <= 0:
-        return 0.0
-    return max(0.0, train_s) * r_ar * r_dit / (r_ar + r_dit)
+    return max(0.0, train_s) * ar_time_fraction(r_ar, r_dit) * r_ar
 
 
 def replan_ar_flops(plan: BudgetPlan, speeds: Mapping[str, StepSpeed], ar_dit_minutes: float,
