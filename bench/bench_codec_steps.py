@@ -1,7 +1,7 @@
 """Video codec quality per training step: PSNR, SSIM, codebook usage and color fidelity at given steps.
 
     .venv/bin/python bench/bench_codec_steps.py --data DATA --out DIR \\
-        --config old=tiny-v1 --config new=tiny:loss.color_weight=1 [--steps 250,500,1000,2000] \\
+        --config old=tiny:model.color_path=false --config new=tiny [--steps 250,500,1000,2000] \\
         [--heldout 128] [--seed 0] [--threads 1] [--section DIR/section.json]
     .venv/bin/python bench/bench_codec_steps.py --merge A/steps.json B/steps.json --out DIR [--section ...]
 

@@ -75,6 +75,16 @@ def video_bn():
 
 
 @pytest.fixture(scope="module")
+def video_color():
+    """The video codec with the color path, its decoder side set off zero so the tests see it."""
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", VIDEO_TEST).eval()  # the preset has it
+    with torch.no_grad():
+        nn.init.normal_(codec.color_out.weight, std=0.3)
+    return codec
+
+
+@pytest.fixture(scope="module")
 def image():
     torch.manual_seed(0)
     return build_image_codec("tiny", IMAGE_TEST).eval()
@@ -170,7 +180,7 @@ def test_ids_and_latent_paths_agree(name, video, image):
         assert float(gap) <= 0.5 / 2 + 1e-4
 
 
-@pytest.mark.parametrize("name", ["video", "video8x", "video_bn"])
+@pytest.mark.parametrize("name", ["video", "video8x", "video_bn", "video_color"])
 def test_causal_first_frame_and_prefix(name, request):
     video = request.getfixturevalue(name)
     x = _clips()
@@ -221,6 +231,8 @@ def test_standardized_latent_channels(video_bn, tmp_path):
         _check_id_paths(video_bn, x)
         z_raw = video_bn.enc_out(video_bn.enc_norm(video_bn.enc_latent(video_bn.enc_down(video_bn.enc_frame(
             video_bn.enc2d(x.transpose(1, 2).flatten(0, 1)).unflatten(0, (2, 9)).transpose(1, 2))))))
+        if video_bn.color_in is not None:  # the preset's color path adds each cell's mean color before the norm
+            z_raw = z_raw + video_bn.color_in(video_bn.cell_colors(x))
         shape = (1, -1, 1, 1, 1)
         want = (z_raw - bn.running_mean.view(shape)) / (bn.running_var.view(shape) + bn.eps).sqrt()
         torch.testing.assert_close(video_bn.encoder(x), want, atol=1e-5, rtol=1e-5)
@@ -247,6 +259,43 @@ def test_standardized_latent_channels(video_bn, tmp_path):
     assert calibrated.training  # the mode it had
     with pytest.raises(ConfigError, match="latent_norm"):
         build_video_codec("tiny", ["latent_norm=layer"])
+
+
+def test_color_path_carries_each_cells_mean_color_through_the_latent(video_color, tmp_path):
+    """color_path=true: each latent cell's mean input color (its s x s pixels over its frames: frame 0 alone,
+    then r frames per latent frame) enters the latent linearly, and a linear map of the latent paints one flat
+    color over the same pixels and frames. At initialisation the latent's first three channels carry the cell
+    colors on top of the convolutions' output and the decoder adds nothing, so the codec starts as without it."""
+    x = _clips()
+    s, r = video_color.cfg.spatial_factor, video_color.cfg.temporal_factor
+    cells = video_color.cell_colors(x)
+    assert cells.shape == (2, 3, 3, 16 // s, 16 // s)
+    for j, frames in ((0, slice(0, 1)), (1, slice(1, 1 + r)), (2, slice(1 + r, 1 + 2 * r))):
+        for a, b in ((0, 0), (1, 3), (3, 2)):
+            want = x[:, :, frames, a * s : (a + 1) * s, b * s : (b + 1) * s].mean((2, 3, 4))
+            torch.testing.assert_close(cells[:, :, j, a, b], want, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        z = torch.randn(2, 3, 3, 16 // s, 16 // s)
+        paint, flat = video_color.cell_image(z), video_color.color_out(z)
+        assert paint.shape == (2, 3, 9, 16, 16)
+        torch.testing.assert_close(paint[:, :, 0, :s, :s], flat[:, :, 0, :1, :1].expand(-1, -1, s, s))
+        torch.testing.assert_close(paint[:, :, 1 : 1 + r, s : 2 * s, :s], flat[:, :, 1, 1:2, :1, None].expand(-1, -1, r, s, s))
+        torch.testing.assert_close(paint[:, :, 1 + r :, :s, -s:], flat[:, :, 2, :1, -1:, None].expand(-1, -1, r, s, s))
+    torch.manual_seed(0)
+    plain = build_video_codec("tiny", VIDEO_TEST + ["color_path=false"]).eval()
+    torch.manual_seed(0)
+    fresh = build_video_codec("tiny", VIDEO_TEST).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encoder(x), plain.encoder(x) + cells, atol=1e-5, rtol=0)
+        ids = fresh.encode(x)
+        torch.testing.assert_close(fresh.decode(ids), plain.decode(ids), atol=1e-6, rtol=0)
+    rec, q, frames = fresh.train()(x)  # training moves both sides of the path
+    codec_loss(rec, x[:, :, frames], q.aux_loss, CodecLossConfig()).loss.backward()
+    assert fresh.color_in.weight.grad.abs().sum() > 0 and fresh.color_out.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        video_color.save_pretrained(tmp_path / "c")
+        loaded = tokenizers.load(tmp_path / "c")
+        assert loaded.cfg.color_path and torch.equal(loaded.decode(loaded.encode(x)), video_color.decode(video_color.encode(x)))
 
 
 def test_uint8_input_matches_float(video, image):
