@@ -18,25 +18,28 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from duogen.eval import metrics
+from duogen.eval.compare import Prompt, grouped_accuracy
 
 
 def by_objects(results: dict[str, Any], kinds: tuple[str, ...] = ("color", "count")) -> list[dict[str, Any]]:
-    """One row per (model, setting, number of objects, then "all" prompts): clips, accuracy and error per kind, and
-    the score pairs."""
-    n_obj = [len(p.get("attributes") or []) for p in results["prompts"]]
+    """One row per (model, setting, number of objects, then "all" prompts): clips, accuracy and error per kind
+    (`duogen.eval.compare.grouped_accuracy`, what the report's table by objects shows), and the score pairs."""
+    prompts = [Prompt(p.get("caption", ""), p.get("attributes") or [], p.get("split", "custom")) for p in results["prompts"]]
+    n_obj = [len(p.attributes) for p in prompts]
     rows = []
     for m in results["models"]:
         for s in m["settings"]:
+            per_clip = s["per_clip_accuracy"]
+            groups = {**grouped_accuracy(per_clip, prompts, lambda p: len(p.attributes)),
+                      **grouped_accuracy(per_clip, prompts, lambda p: "all")}
             for k in [*sorted(set(n_obj)), "all"]:
-                per_prompt = [clips for clips, n in zip(s["per_clip_accuracy"], n_obj) if k in ("all", n)]
-                acc = metrics.mean_accuracy(c for clips in per_prompt for c in clips)
-                err = metrics.accuracy_stderr(per_prompt)
+                g = groups[str(k)]
+                per_prompt = [clips for clips, n in zip(per_clip, n_obj) if k in ("all", n)]
                 pairs = Counter(tuple(c.get(kind) for kind in kinds) for clips in per_prompt for c in clips)
-                rows.append({"model": m["name"], "setting": s["label"], "objects": k, "prompts": len(per_prompt),
+                rows.append({"model": m["name"], "setting": s["label"], "objects": k, "prompts": g["prompts"],
                              "clips": sum(len(c) for c in per_prompt),
-                             "accuracy": {kind: acc.get(kind) for kind in kinds},
-                             "stderr": {kind: err.get(kind) for kind in kinds},
+                             "accuracy": {kind: g["accuracy"].get(kind) for kind in kinds},
+                             "stderr": {kind: g["stderr"].get(kind) for kind in kinds},
                              "score_pairs": {" ".join(map(str, key)): v for key, v in sorted(pairs.items(), key=str)}})
     return rows
 

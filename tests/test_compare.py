@@ -170,6 +170,22 @@ def test_the_accuracy_by_number_of_objects_adds_up_to_the_reported_one(small_run
     parts = [r for r in mine if r["objects"] != "all"]
     assert sum(r["clips"] for r in parts) == whole["clips"] == sum(len(c) for c in s["per_clip_accuracy"])
     assert sum(sum(r["score_pairs"].values()) for r in parts) == whole["clips"]
+    # results.json carries the same split for every setting, the demo's headline for the headline one
+    by = s["accuracy_by_objects"]
+    assert sorted(by) == ["1", "2"] and [by[n]["prompts"] for n in ("1", "2")] == [2, 1]
+    for r in parts:
+        assert by[str(r["objects"])]["accuracy"]["color"] == pytest.approx(r["accuracy"]["color"])
+        assert by[str(r["objects"])]["stderr"]["color"] == r["stderr"]["color"]
+    two = [a["color"] for a in s["per_clip_accuracy"][2]]  # the third prompt is the two-object one
+    assert by["2"]["accuracy"]["color"] == pytest.approx(sum(two) / len(two))
+    from duogen.eval.compare import headline
+
+    exact = _setting(res, "render", "exact")["accuracy_by_objects"]
+    assert headline(out)["models"]["render"]["accuracy_by_objects"]["2"] == {k: round(v, 4) for k, v in exact["2"]["accuracy"].items()}
+    page = (out / "report.html").read_text()
+    assert "By the number of objects in the prompt" in page
+    table = page[page.index("By the number of objects"):]
+    assert re.search(r"<td class=l>render</td><td>2</td><td>1</td><td>\d+\.\d%", table)
 
 
 def test_rescoring_saved_clips_gives_the_reported_accuracies(small_run):
@@ -425,3 +441,18 @@ def test_the_token_loss_bench_splits_the_training_loss_by_frame_and_object(tiny_
     alone = bench.token_loss(gen.model, gen.codec, videos[-1:], captions[-1:])
     assert alone["object_share"] == [0.0, 0.0, 0.0] and alone["background"] == alone["all"]
     assert 0 < min(res["object_share"]) and max(res["object_share"]) < 1
+
+
+def test_the_report_leaves_out_the_table_by_objects_where_it_says_nothing():
+    from duogen.eval.report import _objects_table
+
+    def results(by):
+        s = {"label": "a", "accuracy": {}, **({"accuracy_by_objects": by} if by is not None else {})}
+        return {"models": [{"name": "m", "headline": "a", "settings": [s]}]}
+
+    one = {"1": {"accuracy": {"color": 0.5}, "stderr": {"color": 0.1}, "prompts": 3}}
+    assert _objects_table(results(None), ["color"]) == ""  # a results.json written before the split
+    assert _objects_table(results(one), ["color"]) == ""  # every prompt names one object
+    both = {**one, "2": {"accuracy": {"color": 0.25}, "stderr": {"color": None}, "prompts": 2}}
+    page = _objects_table(results(both), ["color"])
+    assert "<td>50.0% ± 10.0</td>" in page and "<td class=l>m</td><td>2</td><td>2</td><td>25.0%</td>" in page

@@ -109,3 +109,6 @@ def test_the_demo_prints_each_headline_accuracy_with_its_standard_error():
                                              " in 206 s")
     old = {k: v for k, v in h.items() if k != "accuracy_stderr"}  # a report written before the errors were kept
     assert headline_line("AR", old).startswith("AR [cfg-5]: color 86%, direction 18%;")
+    by = {"1": {"color": 0.958, "count": 0.7}, "2": {"color": 0.652}}
+    assert headline_line("AR", {**h, "accuracy_by_objects": by}).startswith(
+        "AR [cfg-5]: color 86% ± 5, direction 18%; color with 1 / 2 objects 96 / 65%; training")

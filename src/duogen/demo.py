@@ -343,6 +343,9 @@ def headline_line(name: str, h: Mapping[str, Any]) -> str:
     err = h.get("accuracy_stderr") or {}
     acc = ", ".join(f"{k} {100 * v:.0f}%" + (f" ± {100 * err[k]:.0f}" if err.get(k) is not None else "")
                     for k, v in h["accuracy"].items() if k in ("color", "direction", "shape"))
+    by = sorted(((int(n), g["color"]) for n, g in (h.get("accuracy_by_objects") or {}).items() if "color" in g))
+    if len(by) > 1:  # where the prompts name one object or two, the color of each (the AR model's misses are the twos)
+        acc += f"; color with {' / '.join(str(n) for n, _ in by)} objects {' / '.join(f'{100 * c:.0f}' for _, c in by)}%"
     flops = f"{h['train_flops']:.3g}" if h.get("train_flops") else "?"
     return f"{name} [{h['sampling']}]: {acc}; training {flops} FLOPs in {h.get('train_wall_s') or 0:.0f} s"
 

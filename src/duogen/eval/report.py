@@ -213,6 +213,23 @@ def _accuracy_table(results: Mapping[str, Any], kinds: list[str]) -> str:
     return "<table>" + "\n".join(rows) + "</table>"
 
 
+def _objects_table(results: Mapping[str, Any], kinds: list[str]) -> str:
+    """Headline accuracy per model over the prompts of each number of objects; "" when every prompt has as many."""
+    groups = [(m, _headline(m).get("accuracy_by_objects") or {}) for m in results["models"]]
+    if all(len(g) < 2 for _, g in groups):
+        return ""
+    head = ["model", "objects", "prompts"] + kinds
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for m, by in groups:
+        for n, g in sorted(by.items(), key=lambda kv: int(kv[0])):
+            cells = [f"<td class=l>{html.escape(m['name'])}</td>", f"<td>{html.escape(n)}</td>", f"<td>{g['prompts']}</td>"]
+            cells += [f"<td>{_pct_se(g['accuracy'].get(k), g['stderr'].get(k))}</td>" for k in kinds]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ("<h3>By the number of objects in the prompt</h3><table>" + "\n".join(rows) + "</table>"
+            "<p class=note>The same clips as above, split by how many objects their prompt names: a model that binds"
+            " each object's attributes keeps its accuracy as the count grows.</p>")
+
+
 def _training_table(results: Mapping[str, Any]) -> str:
     """Training cost per model, with FLOPs relative to the first model that has them (compute matching)."""
     base = next(((m.get("training") or {}).get("flops") for m in results["models"] if (m.get("training") or {}).get("flops")), None)
@@ -326,6 +343,7 @@ def write_report(report_dir: str | Path, results: Mapping[str, Any], *, upscale:
         f" Data: {html.escape(str(results.get('data')))}. Real clips for the Frechet probe distance: {real.get('clips', 0)}"
         f" (their temporal change: {_fmt(real.get('temporal_change'))}).</p>",
         "<h2>Prompt accuracy (headline sampling setting)</h2>", _accuracy_table(results, kinds),
+        _objects_table(results, kinds),
         "<h2>Cost, fidelity and diversity</h2>", _metrics_table(results),
         "<p class=note>Accuracy: the fraction of each prompt's attributes the probes recover, per kind, averaged over clips;"
         " ± its standard error with prompts as the units (the spread of the per-prompt means over the square root of"
