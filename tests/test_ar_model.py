@@ -88,6 +88,23 @@ def test_forward_shape_and_prefix_mask(text):
     assert d_plm > 1e-4 and d_causal == 0
 
 
+def test_with_one_layer_the_prefix_lm_changes_nothing_the_loss_sees(text):
+    """The output tokens read the prompt's keys and values, which one layer computes from the embeddings alone:
+    the prefix LM's loss, and so its training, is the causal model's (`ARConfig.prefix_lm`'s comment)."""
+    b = TrainCollator(make(text).layouts, ["t2v"], 0.0)(records(text, 3))
+    losses = {}
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        m = make(text)
+        if layers == 1:
+            m.lm.model.layers = m.lm.model.layers[:1]
+        for plm in (True, False):
+            m.cfg.prefix_lm = plm
+            losses[layers, plm] = float(m.loss(b).loss)
+    assert losses[1, True] == pytest.approx(losses[1, False], abs=1e-6)
+    assert abs(losses[2, True] - losses[2, False]) > 1e-5  # from the second layer on, the prompt's states differ
+
+
 def test_loss_matches_manual_cross_entropy(text):
     m = make(text).eval()
     b = TrainCollator(m.layouts, ["t2v", "i2v"], 0.0)(records(text, 4))

@@ -50,7 +50,9 @@ class ARConfig:
     attn_dropout: float = 0.0
     # Plain causal by default, measured (bench/bench_ar_prefix_lm.py, shapes world, 128 wide, same inits and
     # batches, 3 seeds): validation loss at 600 steps causal 0.550 vs prefix LM 0.558 (flat positions),
-    # 0.542 vs 0.544 (factorized); at 300 steps 0.634 vs 0.675, causal lower for every seed (README).
+    # 0.542 vs 0.544 (factorized); at 300 steps 0.634 vs 0.675, causal lower for every seed (README). With one
+    # layer it changes nothing the loss sees: the output tokens read the prompt's keys and values, which come from
+    # its embeddings alone (the demo's one-layer model trained the same weights bit for bit either way).
     prefix_lm: bool = False
     # Learned (frame, row, column) embeddings added to every visual token's input, on top of RoPE over
     # the flat sequence (`VisualPositions`). Off here so that model directories written before the option
