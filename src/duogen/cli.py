@@ -151,7 +151,7 @@ def _add_compare(sub: Any) -> None:
         sub, "compare", "compare AR and diffusion models on the same prompts and seeds; write an HTML report", compare,
         description=(
             "Sample every model on the same prompts (default: the training data set's validation prompts and"
-            " held-out compositions) with the same seeds, score the clips with the probes (each accuracy with its standard error, prompts as the units), and write"
+            " held-out compositions) with the same seeds, score the clips with the probes (each accuracy with its standard error, prompts as the units; also by the number of objects the prompt names), and write"
             " OUT/report.html, OUT/results.json and the clips (MP4, GIF and lossless .npz). Diffusion models are"
             " swept over DDIM and DPM-Solver++ step counts, AR models over guidance on and off, each at the"
             " --temperature / --top-k / --top-p given (named in the setting's label when not plain sampling)."
