@@ -416,3 +416,24 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_initialisation():
     # after 278 steps the initialisation keeps prod(d_n) < 1e-15 of the weight, not 0.995**278 = 25%
     for s, p0 in zip(ema.shadow, init):
         assert torch.allclose(s, p0 + 1.0, atol=1e-5)
+
+
+def test_column_array_reads_a_nested_column_in_bulk_as_the_rows_read(tmp_path):
+    import datasets
+    import numpy as np
+
+    from duogen.train.data import column_array
+
+    g = np.random.default_rng(0)
+    ids, lat = g.integers(0, 1000, (6, 3, 2, 2)).astype(np.int32), g.standard_normal((6, 4, 3, 2, 2)).astype(np.float32)
+    datasets.Dataset.from_dict({"video_ids": ids.tolist(), "latents": lat.tolist(),
+                                "ragged": [[1, 2], [3], [4, 5, 6], [7], [8, 9], [0]]}).save_to_disk(str(tmp_path / "d"))
+    ds = datasets.load_from_disk(str(tmp_path / "d")).with_format("numpy")  # as the recipes' caches are read
+    got = column_array(ds, "video_ids", np.int64)
+    assert got.dtype == np.int64 and got.shape == (6, 3, 2, 2) and (got == ids).all()
+    assert np.array_equal(column_array(ds, "latents", np.float32), lat)
+    sub = ds.select([4, 0, 2])  # an indices mapping: the data set's order, not the file's
+    assert np.array_equal(column_array(sub, "latents", np.float32), lat[[4, 0, 2]])
+    flat = column_array(ds, "ragged", object)  # unequal rows: read row by row, as before
+    assert [list(r) for r in flat] == [[1, 2], [3], [4, 5, 6], [7], [8, 9], [0]]
+    assert np.array_equal(column_array({"video_ids": ids}, "video_ids", np.int64), ids)  # not a data set

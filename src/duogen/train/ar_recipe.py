@@ -40,6 +40,7 @@ from ..ar_models.model import AR_PRESETS, ARConfig, MultimodalLM
 from ..errors import ConfigError
 from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
                       train_new_rows_only)
+from .data import column_array
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_clips, encode_videos,
                             fine_tune_codec, load_split, model_saver, parse_new_tokens, resolve_cache_dir,
@@ -142,7 +143,7 @@ class TokenRecords:
     def __init__(self, encoded: Any, text_ids: list[list[int]]):
         import numpy as np
 
-        self.cols = {c: np.asarray(encoded[c], dtype=np.int64) for c in encoded.column_names if c.endswith("_ids")}
+        self.cols = {c: column_array(encoded, c, np.int64) for c in encoded.column_names if c.endswith("_ids")}
         self.text_ids = text_ids
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ from torch import nn
 
 from .. import config as cfglib
 from ..errors import ConfigError
+from .data import column_array
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import load_split, resolve_cache_dir
 
@@ -206,7 +207,7 @@ def train_control(model: str | Path, data: str | Path, out: str | Path, *, metho
     with codec_on_accelerator(codec):
         encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, resolve_cache_dir(cfg.cache_dir, out))
     with torch.no_grad():
-        raw = torch.from_numpy(np.asarray(encoded["latents"], dtype=np.float32))  # (N, C, f, h, w)
+        raw = torch.from_numpy(column_array(encoded, "latents", np.float32))  # (N, C, f, h, w)
         latents = codec.normalize_latents(raw.to(codec.device)).cpu()
     if list(base.config.latent) != [int(v) for v in latents.shape[1:]]:
         raise ConfigError(f"the clips of {data} make latents {list(latents.shape[1:])}; {model_dir} was trained on"

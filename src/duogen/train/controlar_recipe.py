@@ -32,6 +32,7 @@ from torch import nn
 from .. import config as cfglib
 from ..errors import ConfigError
 from .control_recipe import CONTROL_FILE, CONTROL_JSON, row_condition
+from .data import column_array
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import load_ar_base, load_split, resolve_cache_dir
 
@@ -134,7 +135,7 @@ def train_controlar(model: str | Path, data: str | Path, out: str | Path, *, con
     with codec_on_accelerator(codec):
         encoded = encode_dataset(split, codec, codec_dir, data, cfg.split, ["t2v"],
                                  resolve_cache_dir(cfg.cache_dir, out))
-    video_ids = np.asarray(encoded["video_ids"], dtype=np.int64)  # (N, f, h, w)
+    video_ids = column_array(encoded, "video_ids", np.int64)  # (N, f, h, w)
     if list(video_ids.shape[1:]) != [int(v) for v in base.spec.latent]:
         raise ConfigError(f"the clips of {data} make codec latents {list(video_ids.shape[1:])}; {model_dir} was"
                           f" trained on {list(base.spec.latent)}: use data of the base model's clip size")

@@ -180,3 +180,32 @@ def pretokenize(
         out.save_to_disk(str(tmp))
         (tmp / "pretokenize_key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=2) + "\n")
     return datasets.load_from_disk(str(target))
+
+
+def column_array(dataset: Any, name: str, dtype: Any) -> Any:
+    """A column of fixed-shape nested lists (codec ids (f, h, w), latents (C, f, h, w)) as one numpy array
+    (N, ...) of `dtype`, read in bulk through Arrow. `np.asarray(dataset[name])` formats it row by row: for 4,500
+    clips 1.08 s for the ids and 3.87 s for the latents against 0.003 and 0.009 s here (`python
+    bench/bench_column_array.py`, Intel Xeon; 1.57 and 6.39 s row by row on a demo run's own cache). Rows of
+    unequal shape, nulls, and objects that are not Arrow-backed data sets go the row-by-row way, with the same
+    result."""
+    import numpy as np
+
+    if not hasattr(dataset, "with_format"):
+        return np.asarray(dataset[name], dtype=dtype)
+    import pyarrow as pa
+
+    col = dataset.with_format("arrow")[name]  # the data set's row order (its indices mapping applied)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n, shape = len(col), []
+    while pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+        if col.null_count or len(col) == 0:
+            return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
+        sizes = np.diff(np.asarray(col.offsets)) if hasattr(col, "offsets") else np.full(len(col), col.type.list_size)
+        if (sizes != sizes[0]).any():  # ragged
+            return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
+        shape.append(int(sizes[0]))
+        col = col.flatten()
+    if col.null_count:
+        return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
+    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)

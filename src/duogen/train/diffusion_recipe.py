@@ -41,6 +41,7 @@ from .. import config as cfglib
 from ..diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from .concept import (PairedRecords, check_prior, load_prior_split, paired_collate, prior_preservation,
                       train_new_rows_only)
+from .data import column_array
 from .engine import LossOutput, TrainConfig, fit
 from .recipe_common import (base_model_config, check_same_text, codec_on_accelerator, encode_videos, fine_tune_codec,
                             load_split, model_saver, parse_new_tokens, resolve_cache_dir, text_tokenizer)
@@ -177,7 +178,7 @@ def train_diffusion(
     with codec_on_accelerator(codec):
         encoded = encode_latents_dataset(split, codec, codec_dir, data, cfg.split, resolve_cache_dir(cfg.cache_dir, out))
     with torch.no_grad():
-        raw = torch.from_numpy(np.asarray(encoded["latents"], dtype=np.float32))  # (N, C, f, h, w)
+        raw = torch.from_numpy(column_array(encoded, "latents", np.float32))  # (N, C, f, h, w)
         latents = codec.normalize_latents(raw.to(codec.device)).cpu()
     t_encode = time.perf_counter() - t0
 
@@ -217,7 +218,7 @@ def train_diffusion(
             prior_raw = encode_latents_dataset(prior, codec, codec_dir, Path(cfg.prior_data), "train",
                                                resolve_cache_dir(cfg.cache_dir, out))
         with torch.no_grad():
-            prior_z = codec.normalize_latents(torch.from_numpy(np.asarray(prior_raw["latents"], dtype=np.float32))
+            prior_z = codec.normalize_latents(torch.from_numpy(column_array(prior_raw, "latents", np.float32))
                                               .to(codec.device)).cpu()  # (N, C, f, h, w)
         both, both_mask = model.text_encoder.tokenize(captions + list(prior["caption"]), strict=False)  # one T
         n = len(captions)
