@@ -198,14 +198,13 @@ def column_array(dataset: Any, name: str, dtype: Any) -> Any:
     col = dataset.with_format("arrow")[name]  # the data set's row order (its indices mapping applied)
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     n, shape = len(col), []
-    while pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
-        if col.null_count or len(col) == 0:
-            return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
+    while not col.null_count and len(col) and (
+            pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         sizes = np.diff(np.asarray(col.offsets)) if hasattr(col, "offsets") else np.full(len(col), col.type.list_size)
         if (sizes != sizes[0]).any():  # ragged
-            return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
+            break
         shape.append(int(sizes[0]))
         col = col.flatten()
-    if col.null_count:
+    if col.null_count or not len(col) or pa.types.is_nested(col.type):  # stopped short of the values: row by row
         return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
     return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)
