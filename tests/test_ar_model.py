@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from duogen.ar_models.layouts import TASKS, LayoutSpec, TrainCollator
 from duogen.ar_models.model import ARConfig, MultimodalLM, prefix_lm_mask
 from duogen.ar_models.sampling import LlamaDecoder, SamplingConfig, generate_ids
-from duogen.errors import CheckpointError, DataError
+from duogen.errors import CheckpointError, ConfigError, DataError
 from duogen.tokenizers.text import PromptWarning, train_text_tokenizer
 from duogen.tokenizers.vocab import UnifiedVocab
 
@@ -27,15 +27,23 @@ def text():
 
 
 def make(text, prefix_lm=True, tasks=("t2v", "t2i", "i2v", "inpaint", "outpaint", "uncond"), codebook=64, audio=False,
-         factorized=False):
+         factorized=False, text_layers=0):
     codecs = {"video": codebook}
     spec = LayoutSpec(max_text=8, latent=(2, 4, 4), tasks=list(tasks))
     if audio:
         codecs["audio"] = (16, 2)
         spec.audio_tokens, spec.audio_levels = 6, 2
     vocab = UnifiedVocab(text.vocab_size, codecs)
-    cfg = ARConfig(**{**TINY.__dict__, "prefix_lm": prefix_lm, "factorized_positions": factorized})
+    cfg = ARConfig(**{**TINY.__dict__, "prefix_lm": prefix_lm, "factorized_positions": factorized,
+                      "text_layers": text_layers})
     return MultimodalLM(cfg, vocab, spec, text, codec_ref="runs/vq/final")
+
+
+def randomize(module):
+    """Values for tables and projections that start at zero, so that they matter."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
 
 
 def records(text, n, seed=0, codebook=64):
@@ -162,13 +170,15 @@ def test_factorized_positions_number_every_clip_from_frame_zero(text):
         assert torch.equal(flat(b["ids"], b["prefix_len"]), fac(b["ids"], b["prefix_len"]))
 
 
-@pytest.mark.parametrize("factorized", [False, True])
-def test_save_load_identical_logits(text, tmp_path, factorized):
-    m = make(text, factorized=factorized).eval()
+@pytest.mark.parametrize("factorized,text_layers", [(False, 0), (True, 0), (True, 1)])
+def test_save_load_identical_logits(text, tmp_path, factorized, text_layers):
+    m = make(text, factorized=factorized, text_layers=text_layers).eval()
     if factorized:
         with torch.no_grad():
             for p in m.visual_pos.parameters():
                 p.normal_()
+    if text_layers:
+        randomize(m.text_context)
     b = TrainCollator(m.layouts, ["t2v"], 0.0)(records(text, 2))
     m.save_pretrained(tmp_path / "ar")
     for f in ("config.json", "model.safetensors", "vocab.json", "text.model"):
@@ -318,3 +328,35 @@ def test_generate_cli_writes_clips_json_and_one_line_errors(ar_dir, tmp_path, ca
         rc = main(["generate", "--model", str(ar_dir), "--prompt", "x", "--out", str(tmp_path / "bad"), *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and msg in err[0], err
+
+
+def test_text_context_starts_as_nothing_and_rewrites_only_the_text_block(text):
+    """A fresh text context computes what a model without one computes; trained (random) values change the text
+    block's rows alone, ignore the left padding, and get gradients from the loss through the video tokens."""
+    torch.manual_seed(0)
+    plain = make(text, factorized=True).eval()
+    torch.manual_seed(0)
+    m = make(text, factorized=True, text_layers=2).eval()
+    recs = records(text, 3)
+    for r, k in zip(recs, (2, 3, 5)):
+        r["text_ids"] = r["text_ids"][:k]  # shorter than max_text: the block is left-padded
+    b = TrainCollator(m.layouts, ["t2v"], 0.0)(recs)
+    with torch.no_grad():
+        assert torch.equal(plain(b["ids"], b["prefix_len"]), m(b["ids"], b["prefix_len"]))
+    randomize(m.text_context)
+    ids, L = b["ids"], m.spec.text_block
+    x = m.lm.model.embed_tokens(ids).detach()
+    with torch.no_grad():
+        y = m.text_context(ids, x)
+        assert torch.equal(y[:, L:], x[:, L:]) and not torch.allclose(y[:, :L], x[:, :L])
+        pads = ids[:, :L] == m.vocab.tokens["<pad>"]
+        assert pads.sum() >= 3
+        noisy = x.clone()
+        noisy[:, :L][pads] = torch.randn(int(pads.sum()), x.shape[-1])  # what a pad row holds is never read
+        z = m.text_context(ids, noisy)
+        assert torch.allclose(z[:, :L][~pads], y[:, :L][~pads], atol=1e-6)
+    m.train()
+    m.loss(b).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.text_context.parameters())
+    with pytest.raises(ConfigError, match="text_layers"):
+        ARConfig(text_layers=-1).check()

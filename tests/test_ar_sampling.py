@@ -19,12 +19,13 @@ CFG = ARConfig(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(prefix_lm=True, seed=0, factorized=False):
+def build(prefix_lm=True, seed=0, factorized=False, text_layers=0):
     torch.manual_seed(seed)
     text = train_text_tokenizer(CAPS, None, vocab_size=320)
     vocab = UnifiedVocab(text.vocab_size, {"video": 64, "audio": (16, 2)})
     spec = LayoutSpec(max_text=12, latent=(2, 4, 4), tasks=["t2v", "t2i", "i2v", "t2a"], audio_tokens=5, audio_levels=2)
-    cfg = ARConfig(**{**CFG.__dict__, "prefix_lm": prefix_lm, "factorized_positions": factorized})
+    cfg = ARConfig(**{**CFG.__dict__, "prefix_lm": prefix_lm, "factorized_positions": factorized,
+                      "text_layers": text_layers})
     m = MultimodalLM(cfg, vocab, spec, text).eval()
     # random init leaves logits nearly flat; sharpen them so that sampling choices are decided by the model
     with torch.no_grad():
@@ -32,6 +33,9 @@ def build(prefix_lm=True, seed=0, factorized=False):
         if factorized:  # the position tables start at zero; give them values so they matter
             for p in m.visual_pos.parameters():
                 p.normal_(0, 0.5)
+        if text_layers:  # its output projections and positions start at zero too
+            for p in m.text_context.parameters():
+                p.normal_(0, 0.3)
     return m
 
 
@@ -40,9 +44,10 @@ def model():
     return build()
 
 
-@pytest.mark.parametrize("prefix_lm,factorized", [(True, False), (False, False), (True, True)])
-def test_cached_decoding_equals_full_forward(prefix_lm, factorized):
-    m = build(prefix_lm, factorized=factorized)
+@pytest.mark.parametrize("prefix_lm,factorized,text_layers", [(True, False, 0), (False, False, 0), (True, True, 0),
+                                                               (False, True, 1)])
+def test_cached_decoding_equals_full_forward(prefix_lm, factorized, text_layers):
+    m = build(prefix_lm, factorized=factorized, text_layers=text_layers)
     plan = m.layouts.decode_plan("t2v", m.encode_prompt("a red circle moves left"))
     P = len(plan.prefix)
     ids = torch.tensor([plan.prefix + list(range(m.vocab.range("video").start, m.vocab.range("video").start + 20))] * 2)

@@ -75,6 +75,11 @@ class LayoutSpec:
             raise ConfigError(f"cond_frames must be 1..{self.latent[0] - 1} for i2v (latent clip has {self.latent[0]} frames)")
 
     @property
+    def text_block(self) -> int:
+        """Tokens of the text block every layout starts with: <bos> <task> pad.. <bot> text <eot>."""
+        return self.max_text + 4
+
+    @property
     def frame_tokens(self) -> int:
         return self.latent[1] * self.latent[2]
 
@@ -116,7 +121,7 @@ class Layouts:
 
     # ------------------------------------------------------------------ pieces
     def _text_block(self, task: str, text_ids: Sequence[int]) -> list[int]:
-        """<bos> <task> <pad>*k <bot> text <eot>: always 4 + max_text tokens."""
+        """<bos> <task> <pad>*k <bot> text <eot>: always `spec.text_block` = 4 + max_text tokens."""
         m = self.spec.max_text
         if len(text_ids) > m:
             raise DataError(f"text has {len(text_ids)} tokens; the layout allows {m} (truncate with encode_prompt)")

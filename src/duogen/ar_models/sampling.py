@@ -194,11 +194,13 @@ class LlamaDecoder:
     (hidden states (B,t,D)) as its own forward would run them (read at `reset`).
     """
 
-    def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None):
-        """`positions`: the model's `VisualPositions` (factorized visual positions), if it has them."""
+    def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None, text_context: Any = None):
+        """`positions`: the model's `VisualPositions` (factorized visual positions), if it has them;
+        `text_context`: its `TextContext`, which the first chunk of a sequence (the prefix) goes through."""
         self.lm = enable_processors(lm)
         m = lm.model
         self.positions, self._pos_state = positions, None
+        self.text_context = text_context
         c = lm.config
         self.n_layers = c.num_hidden_layers
         self.hq, self.hkv = c.num_attention_heads, c.num_key_value_heads
@@ -268,6 +270,8 @@ class LlamaDecoder:
         if self.positions is not None:
             pe, self._pos_state = self.positions(ids, None if start == 0 else self._pos_state)
             x = x + pe.to(x.dtype)
+        if self.text_context is not None and start == 0:
+            x = self.text_context(ids, x)
         cos, sin = self.cos[start:end], self.sin[start:end]  # (t,Dh)
         nq, nkv = self.hq * self.dh, self.hkv * self.dh
         causal = t > 1 and not bidirectional
