@@ -270,7 +270,7 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
 def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
     """The training loop's time cap: the budget less its planned fixed cost (encoding, evaluation); with a
     plan, times LOOP_HEADROOM, since another target ends each stage (the codec's steps, the AR model's planned
-    FLOPs, the DiT's matched FLOPs)."""
+    FLOPs, the DiT's matched FLOPs); the AR model's has none, so that the DiT keeps the time to match it."""
     if d.plan is None:
         return minutes
     return d.plan.train_minutes(stage, minutes) * LOOP_HEADROOM.get(stage, 1.0)
