@@ -331,9 +331,9 @@ def test_codec_and_dit_caps_get_headroom_and_the_ar_cap_is_its_share(tmp_path, m
     assert demo.LOOP_HEADROOM["codec"] > 1.09 and demo.LOOP_HEADROOM["dit"] >= 1.15 and demo.LOOP_HEADROOM["ar"] == 1.0
 
 
-@pytest.mark.parametrize("slowdown", [1.0, 1.12, 1.31])
+@pytest.mark.parametrize("slowdown", [1.0, 1.15, 1.33])
 def test_slow_ar_and_dit_loops_still_match_flops_within_the_budget(slowdown):
-    """Both loops run `slowdown` x their timed steps (1.12-1.31x in session 20's emulated-AVX2 demos): the AR model,
+    """Both loops run `slowdown` x their timed steps (1.15-1.33x in two of session 20's emulated-AVX2 demos): the AR model,
     capped at its share, stops with fewer FLOPs, and the DiT, as slow, matches them inside its own share."""
     import duogen.demo as demo
 
@@ -441,3 +441,39 @@ def test_the_demo_trains_and_measures_the_same_ar_model(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_budget, "measure_machine", lambda *a, **kw: seen.update(kw))
     demo.measure_stages(Demo(tmp_path, minutes=10))
     assert seen["ar_model"] == demo.DEMO_AR_MODEL
+
+
+def test_each_planned_stage_records_how_its_loop_kept_the_timed_pace(tmp_path, monkeypatch):
+    """demo_summary.json and the stage's log line carry loop seconds per step over the timed step's: the codec's
+    from its summary.json, the AR's and DiT's from metrics.jsonl's last cumulative wall_s (resumed sessions too)."""
+    import duogen.demo as demo
+    import duogen.eval.compare as cmp
+
+    m = Measurement(_machine(), "fp32", "auto: CPU without native bf16", SLOW, 0.004, 4500, 0.1, 250)
+    write_plan(tmp_path, m, allocate(SLOW, 12.0, FIXED))
+    d = Demo(tmp_path, minutes=20, stream=io.StringIO())
+    assert demo.loop_pace(d, "ar") == {}  # no run yet
+    (tmp_path / "codec").mkdir()
+    (tmp_path / "codec" / "summary.json").write_text(json.dumps({"steps": 100, "train_seconds": 100 * 0.30 * 1.1}))
+    assert demo.loop_pace(d, "codec") == {"loop_s_per_step": pytest.approx(0.33), "loop_factor": pytest.approx(1.1)}
+    (tmp_path / "ar").mkdir()
+    rows = [{"step": 20, "loss": 2.0, "wall_s": 20 * 1.5}, {"step": 20, "eval/psnr": 1.0},  # an eval line has no wall_s
+            {"step": 40, "loss": 1.9, "wall_s": 40 * 1.5}]  # cumulative over a resume: the session alone was shorter
+    (tmp_path / "ar" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert demo.loop_pace(d, "ar") == {"loop_s_per_step": pytest.approx(1.5), "loop_factor": pytest.approx(1.25)}
+    (tmp_path / "ar" / "metrics.jsonl").write_text("")
+    assert demo.loop_pace(d, "ar") == {}  # nothing logged: nothing claimed
+    (tmp_path / PLAN_FILE).unlink()
+    assert demo.loop_pace(d, "codec") == {}  # no measurement to compare with
+
+    # the runner puts it into the summary and the log line
+    (tmp_path / "ar" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_plan(tmp_path, m, allocate(SLOW, 12.0, FIXED))
+    d = Demo(tmp_path, minutes=20, stream=io.StringIO())
+    d.plan = read_plan(tmp_path)[1]
+    d.stages = [Stage("ar", "ar/done", lambda demo_, minutes: {"steps": 40}, "train")]
+    monkeypatch.setattr(cmp, "headline", lambda report: {})  # no comparison stage in this list
+    summary = d.run()
+    assert summary["stages"]["ar"]["loop_factor"] == pytest.approx(1.25)
+    assert json.loads((tmp_path / "demo_summary.json").read_text())["stages"]["ar"]["loop_s_per_step"] == 1.5
+    assert "its training loop ran 1.25x its timed steps" in d.stream.getvalue()

@@ -180,8 +180,11 @@ class Demo:
             t = time.monotonic()
             info = st.run(self, minutes) or {}
             info["wall_s"] = round(time.monotonic() - t, 1)
+            pace = loop_pace(self, st.name) if self.plan is not None and st.name in PLANNED else {}
+            info.update(pace)
             self.summary["stages"][st.name] = info
-            self.say(f"stage {st.name} finished in {info['wall_s']:.0f} s")
+            self.say(f"stage {st.name} finished in {info['wall_s']:.0f} s"
+                     + (f"; its training loop ran {pace['loop_factor']:.2f}x its timed steps" if pace else ""))
         from .demo_budget import stage_precisions
         from .eval.compare import headline
 
@@ -303,20 +306,42 @@ def _replan_ar(d: Demo, minutes: float) -> dict[str, Any]:
     from .speed import StepSpeed
 
     got = read_plan(d.out)
-    if d.plan is None or d.plan.ar_flops <= 0 or got is None:
+    pace = loop_pace(d, "codec")
+    if d.plan is None or d.plan.ar_flops <= 0 or got is None or not pace:
         return {}
-    try:
-        codec = json.loads((d.run_dir("codec") / "summary.json").read_text())
-        speeds = {k: StepSpeed.from_dict(v) for k, v in got[0]["speeds"].items()}
-        factor = float(codec["train_seconds"]) / (int(codec["steps"]) * speeds["codec"].step_s)
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        return {}
+    speeds = {k: StepSpeed.from_dict(v) for k, v in got[0]["speeds"].items()}
+    factor = pace["loop_factor"]
     names = [s.name for s in d.stages]
     both = minutes + d.budget("dit", names[names.index("ar"):])
     flops = replan_ar_flops(d.plan, speeds, both, factor)
     d.say(f"AR model's FLOPs planned again after the codec: {flops:.3g} (planned {d.plan.ar_flops:.3g}); the codec's"
           f" loop ran {factor:.2f}x its timed steps, and AR and DiT have {both:.1f} min")
     return {"flops": flops, "planned_flops": d.plan.ar_flops, "codec_loop_factor": round(factor, 3), "minutes": round(both, 2)}
+
+
+def loop_pace(d: Demo, stage: str) -> dict[str, float]:
+    """How a planned stage's training loop kept the pace of the step the machine measure timed:
+    {"loop_s_per_step", "loop_factor"} (the loop's seconds per step, and that over the timed step's); {} without
+    a measurement or the stage's records. The codec's loop from its summary.json (train_seconds, its periodic
+    evaluations included); the AR's and the DiT's from the engine's metrics.jsonl, the last line's cumulative
+    wall_s over its step, so that a resumed run counts every session."""
+    from .demo_budget import read_plan
+
+    got = read_plan(d.out)
+    try:
+        timed = float(got[0]["speeds"][stage]["step_s"]) if got is not None else 0.0
+        run = d.run_dir(stage)
+        if stage == "codec":
+            summary = json.loads((run / "summary.json").read_text())
+            seconds, steps = float(summary["train_seconds"]), int(summary["steps"])
+        else:
+            rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+            last = [r for r in rows if "wall_s" in r and r.get("step")][-1]
+            seconds, steps = float(last["wall_s"]), int(last["step"])
+        per_step = seconds / steps
+        return {"loop_s_per_step": round(per_step, 4), "loop_factor": round(per_step / timed, 4)}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
+        return {}
 
 
 def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:

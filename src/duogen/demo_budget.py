@@ -119,11 +119,11 @@ FLOOR = 0.25  # of the pool: the training time planned for even when the fixed c
 # 522 (1.1e13 FLOPs), and the DiT's cap stopped it at 0.69x those. What a stage takes past its share comes out of
 # the stages after it (they split the time left); what it leaves goes to them.
 # The AR model's cap has none: its share is the time that leaves the DiT its match of the AR's FLOPs, so headroom
-# there comes out of the DiT's FLOPs. In three emulated-AVX2 runs of session 20 (/tmp/s19/avx2cp, /tmp/s20/avx2b,
-# /tmp/s20/avx2c) both models' loops ran 1.12-1.31x their timed steps, past what the codec's loop (1.01-1.05x) let
-# the re-plan foresee; the AR model took up to 15% past its share, the DiT's cap stopped it at 0.80-0.94x the AR's
-# FLOPs and the demos ended 0.1-0.5 minutes past their budget. Capped at its share, the AR model stops with fewer
-# FLOPs where its loop is slow, and the DiT, as slow, still has its share to match them.
+# there comes out of the DiT's FLOPs. In two emulated-AVX2 runs of session 20 (/tmp/s19/avx2cp, /tmp/s20/avx2c) both
+# models' loops ran 1.15-1.33x their timed steps (`demo.loop_pace`), past what the codec's loop (1.05x, 1.01x) let
+# the re-plan foresee; the AR model took past its share, the DiT's cap stopped it at 0.94x and 0.80x the AR's FLOPs,
+# and the demos ended 0.5 minutes past their budget. Capped at its share, the AR model stops with fewer FLOPs where
+# its loop is slow, and the DiT, as slow, still has its share to match them.
 LOOP_HEADROOM = {"codec": 1.15, "ar": 1.0, "dit": 1.15}
 # After the codec the AR model's FLOP target is planned again (`replan_ar_flops`) on the time left, at the measured
 # speeds slowed by the codec loop's factor. In /tmp/s18/demo10/run (before this) the codec's loop ran 1.16x its timed
