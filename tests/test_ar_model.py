@@ -360,3 +360,26 @@ def test_text_context_starts_as_nothing_and_rewrites_only_the_text_block(text):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.text_context.parameters())
     with pytest.raises(ConfigError, match="text_layers"):
         ARConfig(text_layers=-1).check()
+
+
+def test_text_context_attends_in_float32_under_bf16_autocast(text):
+    """Its attention goes through duogen's CPU attention (`sdpa_tensors`), which hands SDPA float32 tensors under
+    bf16 autocast (torch's bf16 CPU kernel is several times slower), like the Llama's and the DiT's."""
+    m = make(text, text_layers=1)
+    randomize(m.text_context)
+    b = TrainCollator(m.layouts, ["t2v"], 0.0)(records(text, 2))
+    x = m.lm.model.embed_tokens(b["ids"]).detach()
+    seen, real = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append({q.dtype, k.dtype, v.dtype})
+        return real(q, k, v, *a, **kw)
+
+    F.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m.text_context(b["ids"], x)
+    finally:
+        F.scaled_dot_product_attention = real
+    assert seen and all(s == {torch.float32} for s in seen)
+    assert torch.isfinite(y.float()).all()

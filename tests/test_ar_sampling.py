@@ -45,7 +45,7 @@ def model():
 
 
 @pytest.mark.parametrize("prefix_lm,factorized,text_layers", [(True, False, 0), (False, False, 0), (True, True, 0),
-                                                               (False, True, 1)])
+                                                               (False, True, 1), (True, False, 1)])
 def test_cached_decoding_equals_full_forward(prefix_lm, factorized, text_layers):
     m = build(prefix_lm, factorized=factorized, text_layers=text_layers)
     plan = m.layouts.decode_plan("t2v", m.encode_prompt("a red circle moves left"))

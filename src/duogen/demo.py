@@ -328,8 +328,10 @@ def loop_pace(d: Demo, stage: str) -> dict[str, float]:
     from .demo_budget import read_plan
 
     got = read_plan(d.out)
+    if got is None:
+        return {}
     try:
-        timed = float(got[0]["speeds"][stage]["step_s"]) if got is not None else 0.0
+        timed = float(got[0]["speeds"][stage]["step_s"])
         run = d.run_dir(stage)
         if stage == "codec":
             summary = json.loads((run / "summary.json").read_text())

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import sdpa_tensors
+
+
 class _Block(nn.Module):
     """Pre-norm self-attention and GELU MLP; x (B,L,D), keep (B,1,1,L) bool (True: a key to attend to)."""
 
@@ -40,7 +43,7 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B,H,L,Dh)
+        o = sdpa_tensors(q, k, v, keep)  # (B,H,L,Dh); float32 on a CPU under bf16 autocast, as every duogen attention
         x = x + self.proj(o.transpose(1, 2).reshape(B, L, D))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
