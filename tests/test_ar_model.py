@@ -124,6 +124,46 @@ def test_loss_matches_manual_cross_entropy(text):
     assert torch.allclose(out.loss, ref, atol=1e-5)
 
 
+def test_range_softmax_is_the_softmax_over_each_output_tokens_own_range(text):
+    """With `range_softmax`, log p of an output token is the log-softmax of the full logits over its own range
+    only (video ids; each audio level's ids), for loss and score alike, and the head computes fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    m = make(text, tasks=("t2v", "t2a", "v2a"), audio=True).eval()
+    col = TrainCollator(m.layouts, None, 0.0)
+    b = m.layouts.batch([col.build(r, task) for r, task in zip(records(text, 6), ["t2v", "t2a", "v2a"] * 2)])
+    ids, sel = b["ids"][:, 1:], b["loss_mask"][:, 1:]
+    full = m(b["ids"], b["prefix_len"])[:, :-1][sel]  # (N,V)
+    target = ids[sel]
+    ref = torch.empty(len(target))
+    ranges = [(r.start, r.stop) for r in (m.vocab.codec_range("video"), m.vocab.codec_range("audio", 0),
+                                          m.vocab.codec_range("audio", 1))]
+    assert sorted(m.output_ranges()) == sorted(ranges)
+    hit = torch.zeros(len(target), dtype=torch.long)
+    for lo, hi in ranges:
+        inside = (target >= lo) & (target < hi)
+        hit += inside.long()
+        ref[inside] = full[inside, lo:hi].log_softmax(-1).gather(1, (target[inside] - lo)[:, None])[:, 0]
+    assert (hit == 1).all()
+    plain = m.loss(b)
+    with FlopCounterMode(display=False) as c_full:
+        m.loss(b)
+    m.cfg.range_softmax = True
+    with FlopCounterMode(display=False) as c_range:
+        out = m.loss(b)
+    score = m.score(b)
+    assert out.n_items == plain.n_items == len(target)
+    assert torch.allclose(out.loss, -ref.mean(), atol=1e-5)
+    assert torch.allclose(score.logp_tokens[:, 1:][sel], ref, atol=1e-5)
+    assert float(out.loss.detach()) < float(plain.loss.detach())  # the mass outside the range is no longer a loss
+    assert c_range.get_total_flops() < c_full.get_total_flops()
+    out.loss.backward()
+    assert m.lm.lm_head.weight.grad[m.vocab.ranges["text"].start].abs().sum() == 0  # rows outside every range: none
+    g = m.lm.lm_head.weight.grad
+    assert g[ranges[0][0]:].abs().sum(1).gt(0).all()  # every video and audio row learns
+
+
 @pytest.mark.parametrize("prefix_lm", [True, False])
 def test_overfit_one_batch(text, prefix_lm):
     torch.manual_seed(0)

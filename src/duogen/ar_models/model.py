@@ -67,6 +67,11 @@ class ARConfig:
     # layer (400 steps for 426) drew the prompt's color less often, 77.0 / 73.8% against 86.7 / 84.0% on 128 clips
     # (two seeds; two-object prompts 56.2 / 47.3% against 69.6 / 65.2%; README, "What moves the AR model's color").
     text_layers: int = 0
+    # The loss's softmax over the output token's own id range (its codec's, or its residual level's) instead of
+    # the whole vocabulary: the range the sampler draws from anyway, so training, `score` and sampling read one
+    # distribution, and the head computes only those rows. False here so that model directories written before
+    # the option existed load (and score) unchanged.
+    range_softmax: bool = False
 
     def check(self) -> None:
         from ..errors import ConfigError
@@ -227,33 +232,55 @@ class MultimodalLM(nn.Module):
         """ids (B,T), prefix_len (B,) -> logits (B,T,V); logits[:, t] predict ids[:, t+1]."""
         return self.lm.lm_head(self.hidden(ids, prefix_len))
 
-    def output_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The logits of the output tokens (`loss_mask`) only: (logits (N,V), targets (N,), where (B,T-1) bool).
+    def output_ranges(self) -> list[tuple[int, int]]:
+        """[lo, hi) of every id range an output token is drawn from: each codec's, one per residual level."""
+        return [(r.start, r.stop) for name, r in self.vocab.ranges.items()
+                if name.split(".")[0] in self.vocab.codec_levels]
 
-        where[b, t] is True when position t predicts output token t+1; N = where.sum(). `loss` and `score` share it.
+    def output_logp(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p of each output token (`loss_mask`) given the tokens before it: (logp (N,) float32, where (B,T-1)).
+
+        where[b, t] is True when position t predicts output token t+1; N = where.sum(). Logits are computed at
+        those positions only; with `range_softmax`, only over the target's own range (`output_ranges`), which
+        is where the sampler draws that token from. `loss` and `score` share it.
         """
         ids, mask = batch["ids"], batch["loss_mask"]
         h = self.hidden(ids, batch.get("prefix_len"))  # (B,T,D)
         pred_at = mask[:, 1:]  # position t predicts token t+1
-        logits = self.lm.lm_head(h[:, :-1][pred_at])  # (N,V)
-        target = ids[:, 1:][pred_at]  # (N,)
-        return logits, target, pred_at
+        hs, target = h[:, :-1][pred_at], ids[:, 1:][pred_at]  # (N,D), (N,)
+        head = self.lm.lm_head
+        if not self.cfg.range_softmax:
+            return -F.cross_entropy(head(hs).float(), target, reduction="none"), pred_at
+        logp = torch.full(target.shape, float("nan"), device=target.device)
+        todo = torch.ones_like(target, dtype=torch.bool)
+        plain = type(head) is nn.Linear and head.bias is None and not head._forward_hooks
+        for lo, hi in self.output_ranges():
+            sel = (target >= lo) & (target < hi)
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            x = hs if n == len(target) else hs[sel]
+            logits = F.linear(x, head.weight[lo:hi]) if plain else head(x)[:, lo:hi]  # (n, hi-lo)
+            logp[sel] = -F.cross_entropy(logits.float(), target[sel] - lo, reduction="none")
+            todo &= ~sel
+        if todo.any():  # an output id outside every codec range (none of the layouts makes one): the whole row
+            logp[todo] = -F.cross_entropy(head(hs[todo]).float(), target[todo], reduction="none")
+        return logp, pred_at
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Next-token cross-entropy on output tokens only (`loss_mask`), logits computed only there."""
-        logits, target, _ = self.output_logits(batch)
-        loss = F.cross_entropy(logits.float(), target)
-        n = int(target.numel())
-        return LossOutput(loss, n, {"loss": float(loss.detach())})
+        logp, _ = self.output_logp(batch)
+        loss = -logp.mean()
+        return LossOutput(loss, int(logp.numel()), {"loss": float(loss.detach())})
 
     def score(self, batch: dict[str, torch.Tensor]) -> ScoreOutput:
         """Each example's log-likelihood of its output tokens given everything before them (its condition).
 
-        The same batch and logits as `loss` (`TrainCollator`, or `layouts.batch` of `layouts.example`s), so
-        loss = -logp_sum.sum() / n_tokens.sum(). Gradients flow; wrap in `torch.no_grad()` to only score.
+        The same batch and log-probabilities as `loss` (`TrainCollator`, or `layouts.batch` of
+        `layouts.example`s), so loss = -logp_sum.sum() / n_tokens.sum(). Gradients flow; wrap in
+        `torch.no_grad()` to only score.
         """
-        logits, target, pred_at = self.output_logits(batch)
-        logp = -F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
+        logp, pred_at = self.output_logp(batch)
         per = torch.zeros(pred_at.shape, dtype=logp.dtype, device=logp.device).masked_scatter(pred_at, logp)  # (B,T-1)
         logp_tokens = F.pad(per, (1, 0))  # (B,T): the log-prob of token t sits at t
         return ScoreOutput(logp_tokens.sum(1), logp_tokens, pred_at.sum(1))
