@@ -153,6 +153,10 @@ def test_range_softmax_is_the_softmax_over_each_output_tokens_own_range(text):
     with FlopCounterMode(display=False) as c_range:
         out = m.loss(b)
     score = m.score(b)
+    hook = m.lm.lm_head.register_forward_hook(lambda mod, args, y: y)  # a head it may not slice (as with a LoRA)
+    hooked = m.loss(b)
+    hook.remove()
+    assert torch.allclose(hooked.loss, out.loss, atol=1e-6)
     assert out.n_items == plain.n_items == len(target)
     assert torch.allclose(out.loss, -ref.mean(), atol=1e-5)
     assert torch.allclose(score.logp_tokens[:, 1:][sel], ref, atol=1e-5)
