@@ -300,23 +300,25 @@ def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
 
 def _replan_ar(d: Demo, minutes: float) -> dict[str, Any]:
     """The AR model's FLOP target planned again after the codec (`demo_budget.replan_ar_flops`), over the AR's and
-    the DiT's wall minutes as the clock now gives them: {"flops", "planned_flops", "codec_loop_factor",
-    "minutes"}; {} without a plan, or without the codec run's steps and seconds."""
+    the DiT's wall minutes as the clock now gives them: {"flops", "planned_flops", "minutes"}, and the codec loop's
+    pace for the record ("codec_loop_factor", when its run has one); {} without a plan."""
     from .demo_budget import read_plan, replan_ar_flops
     from .speed import StepSpeed
 
     got = read_plan(d.out)
-    pace = loop_pace(d, "codec")
-    if d.plan is None or d.plan.ar_flops <= 0 or got is None or not pace:
+    if d.plan is None or d.plan.ar_flops <= 0 or got is None:
         return {}
     speeds = {k: StepSpeed.from_dict(v) for k, v in got[0]["speeds"].items()}
-    factor = pace["loop_factor"]
     names = [s.name for s in d.stages]
     both = minutes + d.budget("dit", names[names.index("ar"):])
-    flops = replan_ar_flops(d.plan, speeds, both, factor)
-    d.say(f"AR model's FLOPs planned again after the codec: {flops:.3g} (planned {d.plan.ar_flops:.3g}); the codec's"
-          f" loop ran {factor:.2f}x its timed steps, and AR and DiT have {both:.1f} min")
-    return {"flops": flops, "planned_flops": d.plan.ar_flops, "codec_loop_factor": round(factor, 3), "minutes": round(both, 2)}
+    flops = replan_ar_flops(d.plan, speeds, both)
+    d.say(f"AR model's FLOPs planned again after the codec: {flops:.3g} (planned {d.plan.ar_flops:.3g}) for the"
+          f" {both:.1f} min AR and DiT have, at their timed speeds")
+    info = {"flops": flops, "planned_flops": d.plan.ar_flops, "minutes": round(both, 2)}
+    pace = loop_pace(d, "codec")
+    if pace:
+        info["codec_loop_factor"] = round(pace["loop_factor"], 3)
+    return info
 
 
 def loop_pace(d: Demo, stage: str) -> dict[str, float]:
