@@ -166,6 +166,16 @@ def test_range_softmax_is_the_softmax_over_each_output_tokens_own_range(text):
     assert m.lm.lm_head.weight.grad[m.vocab.ranges["text"].start].abs().sum() == 0  # rows outside every range: none
     g = m.lm.lm_head.weight.grad
     assert g[ranges[0][0]:].abs().sum(1).gt(0).all()  # every video and audio row learns
+    # a batch that makes a structural token an output (no layout does): that token gets the whole row's softmax
+    b2 = {k: v.clone() for k, v in b.items()}
+    eov = int((b2["ids"][0] == m.vocab.id("<eov>")).nonzero()[0])
+    b2["loss_mask"][0, eov] = True
+    sel2 = b2["loss_mask"][:, 1:]
+    full2 = m(b2["ids"], b2["prefix_len"])[:, :-1][sel2].log_softmax(-1)
+    at = int(sel2[0].sum()) - 1  # the <eov> is row 0's last output token
+    logp2 = m.score(b2).logp_tokens[:, 1:][sel2]
+    assert torch.isfinite(logp2).all()
+    assert torch.allclose(logp2[at], full2[at, m.vocab.id("<eov>")], atol=1e-5)
 
 
 @pytest.mark.parametrize("prefix_lm", [True, False])
