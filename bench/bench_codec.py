@@ -11,8 +11,10 @@ the default layout, in alternating rounds (the median of the rounds' medians
 of `--repeats` steps). Every 3D convolution here is a 2D one over stacked
 time, so channels-last 2D is the format that applies. A fourth: the same
 training step with a second, full-resolution decoder stage
-(`model.decoder_extra_levels=2`) against the preset's, FLOPs and time. Prints
-the load average, since the CPU is shared.
+(`model.decoder_extra_levels=2`) against the preset's, FLOPs and time. A fifth:
+the same training step with a 16x16 token grid (`model.patch=2`: 768 tokens per
+9-frame clip instead of 192), 128 and 64 wide (`model.widths=[64]`), against the
+preset's 8x8 grid. Prints the load average, since the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16] [--only decoder-levels ...]
 """
@@ -117,12 +119,25 @@ def bench_decoder_levels(repeats: int, rounds: int = 2) -> dict[str, float]:
             "time_ratio": t["2"]["s"] / t["1"]["s"], "flops_ratio": t["2"]["flops"] / t["1"]["flops"]}
 
 
+GRIDS = {"8x8 grid (preset)": {}, "16x16 grid": {"patch": 2}, "16x16 grid, 64 wide": {"patch": 2, "widths": [64]}}
+
+
+def bench_grid(repeats: int, rounds: int = 2) -> dict[str, dict[str, float]]:
+    """The tiny codec recipe's training step at the preset's 8x8 token grid against a 16x16 one (patch 2), at the
+    preset's width and at 64: seconds and FLOPs per step, and each one's ratio to the preset's."""
+    from duogen.speed import codec_step
+
+    t = _alternating_steps({k: (lambda m=m: codec_step(**m)) for k, m in GRIDS.items()}, repeats, rounds)
+    base = t[next(iter(GRIDS))]
+    return {k: {**v, "time_ratio": v["s"] / base["s"], "flops_ratio": v["flops"] / base["flops"]} for k, v in t.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
-    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels")
+    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid")
     ap.add_argument("--only", choices=parts, action="append",
                     help="run only this part (repeatable; default: all). On a CPU without native bf16 the bf16"
                          " throughput part takes many minutes")
@@ -148,6 +163,10 @@ def main() -> None:
         d = bench_decoder_levels(a.repeats)
         print(f"tiny codec training step, decoder to 16x16 (preset) {d['s_1']:.3f} s {d['flops_1']:.3g} FLOPs, with a"
               f" 32x32 stage {d['s_2']:.3f} s {d['flops_2']:.3g} FLOPs: time x{d['time_ratio']:.2f}, FLOPs x{d['flops_ratio']:.2f}")
+    if "grid" in run:
+        for k, v in bench_grid(a.repeats).items():
+            print(f"tiny codec training step, {k}: {v['s']:.3f} s {v['flops']:.3g} FLOPs (time x{v['time_ratio']:.2f},"
+                  f" FLOPs x{v['flops_ratio']:.2f})")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 

@@ -149,6 +149,19 @@ def test_decoder_with_its_own_levels():
             build_video_codec("tiny", bad)
 
 
+def test_the_tiny_preset_with_patch_2_has_a_16x16_grid_and_a_full_resolution_decoder():
+    """`model.patch=2` (README, issue 19: 27.2 dB at 1,000 steps): the preset's other choices follow it; the color
+    path averages 2x2 cells; 768 ids per 9-frame 32x32 clip, and ids decode to the clip's shape."""
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", ["patch=2", "widths=[16]", "latent_blocks=1"]).eval()
+    cfg = codec.cfg
+    assert cfg.spatial_factor == 2 and cfg.dec_patch == 1 and cfg.dec_widths == [8, 16] and cfg.color_path
+    x = _clips(s=32)
+    with torch.no_grad():
+        ids = _check_id_paths(codec, x)
+        assert ids.shape == (2, 3, 16, 16) and ids[0].numel() == 768 and codec.decode(ids).shape == x.shape
+
+
 def test_video_8x_shapes(video8x):
     x = _clips(s=32)[..., :16, :]  # (2, 3, 9, 16, 32)
     with torch.no_grad():
