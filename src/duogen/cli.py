@@ -267,7 +267,9 @@ def _add_train(sub: Any) -> None:
             " (`duogen data make shapes --audio`). Every example's audio is cropped to its first audio_seconds"
             " (default 2.0) or padded with silence to that length, so each sound is the same number of codec"
             " frames (x residual levels) tokens; the audio is encoded once into the same cache as the clips."
-            "\nOverrides: model.* (hidden, layers, heads, prefix_lm, cond_dropout), train.* (steps, batch_size,"
+            "\nOverrides: model.* (hidden, layers, heads, prefix_lm, cond_dropout, text_layers, range_softmax,"
+            " text_states=none|minilm: add each prompt word's state in the frozen, pretrained all-MiniLM-L6-v2 to"
+            " its text rows, every caption encoded once before the first step), train.* (steps, batch_size,"
             " lr, max_minutes, precision, ...), max_text, text_vocab, cond_frames, audio_seconds, max_clips."
         ),
     )

@@ -29,6 +29,7 @@ from ..tokenizers.text import TEXT_MODEL_NAME, TextTokenizer
 from ..tokenizers.vocab import VOCAB_NAME, UnifiedVocab
 from .layouts import LayoutSpec, Layouts
 from .text_context import TextContext
+from .text_states import PretrainedTextStates
 
 FORMAT_VERSION = 1
 
@@ -75,10 +76,18 @@ class ARConfig:
     # prompt's color as often, 84.0 / 84.0% against 86.7 / 84.0% on 128 clips (two seeds; README, "What moves the
     # AR model's color").
     range_softmax: bool = False
+    # "minilm": each text row of the prompt gets a learned map (starting at zero) of its word's state in the frozen,
+    # pretrained all-MiniLM-L6-v2 (`PretrainedTextStates`, VideoPoet's pretrained text encoder in small): contextual
+    # states bind a color to the shape it names before the decoder reads them. "none" here so that model
+    # directories written before the option existed load unchanged.
+    text_states: str = "none"
 
     def check(self) -> None:
         from ..errors import ConfigError
+        from .text_states import TEXT_STATES
 
+        if self.text_states not in TEXT_STATES:
+            raise ConfigError(f"text_states must be one of {', '.join(TEXT_STATES)}; got {self.text_states!r}")
         if self.text_layers < 0:
             raise ConfigError(f"text_layers must be >= 0, got {self.text_layers}")
         if self.hidden % self.heads or self.heads % self.kv_heads:
@@ -206,6 +215,9 @@ class MultimodalLM(nn.Module):
         if cfg.text_layers > 0:
             self.text_context = TextContext(cfg.hidden, cfg.heads, cfg.text_layers, spec.text_block, cfg.mlp,
                                             vocab.tokens["<pad>"])
+        self.text_states: PretrainedTextStates | None = None
+        if cfg.text_states == "minilm":
+            self.text_states = PretrainedTextStates(cfg.hidden, spec.text_block, vocab, text)
 
     # ------------------------------------------------------------------ forward and loss
     def attention_mask(self, prefix_len: torch.Tensor | None, T: int) -> torch.Tensor | None:
@@ -216,20 +228,30 @@ class MultimodalLM(nn.Module):
     def hidden(self, ids: torch.Tensor, prefix_len: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B,T) -> final hidden states (B,T,D)."""
         mask = self.attention_mask(prefix_len, ids.shape[1])
-        if self.visual_pos is None and self.text_context is None:
+        if self.visual_pos is None and self.text_context is None and self.text_states is None:
             return self.lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
         x = self.lm.model.embed_tokens(ids)
         if self.visual_pos is not None:
             x = x + self.visual_pos(ids)[0].to(x.dtype)
-        if self.text_context is not None:
-            x = self.text_context(ids, x)
+        x = self.text_prefix(ids, x)
         return self.lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
 
+    def text_prefix(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The text block's rows of x (B,T,D) as the Llama reads them: plus the pretrained text states, then
+        through the text context (each only if the model has it); every other row unchanged."""
+        if self.text_states is not None:
+            x = self.text_states(ids, x)
+        if self.text_context is not None:
+            x = self.text_context(ids, x)
+        return x
+
     def decoder(self) -> Any:
-        """A KV-cached `LlamaDecoder` over this model's weights (and its visual positions and text context, if any)."""
+        """A KV-cached `LlamaDecoder` over this model's weights (and its visual positions, text states and text
+        context, if any)."""
         from .sampling import LlamaDecoder
 
-        return LlamaDecoder(self.lm, self.max_len, self.visual_pos, self.text_context)
+        has_prefix = self.text_context is not None or self.text_states is not None
+        return LlamaDecoder(self.lm, self.max_len, self.visual_pos, self.text_prefix if has_prefix else None)
 
     def forward(self, ids: torch.Tensor, prefix_len: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B,T), prefix_len (B,) -> logits (B,T,V); logits[:, t] predict ids[:, t+1]."""

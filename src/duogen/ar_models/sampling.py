@@ -196,7 +196,8 @@ class LlamaDecoder:
 
     def __init__(self, lm: Any, max_len: int | None = None, positions: Any = None, text_context: Any = None):
         """`positions`: the model's `VisualPositions` (factorized visual positions), if it has them;
-        `text_context`: its `TextContext`, which the first chunk of a sequence (the prefix) goes through."""
+        `text_context`: what the first chunk of a sequence (the prefix) goes through before the layers, the
+        model's `text_prefix` (its pretrained text states and `TextContext`), or None."""
         self.lm = enable_processors(lm)
         m = lm.model
         self.positions, self._pos_state = positions, None

