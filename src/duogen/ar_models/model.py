@@ -29,7 +29,7 @@ from ..tokenizers.text import TEXT_MODEL_NAME, TextTokenizer
 from ..tokenizers.vocab import VOCAB_NAME, UnifiedVocab
 from .layouts import LayoutSpec, Layouts
 from .text_context import TextContext
-from .text_states import PretrainedTextStates
+from .text_states import TEXT_STATES, PretrainedTextStates
 
 FORMAT_VERSION = 1
 
@@ -84,7 +84,6 @@ class ARConfig:
 
     def check(self) -> None:
         from ..errors import ConfigError
-        from .text_states import TEXT_STATES
 
         if self.text_states not in TEXT_STATES:
             raise ConfigError(f"text_states must be one of {', '.join(TEXT_STATES)}; got {self.text_states!r}")

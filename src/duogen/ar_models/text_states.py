@@ -106,6 +106,11 @@ class PretrainedTextStates(nn.Module):
             out.append(word_states[torch.tensor([w if w >= 0 else len(words) for w in of_piece], dtype=torch.long)])
         return out
 
+    def _fill(self, keys: list[tuple[int, ...]]) -> None:
+        """Encode these prompts (local text ids) and cache their states."""
+        for key, s in zip(keys, self._encode(keys)):
+            self._cache[key] = s
+
     def warm(self, prompts: Sequence[Sequence[int]], batch_size: int = 128, progress: bool = True) -> int:
         """Encode every distinct prompt (local text ids, as `TextTokenizer.encode` gives them) into the cache
         now, in batches: a training run's captions before its first step, so the steps (and the engine's FLOP
@@ -113,12 +118,9 @@ class PretrainedTextStates(nn.Module):
         from tqdm.auto import tqdm
 
         todo = sorted({tuple(int(i) for i in p) for p in prompts if len(p)} - set(self._cache))
-        if len(todo) > self.cache_size:
-            self.cache_size = len(todo)
+        self.cache_size = max(self.cache_size, len(self._cache) + len(todo))  # nothing warmed is evicted later
         for k in tqdm(range(0, len(todo), batch_size), desc="text states (MiniLM)", disable=not progress or not todo):
-            chunk = todo[k:k + batch_size]
-            for key, s in zip(chunk, self._encode(chunk)):
-                self._cache[key] = s
+            self._fill(todo[k:k + batch_size])
         return len(todo)
 
     def states(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +130,7 @@ class PretrainedTextStates(nn.Module):
         found = [self._text_ids(row) for row in rows]
         todo = sorted({tuple(local) for _, local in found if local and tuple(local) not in self._cache})
         if todo:
-            for key, s in zip(todo, self._encode(todo)):
-                self._cache[key] = s
+            self._fill(todo)
         S = torch.zeros(len(rows), L, MINILM_WIDTH)
         has = torch.zeros(len(rows), L, dtype=torch.bool)
         for b, (pos, local) in enumerate(found):
