@@ -15,7 +15,7 @@ from duogen.bridges.generate import ARGenerator
 from duogen.cli import main
 from duogen.data.shapes import load_world_config, make_clip
 from duogen.errors import ConfigError, DataError
-from duogen.eval.zero_shot import attribute_candidates, binding_candidates, canonical, swapped
+from duogen.eval.zero_shot import attribute_candidates, binding_candidates, canonical, objects_candidates, swapped
 from test_ar_model import TINY, ar_dir, text  # noqa: F401 (fixtures: a saved tiny t2v + i2v model, its tokenizer)
 from test_latent_diffusion import model  # noqa: F401 (fixture: the tiny live DiT with its codec)
 
@@ -137,6 +137,10 @@ def test_candidates_read_like_training_captions():
     assert binding_candidates([a, b], cfg) == ["a red circle moves left and a blue square moves up",
                                                "a blue circle moves left and a red square moves up"]
     assert binding_candidates([a, {**a, "color": "blue"}], cfg) is None  # the swap reads the same clip
+    assert objects_candidates([a, b], cfg) == ["a red circle moves left and a blue square moves up",
+                                               "a red circle moves left", "a blue square moves up"]
+    # every two-object clip asks objects, also the ones whose color swap reads the same clip
+    assert objects_candidates([a, {**a, "color": "blue"}], cfg)[1:] == ["a red circle moves left", "a blue circle moves left"]
     assert swapped([a, {**b, "motion": "left"}]) is not None
     # on the world's own two-object clips: both objects named in the world's order, the swap exchanges colors only
     from duogen.data.shapes import split_prompts
@@ -248,6 +252,23 @@ def test_reference_models_classify_world_clips_by_color():
             assert res.labels[0] == caps[truth], (name, clip.caption, res.labels[:2])
 
 
+def test_reference_models_count_the_objects_a_caption_names():
+    """Both shipped models rank a rendered two-object clip's caption above each of its objects' own captions
+    (chance 1/3 per clip): the AR's likelihood knows the second object, though its samples often leave it out."""
+    from duogen.bridges.classify import load_classifier
+    from duogen.demo import reference_models
+
+    cfg = load_world_config("tiny")
+    clips = [c for c in (make_clip(cfg, "validation", i) for i in range(40)) if len(c.attributes) == 2][:3]
+    assert len(clips) == 3
+    for name, path in reference_models().items():
+        gen = load_classifier(path)
+        for clip in clips:
+            caps = objects_candidates(clip.attributes, cfg)
+            res = classify(gen, clip.video, caps, diffusion=DiffusionClassifyConfig(trials=(4,), keep=()))
+            assert res.labels[0] == caps[0], (name, clip.caption, res.labels, res.scores)
+
+
 def test_eval_zero_shot_cli_on_a_split(world, capsys):
     from duogen.demo import REFERENCE_DIR, reference_models
 
@@ -255,10 +276,11 @@ def test_eval_zero_shot_cli_on_a_split(world, capsys):
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["paradigm"] == "ar" and out["split"] == "validation"
-    assert {k: out[k]["candidates"] for k in ("color", "shape", "direction", "binding")} == \
-        {"color": 7, "shape": 13, "direction": 9, "binding": 2}
+    kinds = ("color", "shape", "direction", "binding", "objects")
+    assert {k: out[k]["candidates"] for k in kinds} == {"color": 7, "shape": 13, "direction": 9, "binding": 2, "objects": 3}
     assert out["binding"]["chance"] == 0.5 and out["color"]["forward_passes_per_clip"] == 7
-    assert all(out[k]["clips"] == 1 and 0 <= out[k]["accuracy"] <= 1 for k in ("color", "shape", "direction", "binding"))
+    assert out["objects"]["chance"] == 0.3333 and out["objects"]["forward_passes_per_clip"] == 3
+    assert all(out[k]["clips"] == 1 and 0 <= out[k]["accuracy"] <= 1 for k in kinds)
     with pytest.raises(SystemExit):  # argparse: not one of the choices
         main(argv[:-1] + ["--attribute", "size"])
     capsys.readouterr()

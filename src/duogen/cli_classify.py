@@ -86,13 +86,14 @@ def add_eval_zero_shot(ev: Any) -> None:
             "Classify a split's clips with a model: per attribute, the candidates are the world's canonical"
             " captions of each single-object clip with that attribute set to every value (color 7, shape 13,"
             " direction 9); binding asks each two-object clip's caption against the one with the objects'"
-            " colors swapped (chance 50%). Reports accuracy beside chance and the supervised probes on the"
+            " colors swapped (chance 50%); objects asks each two-object clip's caption against the caption of"
+            " each of its objects alone (chance 1/3: does the score count the objects a caption names?). Reports accuracy beside chance and the supervised probes on the"
             " same clips, and forward passes and seconds per clip." + _DIFFUSION_HELP
         ),
     )
     p.add_argument("--model", required=True, help="model directory (RUN/final) of an AR or a diffusion model")
     p.add_argument("--data", required=True, help="data set directory (from `duogen data make shapes`)")
-    p.add_argument("--attribute", default="all", choices=["color", "shape", "direction", "binding", "all"])
+    p.add_argument("--attribute", default="all", choices=["color", "shape", "direction", "binding", "objects", "all"])
     p.add_argument("--split", default="validation", choices=["validation", "heldout", "train"])
     p.add_argument("--n", type=int, default=50, help="clips per attribute (the first suitable ones of the split)")
     _add_budget(p)

@@ -5,9 +5,12 @@ set to each value the world has (color: 7, shape: 13, direction: 9 motions, `sti
 in that attribute only and read like training captions (`duogen.data.shapes.caption`, no paraphrase). For
 each two-object clip, binding asks the clip's caption against the caption with the two objects' colors
 swapped ("a red circle ... and a blue square ..." vs "a blue circle ... and a red square ..."; chance 50%);
-a clip whose swap reads the same (one shape and one motion for both) is skipped. The supervised probes
+a clip whose swap reads the same (one shape and one motion for both) is skipped. Objects asks each two-object
+clip's caption against the caption of each of its objects alone (chance 1/3): a score that ranks "a red circle
+..." with "... and a blue square ..." does not count the objects a caption names. The supervised probes
 (`duogen.eval.probes`) read the same clips as a baseline: an attribute is right when the probe reads it,
-binding is right when the probe's readings match the true caption better than the swapped one (a tie is half).
+binding is right when the probe's readings match the true caption better than the swapped one (a tie is half),
+objects when the probes count the clip's two objects.
 
 Owns: candidate captions, `evaluate_zero_shot` (behind `duogen eval zero-shot`) and `score_split` (the
 benchmark's loop over clips). Does not own: the classifiers (`duogen.bridges.classify`), the probes.
@@ -24,7 +27,8 @@ from ..data.shapes import COLORS, MOTION_NAMES, SHAPES, WorldConfig, caption
 from ..errors import DataError
 
 ATTRIBUTES = ("color", "shape", "direction")
-KINDS = ATTRIBUTES + ("binding",)
+TWO_OBJECT_KINDS = ("binding", "objects")  # kinds asked of two-object clips
+KINDS = ATTRIBUTES + TWO_OBJECT_KINDS
 _KEY = {"color": "color", "shape": "shape", "direction": "motion"}  # attribute -> the world's attribute key
 _VALUES = {"color": COLORS, "shape": SHAPES, "direction": MOTION_NAMES}
 
@@ -55,6 +59,14 @@ def binding_candidates(attributes: Sequence[dict[str, Any]], cfg: WorldConfig | 
     return None if other is None else [canonical(attributes, cfg), canonical(other, cfg)]
 
 
+def objects_candidates(attributes: Sequence[dict[str, Any]], cfg: WorldConfig | None = None) -> list[str]:
+    """[the two-object clip's caption, the first object's own caption, the second's]: does the classifier's score
+    know that a caption naming one of the clip's objects leaves the other out? (A generator whose score does not
+    can draw one object for a two-object prompt at little cost to its likelihood.)"""
+    a, b = (dict(x) for x in attributes)
+    return [canonical([a, b], cfg), canonical([a], cfg), canonical([b], cfg)]
+
+
 def _probe_binding(readings: list[Any], attributes: Sequence[dict[str, Any]]) -> float:
     from .probes import prompt_accuracy
 
@@ -74,7 +86,8 @@ def score_split(gen: Any, rows: Sequence[tuple[np.ndarray, list[dict[str, Any]]]
                 n: int, cfg: WorldConfig | None = None, seed: int = 0, diffusion: Any = None,
                 progress_desc: str | None = None) -> dict[str, dict[str, Any]]:
     """Classify up to `n` clips per kind from `rows` ((video uint8 (F, H, W, 3), attributes) pairs, in order):
-    single-object clips for the attributes, two-object clips with a distinct swap for binding. Returns per kind
+    single-object clips for the attributes, two-object clips with a distinct swap for binding, every two-object
+    clip for objects. Returns per kind
     {clips, candidates, chance, accuracy, probe_accuracy, forward_passes_per_clip, seconds_per_clip}."""
     from ..bridges.classify import classify
     from ..utils import progress
@@ -86,9 +99,9 @@ def score_split(gen: Any, rows: Sequence[tuple[np.ndarray, list[dict[str, Any]]]
     t = {k: _tally() for k in kinds}
     bar = progress(total=n * len(kinds), desc=progress_desc or "zero-shot", unit="clip")
     for video, attributes in rows:
-        want = [k for k in kinds if t[k]["clips"] < n and (k == "binding") == (len(attributes) == 2)]
-        if want == ["binding"] and swapped(attributes) is None:
-            continue
+        want = [k for k in kinds if t[k]["clips"] < n and (k in TWO_OBJECT_KINDS) == (len(attributes) == 2)]
+        if "binding" in want and swapped(attributes) is None:
+            want.remove("binding")
         if not want:
             if all(t[k]["clips"] >= n for k in kinds):
                 break
@@ -98,6 +111,9 @@ def score_split(gen: Any, rows: Sequence[tuple[np.ndarray, list[dict[str, Any]]]
             if k == "binding":
                 labels, truth = binding_candidates(attributes, cfg), 0
                 probe = _probe_binding(readings, attributes)
+            elif k == "objects":
+                labels, truth = objects_candidates(attributes, cfg), 0
+                probe = prompt_accuracy(readings, attributes)["count"]
             else:
                 labels, truth = attribute_candidates(attributes[0], k, cfg)
                 probe = prompt_accuracy(readings, attributes)[k]
