@@ -1,6 +1,7 @@
 """Probe accuracy of a `duogen compare` report split by the number of objects its prompts ask for.
 
     .venv/bin/python bench/bench_accuracy_by_objects.py REPORT [REPORT ...] [--kinds color,count] [--json]
+        [--still first|last|INDEX]
 
 Reads each REPORT/results.json (nothing is sampled again) and prints, per model and sampling setting,
 the accuracy per kind over the clips of one-object prompts, of two-object prompts and so on (then of all
@@ -8,6 +9,11 @@ prompts: what the report shows), each with
 its standard error (prompts as the units, `duogen.eval.metrics.accuracy_stderr`), and, for prompts of
 two or more objects, how often each (color, count) score pair occurs: color 0.5 with count 0 is a clip
 where the probes found one object of the two, in a color the prompt asked for.
+
+`--still FRAME` scores each saved clip (the report's lossless clips) as a still of one of its frames, that frame
+repeated for the clip's length, instead of the clip as drawn: where a generator's sample loses an object, frame 0
+against the last frame says whether the first frame already lacks it or a later one drops it. Direction is then
+0 by construction.
 """
 
 from __future__ import annotations
@@ -18,13 +24,35 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from duogen.eval.compare import Prompt, grouped_accuracy
+import numpy as np
+
+from duogen.eval.compare import Prompt, grouped_accuracy, score_clips
+
+
+def _prompts(results: dict[str, Any]) -> list[Prompt]:
+    return [Prompt(p.get("caption", ""), p.get("attributes") or [], p.get("split", "custom")) for p in results["prompts"]]
+
+
+def as_stills(report: str | Path, results: dict[str, Any], frame: int) -> dict[str, Any]:
+    """`results` with every setting's per-clip accuracies rescored on stills of frame `frame` (negative: from the
+    end) of the report's saved clips (P, N, F, H, W, 3)."""
+    prompts = _prompts(results)
+    out = json.loads(json.dumps(results))
+    for m in out["models"]:
+        for s in m["settings"]:
+            with np.load(Path(report) / s["clips"]) as z:
+                clips = z["clips"]
+            F = clips.shape[2]
+            if not -F <= frame < F:
+                raise SystemExit(f"error: --still {frame}: the clips have {F} frames")
+            s["per_clip_accuracy"] = score_clips(np.repeat(clips[:, :, [frame]], F, axis=2), prompts)
+    return out
 
 
 def by_objects(results: dict[str, Any], kinds: tuple[str, ...] = ("color", "count")) -> list[dict[str, Any]]:
     """One row per (model, setting, number of objects, then "all" prompts): clips, accuracy and error per kind
     (`duogen.eval.compare.grouped_accuracy`, what the report's table by objects shows), and the score pairs."""
-    prompts = [Prompt(p.get("caption", ""), p.get("attributes") or [], p.get("split", "custom")) for p in results["prompts"]]
+    prompts = _prompts(results)
     n_obj = [len(p.attributes) for p in prompts]
     rows = []
     for m in results["models"]:
@@ -49,14 +77,25 @@ def main() -> None:
     ap.add_argument("reports", nargs="+", help="`duogen compare` output directories (each holds results.json)")
     ap.add_argument("--kinds", default="color,count", help="comma-separated attribute kinds to show")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--still", default=None, metavar="FRAME",
+                    help="score stills of one frame of each saved clip: first, last or a frame index")
     a = ap.parse_args()
     kinds = tuple(k for k in a.kinds.split(",") if k)
+    frame = None
+    if a.still is not None:
+        try:
+            frame = {"first": 0, "last": -1}.get(a.still) if a.still in ("first", "last") else int(a.still)
+        except ValueError:
+            raise SystemExit(f"error: --still takes first, last or a frame index, got {a.still!r}") from None
     rows = []
     for rep in a.reports:
         path = Path(rep) / "results.json"
         if not path.is_file():
             raise SystemExit(f"error: {path}: no such file (pass a `duogen compare --out` directory)")
-        rows += [{"report": rep, **r} for r in by_objects(json.loads(path.read_text()), kinds)]
+        results = json.loads(path.read_text())
+        if frame is not None:
+            results = as_stills(rep, results, frame)
+        rows += [{"report": rep, **({"still": a.still} if frame is not None else {}), **r} for r in by_objects(results, kinds)]
     if a.json:
         print(json.dumps(rows, indent=2))
         return
@@ -65,7 +104,8 @@ def main() -> None:
         accs = ", ".join(f"{k} {pct(r['accuracy'][k], r['stderr'][k])}" for k in kinds)
         pairs = f"; ({','.join(kinds)}) pairs {r['score_pairs']}" if r["objects"] not in (0, 1, "all") else ""
         which = "all prompts" if r["objects"] == "all" else f"{r['objects']} object(s)"
-        print(f"{r['report']} | {r['model']} [{r['setting']}] | {which}: {r['prompts']} prompts, "
+        still = f" | still of frame {r['still']}" if "still" in r else ""
+        print(f"{r['report']}{still} | {r['model']} [{r['setting']}] | {which}: {r['prompts']} prompts, "
               f"{r['clips']} clips: {accs}{pairs}")
 
 

@@ -188,6 +188,25 @@ def test_the_accuracy_by_number_of_objects_adds_up_to_the_reported_one(small_run
     assert re.search(r"<td class=l>render</td><td>2</td><td>1</td><td>\d+\.\d%", table)
 
 
+def test_stills_of_the_first_frame_score_as_the_frozen_clips(small_run):
+    """bench_accuracy_by_objects --still: the "frozen" setting draws each "exact" clip's first frame for the whole
+    clip (same seeds), so stills of the exact clips' first frames score clip for clip as the frozen clips did."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "bench_accuracy_by_objects.py"
+    spec = importlib.util.spec_from_file_location("bench_accuracy_by_objects", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, _ = small_run
+    res = json.loads((out / "results.json").read_text())
+    first = bench.as_stills(out, res, 0)
+    assert _setting(first, "render", "exact")["per_clip_accuracy"] == _setting(res, "render", "frozen")["per_clip_accuracy"]
+    last = _setting(bench.as_stills(out, res, -1), "render", "exact")["per_clip_accuracy"]
+    assert all(c["direction"] == 0.0 and c["color"] == 1.0 for clips in last for c in clips)
+    assert _setting(res, "render", "exact")["per_clip_accuracy"] != last  # the clips as drawn read their motion
+    assert json.loads((out / "results.json").read_text()) == res  # the report itself is untouched
+
+
 def test_rescoring_saved_clips_gives_the_reported_accuracies(small_run):
     from duogen.eval.compare import rescore
 
