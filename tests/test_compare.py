@@ -152,13 +152,19 @@ def test_results_and_report_carry_each_accuracy_with_its_standard_error(small_ru
     assert re.search(r"<td>\d+\.\d% ± \d+\.\d</td>", (out / "report.html").read_text())
 
 
-def test_the_accuracy_by_number_of_objects_adds_up_to_the_reported_one(small_run):
+def _objects_bench():
+    """bench/bench_accuracy_by_objects.py as a module."""
     import importlib.util
 
     path = Path(__file__).parents[1] / "bench" / "bench_accuracy_by_objects.py"
     spec = importlib.util.spec_from_file_location("bench_accuracy_by_objects", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_accuracy_by_number_of_objects_adds_up_to_the_reported_one(small_run):
+    bench = _objects_bench()
     out, _ = small_run
     res = json.loads((out / "results.json").read_text())
     rows = bench.by_objects(res, ("color",))
@@ -191,12 +197,7 @@ def test_the_accuracy_by_number_of_objects_adds_up_to_the_reported_one(small_run
 def test_stills_of_the_first_frame_score_as_the_frozen_clips(small_run):
     """bench_accuracy_by_objects --still: the "frozen" setting draws each "exact" clip's first frame for the whole
     clip (same seeds), so stills of the exact clips' first frames score clip for clip as the frozen clips did."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "bench" / "bench_accuracy_by_objects.py"
-    spec = importlib.util.spec_from_file_location("bench_accuracy_by_objects", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _objects_bench()
     out, _ = small_run
     res = json.loads((out / "results.json").read_text())
     first = bench.as_stills(out, res, 0)
