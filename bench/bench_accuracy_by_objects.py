@@ -95,7 +95,8 @@ def main() -> None:
         results = json.loads(path.read_text())
         if frame is not None:
             results = as_stills(rep, results, frame)
-        rows += [{"report": rep, **({"still": a.still} if frame is not None else {}), **r} for r in by_objects(results, kinds)]
+        tag = {"still": a.still} if frame is not None else {}
+        rows += [{"report": rep, **tag, **r} for r in by_objects(results, kinds)]
     if a.json:
         print(json.dumps(rows, indent=2))
         return

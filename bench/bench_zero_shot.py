@@ -8,8 +8,8 @@ For the shipped reference models (AR and DiT, trained on the tiny world: `duogen
 attribute (color, shape, direction: the first --n single-object clips, each against its canonical captions
 with that attribute set to every value of the world) and attribute binding (the first --n two-object clips,
 each caption against its color-swapped twin) and objects (the same clips, each caption against each of its
-objects' own captions; no target: a diagnostic of the AR model's two-object samples), forward passes and seconds per clip, the probes on the same
-clips, and chance. One implementation: `duogen.eval.zero_shot.score_split` over
+objects' own captions; no target: a diagnostic of the AR model's two-object samples), forward passes and
+seconds per clip, the probes on the same clips, and chance. One implementation: `duogen.eval.zero_shot.score_split` over
 `duogen.bridges.classify.classify`, what `duogen eval zero-shot` runs. Targets (issue 17): color >= 95%,
 shape >= 85%, direction >= 70% for both paradigms, binding >= 75%, the AR classifier at <= 1/10 of the
 diffusion classifier's forward passes. Seconds are wall time on whatever machine runs it (one thread by default).

@@ -140,7 +140,8 @@ def test_candidates_read_like_training_captions():
     assert objects_candidates([a, b], cfg) == ["a red circle moves left and a blue square moves up",
                                                "a red circle moves left", "a blue square moves up"]
     # every two-object clip asks objects, also the ones whose color swap reads the same clip
-    assert objects_candidates([a, {**a, "color": "blue"}], cfg)[1:] == ["a red circle moves left", "a blue circle moves left"]
+    assert objects_candidates([a, {**a, "color": "blue"}], cfg)[1:] == ["a red circle moves left",
+                                                                          "a blue circle moves left"]
     assert swapped([a, {**b, "motion": "left"}]) is not None
     # on the world's own two-object clips: both objects named in the world's order, the swap exchanges colors only
     from duogen.data.shapes import split_prompts

@@ -87,8 +87,9 @@ def add_eval_zero_shot(ev: Any) -> None:
             " captions of each single-object clip with that attribute set to every value (color 7, shape 13,"
             " direction 9); binding asks each two-object clip's caption against the one with the objects'"
             " colors swapped (chance 50%); objects asks each two-object clip's caption against the caption of"
-            " each of its objects alone (chance 1/3: does the score count the objects a caption names?). Reports accuracy beside chance and the supervised probes on the"
-            " same clips, and forward passes and seconds per clip." + _DIFFUSION_HELP
+            " each of its objects alone (chance 1/3: does the score count the objects a caption names?)."
+            " Reports accuracy beside chance and the supervised probes on the same clips, and forward passes"
+            " and seconds per clip." + _DIFFUSION_HELP
         ),
     )
     p.add_argument("--model", required=True, help="model directory (RUN/final) of an AR or a diffusion model")
