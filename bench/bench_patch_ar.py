@@ -1,0 +1,123 @@
+"""Train the patch-level AR model (`duogen.ar_models.patch`) on a demo run's codec and data, score it with the probes.
+
+    .venv/bin/python bench/bench_patch_ar.py --run RUN --out OUT [--seed S] [--flops 6.87e12] [--layers 4]
+        [--local-hidden 64] [--lr 4e-3] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N]
+
+RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains with
+the engine (`duogen.train.engine.fit`: the same AdamW, warm-up, cosine to the FLOP budget, precision `auto` and FLOP
+count as `duogen train ar`) until `--flops`; then it draws `--n` clips for each of the world's first `--per-split`
+validation and held-out prompts (`duogen compare`'s prompt set) with classifier-free guidance and the probes score
+them. OUT/results.json holds the accuracies over all prompts, by split and by the number of objects a prompt names,
+with the run's steps, FLOPs and times; the last line printed is the headline.
+
+The flat AR model it is measured against is the demo's (`duogen train ar ... --preset tiny model.layers=1
+train.lr=4e-3 train.max_flops=F`, then `duogen compare --ar OUT/final --data RUN/data --per-split 16 --n 4
+--guidance 3`; README, "A patch-level AR model").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a `duogen demo` output directory: its data, codec and text tokenizer")
+    ap.add_argument("--out", required=True, help="this run's directory (the engine's checkpoints, results.json)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flops", type=float, default=6.87e12, help="training FLOP budget (the slow machine's demo AR: 6.87e12)")
+    ap.add_argument("--layers", type=int, default=4, help="global model layers")
+    ap.add_argument("--local-hidden", type=int, default=64, help="local model width")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--per-split", type=int, default=16, help="prompts per split (validation, held-out)")
+    ap.add_argument("--n", type=int, default=4, help="clips per prompt")
+    ap.add_argument("--max-clips", type=int, default=0, help="train on the first N training clips only (0: all)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from duogen.ar_models.patch import PatchAR, PatchARConfig
+    from duogen.bridges.result import to_uint8
+    from duogen.eval.compare import accuracy_by_objects, accuracy_table, dataset_prompts, score_clips
+    from duogen.tokenizers import load as load_codec
+    from duogen.tokenizers.text import TextTokenizer
+    from duogen.train.ar_recipe import TokenRecords, encode_dataset
+    from duogen.train.engine import LossOutput, TrainConfig, fit
+    from duogen.train.recipe_common import load_split
+    from duogen.utils import autocast, seed_everything
+
+    run, out = Path(args.run), Path(args.out)
+    data, codec_dir = run / "data", run / "codec" / "final"
+    for p in (data, codec_dir, run / "text" / "text.model"):
+        if not p.exists():
+            sys.exit(f"error: {p} is missing: --run takes a `duogen demo --out RUN` directory")
+    codec = load_codec(codec_dir)
+    tok = TextTokenizer.load(run / "text" / "text.model")
+    split = load_split(data, "train", args.max_clips or None)
+    t0 = time.perf_counter()
+    encoded = encode_dataset(split, codec, codec_dir, data, "train", ["t2v"], out.parent / ".cache")
+    cfg = PatchARConfig(layers=args.layers, local_hidden=args.local_hidden, local_heads=max(1, args.local_hidden // 32),
+                        local_mlp=int(args.local_hidden * 2.75))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captions past max_text are cut, as `duogen train ar` does
+        text_ids = [tok.encode(c)[: cfg.max_text] for c in split["caption"]]
+    records = TokenRecords(encoded, text_ids)
+    latent = records.cols["video_ids"].shape[1:]
+    encode_s = time.perf_counter() - t0
+
+    seed_everything(args.seed)
+    model = PatchAR(cfg, latent, codec.vocab_size, tok.vocab_size)
+    rng = random.Random(args.seed)
+    train = TrainConfig(steps=100000, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_steps=50,
+                        precision=args.precision, max_flops=args.flops, seed=args.seed, log_every=20)
+    summary = fit(model, lambda m, b: LossOutput(*m.loss(b)), records, train, out,
+                  collate=lambda recs: model.collate(recs, rng),
+                  run_config={"model": {**dataclasses.asdict(cfg), "latent": list(latent),
+                                        "codec_vocab": codec.vocab_size, "text_vocab": tok.vocab_size}})
+
+    model.eval()
+    prompts = dataset_prompts(data, args.per_split)
+    gen = torch.Generator().manual_seed(args.seed)
+    t1 = time.perf_counter()
+    clips = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in prompts:
+            ids = model.sample([tok.encode(p.caption)] * args.n, guidance=args.guidance, generator=gen,
+                               autocast=lambda: autocast(summary.precision.split()[0] if summary.precision else "fp32"))
+            clips.append(to_uint8(codec.decode(ids)))
+    sample_s = time.perf_counter() - t1
+    per_clip = score_clips(np.stack(clips), prompts)
+    table = accuracy_table(per_clip, prompts)
+    by_objects = accuracy_by_objects(per_clip, prompts)
+    result = {
+        "args": vars(args), "model": dataclasses.asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": summary.steps, "flops": summary.flops, "train_s": summary.wall_s, "encode_s": encode_s,
+        "sample_s_per_clip": sample_s / (len(prompts) * args.n), "precision": summary.precision,
+        "final_loss": summary.final_loss, "accuracy": table, "accuracy_by_objects": by_objects,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    a = table["all"]
+    two = by_objects.get("2", {}).get("accuracy", {}).get("color", float("nan"))
+    print(f"patch AR ({summary.steps} steps, {summary.flops:.3g} FLOPs): color {100 * a['color']:.1f}%, direction "
+          f"{100 * a['direction']:.1f}%, count {100 * a['count']:.1f}%, shape {100 * a['shape']:.1f}%; "
+          f"two-object color {100 * two:.1f}% ({len(prompts) * args.n} clips)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""A patch-level AR model over a video codec's ids: a global Llama steps once per patch, a local one draws its ids.
+
+MEGABYTE (Yu et al. 2023) and the RQ-Transformer's depth transformer (Lee et al. 2022) split next-token prediction
+in two: a large model over coarse positions and a small one inside each. Here the global model reads the prompt,
+then one embedding per p x p patch of a latent frame's ids (the sum of its ids' embeddings, each slot its own
+offset); its state at a patch predicts the next one, and the local model decodes that patch's p*p ids in raster
+order from it. The likelihood is still the exact product of next-id probabilities in one raster-of-patches order,
+so classifier-free guidance, temperature and top-k act on each id as in `sampling.py`; the global model runs
+once per p*p ids, which buys it depth at the flat model's FLOPs.
+
+This module holds the model, its loss and its sampler; `bench/bench_patch_ar.py` trains it with the engine on a
+demo run's codec and data and scores it with the probes (README, "A patch-level AR model").
+
+    model = PatchAR(PatchARConfig(), latent=(3, 8, 8), codec_vocab=1000, text_vocab=512)
+    loss = model.loss(batch)                       # batch = model.collate(records): "text" (B,T), "ids" (B,f,h,w)
+    ids = model.sample(text_ids, guidance=3.0, generator=g)   # (B,f,h,w) codec ids
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass
+class PatchARConfig:
+    # global model: 4 layers of the `tiny` preset's width. At the demo's slow-machine 6.87e12 FLOPs it makes
+    # about 413 steps where the flat one-layer model makes 426 (`bench/bench_patch_ar.py`).
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    mlp: int = 352
+    # local model: one narrow layer; it runs once per id, so its head (local_hidden x codec ids) is most of its cost
+    local_hidden: int = 64
+    local_layers: int = 1
+    local_heads: int = 2
+    local_mlp: int = 176
+    patch: int = 2
+    max_text: int = 32
+    cond_dropout: float = 0.1  # probability that a training example's prompt is dropped (classifier-free guidance)
+    init_std: float = 0.02
+
+    def check(self, latent: Sequence[int]) -> None:
+        _, h, w = latent
+        if self.patch < 1 or h % self.patch or w % self.patch:
+            raise ConfigError(f"patch ({self.patch}) must divide the latent grid {h}x{w}")
+        if self.hidden % self.heads or self.local_hidden % self.local_heads:
+            raise ConfigError("hidden must divide by heads and local_hidden by local_heads")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+def _llama(width: int, layers: int, heads: int, mlp: int, max_len: int, init_std: float) -> nn.Module:
+    """A randomly initialised `LlamaModel` (no embedding table of its own: it reads `inputs_embeds`)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=1, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_len,
+                      initializer_range=init_std, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = LlamaModel._from_config(cfg, attn_implementation="sdpa")
+    model.embed_tokens = None  # never used: every call passes inputs_embeds
+    return model
+
+
+class PatchAR(nn.Module):
+    """Prompt -> codec ids (f, h, w), a global Llama per patch and a local Llama per id (module docstring)."""
+
+    def __init__(self, cfg: PatchARConfig, latent: Sequence[int], codec_vocab: int, text_vocab: int):
+        super().__init__()
+        cfg.check(latent)
+        self.cfg, self.latent = cfg, tuple(int(x) for x in latent)
+        self.codec_vocab, self.text_vocab = int(codec_vocab), int(text_vocab)
+        f, h, w = self.latent
+        p, D, d = cfg.patch, cfg.hidden, cfg.local_hidden
+        self.k = p * p  # ids per patch
+        self.n_patches = f * (h // p) * (w // p)
+        self.pad, self.null = text_vocab, text_vocab + 1  # the text table's padding row and its "no prompt" row
+        self.text = nn.Embedding(text_vocab + 2, D)
+        self.ids = nn.Embedding(codec_vocab, D)
+        self.slot = nn.Parameter(torch.zeros(self.k, D))  # where in its patch an id sits
+        self.start = nn.Parameter(torch.zeros(D))  # the input that predicts the first patch
+        # (frame, row, column) of the patch each global state predicts, zero at the start like `VisualPositions`
+        self.frame, self.row, self.col = nn.Embedding(f, D), nn.Embedding(h // p, D), nn.Embedding(w // p, D)
+        q = torch.arange(self.n_patches)
+        self.register_buffer("q_frame", q // ((h // p) * (w // p)), persistent=False)
+        self.register_buffer("q_row", (q // (w // p)) % (h // p), persistent=False)
+        self.register_buffer("q_col", q % (w // p), persistent=False)
+        self.glob = _llama(D, cfg.layers, cfg.heads, cfg.mlp, cfg.max_text + self.n_patches, cfg.init_std)
+        self.down = nn.Linear(D, d)
+        self.local_ids = nn.Embedding(codec_vocab + 1, d)  # + the "patch starts" id
+        self.local_pos = nn.Parameter(torch.zeros(self.k, d))
+        self.local = _llama(d, cfg.local_layers, cfg.local_heads, cfg.local_mlp, self.k, cfg.init_std)
+        self.head = nn.Linear(d, codec_vocab, bias=False)
+        for e in (self.text, self.ids, self.local_ids):
+            nn.init.normal_(e.weight, std=cfg.init_std)
+        for e in (self.frame, self.row, self.col):
+            nn.init.zeros_(e.weight)
+        nn.init.normal_(self.head.weight, std=cfg.init_std)
+
+    # ------------------------------------------------------------------ layout
+    def to_patches(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B,f,h,w) codec ids -> (B, patches, p*p): patches in raster order per frame, ids in raster order inside."""
+        f, h, w = self.latent
+        p = self.cfg.patch
+        return ids.reshape(-1, f, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, self.n_patches, self.k)
+
+    def from_patches(self, x: torch.Tensor) -> torch.Tensor:
+        f, h, w = self.latent
+        p = self.cfg.patch
+        return x.reshape(-1, f, h // p, w // p, p, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, f, h, w)
+
+    def text_block(self, text_ids: Sequence[Sequence[int]], drop: Sequence[bool] | None = None) -> torch.Tensor:
+        """Prompts' SentencePiece ids -> (B, max_text), padded; a dropped (or empty) prompt is the "no prompt" row."""
+        T = self.cfg.max_text
+        out = torch.full((len(text_ids), T), self.pad, dtype=torch.long)
+        for i, ids in enumerate(text_ids):
+            ids = list(ids)[:T]
+            if (drop is not None and drop[i]) or not ids:
+                out[i, 0] = self.null
+            else:
+                out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def collate(self, records: Sequence[dict[str, Any]], rng: Any = None) -> dict[str, torch.Tensor]:
+        """`TokenRecords` items -> a training batch; each prompt dropped with probability cond_dropout."""
+        import random
+
+        r = rng or random
+        drop = [r.random() < self.cfg.cond_dropout for _ in records]
+        ids = torch.stack([torch.as_tensor(rec["video_ids"], dtype=torch.long) for rec in records])
+        return {"text": self.text_block([rec["text_ids"] for rec in records], drop), "ids": ids}
+
+    # ------------------------------------------------------------------ the two models
+    def global_states(self, text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """text (B,T), the first n patches (B,n,k) -> (B, n+1, D): state j predicts patch j."""
+        B, n = patches.shape[:2]
+        x = [self.text(text), self.start.expand(B, 1, -1)]
+        if n:
+            x.append((self.ids(patches) + self.slot).sum(2))
+        q = torch.arange(n + 1, device=text.device).clamp(max=self.n_patches - 1)
+        where = self.frame(self.q_frame[q]) + self.row(self.q_row[q]) + self.col(self.q_col[q])
+        x = torch.cat([x[0], torch.cat(x[1:], 1) + where], 1)
+        return self.glob(inputs_embeds=x).last_hidden_state[:, text.shape[1]:]
+
+    def local_logits(self, state: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """state (B,D) of a patch, its first j ids (B,j) -> logits (B, j+1, codec ids) for ids 0..j."""
+        B, j = prev.shape
+        start = torch.full((B, 1), self.codec_vocab, dtype=torch.long, device=prev.device)
+        x = self.local_ids(torch.cat([start, prev], 1)) + self.local_pos[: j + 1] + self.down(state)[:, None]
+        return self.head(self.local(inputs_embeds=x).last_hidden_state)
+
+    def token_logp(self, text: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """text (B,T), codec ids (B,f,h,w) -> log p of each id given the prompt and the ids before it, (B, patches, k)."""
+        x = self.to_patches(ids)
+        B, P, k = x.shape
+        state = self.global_states(text, x[:, :-1]).reshape(B * P, -1)
+        logits = self.local_logits(state, x.reshape(B * P, k)[:, :-1]).float()
+        return -F.cross_entropy(logits.reshape(-1, self.codec_vocab), x.reshape(-1), reduction="none").reshape(B, P, k)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """Mean next-id cross-entropy over the clips' ids: (loss, ids counted, metrics), as `LossOutput` takes."""
+        logp = self.token_logp(batch["text"], batch["ids"])
+        loss = -logp.mean()
+        return loss, int(logp.numel()), {"loss": float(loss.detach())}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, text_ids: Sequence[Sequence[int]], *, guidance: float = 3.0, temperature: float = 1.0,
+               top_k: int = 0, generator: torch.Generator | None = None, autocast: Any = None) -> torch.Tensor:
+        """Prompts' ids -> (B,f,h,w) codec ids, one clip per prompt; guidance > 1 runs a no-prompt stream beside
+        them and draws each id from log p_u + guidance * (log p_c - log p_u) (`sampling.py`'s rule)."""
+        import contextlib
+
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        B = len(text_ids)
+        guided = guidance != 1.0
+        text = self.text_block(text_ids)
+        if guided:
+            text = torch.cat([text, self.text_block([[]] * B)])
+        text = text.to(self.head.weight.device)
+        ctx = autocast or contextlib.nullcontext
+        x = text.new_zeros(B, 0, self.k)
+        for _ in range(self.n_patches):
+            with ctx():
+                state = self.global_states(text, torch.cat([x, x]) if guided else x)[:, -1]
+            prev = text.new_zeros(B, 0)
+            for _ in range(self.k):
+                with ctx():
+                    logits = self.local_logits(state, torch.cat([prev, prev]) if guided else prev)[:, -1].float()
+                logp = logits.log_softmax(-1)
+                if guided:
+                    logp = logp[B:] + guidance * (logp[:B] - logp[B:])
+                logp = logp / temperature
+                if top_k > 0:
+                    kth = logp.topk(min(top_k, logp.shape[-1]), -1).values[:, -1:]
+                    logp = logp.masked_fill(logp < kth, float("-inf"))
+                nxt = torch.multinomial(logp.softmax(-1), 1, generator=generator)
+                prev = torch.cat([prev, nxt], 1)
+            x = torch.cat([x, prev[:, None]], 1)
+        return self.from_patches(x)

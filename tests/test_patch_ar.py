@@ -1,0 +1,107 @@
+"""The patch-level AR model (`duogen.ar_models.patch`): its layout, its likelihood's order, that it learns and samples
+what it learned, and the bench that trains it on a demo run."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from duogen.ar_models.patch import PatchAR, PatchARConfig
+from duogen.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(hidden=32, layers=1, heads=2, mlp=64, local_hidden=16, local_heads=1, local_mlp=32, max_text=4)
+
+
+def tiny(latent=(2, 4, 4), codec_vocab=16, **kw):
+    return PatchAR(PatchARConfig(**{**TINY, **kw}), latent, codec_vocab, text_vocab=10)
+
+
+def test_patches_are_raster_order_blocks_and_round_trip():
+    m = tiny()
+    ids = torch.arange(32).reshape(1, 2, 4, 4)
+    x = m.to_patches(ids)
+    assert x.shape == (1, 8, 4)
+    assert x[0, 0].tolist() == [0, 1, 4, 5]  # frame 0's top-left 2x2 block, raster inside
+    assert x[0, 1].tolist() == [2, 3, 6, 7]  # then the block to its right
+    assert x[0, 4].tolist() == [16, 17, 20, 21]  # frame 1 starts after frame 0's four blocks
+    assert torch.equal(m.from_patches(x), ids)
+
+
+def test_each_ids_likelihood_reads_only_the_prompt_and_the_ids_before_it():
+    m = tiny().eval()
+    text = m.text_block([[1, 2, 3]])
+    ids = torch.randint(0, 16, (1, 2, 4, 4))
+    before = m.token_logp(text, ids)  # (1, 8 patches, 4)
+    changed = ids.clone()
+    changed[0, 0, 2, 3] = (changed[0, 0, 2, 3] + 1) % 16  # patch 3, slot 1 (frame 0, bottom-right block)
+    after = m.token_logp(text, changed)
+    flat_b, flat_a = before.flatten(), after.flatten()
+    k = 3 * 4 + 1
+    assert torch.allclose(flat_b[:k], flat_a[:k], atol=1e-6)  # everything before it: untouched
+    assert not torch.allclose(flat_b[k:], flat_a[k:])  # it and what follows: read it
+    other = m.token_logp(m.text_block([[4]]), ids)
+    assert not torch.allclose(other[0, 0], before[0, 0])  # the first patch reads the prompt
+
+
+def test_it_learns_each_prompts_clip_and_samples_it_back():
+    """Two prompts, each with its own clip: after training, sampling (guided or not) draws each prompt's clip."""
+    torch.manual_seed(0)
+    m = tiny(latent=(1, 4, 4), codec_vocab=8, cond_dropout=0.0)
+    clips = torch.randint(0, 8, (2, 1, 4, 4))
+    text = m.text_block([[1, 2], [3]])
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss, n, metrics = m.loss({"text": text, "ids": clips})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert n == 32 and metrics["loss"] < 0.05
+    m.eval()
+    for guidance in (1.0, 3.0):
+        g = torch.Generator().manual_seed(0)
+        drawn = m.sample([[1, 2], [3], [1, 2]], guidance=guidance, temperature=0.5, generator=g)
+        assert drawn.shape == (3, 1, 4, 4)
+        assert torch.equal(drawn, clips[[0, 1, 0]])
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy():
+    m = tiny().eval()
+    draw = lambda seed, **kw: m.sample([[1], [2]], guidance=3.0, generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(draw(1), draw(1))
+    assert torch.equal(draw(1, top_k=1), draw(2, top_k=1))
+    with pytest.raises(ConfigError, match="temperature"):
+        draw(1, temperature=0)
+
+
+def test_bad_configs_fail_with_their_reason():
+    with pytest.raises(ConfigError, match="patch"):
+        tiny(latent=(1, 3, 4))
+    with pytest.raises(ConfigError, match="cond_dropout"):
+        tiny(cond_dropout=1.0)
+
+
+def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
+    from duogen.data import load_dataset, make_dataset
+    from duogen.tokenizers.text import train_text_tokenizer
+    from test_latent_diffusion import make_codec
+
+    run = tmp_path / "run"
+    make_dataset("shapes", run / "data", n=12, preset="tiny", seed=0)
+    make_codec(0).save_pretrained(run / "codec" / "final")
+    train_text_tokenizer(list(load_dataset(run / "data")["train"]["caption"]), run / "text", vocab_size=300)
+    spec = importlib.util.spec_from_file_location("bench_patch_ar", Path(__file__).parents[1] / "bench" / "bench_patch_ar.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "out"
+    res = bench.main(["--run", str(run), "--out", str(out), "--flops", "1e8", "--layers", "1", "--local-hidden", "32",
+                      "--per-split", "1", "--n", "2", "--precision", "fp32", "--batch-size", "4"])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["steps"] == res["steps"] >= 1 and saved["flops"] >= 1e8
+    assert set(saved["accuracy"]["all"]) >= {"color", "direction", "count", "shape"}
+    assert (out / "final").is_dir()
+    with pytest.raises(SystemExit, match="demo"):
+        bench.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)])
