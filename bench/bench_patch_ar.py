@@ -5,10 +5,11 @@
 
 RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains with
 the engine (`duogen.train.engine.fit`: the same AdamW, warm-up, cosine to the FLOP budget, precision `auto` and FLOP
-count as `duogen train ar`) until `--flops`; then it draws `--n` clips for each of the world's first `--per-split`
-validation and held-out prompts (`duogen compare`'s prompt set) with classifier-free guidance and the probes score
-them. OUT/results.json holds the accuracies over all prompts, by split and by the number of objects a prompt names,
-with the run's steps, FLOPs and times; the last line printed is the headline.
+count as `duogen train ar`) until `--flops` and saves OUT/final; then `duogen compare` scores it (OUT/compare: `--n`
+clips for each of the world's first `--per-split` validation and held-out prompts, classifier-free guidance, the
+probes), with the flat AR model `--baseline` in the same report when given. OUT/results.json holds each model's
+headline accuracies, by split and by the number of objects a prompt names, with the run's steps, FLOPs and times.
+`duogen compare --ar OUT/final ...` and `duogen generate OUT/final ...` load the saved model.
 
 The flat AR model it is measured against is the demo's (`duogen train ar ... --preset tiny model.layers=1
 train.lr=4e-3 train.max_flops=F`, then `duogen compare --ar OUT/final --data RUN/data --per-split 16 --n 4
@@ -26,7 +27,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,19 +45,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--per-split", type=int, default=16, help="prompts per split (validation, held-out)")
     ap.add_argument("--n", type=int, default=4, help="clips per prompt")
     ap.add_argument("--max-clips", type=int, default=0, help="train on the first N training clips only (0: all)")
+    ap.add_argument("--baseline", default="", help="a flat AR model dir (RUN/ar/final) to score in the same compare")
     args = ap.parse_args(argv)
 
     import torch
 
     from duogen.ar_models.patch import PatchAR, PatchARConfig
-    from duogen.bridges.result import to_uint8
-    from duogen.eval.compare import accuracy_by_objects, accuracy_table, dataset_prompts, score_clips
+    from duogen.eval.compare import compare_dirs
     from duogen.tokenizers import load as load_codec
     from duogen.tokenizers.text import TextTokenizer
     from duogen.train.ar_recipe import TokenRecords, encode_dataset
     from duogen.train.engine import LossOutput, TrainConfig, fit
     from duogen.train.recipe_common import load_split
-    from duogen.utils import autocast, seed_everything
+    from duogen.utils import seed_everything
 
     run, out = Path(args.run), Path(args.out)
     data, codec_dir = run / "data", run / "codec" / "final"
@@ -79,43 +79,40 @@ def main(argv: list[str] | None = None) -> dict:
     encode_s = time.perf_counter() - t0
 
     seed_everything(args.seed)
-    model = PatchAR(cfg, latent, codec.vocab_size, tok.vocab_size)
+    model = PatchAR(cfg, latent, codec.vocab_size, tok.vocab_size, text=tok, codec_ref=str(codec_dir.resolve()))
     rng = random.Random(args.seed)
     train = TrainConfig(steps=100000, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_steps=50,
                         precision=args.precision, max_flops=args.flops, seed=args.seed, log_every=20)
     summary = fit(model, lambda m, b: LossOutput(*m.loss(b)), records, train, out,
-                  collate=lambda recs: model.collate(recs, rng),
+                  collate=lambda recs: model.collate(recs, rng), save_model=lambda m, path: m.save_pretrained(path),
                   run_config={"model": {**dataclasses.asdict(cfg), "latent": list(latent),
                                         "codec_vocab": codec.vocab_size, "text_vocab": tok.vocab_size}})
 
     model.eval()
-    prompts = dataset_prompts(data, args.per_split)
-    gen = torch.Generator().manual_seed(args.seed)
     t1 = time.perf_counter()
-    clips = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for p in prompts:
-            ids = model.sample([tok.encode(p.caption)] * args.n, guidance=args.guidance, generator=gen,
-                               autocast=lambda: autocast(summary.precision.split()[0] if summary.precision else "fp32"))
-            clips.append(to_uint8(codec.decode(ids)))
-    sample_s = time.perf_counter() - t1
-    per_clip = score_clips(np.stack(clips), prompts)
-    table = accuracy_table(per_clip, prompts)
-    by_objects = accuracy_by_objects(per_clip, prompts)
+    ar = [f"patch={out / 'final'}"] + ([f"flat={args.baseline}"] if args.baseline else [])
+    cmp = compare_dirs(ar, out=out / "compare", data=data, n=args.n, per_split=args.per_split, per_call=16,
+                       guidance=args.guidance, log=lambda m: None)
+    compare_s = time.perf_counter() - t1
+    models = {}
+    for m in cmp["models"]:
+        s = m["settings"][0]  # the headline: cfg-G
+        models[m["name"]] = {"setting": s["label"], "accuracy": s["accuracy"],
+                             "accuracy_by_objects": s["accuracy_by_objects"], "cost_per_clip": s["cost_per_clip"],
+                             "latency_s_per_clip": s["latency_s_per_clip"]}
     result = {
         "args": vars(args), "model": dataclasses.asdict(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": summary.steps, "flops": summary.flops, "train_s": summary.wall_s, "encode_s": encode_s,
-        "sample_s_per_clip": sample_s / (len(prompts) * args.n), "precision": summary.precision,
-        "final_loss": summary.final_loss, "accuracy": table, "accuracy_by_objects": by_objects,
+        "compare_s": compare_s, "precision": summary.precision, "final_loss": summary.final_loss, "models": models,
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    a = table["all"]
-    two = by_objects.get("2", {}).get("accuracy", {}).get("color", float("nan"))
-    print(f"patch AR ({summary.steps} steps, {summary.flops:.3g} FLOPs): color {100 * a['color']:.1f}%, direction "
-          f"{100 * a['direction']:.1f}%, count {100 * a['count']:.1f}%, shape {100 * a['shape']:.1f}%; "
-          f"two-object color {100 * two:.1f}% ({len(prompts) * args.n} clips)")
+    for name, m in models.items():
+        a = m["accuracy"]["all"]
+        two = m["accuracy_by_objects"].get("2", {}).get("accuracy", {}).get("color", float("nan"))
+        print(f"{name} AR [{m['setting']}]: color {100 * a['color']:.1f}%, direction {100 * a['direction']:.1f}%, count "
+              f"{100 * a['count']:.1f}%, shape {100 * a['shape']:.1f}%; two-object color {100 * two:.1f}%"
+              + (f" ({summary.steps} steps, {summary.flops:.3g} FLOPs)" if name == "patch" else ""))
     return result
 
 

@@ -220,6 +220,32 @@ def write_delta(directory: str | Path, base: str | Path) -> int:
     return len(changed)
 
 
+def load_model_of_kind(directory: str | Path, kind: str, what: str, newest: int
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`load_model_dir` for a model of one config.json `kind` (`what` names it in the error) whose format_version
+    is at most `newest`: another kind, or a newer format, is a `CheckpointError` that says which."""
+    directory = Path(directory)
+    conf, state = load_model_dir(directory)
+    if conf.get("kind") != kind:
+        raise CheckpointError(f"{directory}: not {what} (config.json kind is {conf.get('kind')!r})")
+    version = conf.get("format_version", newest)
+    if not isinstance(version, int) or version > newest:
+        raise CheckpointError(f"{directory / 'config.json'}: format_version {version!r} is newer than this duogen"
+                              f" reads ({newest}); upgrade duogen to load it")
+    return conf, state
+
+
+def resolve_ref(ref: str | None, directory: str | Path | None = None) -> Path | None:
+    """A model's reference to another directory (the codec it was trained on) as a path: a relative one resolves
+    against the model dir when it exists there; None for no reference."""
+    if not ref:
+        return None
+    p = Path(ref)
+    if not p.is_absolute() and directory is not None and (Path(directory) / p).exists():
+        return Path(directory) / p
+    return p
+
+
 def load_weights_into(module: Any, state: Mapping[str, Any], source: str | Path) -> None:
     """`module.load_state_dict(state)` that names the file and the mismatch on failure."""
     try:

@@ -395,16 +395,10 @@ class MultimodalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MultimodalLM":
-        from ..io import load_model_dir, load_weights_into
+        from ..io import load_model_of_kind, load_weights_into
 
         directory = Path(directory)
-        conf, state = load_model_dir(directory)
-        if conf.get("kind") != "ar":
-            raise CheckpointError(f"{directory}: not an AR model (config.json kind is {conf.get('kind')!r})")
-        version = conf.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CheckpointError(f"{directory / 'config.json'}: format_version {version!r} is newer than this duogen"
-                                  f" reads ({FORMAT_VERSION}); upgrade duogen to load it")
+        conf, state = load_model_of_kind(directory, "ar", "an AR model", FORMAT_VERSION)
         try:
             cfg = cfglib.from_dict(ARConfig, conf["model"])
             spec = cfglib.from_dict(LayoutSpec, conf["layout"])
@@ -420,10 +414,6 @@ class MultimodalLM(nn.Module):
     def codec_path(self, directory: str | Path | None = None, *, audio: bool = False) -> Path | None:
         """The video codec this model was trained on (`audio=True`: the audio codec); a relative reference
         resolves against the model dir."""
-        ref = self.audio_codec_ref if audio else self.codec_ref
-        if not ref:
-            return None
-        p = Path(ref)
-        if not p.is_absolute() and directory is not None and (Path(directory) / p).exists():
-            return Path(directory) / p
-        return p
+        from ..io import resolve_ref
+
+        return resolve_ref(self.audio_codec_ref if audio else self.codec_ref, directory)

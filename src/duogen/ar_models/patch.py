@@ -18,14 +18,18 @@ demo run's codec and data and scores it with the probes (README, "A patch-level 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+
+KIND = "patch_ar"  # config.json "kind" of a saved PatchAR (`bridges.generate.load_generator` dispatches on it)
+FORMAT_VERSION = 1
 
 
 @dataclass
@@ -46,14 +50,19 @@ class PatchARConfig:
     cond_dropout: float = 0.1  # probability that a training example's prompt is dropped (classifier-free guidance)
     init_std: float = 0.02
 
-    def check(self, latent: Sequence[int]) -> None:
-        _, h, w = latent
-        if self.patch < 1 or h % self.patch or w % self.patch:
-            raise ConfigError(f"patch ({self.patch}) must divide the latent grid {h}x{w}")
+    def check(self) -> None:
+        if self.patch < 1:
+            raise ConfigError(f"patch must be >= 1, got {self.patch}")
         if self.hidden % self.heads or self.local_hidden % self.local_heads:
             raise ConfigError("hidden must divide by heads and local_hidden by local_heads")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+    def check_grid(self, latent: Sequence[int]) -> None:
+        self.check()
+        _, h, w = latent
+        if h % self.patch or w % self.patch:
+            raise ConfigError(f"patch ({self.patch}) must divide the latent grid {h}x{w}")
 
 
 def _llama(width: int, layers: int, heads: int, mlp: int, max_len: int, init_std: float) -> nn.Module:
@@ -71,10 +80,12 @@ def _llama(width: int, layers: int, heads: int, mlp: int, max_len: int, init_std
 class PatchAR(nn.Module):
     """Prompt -> codec ids (f, h, w), a global Llama per patch and a local Llama per id (module docstring)."""
 
-    def __init__(self, cfg: PatchARConfig, latent: Sequence[int], codec_vocab: int, text_vocab: int):
+    def __init__(self, cfg: PatchARConfig, latent: Sequence[int], codec_vocab: int, text_vocab: int,
+                 text: Any = None, codec_ref: str | None = None):
         super().__init__()
-        cfg.check(latent)
+        cfg.check_grid(latent)
         self.cfg, self.latent = cfg, tuple(int(x) for x in latent)
+        self.text_tokenizer, self.codec_ref = text, codec_ref  # its SentencePiece model; the codec it was trained on
         self.codec_vocab, self.text_vocab = int(codec_vocab), int(text_vocab)
         f, h, w = self.latent
         p, D, d = cfg.patch, cfg.hidden, cfg.local_hidden
@@ -172,9 +183,12 @@ class PatchAR(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, text_ids: Sequence[Sequence[int]], *, guidance: float = 3.0, temperature: float = 1.0,
-               top_k: int = 0, generator: torch.Generator | None = None, autocast: Any = None) -> torch.Tensor:
-        """Prompts' ids -> (B,f,h,w) codec ids, one clip per prompt; guidance > 1 runs a no-prompt stream beside
-        them and draws each id from log p_u + guidance * (log p_c - log p_u) (`sampling.py`'s rule)."""
+               top_k: int = 0, negative: Sequence[int] = (), generator: torch.Generator | None = None,
+               autocast: Any = None) -> torch.Tensor:
+        """Prompts' ids -> (B,f,h,w) codec ids, one clip per prompt; guidance != 1 runs a second stream beside
+        them (no prompt, or the `negative` prompt's ids) and draws each id from log p_u + guidance * (log p_c -
+        log p_u) (`sampling.py`'s rule). The global model reads the whole prefix again at every patch (no KV
+        cache): 48 calls over at most 80 positions for the demo's clips."""
         import contextlib
 
         if temperature <= 0:
@@ -183,7 +197,7 @@ class PatchAR(nn.Module):
         guided = guidance != 1.0
         text = self.text_block(text_ids)
         if guided:
-            text = torch.cat([text, self.text_block([[]] * B)])
+            text = torch.cat([text, self.text_block([list(negative)] * B)])
         text = text.to(self.head.weight.device)
         ctx = autocast or contextlib.nullcontext
         x = text.new_zeros(B, 0, self.k)
@@ -205,3 +219,39 @@ class PatchAR(nn.Module):
                 prev = torch.cat([prev, nxt], 1)
             x = torch.cat([x, prev[:, None]], 1)
         return self.from_patches(x)
+
+    # ------------------------------------------------------------------ files
+    def config_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "format_version": FORMAT_VERSION, "model": asdict(self.cfg), "latent": list(self.latent),
+                "codec_vocab": self.codec_vocab, "text_vocab": self.text_vocab, "codec": self.codec_ref}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json (kind "patch_ar"), the weights, and text.model when the model has its tokenizer."""
+        from ..io import save_model_dir
+
+        files = self.text_tokenizer.files() if self.text_tokenizer is not None else {}
+        return save_model_dir(directory, self.config_dict(), self.state_dict(), files)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "PatchAR":
+        from .. import config as cfglib
+        from ..io import load_model_of_kind, load_weights_into
+        from ..tokenizers.text import TEXT_MODEL_NAME, TextTokenizer
+
+        directory = Path(directory)
+        conf, state = load_model_of_kind(directory, KIND, "a patch AR model", FORMAT_VERSION)
+        try:
+            cfg = cfglib.from_dict(PatchARConfig, conf["model"])
+            latent, codec_vocab, text_vocab = conf["latent"], conf["codec_vocab"], conf["text_vocab"]
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+        text = TextTokenizer.load(directory / TEXT_MODEL_NAME) if (directory / TEXT_MODEL_NAME).is_file() else None
+        model = cls(cfg, latent, codec_vocab, text_vocab, text=text, codec_ref=conf.get("codec"))
+        load_weights_into(model, state, directory / "model.safetensors")
+        return model.eval()
+
+    def codec_path(self, directory: str | Path | None = None) -> Path | None:
+        """The codec this model was trained on; a relative reference resolves against the model dir."""
+        from ..io import resolve_ref
+
+        return resolve_ref(self.codec_ref, directory)

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import CheckpointError, DataError
 from ..tokenizers import load as load_codec
 from .diffusion import DiffusionGenerator
+from .patch_generator import PatchARGenerator
 from .result import GenerationResult, Generator, to_uint8
 
 
@@ -223,7 +224,8 @@ BATCH = 16  # clips per generate call in `generate_to_dir`: memory stays bounded
 
 # kind in config.json -> loader(directory, codec)
 _GENERATORS: dict[str, Callable[..., Generator]] = {"ar": ARGenerator.from_pretrained,
-                                                    "diffusion": DiffusionGenerator.from_pretrained}
+                                                    "diffusion": DiffusionGenerator.from_pretrained,
+                                                    "patch_ar": PatchARGenerator.from_pretrained}
 
 
 def load_generator(directory: str | Path, codec: str | Path | None = None) -> Generator:
