@@ -135,3 +135,33 @@ def test_a_saved_model_loads_back_the_same_and_another_kind_is_refused(tmp_path)
     (tmp_path / "m" / "config.json").write_text(_json.dumps({**conf, "format_version": 99}))
     with pytest.raises(CheckpointError, match="newer"):
         PatchAR.from_pretrained(tmp_path / "m")
+
+
+def test_duogen_train_ar_trains_the_patch_model_and_refuses_what_it_lacks(tmp_path):
+    from _tiny_runs import cli
+
+    from duogen.bridges.generate import load_generator
+    from duogen.data import make_dataset
+    from test_latent_diffusion import make_codec
+
+    make_dataset("shapes", tmp_path / "data", n=12, preset="tiny", seed=0)
+    make_codec(0).save_pretrained(tmp_path / "codec")
+    common = ["train", "ar", "--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "codec"),
+              "model.patch=2", "model.hidden=32", "model.layers=1", "model.heads=2", "model.kv_heads=2", "model.mlp=64",
+              "model.local_hidden=32", "max_text=16", "text_vocab=300", "train.batch_size=4", "train.precision=fp32"]
+    rc, summary, err = cli(*common, "--out", str(tmp_path / "ar"), "train.steps=2")
+    assert rc == 0, err
+    assert summary["patch"] == 2 and summary["steps"] == 2 and summary["sequence_tokens"] == 16 + 3 * 4 * 4
+    gen = load_generator(tmp_path / "ar" / "final")
+    assert gen.model.cfg.layers == 1 and gen.model.cfg.local_hidden == 32
+    assert gen.generate(["a red circle"], n=1, seed=0, guidance=3.0).videos.shape[0] == 1
+    rc, _, err = cli(*common, "--out", str(tmp_path / "ar2"), "train.steps=1", "--tasks", "t2v,i2v")
+    assert rc != 0 and "tasks other than t2v" in err and not (tmp_path / "ar2" / "final").exists()
+
+
+def test_the_demo_times_the_patch_model_it_trains():
+    from duogen.speed import ar_step
+
+    sm = ar_step(patch=2, layers=1)
+    assert isinstance(sm.model, PatchAR) and sm.model.cfg.layers == 1 and sm.model.cfg.patch == 2
+    assert float(sm.loss(sm.model)) > 0

@@ -63,15 +63,21 @@ DEMO_DIT_GUIDANCE = 5.0
 # the same 278-step run (demo codec, data and FLOPs, EMA with warm-up) drew the prompt's color 93% vs 88% and its
 # direction 25% vs 5% (128 clips, guidance 5).
 DEMO_DIT_LR = 4e-3
-# The demo's AR model: the `tiny` preset with one decoder layer instead of four, at learning rate 4e-3. At the
-# demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more layers, as 128 wide beat 256
-# wide at 10 minutes. Same codec, data and wall time (`duogen train ar ... train.max_minutes=5.05 model.layers=L
-# train.lr=LR`, one core each, two runs side by side), the prompt's color by the probes (`duogen compare
-# --per-split 16 --n 4 --guidance 5`, 128 clips): 4 layers at 1e-3 (the preset) 175 steps 50%; 2 layers 300 steps
-# 65% (80% at 2e-3); 1 layer 420-440 steps 74% at 1e-3, 81% at 2e-3, 84% at 4e-3 (direction 26%), 82% at 8e-3.
-# The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are its own.
-DEMO_AR_MODEL = {"layers": 1}
-DEMO_AR_LR = 4e-3
+# The demo's AR model: the patch-level model (`ar_models/patch.py`, `model.patch=2`): a 4-layer global Llama of the
+# `tiny` width steps once per 2x2 block of codec ids and a 64-wide local Llama draws the block's four ids, at
+# learning rate 3e-3. At the slow machine's 6.87e12 FLOPs on the ninth demo run's codec and data (`python
+# bench/bench_patch_ar.py --run RUN --out OUT --seed S`, seeds 0-3; 128 clips, guidance 3) it drew the prompt's
+# color 91.0 / 86.3 / 92.2 / 85.2% (mean 88.7%), two-object prompts 79.0%, direction 44.1%, where the flat
+# one-layer model below read 85.5 / 82.4 / 83.6 / 88.3% (mean 85.0%), 66.5% and 34.5% (README, "A patch-level AR
+# model"). Before it: the `tiny` preset with one decoder layer instead of four, at learning rate 4e-3. At the
+# demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more layers for the flat model, as
+# 128 wide beat 256 wide at 10 minutes. Same codec, data and wall time (`duogen train ar ... train.max_minutes=5.05
+# model.layers=L train.lr=LR`, one core each, two runs side by side), the prompt's color by the probes (`duogen
+# compare --per-split 16 --n 4 --guidance 5`, 128 clips): 4 layers at 1e-3 (the preset) 175 steps 50%; 2 layers
+# 300 steps 65% (80% at 2e-3); 1 layer 420-440 steps 74% at 1e-3, 81% at 2e-3, 84% at 4e-3 (direction 26%), 82% at
+# 8e-3. The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are its own.
+DEMO_AR_MODEL = {"patch": 2, "layers": 4}
+DEMO_AR_LR = 3e-3
 
 
 @dataclass

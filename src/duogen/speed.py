@@ -154,11 +154,17 @@ def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu",
     codec, latent = _tiny_codec_latent()
     spec = LayoutSpec(max_text=cfg.max_text, latent=latent[1:], tasks=["t2v"])
     mcfg = dataclasses.replace(cfg.model, **model)
-    lm = MultimodalLM(mcfg, UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}), spec, text).to(device)
     g = np.random.default_rng(0)
     B = cfg.train.batch_size
     records = [{"text_ids": text.encode(captions[i % len(captions)])[: cfg.max_text],
                 "video_ids": g.integers(0, codec.vocab_size, latent[1:])} for i in range(B)]
+    if mcfg.patch:  # the patch-level model (`ar_models/patch.py`)
+        from .ar_models.patch import PatchAR, patch_config
+
+        pm = PatchAR(patch_config(mcfg, cfg.max_text), latent[1:], codec.vocab_size, text.vocab_size).to(device)
+        pbatch = _to_device(pm.collate(records), device)
+        return StepModel(pm, lambda m: m.loss(pbatch)[0], B)
+    lm = MultimodalLM(mcfg, UnifiedVocab(text.vocab_size, {"video": codec.vocab_size}), spec, text).to(device)
     batch = _to_device(TrainCollator(lm.layouts, ["t2v"], mcfg.cond_dropout)(records), device)  # ids (B, T)
     return StepModel(lm, lambda m: m.loss(batch).loss, B)
 

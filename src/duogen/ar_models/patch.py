@@ -65,6 +65,14 @@ class PatchARConfig:
             raise ConfigError(f"patch ({self.patch}) must divide the latent grid {h}x{w}")
 
 
+def patch_config(model: Any, max_text: int) -> PatchARConfig:
+    """The `PatchARConfig` an `ARConfig` with `patch` > 0 asks for (its global and local sizes, dropout, init)."""
+    return PatchARConfig(hidden=model.hidden, layers=model.layers, heads=model.heads, mlp=model.mlp,
+                         local_hidden=model.local_hidden, local_layers=model.local_layers,
+                         local_heads=max(1, model.local_hidden // 32), local_mlp=int(model.local_hidden * 2.75),
+                         patch=model.patch, max_text=max_text, cond_dropout=model.cond_dropout, init_std=model.init_std)
+
+
 def _llama(width: int, layers: int, heads: int, mlp: int, max_len: int, init_std: float) -> nn.Module:
     """A randomly initialised `LlamaModel` (no embedding table of its own: it reads `inputs_embeds`)."""
     from transformers import LlamaConfig, LlamaModel
@@ -107,12 +115,11 @@ class PatchAR(nn.Module):
         self.local_ids = nn.Embedding(codec_vocab + 1, d)  # + the "patch starts" id
         self.local_pos = nn.Parameter(torch.zeros(self.k, d))
         self.local = _llama(d, cfg.local_layers, cfg.local_heads, cfg.local_mlp, self.k, cfg.init_std)
-        self.head = nn.Linear(d, codec_vocab, bias=False)
+        self.head = nn.Linear(d, codec_vocab, bias=False)  # torch's default init (std 1/sqrt(3 d)), not init_std
         for e in (self.text, self.ids, self.local_ids):
             nn.init.normal_(e.weight, std=cfg.init_std)
         for e in (self.frame, self.row, self.col):
             nn.init.zeros_(e.weight)
-        nn.init.normal_(self.head.weight, std=cfg.init_std)
 
     # ------------------------------------------------------------------ layout
     def to_patches(self, ids: torch.Tensor) -> torch.Tensor:

@@ -208,6 +208,8 @@ def train_ar(
     if tokenizer is None:
         raise ConfigError("pass --tokenizer DIR (the trained video codec), or --init-from a trained model")
     check_launch(cfg.train)  # a launch mistake fails here, before the data is prepared
+    if cfg.model.patch:
+        check_patch_recipe(cfg, init_from)
     data, codec_dir, out = Path(data), Path(tokenizer), Path(out)
     t0 = time.perf_counter()
 
@@ -270,6 +272,9 @@ def train_ar(
         if "audio" not in refs and base.audio_codec_ref:
             refs["audio"] = str(base.codec_path(init_from, audio=True))
     seed_everything(cfg.train.seed)
+    if cfg.model.patch:
+        return _train_patch(cfg, data, out, encoded, captions, tok, (int(f), int(h), int(w)), codec.vocab_size,
+                            refs["video"], prepare, save_final, t_encode)
     model = MultimodalLM(cfg.model, vocab, spec, tok, codec_ref=refs["video"], audio_codec_ref=refs.get("audio"))
     if base is not None:
         model.load_state_dict(base.state_dict())
@@ -330,3 +335,46 @@ def train_ar(
         "init_from": str(init_from) if init_from is not None else None,
         "delta": delta_of is not None and save_final is None,
     }
+
+
+def check_patch_recipe(cfg: ARRecipeConfig, init_from: Any) -> None:
+    """The patch-level model (`model.patch` > 0) trains text-to-video from scratch; refuse what it does not have."""
+    m = cfg.model
+    asked = [name for name, on in (
+        ("tasks other than t2v", list(cfg.tasks) != ["t2v"]), ("--init-from", init_from is not None),
+        ("add_tokens / add_task_tokens", bool(cfg.add_tokens or cfg.add_task_tokens)),
+        ("prior_data", bool(cfg.prior_data)), ("new_rows_only", cfg.new_rows_only),
+        ("model.text_layers", m.text_layers > 0), ("model.text_states", m.text_states != "none"),
+        ("model.prefix_lm", m.prefix_lm), ("model.range_softmax", m.range_softmax)) if on]
+    if asked:
+        raise ConfigError(f"model.patch={m.patch} (the patch-level model) trains text-to-video from scratch; it has"
+                          f" no {', '.join(asked)}: drop them or set model.patch=0")
+
+
+def _train_patch(cfg: ARRecipeConfig, data: Path, out: Path, encoded: Any, captions: list[str], tok: Any,
+                 latent: tuple[int, int, int], codec_vocab: int, codec_ref: str, prepare: Any, save_final: Any,
+                 t_encode: float) -> dict[str, Any]:
+    """`train_ar` for `model.patch` > 0: a `PatchAR` (`ar_models/patch.py`) on the encoded clips, one engine run."""
+    import random
+    import warnings
+
+    from ..ar_models.patch import PatchAR, patch_config
+    from ..utils import count_parameters
+
+    model = PatchAR(patch_config(cfg.model, cfg.max_text), latent, codec_vocab, tok.vocab_size, text=tok,
+                    codec_ref=codec_ref)
+    if prepare is not None:
+        prepare(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captions longer than max_text are truncated, as the flat model's are
+        text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
+    rng = random.Random(cfg.train.seed)
+    summary = fit(
+        model, lambda m, b: LossOutput(*m.loss(b)), TokenRecords(encoded, text_ids), cfg.train, out,
+        collate=lambda recs: model.collate(recs, rng), save_model=save_final or model_saver(None),
+        run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": codec_ref},
+    )
+    return {**vars(summary), "final": str(out / "final"), "parameters": count_parameters(model),
+            "sequence_tokens": cfg.max_text + model.n_patches, "latent": list(latent), "vocab_size": codec_vocab,
+            "text_vocab": tok.vocab_size, "captions_truncated": sum(len(tok.encode(c)) > cfg.max_text for c in captions),
+            "encode_s": round(t_encode, 2), "tasks": ["t2v"], "init_from": None, "delta": False, "patch": cfg.model.patch}
