@@ -165,3 +165,16 @@ def test_the_demo_times_the_patch_model_it_trains():
     sm = ar_step(patch=2, layers=1)
     assert isinstance(sm.model, PatchAR) and sm.model.cfg.layers == 1 and sm.model.cfg.patch == 2
     assert float(sm.loss(sm.model)) > 0
+
+
+def test_the_cached_sampler_reads_what_the_full_forward_reads():
+    """The sampler's KV-cached global model gives the states the full forward gives: clips drawn greedily must be
+    each clip's own greedy continuation under token_logp (every id the argmax given the ids before it)."""
+    m = tiny().eval()
+    ids = m.sample([[1, 2], [3]], guidance=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    x = m.to_patches(ids)
+    text = m.text_block([[1, 2], [3]])
+    B, P, k = x.shape
+    state = m.global_states(text, x[:, :-1]).reshape(B * P, -1)
+    logits = m.local_logits(state, x.reshape(B * P, k)[:, :-1])
+    assert torch.equal(logits.argmax(-1), x.reshape(B * P, k))

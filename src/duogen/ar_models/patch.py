@@ -155,15 +155,21 @@ class PatchAR(nn.Module):
         return {"text": self.text_block([rec["text_ids"] for rec in records], drop), "ids": ids}
 
     # ------------------------------------------------------------------ the two models
+    def _where(self, q: torch.Tensor) -> torch.Tensor:
+        """(frame, row, column) embedding of patch indices q (the patch a global state predicts)."""
+        q = q.clamp(max=self.n_patches - 1)
+        return self.frame(self.q_frame[q]) + self.row(self.q_row[q]) + self.col(self.q_col[q])
+
+    def _patch_inputs(self, patches: torch.Tensor, first: int) -> torch.Tensor:
+        """Patches (B,n,k) -> the global model's inputs for them, the i-th predicting patch first + i + 1."""
+        q = torch.arange(first + 1, first + 1 + patches.shape[1], device=patches.device)
+        return (self.ids(patches) + self.slot).sum(2) + self._where(q)
+
     def global_states(self, text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """text (B,T), the first n patches (B,n,k) -> (B, n+1, D): state j predicts patch j."""
-        B, n = patches.shape[:2]
-        x = [self.text(text), self.start.expand(B, 1, -1)]
-        if n:
-            x.append((self.ids(patches) + self.slot).sum(2))
-        q = torch.arange(n + 1, device=text.device).clamp(max=self.n_patches - 1)
-        where = self.frame(self.q_frame[q]) + self.row(self.q_row[q]) + self.col(self.q_col[q])
-        x = torch.cat([x[0], torch.cat(x[1:], 1) + where], 1)
+        B = text.shape[0]
+        start = self.start.expand(B, 1, -1) + self._where(torch.zeros(1, dtype=torch.long, device=text.device))
+        x = torch.cat([self.text(text), start, self._patch_inputs(patches, 0)], 1)
         return self.glob(inputs_embeds=x).last_hidden_state[:, text.shape[1]:]
 
     def local_logits(self, state: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -190,14 +196,11 @@ class PatchAR(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, text_ids: Sequence[Sequence[int]], *, guidance: float = 3.0, temperature: float = 1.0,
-               top_k: int = 0, negative: Sequence[int] = (), generator: torch.Generator | None = None,
-               autocast: Any = None) -> torch.Tensor:
+               top_k: int = 0, negative: Sequence[int] = (), generator: torch.Generator | None = None) -> torch.Tensor:
         """Prompts' ids -> (B,f,h,w) codec ids, one clip per prompt; guidance != 1 runs a second stream beside
         them (no prompt, or the `negative` prompt's ids) and draws each id from log p_u + guidance * (log p_c -
-        log p_u) (`sampling.py`'s rule). The global model reads the whole prefix again at every patch (no KV
-        cache): 48 calls over at most 80 positions for the demo's clips."""
-        import contextlib
-
+        log p_u) (`sampling.py`'s rule). The global model keeps its keys and values: one new position per patch.
+        """
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         B = len(text_ids)
@@ -206,15 +209,17 @@ class PatchAR(nn.Module):
         if guided:
             text = torch.cat([text, self.text_block([list(negative)] * B)])
         text = text.to(self.head.weight.device)
-        ctx = autocast or contextlib.nullcontext
+        from transformers import DynamicCache
+
+        cache = DynamicCache()  # the global model's keys and values: one new position per patch
+        start = self.start.expand(text.shape[0], 1, -1) + self._where(text.new_zeros(1))
+        h = self.glob(inputs_embeds=torch.cat([self.text(text), start], 1), past_key_values=cache, use_cache=True)
         x = text.new_zeros(B, 0, self.k)
-        for _ in range(self.n_patches):
-            with ctx():
-                state = self.global_states(text, torch.cat([x, x]) if guided else x)[:, -1]
+        for j in range(self.n_patches):
+            state = h.last_hidden_state[:, -1]
             prev = text.new_zeros(B, 0)
             for _ in range(self.k):
-                with ctx():
-                    logits = self.local_logits(state, torch.cat([prev, prev]) if guided else prev)[:, -1].float()
+                logits = self.local_logits(state, torch.cat([prev, prev]) if guided else prev)[:, -1].float()
                 logp = logits.log_softmax(-1)
                 if guided:
                     logp = logp[B:] + guidance * (logp[:B] - logp[B:])
@@ -225,6 +230,9 @@ class PatchAR(nn.Module):
                 nxt = torch.multinomial(logp.softmax(-1), 1, generator=generator)
                 prev = torch.cat([prev, nxt], 1)
             x = torch.cat([x, prev[:, None]], 1)
+            if j + 1 < self.n_patches:
+                new = self._patch_inputs((torch.cat([prev, prev]) if guided else prev)[:, None], j)
+                h = self.glob(inputs_embeds=new, past_key_values=cache, use_cache=True)
         return self.from_patches(x)
 
     # ------------------------------------------------------------------ files
