@@ -84,6 +84,19 @@ def test_bad_configs_fail_with_their_reason():
         tiny(cond_dropout=1.0)
 
 
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sampling_bench_times_all_three_samplers():
+    res = _bench("bench_patch_ar_sampling").main(["--batch", "1", "--repeats", "1", "--json"])
+    assert len(res["s_per_clip"]) == 3 and all(s > 0 for s in res["s_per_clip"].values())
+    assert res["cache_speedup"] > 0 and res["patch_vs_flat"] > 0
+
+
 def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
     from duogen.data import load_dataset, make_dataset
     from duogen.tokenizers.text import train_text_tokenizer
@@ -93,9 +106,7 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
     make_dataset("shapes", run / "data", n=12, preset="tiny", seed=0)
     make_codec(0).save_pretrained(run / "codec" / "final")
     train_text_tokenizer(list(load_dataset(run / "data")["train"]["caption"]), run / "text", vocab_size=300)
-    spec = importlib.util.spec_from_file_location("bench_patch_ar", Path(__file__).parents[1] / "bench" / "bench_patch_ar.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("bench_patch_ar")
     out = tmp_path / "out"
     res = bench.main(["--run", str(run), "--out", str(out), "--flops", "1e8", "--layers", "1", "--local-hidden", "32",
                       "--per-split", "1", "--n", "2", "--precision", "fp32", "--batch-size", "4"])
