@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
 import time
 import warnings
@@ -80,11 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     seed_everything(args.seed)
     model = PatchAR(cfg, latent, codec.vocab_size, tok.vocab_size, text=tok, codec_ref=str(codec_dir.resolve()))
-    rng = random.Random(args.seed)
     train = TrainConfig(steps=100000, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_steps=50,
                         precision=args.precision, max_flops=args.flops, seed=args.seed, log_every=20)
     summary = fit(model, lambda m, b: LossOutput(*m.loss(b)), records, train, out,
-                  collate=lambda recs: model.collate(recs, rng), save_model=lambda m, path: m.save_pretrained(path),
+                  collate=model.collate, save_model=lambda m, path: m.save_pretrained(path),
                   run_config={"model": {**dataclasses.asdict(cfg), "latent": list(latent),
                                         "codec_vocab": codec.vocab_size, "text_vocab": tok.vocab_size}})
 

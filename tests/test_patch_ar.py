@@ -189,3 +189,25 @@ def test_the_cached_sampler_reads_what_the_full_forward_reads():
     state = m.global_states(text, x[:, :-1]).reshape(B * P, -1)
     logits = m.local_logits(state, x.reshape(B * P, k)[:, :-1])
     assert torch.equal(logits.argmax(-1), x.reshape(B * P, k))
+
+
+def test_a_resumed_patch_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """Prompt dropout draws from torch's checkpointed generator, so 2 steps + --resume 2 more = 4 steps straight."""
+    from _tiny_runs import cli
+
+    from duogen.data import make_dataset
+    from duogen.io import load_model_dir
+    from test_latent_diffusion import make_codec
+
+    make_dataset("shapes", tmp_path / "data", n=12, preset="tiny", seed=0)
+    make_codec(0).save_pretrained(tmp_path / "codec")
+    common = ["train", "ar", "--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "codec"),
+              "model.patch=2", "model.hidden=32", "model.layers=1", "model.heads=2", "model.kv_heads=2", "model.mlp=64",
+              "model.local_hidden=32", "model.cond_dropout=0.5", "max_text=16", "text_vocab=300", "train.batch_size=4",
+              "train.precision=fp32", "train.ckpt_every=2"]
+    assert cli(*common, "--out", str(tmp_path / "a"), "train.steps=4")[0] == 0
+    assert cli(*common, "--out", str(tmp_path / "b"), "train.steps=2")[0] == 0
+    rc, _, err = cli(*common, "--out", str(tmp_path / "b"), "train.steps=4", "--resume", "auto")
+    assert rc == 0, err
+    a, b = (load_model_dir(tmp_path / r / "final")[1] for r in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -145,12 +145,10 @@ class PatchAR(nn.Module):
                 out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
-    def collate(self, records: Sequence[dict[str, Any]], rng: Any = None) -> dict[str, torch.Tensor]:
-        """`TokenRecords` items -> a training batch; each prompt dropped with probability cond_dropout."""
-        import random
-
-        r = rng or random
-        drop = [r.random() < self.cfg.cond_dropout for _ in records]
+    def collate(self, records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """`TokenRecords` items -> a training batch; each prompt dropped with probability cond_dropout. The draws
+        come from torch's global generator, which the engine seeds and checkpoints (exact resume)."""
+        drop = (torch.rand(len(records)) < self.cfg.cond_dropout).tolist()
         ids = torch.stack([torch.as_tensor(rec["video_ids"], dtype=torch.long) for rec in records])
         return {"text": self.text_block([rec["text_ids"] for rec in records], drop), "ids": ids}
 

@@ -355,7 +355,6 @@ def _train_patch(cfg: ARRecipeConfig, data: Path, out: Path, encoded: Any, capti
                  latent: tuple[int, int, int], codec_vocab: int, codec_ref: str, prepare: Any, save_final: Any,
                  t_encode: float) -> dict[str, Any]:
     """`train_ar` for `model.patch` > 0: a `PatchAR` (`ar_models/patch.py`) on the encoded clips, one engine run."""
-    import random
     import warnings
 
     from ..ar_models.patch import PatchAR, patch_config
@@ -368,10 +367,9 @@ def _train_patch(cfg: ARRecipeConfig, data: Path, out: Path, encoded: Any, capti
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captions longer than max_text are truncated, as the flat model's are
         text_ids = [tok.encode(c)[: cfg.max_text] for c in captions]
-    rng = random.Random(cfg.train.seed)
     summary = fit(
         model, lambda m, b: LossOutput(*m.loss(b)), TokenRecords(encoded, text_ids), cfg.train, out,
-        collate=lambda recs: model.collate(recs, rng), save_model=save_final or model_saver(None),
+        collate=model.collate, save_model=save_final or model_saver(None),
         run_config={**cfglib.to_dict(cfg), "data": str(Path(data).resolve()), "tokenizer": codec_ref},
     )
     return {**vars(summary), "final": str(out / "final"), "parameters": count_parameters(model),
