@@ -2,8 +2,8 @@
 
 MEGABYTE (Yu et al. 2023) and the RQ-Transformer's depth transformer (Lee et al. 2022) split next-token prediction
 in two: a large model over coarse positions and a small one inside each. Here the global model reads the prompt,
-then one embedding per p x p patch of a latent frame's ids (the sum of its ids' embeddings, each slot its own
-offset); its state at a patch predicts the next one, and the local model decodes that patch's p*p ids in raster
+then one embedding per p x p patch of a latent frame's ids (the sum of its ids' embeddings, from one table per
+slot, so the sum keeps which id sits where); its state at a patch predicts the next one, and the local model decodes that patch's p*p ids in raster
 order from it. The likelihood is still the exact product of next-id probabilities in one raster-of-patches order,
 so classifier-free guidance, temperature and top-k act on each id as in `sampling.py`; the global model runs
 once per p*p ids, which buys it depth at the flat model's FLOPs.
@@ -101,8 +101,8 @@ class PatchAR(nn.Module):
         self.n_patches = f * (h // p) * (w // p)
         self.pad, self.null = text_vocab, text_vocab + 1  # the text table's padding row and its "no prompt" row
         self.text = nn.Embedding(text_vocab + 2, D)
-        self.ids = nn.Embedding(codec_vocab, D)
-        self.slot = nn.Parameter(torch.zeros(self.k, D))  # where in its patch an id sits
+        self.ids = nn.Embedding(self.k * codec_vocab, D)  # one table per slot of a patch: id + slot * codec_vocab
+        self.register_buffer("slot_offset", torch.arange(self.k) * codec_vocab, persistent=False)
         self.start = nn.Parameter(torch.zeros(D))  # the input that predicts the first patch
         # (frame, row, column) of the patch each global state predicts, zero at the start like `VisualPositions`
         self.frame, self.row, self.col = nn.Embedding(f, D), nn.Embedding(h // p, D), nn.Embedding(w // p, D)
@@ -161,7 +161,7 @@ class PatchAR(nn.Module):
     def _patch_inputs(self, patches: torch.Tensor, first: int) -> torch.Tensor:
         """Patches (B,n,k) -> the global model's inputs for them, the i-th predicting patch first + i + 1."""
         q = torch.arange(first + 1, first + 1 + patches.shape[1], device=patches.device)
-        return (self.ids(patches) + self.slot).sum(2) + self._where(q)
+        return self.ids(patches + self.slot_offset).sum(2) + self._where(q)
 
     def global_states(self, text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """text (B,T), the first n patches (B,n,k) -> (B, n+1, D): state j predicts patch j."""
