@@ -47,8 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline", default="", help="a flat AR model dir (RUN/ar/final) to score in the same compare")
     args = ap.parse_args(argv)
 
-    import torch
-
     from duogen.ar_models.patch import PatchAR, PatchARConfig
     from duogen.eval.compare import compare_dirs
     from duogen.tokenizers import load as load_codec
