@@ -66,9 +66,9 @@ DEMO_DIT_LR = 4e-3
 # The demo's AR model: the patch-level model (`ar_models/patch.py`, `model.patch=2`): a 4-layer global Llama of the
 # `tiny` width steps once per 2x2 block of codec ids and a 64-wide local Llama draws the block's four ids, at
 # learning rate 3e-3. At the slow machine's 6.87e12 FLOPs on the ninth demo run's codec and data (`python
-# bench/bench_patch_ar.py --run RUN --out OUT --seed S`, seeds 0-3; 128 clips, guidance 3) it drew the prompt's
-# color 87.5 / 90.2 / 88.3 / 88.7% (mean 88.7%), two-object prompts 76.8%, direction 42.2%, where the flat
-# one-layer model below read 85.5 / 82.4 / 83.6 / 88.3% (mean 85.0%), 66.5% and 34.5%; in three demo runs on an AMD
+# bench/bench_patch_ar.py --run RUN --out OUT --seed S`, seeds 0-5; 128 clips, guidance 3) it drew the prompt's
+# color 88.2% on average (85.2-90.2%), two-object prompts 76.1%, direction 42.5%, where the flat one-layer model
+# below read 84.6% (82.4-88.3%), 65.9% and 31.8%; in three demo runs on an AMD
 # EPYC run as AVX2 (1.3-1.5e13 FLOPs) 90.2, 92.6 and 93.4% (README, "A patch-level AR model"). Before it: the `tiny` preset with one decoder layer instead of four, at learning rate 4e-3. At the
 # demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more layers for the flat model, as
 # 128 wide beat 256 wide at 10 minutes. Same codec, data and wall time (`duogen train ar ... train.max_minutes=5.05
