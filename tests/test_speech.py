@@ -29,6 +29,7 @@ def test_speech_is_deterministic_regardless_of_history():
     text = "a green seven slides up"
     a = speech.speak(text)
     speech._speak_cached.cache_clear()  # force a fresh synthesis after other utterances
+    speech._synth_cached.cache_clear()
     for other in ["hello world", "the quick brown fox jumps over the lazy dog", "zebra?"]:
         speech.speak(other)
     b = speech.speak(text)
