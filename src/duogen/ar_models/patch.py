@@ -209,6 +209,8 @@ class PatchAR(nn.Module):
         text = text.to(self.head.weight.device)
         from transformers import DynamicCache
 
+        from .sampling import draw
+
         cache = DynamicCache()  # the global model's keys and values: one new position per patch
         start = self.start.expand(text.shape[0], 1, -1) + self._where(text.new_zeros(1))
         h = self.glob(inputs_embeds=torch.cat([self.text(text), start], 1), past_key_values=cache, use_cache=True)
@@ -221,12 +223,7 @@ class PatchAR(nn.Module):
                 logp = logits.log_softmax(-1)
                 if guided:
                     logp = logp[B:] + guidance * (logp[:B] - logp[B:])
-                logp = logp / temperature
-                if top_k > 0:
-                    kth = logp.topk(min(top_k, logp.shape[-1]), -1).values[:, -1:]
-                    logp = logp.masked_fill(logp < kth, float("-inf"))
-                nxt = torch.multinomial(logp.softmax(-1), 1, generator=generator)
-                prev = torch.cat([prev, nxt], 1)
+                prev = torch.cat([prev, draw(logp, temperature, top_k, 1.0, generator)[:, None]], 1)
             x = torch.cat([x, prev[:, None]], 1)
             if j + 1 < self.n_patches:
                 new = self._patch_inputs((torch.cat([prev, prev]) if guided else prev)[:, None], j)

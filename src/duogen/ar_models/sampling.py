@@ -357,6 +357,21 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
+def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
+    """One id per row of (B,R) (guided) logits: greedy at temperature 0, else drawn after temperature, top-k and
+    top-p. The flat sampler's loop and the patch model's (`patch.py`) both draw with it."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    if top_p >= 1.0 and 0 < top_k < logits.shape[-1]:
+        # top-k alone: draw among the k largest logits, the same distribution as masking the rest to
+        # -inf, without a softmax and a mask over the whole range
+        vals, idx = torch.topk(logits, top_k, dim=-1)  # (B,k)
+        pick = torch.multinomial((vals / temperature).softmax(-1), 1, generator=gen)  # (B,1)
+        return idx.gather(-1, pick)[:, 0]
+    logits = _filter(logits / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+
+
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     old = torch.get_num_threads()
@@ -451,18 +466,7 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
             repl = callback(n, P + n, logits, out[:, :n])
             if repl is not None:
                 logits = repl
-        if cfg.temperature == 0:
-            tok = logits.argmax(-1)
-        elif cfg.top_p >= 1.0 and 0 < cfg.top_k < logits.shape[-1]:
-            # top-k alone: draw among the k largest logits, the same distribution as masking the rest to
-            # -inf, without a softmax and a mask over the whole range
-            vals, idx = torch.topk(logits, cfg.top_k, dim=-1)  # (B,k)
-            pick = torch.multinomial((vals / cfg.temperature).softmax(-1), 1, generator=gen)  # (B,1)
-            tok = idx.gather(-1, pick)[:, 0]
-        else:
-            logits = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-            tok = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
-        tok += lo
+        tok = draw(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen) + lo
         if forced is not None:
             tok = torch.where(forced[:, n] >= 0, forced[:, n], tok)
         out[:, n] = tok
