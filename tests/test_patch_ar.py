@@ -124,6 +124,8 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
         gen.generate(["a red circle"], task="i2v")
     with pytest.raises(DataError, match="image"):
         gen.generate(["a red circle"], image="x.png")
+    with pytest.raises(DataError, match="callback"):
+        gen.generate(["a red circle"], callback=lambda *a: None)
     with pytest.raises(SystemExit, match="demo"):
         bench.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..tokenizers import load as load_codec
@@ -37,9 +37,9 @@ class PatchARGenerator:
 
     def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0, *, task: str = "t2v",
                  guidance: float | None = None, negative_prompt: str | None = None, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, callback: Callable | None = None,
-                 **conditions: Any) -> GenerationResult:
-        """Clips for `prompts`, n each (row i*n + j); guidance None or 1: one stream."""
+                 top_k: int = 0, top_p: float = 1.0, **conditions: Any) -> GenerationResult:
+        """Clips for `prompts`, n each (row i*n + j); guidance None or 1: one stream. Any other argument the flat
+        AR generator takes (image, video, ids, controls, a logits callback) is refused, not ignored."""
         import torch
 
         if task != "t2v":
