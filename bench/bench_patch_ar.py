@@ -1,11 +1,12 @@
 """Train the patch-level AR model (`duogen.ar_models.patch`) on a demo run's codec and data, score it with the probes.
 
     .venv/bin/python bench/bench_patch_ar.py --run RUN --out OUT [--seed S] [--flops 6.87e12] [--layers 4]
-        [--local-hidden 64] [--lr 4e-3] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N]
+        [--local-hidden 64] [--lr 3e-3] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N]
 
-RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains with
-the engine (`duogen.train.engine.fit`: the same AdamW, warm-up, cosine to the FLOP budget, precision `auto` and FLOP
-count as `duogen train ar`) until `--flops` and saves OUT/final; then `duogen compare` scores it (OUT/compare: `--n`
+RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains
+through `duogen train ar`'s recipe (`--preset tiny model.patch=2`, the options below as overrides: the same AdamW,
+warm-up, cosine to the FLOP budget, precision `auto` and FLOP count as the demo's AR stage) until `--flops` and
+saves OUT/final; then `duogen compare` scores it (OUT/compare: `--n`
 clips for each of the world's first `--per-split` validation and held-out prompts, classifier-free guidance, the
 probes), with the flat AR model `--baseline` in the same report when given. OUT/results.json holds each model's
 headline accuracies, by split and by the number of objects a prompt names, with the run's steps, FLOPs and times.
@@ -19,11 +20,9 @@ train.lr=4e-3 train.max_flops=F`, then `duogen compare --ar OUT/final --data RUN
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 
@@ -47,44 +46,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline", default="", help="a flat AR model dir (RUN/ar/final) to score in the same compare")
     args = ap.parse_args(argv)
 
-    from duogen.ar_models.patch import PatchAR, PatchARConfig
     from duogen.eval.compare import compare_dirs
-    from duogen.tokenizers import load as load_codec
-    from duogen.tokenizers.text import TextTokenizer
-    from duogen.train.ar_recipe import TokenRecords, encode_dataset
-    from duogen.train.engine import LossOutput, TrainConfig, fit
-    from duogen.train.recipe_common import load_split
-    from duogen.utils import seed_everything
+    from duogen.train.ar_recipe import train_ar
 
     run, out = Path(args.run), Path(args.out)
-    data, codec_dir = run / "data", run / "codec" / "final"
-    for p in (data, codec_dir, run / "text" / "text.model"):
+    data, codec_dir, text = run / "data", run / "codec" / "final", run / "text" / "text.model"
+    for p in (data, codec_dir, text):
         if not p.exists():
             sys.exit(f"error: {p} is missing: --run takes a `duogen demo --out RUN` directory")
-    codec = load_codec(codec_dir)
-    tok = TextTokenizer.load(run / "text" / "text.model")
-    split = load_split(data, "train", args.max_clips or None)
-    t0 = time.perf_counter()
-    encoded = encode_dataset(split, codec, codec_dir, data, "train", ["t2v"], out.parent / ".cache")
-    cfg = PatchARConfig(layers=args.layers, local_hidden=args.local_hidden, local_heads=max(1, args.local_hidden // 32),
-                        local_mlp=int(args.local_hidden * 2.75))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # captions past max_text are cut, as `duogen train ar` does
-        text_ids = [tok.encode(c)[: cfg.max_text] for c in split["caption"]]
-    records = TokenRecords(encoded, text_ids)
-    latent = records.cols["video_ids"].shape[1:]
-    encode_s = time.perf_counter() - t0
+    # what `duogen train ar --preset tiny model.patch=2 ...` trains: the recipe builds the model, encodes the clips
+    # (the cache beside OUT) and runs the engine to the FLOP budget
+    overrides = ["model.patch=2", f"model.layers={args.layers}", f"model.local_hidden={args.local_hidden}",
+                 f"train.lr={args.lr:g}", f"train.batch_size={args.batch_size}", f"train.precision={args.precision}",
+                 f"train.max_flops={args.flops:g}", "train.steps=100000", "train.max_minutes=0",
+                 *([f"max_clips={args.max_clips}"] if args.max_clips else [])]
+    summary = train_ar(data, codec_dir, out, text=text, overrides=overrides, seed=args.seed)
 
-    seed_everything(args.seed)
-    model = PatchAR(cfg, latent, codec.vocab_size, tok.vocab_size, text=tok, codec_ref=str(codec_dir.resolve()))
-    train = TrainConfig(steps=100000, batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, warmup_steps=50,
-                        precision=args.precision, max_flops=args.flops, seed=args.seed, log_every=20)
-    summary = fit(model, lambda m, b: LossOutput(*m.loss(b)), records, train, out,
-                  collate=model.collate, save_model=lambda m, path: m.save_pretrained(path),
-                  run_config={"model": {**dataclasses.asdict(cfg), "latent": list(latent),
-                                        "codec_vocab": codec.vocab_size, "text_vocab": tok.vocab_size}})
-
-    model.eval()
     t1 = time.perf_counter()
     ar = [f"patch={out / 'final'}"] + ([f"flat={args.baseline}"] if args.baseline else [])
     cmp = compare_dirs(ar, out=out / "compare", data=data, n=args.n, per_split=args.per_split, per_call=16,
@@ -97,10 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
                              "accuracy_by_objects": s["accuracy_by_objects"], "cost_per_clip": s["cost_per_clip"],
                              "latency_s_per_clip": s["latency_s_per_clip"]}
     result = {
-        "args": vars(args), "model": dataclasses.asdict(cfg),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": summary.steps, "flops": summary.flops, "train_s": summary.wall_s, "encode_s": encode_s,
-        "compare_s": compare_s, "precision": summary.precision, "final_loss": summary.final_loss, "models": models,
+        "args": vars(args), "model": json.loads((out / "final" / "config.json").read_text())["model"],
+        "parameters": summary["parameters"], "steps": summary["steps"], "flops": summary["flops"],
+        "train_s": summary["wall_s"], "encode_s": summary["encode_s"], "compare_s": compare_s,
+        "precision": summary["precision"], "final_loss": summary["final_loss"], "models": models,
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     for name, m in models.items():
@@ -108,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         two = m["accuracy_by_objects"].get("2", {}).get("accuracy", {}).get("color", float("nan"))
         print(f"{name} AR [{m['setting']}]: color {100 * a['color']:.1f}%, direction {100 * a['direction']:.1f}%, count "
               f"{100 * a['count']:.1f}%, shape {100 * a['shape']:.1f}%; two-object color {100 * two:.1f}%"
-              + (f" ({summary.steps} steps, {summary.flops:.3g} FLOPs)" if name == "patch" else ""))
+              + (f" ({summary['steps']} steps, {summary['flops']:.3g} FLOPs)" if name == "patch" else ""))
     return result
 
 
