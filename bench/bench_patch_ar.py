@@ -1,7 +1,7 @@
 """Train the patch-level AR model (`duogen.ar_models.patch`) on a demo run's codec and data, score it with the probes.
 
     .venv/bin/python bench/bench_patch_ar.py --run RUN --out OUT [--seed S] [--flops 6.87e12] [--layers 4]
-        [--local-hidden 64] [--lr 3e-3] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N]
+        [--local-hidden 64] [--lr 3e-3] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N] [--set KEY=VALUE ...]
 
 RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains
 through `duogen train ar`'s recipe (`--preset tiny model.patch=2`, the options below as overrides: the same AdamW,
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--per-split", type=int, default=16, help="prompts per split (validation, held-out)")
     ap.add_argument("--n", type=int, default=4, help="clips per prompt")
     ap.add_argument("--max-clips", type=int, default=0, help="train on the first N training clips only (0: all)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another `duogen train ar` override (repeatable), e.g. --set max_text=26 --set train.warmup_steps=20")
     ap.add_argument("--baseline", default="", help="a flat AR model dir (RUN/ar/final) to score in the same compare")
     args = ap.parse_args(argv)
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = ["model.patch=2", f"model.layers={args.layers}", f"model.local_hidden={args.local_hidden}",
                  f"train.lr={args.lr:g}", f"train.batch_size={args.batch_size}", f"train.precision={args.precision}",
                  f"train.max_flops={args.flops:g}", "train.steps=100000", "train.max_minutes=0",
-                 *([f"max_clips={args.max_clips}"] if args.max_clips else [])]
+                 *([f"max_clips={args.max_clips}"] if args.max_clips else []), *args.set]
     summary = train_ar(data, codec_dir, out, text=text, overrides=overrides, seed=args.seed)
 
     t1 = time.perf_counter()

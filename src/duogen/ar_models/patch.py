@@ -213,7 +213,7 @@ class PatchAR(nn.Module):
 
         cache = DynamicCache()  # the global model's keys and values: one new position per patch
         start = self.start.expand(text.shape[0], 1, -1) + self._where(text.new_zeros(1))
-        h = self.glob(inputs_embeds=torch.cat([self.text(text), start], 1), past_key_values=cache, use_cache=True)
+        h = self.glob(inputs_embeds=torch.cat([self.text(text), start], 1), cache=cache, use_cache=True)
         x = text.new_zeros(B, 0, self.k)
         for j in range(self.n_patches):
             state = h.last_hidden_state[:, -1]
@@ -227,7 +227,7 @@ class PatchAR(nn.Module):
             x = torch.cat([x, prev[:, None]], 1)
             if j + 1 < self.n_patches:
                 new = self._patch_inputs((torch.cat([prev, prev]) if guided else prev)[:, None], j)
-                h = self.glob(inputs_embeds=new, past_key_values=cache, use_cache=True)
+                h = self.glob(inputs_embeds=new, cache=cache, use_cache=True)
         return self.from_patches(x)
 
     # ------------------------------------------------------------------ files
