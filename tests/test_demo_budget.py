@@ -438,11 +438,12 @@ def test_the_demo_trains_and_measures_the_same_ar_model(tmp_path, monkeypatch):
     cfg = cfglib.load(ARRecipeConfig, presets=AR_RECIPE_PRESETS, preset="tiny", overrides=demo.demo_ar_overrides())
     for k, v in demo.DEMO_AR_MODEL.items():
         assert getattr(cfg.model, k) == v, k
-    assert cfg.train.lr == demo.DEMO_AR_LR and cfg.model.hidden == AR_RECIPE_PRESETS["tiny"].model.hidden
+    assert cfg.train.lr == demo.DEMO_AR_LR and cfg.train.batch_size == demo.DEMO_AR_BATCH
+    assert cfg.model.hidden == AR_RECIPE_PRESETS["tiny"].model.hidden
     seen = {}
     monkeypatch.setattr(demo_budget, "measure_machine", lambda *a, **kw: seen.update(kw))
     demo.measure_stages(Demo(tmp_path, minutes=10))
-    assert seen["ar_model"] == demo.DEMO_AR_MODEL
+    assert seen["ar_model"] == demo.DEMO_AR_MODEL and seen["ar_batch"] == demo.DEMO_AR_BATCH
 
 
 def test_each_planned_stage_records_how_its_loop_kept_the_timed_pace(tmp_path, monkeypatch):

@@ -20,6 +20,17 @@ def tiny(latent=(2, 4, 4), codec_vocab=16, **kw):
     return PatchAR(PatchARConfig(**{**TINY, **kw}), latent, codec_vocab, text_vocab=10)
 
 
+def fit(m, batch, steps):
+    """`steps` Adam steps of `m` on one batch -> the last step's (ids counted, metrics)."""
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss, n, metrics = m.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return n, metrics
+
+
 def test_patches_are_raster_order_blocks_and_round_trip():
     m = tiny()
     ids = torch.arange(32).reshape(1, 2, 4, 4)
@@ -52,13 +63,7 @@ def test_it_learns_each_prompts_clip_and_samples_it_back():
     torch.manual_seed(0)
     m = tiny(latent=(1, 4, 4), codec_vocab=8, cond_dropout=0.0)
     clips = torch.randint(0, 8, (2, 1, 4, 4))
-    text = m.text_block([[1, 2], [3]])
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss, n, metrics = m.loss({"text": text, "ids": clips})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    n, metrics = fit(m, {"text": m.text_block([[1, 2], [3]]), "ids": clips}, 150)
     assert n == 32 and metrics["loss"] < 0.05
     m.eval()
     for guidance in (1.0, 3.0):
@@ -120,14 +125,47 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
     gen = load_generator(out / "final")
     a, b = (gen.generate(["a red circle"], n=2, seed=5, guidance=3.0) for _ in range(2))
     assert a.videos.shape[0] == 2 and (a.videos == b.videos).all() and a.tokens == 2 * 3 * 8 * 8
-    with pytest.raises(DataError, match="text-to-video only"):
+    # i2v: the first latent frame comes from the image, the two after it are drawn (counted, returned as ids)
+    import numpy as np
+
+    from duogen.bridges.conditions import first_frame_ids
+    from duogen.bridges.result import to_uint8
+
+    frame = np.zeros((20, 20, 3), np.uint8)
+    frame[4:12, 4:12] = (255, 0, 0)
+    with pytest.warns(UserWarning, match="resized"):
+        c = gen.generate(["a red square"], n=2, seed=1, task="i2v", image=frame, guidance=3.0)
+        given = first_frame_ids(gen.codec, frame, None, 1)  # (1, 8, 8)
+    assert c.ids.shape == (2, 2, 8, 8) and c.tokens == 2 * 2 * 8 * 8 and c.videos.shape[:2] == a.videos.shape[:2]
+    with torch.inference_mode():
+        whole = torch.cat([given[None].expand(2, -1, -1, -1), c.ids], 1)  # the image's frame, then the drawn ones
+        assert (c.videos == to_uint8(gen.codec.decode(whole))).all()
+    with pytest.raises(DataError, match="text-to-video and i2v"):
+        gen.generate(["a red circle"], task="inpaint")
+    with pytest.raises(DataError, match="needs the first frame"):
         gen.generate(["a red circle"], task="i2v")
-    with pytest.raises(DataError, match="image"):
-        gen.generate(["a red circle"], image="x.png")
+    with pytest.raises(DataError, match="use task i2v"):
+        gen.generate(["a red circle"], image=frame)
     with pytest.raises(DataError, match="callback"):
         gen.generate(["a red circle"], callback=lambda *a: None)
     with pytest.raises(SystemExit, match="demo"):
         bench.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)])
+    # the i2v bench on the same model: both modes and the codec's ceiling, on the held-out split (one clip here)
+    i2v = _bench("bench_i2v")
+    res = i2v.main(["--model", str(out / "final"), "--data", str(run / "data"), "--clips", "2", "--n", "1",
+                    "--out", str(tmp_path / "i2v.json")])
+    assert set(res["modes"]) == {"t2v", "i2v", "codec"} and res["clips"] == 1  # the tiny set holds one
+    assert json.loads((tmp_path / "i2v.json").read_text())["modes"] == res["modes"]
+    for m in res["modes"].values():
+        assert set(m) == {"psnr", "color", "direction", "count", "centre_px"} and 0 < m["psnr"] <= 100
+    # its centre error: 0 px on the real clip's own readings, the frame size where the objects are missing
+    from duogen.data import load_dataset
+    from duogen.eval.probes import probe_clip
+
+    row = load_dataset(run / "data")["heldout"][0]
+    clip = np.asarray(row["video"], np.uint8)
+    own = i2v.centre_error(probe_clip(clip), clip.shape[1], row["boxes"], row["attributes"])
+    assert own < 1.0 and i2v.centre_error([], clip.shape[1], row["boxes"], row["attributes"]) == clip.shape[1]
 
 
 def test_a_saved_model_loads_back_the_same_and_another_kind_is_refused(tmp_path):
@@ -178,6 +216,8 @@ def test_the_demo_times_the_patch_model_it_trains():
     sm = ar_step(patch=2, layers=1)
     assert isinstance(sm.model, PatchAR) and sm.model.cfg.layers == 1 and sm.model.cfg.patch == 2
     assert float(sm.loss(sm.model)) > 0
+    half = ar_step(batch_size=8, patch=2, layers=1)  # the demo's batch size, not the preset's 32
+    assert half.batch_size == 8 and sm.batch_size == 32 and float(half.loss(half.model)) > 0
 
 
 def test_the_cached_sampler_reads_what_the_full_forward_reads():
@@ -191,6 +231,42 @@ def test_the_cached_sampler_reads_what_the_full_forward_reads():
     state = m.global_states(text, x[:, :-1]).reshape(B * P, -1)
     logits = m.local_logits(state, x.reshape(B * P, k)[:, :-1])
     assert torch.equal(logits.argmax(-1), x.reshape(B * P, k))
+
+
+def test_a_continuation_keeps_the_given_frame_and_draws_the_rest_given_it():
+    """i2v: the clips start with the given latent frame, and each drawn id is the argmax given the prompt, that
+    frame and the drawn ids before it (greedy, one stream and guided)."""
+    m = tiny(latent=(3, 4, 4)).eval()
+    first = torch.randint(0, 16, (1, 4, 4))
+    for guidance in (1.0, 2.0):
+        ids = m.sample([[1, 2], [3]], guidance=guidance, top_k=1, first=first, generator=torch.Generator().manual_seed(0))
+        assert ids.shape == (2, 3, 4, 4) and torch.equal(ids[:, :1], first[None].expand(2, -1, -1, -1))
+    ids = m.sample([[1, 2], [3]], guidance=1.0, top_k=1, first=first)
+    x = m.to_patches(ids)
+    B, P, k = x.shape
+    state = m.global_states(m.text_block([[1, 2], [3]]), x[:, :-1]).reshape(B * P, -1)
+    best = m.local_logits(state, x.reshape(B * P, k)[:, :-1]).argmax(-1).reshape(B, P, k)
+    assert torch.equal(best[:, 4:], x[:, 4:])  # frame 0's 4 patches were given, not drawn
+    with pytest.raises(DataError, match="1 <= f0 < 3"):
+        m.sample([[1]], first=torch.zeros(3, 4, 4, dtype=torch.long))  # the whole clip
+    with pytest.raises(DataError, match="shape"):
+        m.sample([[1]], first=torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(DataError, match=r"\[0, 16\)"):
+        m.sample([[1]], first=torch.full((1, 4, 4), 16))
+
+
+def test_it_learns_to_continue_from_the_first_frame_it_is_given():
+    """One prompt, two clips whose first frames differ and decide the second: given either first frame, the
+    trained model draws that clip's second frame."""
+    torch.manual_seed(0)
+    m = tiny(latent=(2, 4, 4), codec_vocab=8, cond_dropout=0.0)
+    clips = torch.randint(0, 8, (2, 2, 4, 4))
+    fit(m, {"text": m.text_block([[1], [1]]), "ids": clips}, 200)
+    m.eval()
+    for i in (0, 1):
+        drawn = m.sample([[1], [1]], guidance=1.0, temperature=0.5, first=clips[i, :1],
+                         generator=torch.Generator().manual_seed(i))
+        assert torch.equal(drawn, clips[[i, i]])
 
 
 def test_a_resumed_patch_run_ends_where_an_uninterrupted_one_does(tmp_path):

@@ -78,6 +78,7 @@ DEMO_DIT_LR = 4e-3
 # 8e-3. The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are its own.
 DEMO_AR_MODEL = {"patch": 2, "layers": 4}
 DEMO_AR_LR = 3e-3
+DEMO_AR_BATCH = 16
 
 
 @dataclass
@@ -287,7 +288,8 @@ def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
 
 def demo_ar_overrides() -> list[str]:
     """The demo's AR model and learning rate as `duogen train ar` overrides on the `tiny` preset."""
-    return [*(f"model.{k}={v}" for k, v in DEMO_AR_MODEL.items()), f"train.lr={DEMO_AR_LR:g}"]
+    return [*(f"model.{k}={v}" for k, v in DEMO_AR_MODEL.items()), f"train.lr={DEMO_AR_LR:g}",
+            f"train.batch_size={DEMO_AR_BATCH}"]
 
 
 def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
@@ -440,7 +442,8 @@ def measure_stages(d: Demo) -> Measurement:
     """The real pipeline's measurement: its data set and text tokenizer, timed at `auto`'s precision."""
     from .demo_budget import measure_machine
 
-    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say, ar_model=DEMO_AR_MODEL)
+    return measure_machine(d.out, d.data, d.text / "text.model", log=d.say, ar_model=DEMO_AR_MODEL,
+                          ar_batch=DEMO_AR_BATCH)
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 15.0, seed: int = 0, fresh: bool = False, **kw: Any) -> dict[str, Any]:

@@ -135,9 +135,10 @@ def codec_step(device: str = "cpu", **model: Any) -> StepModel:
     return StepModel(codec, loss, run.train.batch_size)
 
 
-def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu", **model: Any) -> StepModel:
-    """The `tiny` AR recipe's step (t2v, its batch size) on random codec ids; `text` / `captions` default to synthetic ones.
-    `model` changes fields of the preset's model config (e.g. layers=1)."""
+def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu", batch_size: int | None = None,
+            **model: Any) -> StepModel:
+    """The `tiny` AR recipe's step (t2v, its batch size or `batch_size`) on random codec ids; `text` / `captions`
+    default to synthetic ones. `model` changes fields of the preset's model config (e.g. layers=1)."""
     import dataclasses
 
     import numpy as np
@@ -155,7 +156,7 @@ def ar_step(text: Any = None, captions: Sequence[str] = (), device: str = "cpu",
     spec = LayoutSpec(max_text=cfg.max_text, latent=latent[1:], tasks=["t2v"])
     mcfg = dataclasses.replace(cfg.model, **model)
     g = np.random.default_rng(0)
-    B = cfg.train.batch_size
+    B = batch_size or cfg.train.batch_size
     records = [{"text_ids": text.encode(captions[i % len(captions)])[: cfg.max_text],
                 "video_ids": g.integers(0, codec.vocab_size, latent[1:])} for i in range(B)]
     if mcfg.patch:  # the patch-level model (`ar_models/patch.py`)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 
 KIND = "patch_ar"  # config.json "kind" of a saved PatchAR (`bridges.generate.load_generator` dispatches on it)
 FORMAT_VERSION = 1
@@ -123,10 +123,11 @@ class PatchAR(nn.Module):
 
     # ------------------------------------------------------------------ layout
     def to_patches(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B,f,h,w) codec ids -> (B, patches, p*p): patches in raster order per frame, ids in raster order inside."""
-        f, h, w = self.latent
-        p = self.cfg.patch
-        return ids.reshape(-1, f, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, self.n_patches, self.k)
+        """(B,f,h,w) codec ids -> (B, patches, p*p): patches in raster order per frame, ids in raster order inside.
+        Fewer frames than the clip's (B,f0,h,w) give its first f0 frames' patches, the first patches of the order."""
+        _, h, w = self.latent
+        p, f = self.cfg.patch, ids.shape[-3]
+        return ids.reshape(-1, f, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, f * (h // p) * (w // p), self.k)
 
     def from_patches(self, x: torch.Tensor) -> torch.Tensor:
         f, h, w = self.latent
@@ -194,10 +195,13 @@ class PatchAR(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, text_ids: Sequence[Sequence[int]], *, guidance: float = 3.0, temperature: float = 1.0,
-               top_k: int = 0, negative: Sequence[int] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+               top_k: int = 0, negative: Sequence[int] = (), first: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """Prompts' ids -> (B,f,h,w) codec ids, one clip per prompt; guidance != 1 runs a second stream beside
         them (no prompt, or the `negative` prompt's ids) and draws each id from log p_u + guidance * (log p_c -
         log p_u) (`sampling.py`'s rule). The global model keeps its keys and values: one new position per patch.
+        `first` (f0,h,w) or (B,f0,h,w), 1 <= f0 < f: the clips' first latent frames, given (frame continuation,
+        i2v); the model, trained on whole clips in frame order, draws the frames after them.
         """
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
@@ -211,11 +215,14 @@ class PatchAR(nn.Module):
 
         from .sampling import draw
 
+        x = text.new_zeros(B, 0, self.k)  # the clips' patches so far
+        if first is not None:
+            x = self.to_patches(self._check_first(first, B).to(text.device))
         cache = DynamicCache()  # the global model's keys and values: one new position per patch
         start = self.start.expand(text.shape[0], 1, -1) + self._where(text.new_zeros(1))
-        h = self.glob(inputs_embeds=torch.cat([self.text(text), start], 1), cache=cache, use_cache=True)
-        x = text.new_zeros(B, 0, self.k)
-        for j in range(self.n_patches):
+        given = self._patch_inputs(torch.cat([x, x]) if guided else x, 0)  # (B, 0 or n, D)
+        h = self.glob(inputs_embeds=torch.cat([self.text(text), start, given], 1), cache=cache, use_cache=True)
+        for j in range(x.shape[1], self.n_patches):
             state = h.last_hidden_state[:, -1]
             prev = text.new_zeros(B, 0)
             for _ in range(self.k):
@@ -229,6 +236,19 @@ class PatchAR(nn.Module):
                 new = self._patch_inputs((torch.cat([prev, prev]) if guided else prev)[:, None], j)
                 h = self.glob(inputs_embeds=new, cache=cache, use_cache=True)
         return self.from_patches(x)
+
+    def _check_first(self, first: Any, B: int) -> torch.Tensor:
+        """Given first latent frames -> (B,f0,h,w) long, or a DataError naming what is wrong."""
+        f, h, w = self.latent
+        t = torch.as_tensor(first)
+        if t.dim() == 3:
+            t = t[None].expand(B, -1, -1, -1)
+        if t.dim() != 4 or t.shape[0] != B or tuple(t.shape[2:]) != (h, w) or not 1 <= t.shape[1] < f:
+            raise DataError(f"the given first frames must be codec ids (f0, {h}, {w}) or ({B}, f0, {h}, {w}) with"
+                            f" 1 <= f0 < {f}, got shape {tuple(t.shape)}")
+        if t.is_floating_point() or int(t.min()) < 0 or int(t.max()) >= self.codec_vocab:
+            raise DataError(f"the given first frames must be integer codec ids in [0, {self.codec_vocab})")
+        return t.long()
 
     # ------------------------------------------------------------------ files
     def config_dict(self) -> dict[str, Any]:

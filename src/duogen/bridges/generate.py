@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import CheckpointError, DataError
 from ..tokenizers import load as load_codec
+from .conditions import first_frame_ids, fit_clip, read_media
 from .diffusion import DiffusionGenerator
 from .patch_generator import PatchARGenerator
 from .result import GenerationResult, Generator, to_uint8
@@ -56,49 +57,20 @@ class ARGenerator:
         return cls(model, load_codec(path), load_codec(audio) if audio is not None and audio.exists() else None)
 
     # ------------------------------------------------------------------ conditions
-    def _fit_clip(self, video: np.ndarray, image: bool = False) -> np.ndarray:
-        """A condition clip (F, H, W, 3), or an image as (1, H, W, 3), at the codec's size (warned when resized)."""
-        from ..data.media import resize_video
-
-        size = int(self.codec.cfg.size)
-        frames = 1 if image else int(self.codec.cfg.frames)
-        if video.shape[1:3] != (size, size) or video.shape[0] != frames:
-            have, want = (video.shape[1:3], (size, size)) if image else (video.shape[:3], (frames, size, size))
-            warnings.warn(f"condition {'image' if image else 'clip'} {have} resized to {want}, the model's size",
-                          UserWarning, stacklevel=3)
-            video = resize_video(video, size, frames)
-        return video
-
     def condition(self, task: str, image: Any = None, video: Any = None) -> dict[str, Any]:
         """User files or arrays -> codec ids of the condition segment for `task`."""
         import torch
 
         from ..ar_models.layouts import MASKED_TASKS, masked_clip
-        from ..data.media import read_image, read_video
 
-        if isinstance(image, (str, Path)):
-            image = read_image(image)
-        if isinstance(video, (str, Path)):
-            video = read_video(video)
-        spec = self.model.spec
+        image, video = read_media(image, video)
         with torch.inference_mode():
             if task == "i2v":
-                if video is not None:
-                    ids = self.codec.encode(self._fit_clip(np.asarray(video)))[0, : spec.cond_frames]
-                elif image is not None:
-                    if spec.cond_frames != 1:
-                        raise DataError(f"this model continues from {spec.cond_frames} latent frames; give --video, not --image")
-                    img = np.asarray(image)
-                    if img.ndim != 3 or img.shape[-1] != 3:
-                        raise DataError(f"an image must be uint8 (H, W, 3), got shape {img.shape}")
-                    ids = self.codec.encode(self._fit_clip(img[None], image=True))[0, :1]
-                else:
-                    raise DataError("task i2v needs the first frame: pass --image FILE or --video FILE")
-                return {"first": ids}
+                return {"first": first_frame_ids(self.codec, image, video, self.model.spec.cond_frames)}
             if task in MASKED_TASKS or task == "v2a":
                 if video is None:
                     raise DataError(f"task {task} needs a clip: pass --video FILE")
-                clip = self._fit_clip(np.asarray(video))
+                clip = fit_clip(self.codec, np.asarray(video), stacklevel=3)
                 if task == "v2a":
                     return {"video": self.codec.encode(clip)[0]}
                 return {"masked": self.codec.encode(masked_clip(clip, task))[0]}

@@ -1,7 +1,8 @@
 """`PatchAR` (`ar_models/patch.py`) behind the `Generator` protocol: prompt -> codec ids -> the codec's decoder.
 
-Text-to-video only: the patch model has no task layouts, so image, video, id and control conditions are refused
-with their reason. It reports itself as kind "ar" to the comparison harness, whose AR settings (`cfg-G`, `no-cfg`)
+Text-to-video and frame continuation (i2v: a given image or clip's first latent frame, the rest drawn after it
+by the same model, which learned whole clips in frame order); the patch model has no task layouts, so the other
+tasks and id and control conditions are refused with their reason. It reports itself as kind "ar" to the comparison harness, whose AR settings (`cfg-G`, `no-cfg`)
 and cost (ids drawn per clip, times 2 under guidance) apply to it as they stand.
 """
 
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..tokenizers import load as load_codec
+from .conditions import first_frame_ids
 from .result import GenerationResult, to_uint8
 
 
@@ -37,36 +39,45 @@ class PatchARGenerator:
 
     def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0, *, task: str = "t2v",
                  guidance: float | None = None, negative_prompt: str | None = None, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, **conditions: Any) -> GenerationResult:
-        """Clips for `prompts`, n each (row i*n + j); guidance None or 1: one stream. Any other argument the flat
-        AR generator takes (image, video, ids, controls, a logits callback) is refused, not ignored."""
+                 top_k: int = 0, top_p: float = 1.0, image: Any = None, video: Any = None,
+                 **conditions: Any) -> GenerationResult:
+        """Clips for `prompts`, n each (row i*n + j); guidance None or 1: one stream. task "i2v" continues from
+        `image` (or `video`'s first latent frame): the output clips start with it. Any other argument the flat AR
+        generator takes (ids, controls, a logits callback) is refused, not ignored."""
         import torch
 
-        if task != "t2v":
-            raise DataError(f"a patch AR model draws text-to-video only, not {task}")
+        if task not in ("t2v", "i2v"):
+            raise DataError(f"a patch AR model draws text-to-video and i2v (frame continuation) only, not {task}")
         given = sorted(k for k, v in conditions.items() if v is not None and v != ())
         if given:
-            raise DataError(f"a patch AR model takes no {', '.join(given)}: it draws from the prompt alone")
+            raise DataError(f"a patch AR model takes no {', '.join(given)}: it draws from the prompt"
+                            " (and, for i2v, the first frame) alone")
+        if task == "t2v" and (image is not None or video is not None):
+            raise DataError("task t2v takes no image or video: use task i2v to continue from a first frame")
         if top_p != 1.0:
             raise ConfigError("a patch AR model samples with temperature and top-k; top-p is not implemented for it")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         tok, T = self.model.text_tokenizer, self.model.cfg.max_text
         t0 = time.perf_counter()
+        first = None
+        if task == "i2v":
+            with torch.inference_mode():
+                first = first_frame_ids(self.codec, image, video, 1).cpu()
         text = [tok.encode_prompt(p, T) for p in prompts for _ in range(n)]
         negative = tok.encode_prompt(negative_prompt, T) if negative_prompt else []
         g = 1.0 if guidance is None else float(guidance)
         ids = self.model.sample(text, guidance=g, temperature=temperature, top_k=top_k, negative=negative,
-                                generator=torch.Generator().manual_seed(int(seed)))
+                                first=first, generator=torch.Generator().manual_seed(int(seed)))
         t1 = time.perf_counter()
         with torch.inference_mode():
             videos = to_uint8(self.codec.decode(ids.to(self.codec.device)))
         t2 = time.perf_counter()
-        B = len(text)
+        B, f0 = len(text), (0 if first is None else first.shape[0])
         return GenerationResult(
             videos=videos, prompts=[p for p in prompts for _ in range(n)], seeds=[seed] * B,
             timings={"sample_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0},
-            tokens=B * int(ids[0].numel()),
+            tokens=B * int(ids[0, f0:].numel()),  # the ids drawn
             info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k,
                   "negative_prompt": negative_prompt, "model": "patch_ar"},
-            ids=ids,
+            ids=ids[:, f0:],  # the output segment (i2v: the drawn frames), as the flat generator's
         )
