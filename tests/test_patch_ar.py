@@ -208,6 +208,7 @@ def test_duogen_train_ar_trains_the_patch_model_and_refuses_what_it_lacks(tmp_pa
     assert gen.generate(["a red circle"], n=1, seed=0, guidance=3.0).videos.shape[0] == 1
     rc, _, err = cli(*common, "--out", str(tmp_path / "ar2"), "train.steps=1", "--tasks", "t2v,i2v")
     assert rc != 0 and "tasks other than t2v" in err and not (tmp_path / "ar2" / "final").exists()
+    assert "--task i2v` needs no i2v task here" in err  # it continues frames without training on them
 
 
 def test_the_demo_times_the_patch_model_it_trains():

@@ -347,8 +347,10 @@ def check_patch_recipe(cfg: ARRecipeConfig, init_from: Any) -> None:
         ("model.text_layers", m.text_layers > 0), ("model.text_states", m.text_states != "none"),
         ("model.prefix_lm", m.prefix_lm), ("model.range_softmax", m.range_softmax)) if on]
     if asked:
+        hint = (" (it continues frames from its text-to-video training: `duogen generate --task i2v` needs no i2v"
+                " task here)" if "i2v" in cfg.tasks else "")
         raise ConfigError(f"model.patch={m.patch} (the patch-level model) trains text-to-video from scratch; it has"
-                          f" no {', '.join(asked)}: drop them or set model.patch=0")
+                          f" no {', '.join(asked)}: drop them or set model.patch=0{hint}")
 
 
 def _train_patch(cfg: ARRecipeConfig, data: Path, out: Path, encoded: Any, captions: list[str], tok: Any,
