@@ -216,9 +216,9 @@ def _add_demo(sub: Any) -> None:
             " the measured speeds and the shares; demo_summary.json and the log also give how fast each planned"
             " stage's training loop ran against its timed steps (duogen.demo.loop_pace).\n\n"
             "The models: the tiny presets, except that the AR model is the patch-level one (model.patch=2: a"
-            " 4-layer global model per 2x2 block of codec ids, a small local model per id; learning rate 3e-3),"
+            " 4-layer global model per 2x2 block of codec ids, a small local model per id; learning rate 3e-3, batch 16),"
             " which at the demo's few minutes of training draws the prompt more often than the flat model, and"
-            " the DiT trains at learning rate 4e-3 (duogen.demo.DEMO_AR_MODEL, DEMO_AR_LR, DEMO_DIT_LR). Every model in"
+            " the DiT trains at learning rate 4e-3 (duogen.demo.DEMO_AR_MODEL, DEMO_AR_LR, DEMO_AR_BATCH, DEMO_DIT_LR). Every model in"
             " the report samples at one guidance scale per paradigm: 3 for the AR models, 5 for the DiTs"
             " (DEMO_AR_GUIDANCE, DEMO_DIT_GUIDANCE)."
         ),
