@@ -1,7 +1,8 @@
 """Train the patch-level AR model (`duogen.ar_models.patch`) on a demo run's codec and data, score it with the probes.
 
     .venv/bin/python bench/bench_patch_ar.py --run RUN --out OUT [--seed S] [--flops 6.87e12] [--layers 4]
-        [--local-hidden 64] [--lr 3e-3] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N] [--set KEY=VALUE ...]
+        [--local-hidden 64] [--lr 3e-3] [--batch-size 16] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N]
+        [--set KEY=VALUE ...]
 
 RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains
 through `duogen train ar`'s recipe (`--preset tiny model.patch=2`, the options below as overrides: the same AdamW,
@@ -25,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from duogen.demo import DEMO_AR_BATCH, DEMO_AR_LR
+
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,8 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--flops", type=float, default=6.87e12, help="training FLOP budget (the slow machine's demo AR: 6.87e12)")
     ap.add_argument("--layers", type=int, default=4, help="global model layers")
     ap.add_argument("--local-hidden", type=int, default=64, help="local model width")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=DEMO_AR_LR, help="learning rate (default: the demo's)")
+    ap.add_argument("--batch-size", type=int, default=DEMO_AR_BATCH, help="batch size (default: the demo's)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--per-split", type=int, default=16, help="prompts per split (validation, held-out)")
