@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 
-def centre_error(readings: list[Any], size: int, boxes: list[list[list[int]]], attributes: list[dict[str, Any]]) -> float:
+def centre_error(readings: list[Any], size: int, boxes: list[list[list[int]]],
+                 attributes: list[dict[str, Any]]) -> float:
     """Mean distance (px) over frames 1.. and the caption's objects between the real box centres and those of the
     same-colored object of the probes' `readings` of a clip (`size`, its frame size, where it is absent)."""
     readings = {r.color: r for r in readings}
@@ -49,7 +50,8 @@ def centre_error(readings: list[Any], size: int, boxes: list[list[list[int]]], a
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="an AR model dir that draws i2v (a patch model, or a flat one trained on it)")
+    ap.add_argument("--model", required=True,
+                    help="an AR model dir that draws i2v (a patch model, or a flat one trained on it)")
     ap.add_argument("--data", required=True, help="the data set (its clips, captions, attributes and boxes)")
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--clips", type=int, default=32, help="real clips to continue")
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gen = load_generator(args.model)
     ds = load_dataset(args.data)[args.split]
     rows = ds.select(range(min(args.clips, len(ds))))
-    modes: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "color": [], "direction": [], "count": [], "centre_px": []}
-                                                for m in ("t2v", "i2v", "codec")}
+    kinds = ("psnr", "color", "direction", "count", "centre_px")
+    modes: dict[str, dict[str, list[float]]] = {m: {k: [] for k in kinds} for m in ("t2v", "i2v", "codec")}
     t0 = time.perf_counter()
     for i, row in enumerate(rows):
         real = np.asarray(row["video"], np.uint8)
@@ -95,8 +97,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "modes": {mode: {k: float(np.mean(v)) for k, v in m.items()} for mode, m in modes.items()}}
     for mode, m in result["modes"].items():
         what = "the codec's reconstruction of the real clip" if mode == "codec" else f"{args.n} drawn per clip"
-        print(f"{mode}: PSNR {m['psnr']:.2f} dB, object centres {m['centre_px']:.2f} px off, color {100 * m['color']:.1f}%,"
-              f" direction {100 * m['direction']:.1f}%, count {100 * m['count']:.1f}% ({what}, {len(rows)} clips)")
+        print(f"{mode}: PSNR {m['psnr']:.2f} dB, object centres {m['centre_px']:.2f} px off,"
+              f" color {100 * m['color']:.1f}%, direction {100 * m['direction']:.1f}%,"
+              f" count {100 * m['count']:.1f}% ({what}, {len(rows)} clips)")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return result

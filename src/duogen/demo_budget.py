@@ -304,8 +304,9 @@ class Measurement:
 def measure_machine(out: Path, data: Path, text: Path, repeats: int = 3, log: Any = None,
                     ar_model: Mapping[str, Any] | None = None, ar_batch: int | None = None) -> Measurement:
     """Time `repeats` training steps (after a warm-up) of the tiny codec, AR model (`ar_model`: the changes to its
-    preset's model config the demo trains with; `ar_batch`: its batch size, the preset's by default) and DiT at the precision `auto` picks, and the codec's encode of a
-    clip; the precision check's cache goes under `out`, nothing outside it.
+    preset's model config the demo trains with; `ar_batch`: its batch size, the preset's by default) and DiT at
+    the precision `auto` picks, and the codec's encode of a clip; the precision check's cache goes under `out`,
+    nothing outside it.
     Each stage's speed is the median of three timed steps: a load passing through one of them does not move it
     (the median of two did: a codec measured at 2.27 s/step that trained at 0.72 planned 103 steps). Not the
     fastest step: it under-reads the training loop, which also loads and logs (a codec measured at 0.613 s/step

@@ -127,7 +127,8 @@ class PatchAR(nn.Module):
         Fewer frames than the clip's (B,f0,h,w) give its first f0 frames' patches, the first patches of the order."""
         _, h, w = self.latent
         p, f = self.cfg.patch, ids.shape[-3]
-        return ids.reshape(-1, f, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(-1, f * (h // p) * (w // p), self.k)
+        x = ids.reshape(-1, f, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5)
+        return x.reshape(-1, f * (h // p) * (w // p), self.k)
 
     def from_patches(self, x: torch.Tensor) -> torch.Tensor:
         f, h, w = self.latent

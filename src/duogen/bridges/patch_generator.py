@@ -2,8 +2,9 @@
 
 Text-to-video and frame continuation (i2v: a given image or clip's first latent frame, the rest drawn after it
 by the same model, which learned whole clips in frame order); the patch model has no task layouts, so the other
-tasks and id and control conditions are refused with their reason. It reports itself as kind "ar" to the comparison harness, whose AR settings (`cfg-G`, `no-cfg`)
-and cost (ids drawn per clip, times 2 under guidance) apply to it as they stand.
+tasks and id and control conditions are refused with their reason. It reports itself as kind "ar" to the
+comparison harness, whose AR settings (`cfg-G`, `no-cfg`) and cost (ids drawn per clip, times 2 under guidance)
+apply to it as they stand.
 """
 
 from __future__ import annotations
