@@ -290,6 +290,33 @@ def test_only_the_ar_stage_plans_the_encode_the_dit_stage_reads_from_its_cache()
     assert inspect.signature(measure_machine).parameters["repeats"].default == 3
 
 
+def test_measure_machine_times_the_ar_model_and_batch_it_is_given(tmp_path, monkeypatch):
+    """`ar_model` and `ar_batch` reach the AR step that is timed (the real `ar_step`; the timing itself stubbed)."""
+    import types
+
+    import duogen.precision as precision
+    import duogen.speed as speed
+    from duogen.data import load_dataset, make_dataset
+    from duogen.demo_budget import measure_machine
+    from duogen.precision import PrecisionChoice
+    from duogen.tokenizers.text import train_text_tokenizer
+
+    make_dataset("shapes", tmp_path / "data", n=12, preset="tiny", seed=0)
+    train_text_tokenizer(list(load_dataset(tmp_path / "data")["train"]["caption"]), tmp_path / "text", vocab_size=300)
+    timed = []
+    monkeypatch.setattr(precision, "resolve_precision", lambda *a, **kw: PrecisionChoice("fp32", "test", 1.0))
+    monkeypatch.setattr(speed, "codec_step", lambda *a, **kw: types.SimpleNamespace(model=None, batch_size=1))
+    monkeypatch.setattr(speed, "dit_step", lambda *a, **kw: types.SimpleNamespace(model=None, batch_size=1))
+    monkeypatch.setattr(speed, "time_encode", lambda *a, **kw: 0.01)
+    monkeypatch.setattr(speed, "time_training_step",
+                        lambda sm, prec, repeats=3: timed.append(sm) or StepSpeed(0.1, 1e9, sm.batch_size, prec, 3))
+    m = measure_machine(tmp_path, tmp_path / "data", tmp_path / "text" / "text.model",
+                        ar_model={"patch": 2, "layers": 1}, ar_batch=8)
+    ar = timed[1]
+    assert ar.batch_size == 8 and m.speeds["ar"].batch_size == 8
+    assert type(ar.model).__name__ == "PatchAR" and ar.model.cfg.layers == 1
+
+
 def test_describe_machine_reports_torch_capability_and_no_gpu_on_cpu():
     m = describe_machine("cpu")
     assert m.capability == torch.backends.cpu.get_cpu_capability() and m.cores >= 1 and m.gpu is None

@@ -83,8 +83,8 @@ class ARConfig:
     text_states: str = "none"
     # > 0: the patch-level model instead (`ar_models/patch.py`, MEGABYTE / RQ-Transformer style): a global Llama
     # of the hidden / layers / heads / mlp above steps once per `patch` x `patch` block of codec ids, and a local
-    # Llama `local_hidden` wide with `local_layers` layers draws each block's ids. Text-to-video, and frame continuation (i2v) from that training. 0 here and in
-    # the presets; the demo's model (`DEMO_AR_MODEL`) uses 2.
+    # Llama `local_hidden` wide with `local_layers` layers draws each block's ids. Text-to-video, and frame
+    # continuation (i2v) from that training. 0 here and in the presets; the demo's model (`DEMO_AR_MODEL`) uses 2.
     patch: int = 0
     local_hidden: int = 64
     local_layers: int = 1

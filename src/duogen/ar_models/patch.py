@@ -3,10 +3,10 @@
 MEGABYTE (Yu et al. 2023) and the RQ-Transformer's depth transformer (Lee et al. 2022) split next-token prediction
 in two: a large model over coarse positions and a small one inside each. Here the global model reads the prompt,
 then one embedding per p x p patch of a latent frame's ids (the sum of its ids' embeddings, from one table per
-slot, so the sum keeps which id sits where); its state at a patch predicts the next one, and the local model decodes that patch's p*p ids in raster
-order from it. The likelihood is still the exact product of next-id probabilities in one raster-of-patches order,
-so classifier-free guidance, temperature and top-k act on each id as in `sampling.py`; the global model runs
-once per p*p ids, which buys it depth at the flat model's FLOPs.
+slot, so the sum keeps which id sits where); its state at a patch predicts the next one, and the local model
+decodes that patch's p*p ids in raster order from it. The likelihood is still the exact product of next-id
+probabilities in one raster-of-patches order, so classifier-free guidance, temperature and top-k act on each id as
+in `sampling.py`; the global model runs once per p*p ids, which buys it depth at the flat model's FLOPs.
 
 This module holds the model, its loss and its sampler; `bench/bench_patch_ar.py` trains it with the engine on a
 demo run's codec and data and scores it with the probes (README, "A patch-level AR model").
@@ -165,12 +165,14 @@ class PatchAR(nn.Module):
         q = torch.arange(first + 1, first + 1 + patches.shape[1], device=patches.device)
         return self.ids(patches + self.slot_offset).sum(2) + self._where(q)
 
+    def _prompt_inputs(self, text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """text (B,T), the first n patches (B,n,k) -> the global model's inputs: the prompt, the start, the patches."""
+        start = self.start.expand(text.shape[0], 1, -1) + self._where(text.new_zeros(1))
+        return torch.cat([self.text(text), start, self._patch_inputs(patches, 0)], 1)
+
     def global_states(self, text: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """text (B,T), the first n patches (B,n,k) -> (B, n+1, D): state j predicts patch j."""
-        B = text.shape[0]
-        start = self.start.expand(B, 1, -1) + self._where(torch.zeros(1, dtype=torch.long, device=text.device))
-        x = torch.cat([self.text(text), start, self._patch_inputs(patches, 0)], 1)
-        return self.glob(inputs_embeds=x).last_hidden_state[:, text.shape[1]:]
+        return self.glob(inputs_embeds=self._prompt_inputs(text, patches)).last_hidden_state[:, text.shape[1]:]
 
     def local_logits(self, state: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """state (B,D) of a patch, its first j ids (B,j) -> logits (B, j+1, codec ids) for ids 0..j."""
@@ -216,25 +218,26 @@ class PatchAR(nn.Module):
 
         from .sampling import draw
 
+        def both(t: torch.Tensor) -> torch.Tensor:  # the clips' rows for every stream
+            return torch.cat([t, t]) if guided else t
+
         x = text.new_zeros(B, 0, self.k)  # the clips' patches so far
         if first is not None:
             x = self.to_patches(self._check_first(first, B).to(text.device))
         cache = DynamicCache()  # the global model's keys and values: one new position per patch
-        start = self.start.expand(text.shape[0], 1, -1) + self._where(text.new_zeros(1))
-        given = self._patch_inputs(torch.cat([x, x]) if guided else x, 0)  # (B, 0 or n, D)
-        h = self.glob(inputs_embeds=torch.cat([self.text(text), start, given], 1), cache=cache, use_cache=True)
+        h = self.glob(inputs_embeds=self._prompt_inputs(text, both(x)), cache=cache, use_cache=True)
         for j in range(x.shape[1], self.n_patches):
             state = h.last_hidden_state[:, -1]
             prev = text.new_zeros(B, 0)
             for _ in range(self.k):
-                logits = self.local_logits(state, torch.cat([prev, prev]) if guided else prev)[:, -1].float()
+                logits = self.local_logits(state, both(prev))[:, -1].float()
                 logp = logits.log_softmax(-1)
                 if guided:
                     logp = logp[B:] + guidance * (logp[:B] - logp[B:])
                 prev = torch.cat([prev, draw(logp, temperature, top_k, 1.0, generator)[:, None]], 1)
             x = torch.cat([x, prev[:, None]], 1)
             if j + 1 < self.n_patches:
-                new = self._patch_inputs((torch.cat([prev, prev]) if guided else prev)[:, None], j)
+                new = self._patch_inputs(both(prev)[:, None], j)
                 h = self.glob(inputs_embeds=new, cache=cache, use_cache=True)
         return self.from_patches(x)
 

@@ -357,7 +357,8 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
+def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+         gen: torch.Generator | None) -> torch.Tensor:
     """One id per row of (B,R) (guided) logits: greedy at temperature 0, else drawn after temperature, top-k and
     top-p. The flat sampler's loop and the patch model's (`patch.py`) both draw with it."""
     if temperature == 0:
