@@ -96,6 +96,12 @@ def _bench(name):
     return module
 
 
+def test_the_batch_speed_bench_times_each_batch_against_the_first():
+    rows = _bench("bench_ar_batch_speed").main(["--batches", "2,1", "--repeats", "1", "--rounds", "1"])
+    assert [r["batch"] for r in rows] == [2, 1] and rows[0]["ratio"] == 1.0
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["clip_s"] / rows[0]["clip_s"]) and rows[1]["step_s"] > 0
+
+
 def test_the_sampling_bench_times_all_three_samplers():
     res = _bench("bench_patch_ar_sampling").main(["--batch", "1", "--repeats", "1", "--json"])
     assert len(res["s_per_clip"]) == 3 and all(s > 0 for s in res["s_per_clip"].values())

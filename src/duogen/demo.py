@@ -65,21 +65,21 @@ DEMO_DIT_GUIDANCE = 5.0
 DEMO_DIT_LR = 4e-3
 # The demo's AR model: the patch-level model (`ar_models/patch.py`, `model.patch=2`): a 4-layer global Llama of the
 # `tiny` width steps once per 2x2 block of codec ids and a 64-wide local Llama draws the block's four ids, at learning
-# rate 3e-3 and batch 16 (twice the steps of the preset's 32 for the same FLOPs; a step of 16 takes 0.59x the time of
-# one of 32 on an AVX2 machine, so the same wall time buys batch 32 1.19x the FLOPs, and at that budget it read 89.6%
-# on seeds 0-3 against batch 16's 90.4%). At the slow machine's 6.87e12 FLOPs on the ninth demo run's codec and data
-# (`python bench/bench_patch_ar.py --run RUN --out OUT --seed S --batch-size 16`, seeds 0-7; 128 clips, guidance 3) it
-# drew the prompt's color 91.0% on average (88.3-94.1%, five of eight seeds at 90% or more) where batch 32 read 88.2%
-# (85.2-90.2%, seeds 0-5) and the flat one-layer model below 84.6% (82.4-88.3%); batch 8 and learning rate 2e-3 read
-# no better (README, "A patch-level AR model"); at batch 32, three demo runs on an AMD EPYC run as AVX2 (1.3-1.5e13
-# FLOPs) read 90.2, 92.6 and 93.4%. Before the patch model: the `tiny` preset with one decoder layer instead of four,
-# at learning rate 4e-3. At the demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more
-# layers for the flat model, as 128 wide beat 256 wide at 10 minutes. Same codec, data and wall time (`duogen train ar
-# ... train.max_minutes=5.05 model.layers=L train.lr=LR`, one core each, two runs side by side), the prompt's color by
-# the probes (`duogen compare --per-split 16 --n 4 --guidance 5`, 128 clips): 4 layers at 1e-3 (the preset) 175 steps
-# 50%; 2 layers 300 steps 65% (80% at 2e-3); 1 layer 420-440 steps 74% at 1e-3, 81% at 2e-3, 84% at 4e-3 (direction
-# 26%), 82% at 8e-3. The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are
-# its own.
+# rate 3e-3 and batch 16 (twice the steps of the preset's 32 for the same FLOPs; a step of 16 takes 0.55-0.59x the
+# time of one of 32 on an AVX2 machine at two threads, `python bench/bench_ar_batch_speed.py`, so the same wall time
+# buys batch 32 up to 1.19x the FLOPs, and at that budget it read 89.6% on seeds 0-3 against batch 16's 90.4%). At the
+# slow machine's 6.87e12 FLOPs on the ninth demo run's codec and data (`python bench/bench_patch_ar.py --run RUN --out
+# OUT --seed S --batch-size 16`, seeds 0-7; 128 clips, guidance 3) it drew the prompt's color 91.0% on average
+# (88.3-94.1%, five of eight seeds at 90% or more) where batch 32 read 88.2% (85.2-90.2%, seeds 0-5) and the flat
+# one-layer model below 84.6% (82.4-88.3%); batch 8 and learning rate 2e-3 read no better (README, "A patch-level AR
+# model"); at batch 32, three demo runs on an AMD EPYC run as AVX2 (1.3-1.5e13 FLOPs) read 90.2, 92.6 and 93.4%.
+# Before the patch model: the `tiny` preset with one decoder layer instead of four, at learning rate 4e-3. At the
+# demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more layers for the flat model, as 128
+# wide beat 256 wide at 10 minutes. Same codec, data and wall time (`duogen train ar ... train.max_minutes=5.05
+# model.layers=L train.lr=LR`, one core each, two runs side by side), the prompt's color by the probes (`duogen
+# compare --per-split 16 --n 4 --guidance 5`, 128 clips): 4 layers at 1e-3 (the preset) 175 steps 50%; 2 layers 300
+# steps 65% (80% at 2e-3); 1 layer 420-440 steps 74% at 1e-3, 81% at 2e-3, 84% at 4e-3 (direction 26%), 82% at 8e-3.
+# The measurement times this model too, so the plan's FLOP rates and the DiT's matched FLOPs are its own.
 DEMO_AR_MODEL = {"patch": 2, "layers": 4}
 DEMO_AR_LR = 3e-3
 DEMO_AR_BATCH = 16
