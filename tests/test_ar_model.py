@@ -378,6 +378,7 @@ def test_generate_cli_writes_clips_json_and_one_line_errors(ar_dir, tmp_path, ca
         (["--task", "inpaint"], "not trained for task 'inpaint'"),
         (["--n", "0"], "--n must be >= 1"),
         (["--n", "-2"], "--n must be >= 1"),
+        (["--layout-candidates", "0"], "layout_candidates must be >= 1"),
     ]:
         rc = main(["generate", "--model", str(ar_dir), "--prompt", "x", "--out", str(tmp_path / "bad"), *argv])
         err = capsys.readouterr().err.strip().splitlines()

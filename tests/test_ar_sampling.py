@@ -245,6 +245,79 @@ def test_bad_sampling_settings(model):
         generate_ids(model, [], sampling=SamplingConfig())
 
 
+def first_frame_gap(m, prompts, out, task="t2v", cond=None):
+    """Each row's sum over its output's first latent frame of log p(id | prompt) - log p(id | no prompt), from the
+    model's full forward (transformers' own), each over the video range's softmax, as the sampler draws."""
+    lo, hi = m.vocab.range("video").start, m.vocab.range("video").stop
+    L0 = m.spec.latent[1] * m.spec.latent[2]
+    sums = []
+    for rows in ([m.encode_prompt(p) for p in prompts], [[]] * len(prompts)):
+        prefix = torch.tensor([m.layouts.decode_plan(task, r, cond).prefix for r in rows])
+        P = prefix.shape[1]
+        ids = torch.cat([prefix, out[:, :L0]], 1)
+        with torch.no_grad():
+            lp = m(ids, torch.tensor([P] * len(rows)))[:, P - 1 : -1, lo:hi].float().log_softmax(-1)
+        sums.append(lp.gather(2, (out[:, :L0] - lo)[..., None])[..., 0].sum(1))
+    return sums[0] - sums[1]
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_layout_candidates_keep_the_first_frame_the_prompt_explains_best(model, task):
+    """The flat model's layout candidates, as the patch model's: the K candidates are the first frames plain guided
+    sampling of the K-times repeated prompts draws (same seed); the kept one has the largest prompt-vs-no-prompt
+    gap by the full forward, and the frames after it are drawn given it."""
+    cond = {"first": np.arange(16).reshape(1, 4, 4)} if task == "i2v" else None
+    prompts, K, cfg = ["a red circle moves left", "a blue square moves right"], 3, SamplingConfig(guidance=3.0)
+    kept = generate_ids(model, prompts, task, seed=4, sampling=cfg, cond=cond, layout_candidates=K)
+    rows = [p for p in prompts for _ in range(K)]
+    plain = generate_ids(model, rows, task, seed=4, sampling=cfg, cond=cond)  # (6, f, 4, 4) codec ids
+    lo = model.vocab.range("video").start
+    flat = plain.reshape(len(rows), -1) + lo  # back to global ids, output order
+    scores = first_frame_gap(model, rows, flat, task, cond).view(2, K)
+    best = plain[scores.argmax(1) + torch.arange(2) * K]
+    assert len({tuple(c.flatten().tolist()) for c in plain[:K, 0]}) > 1  # the candidates differ
+    assert torch.equal(kept[:, 0], best[:, 0])
+    # the rest is drawn given the kept frame: greedy decoding matches the full forward's argmax after it
+    greedy = generate_ids(model, prompts, task, seed=4, cond=cond, layout_candidates=K,
+                          sampling=SamplingConfig(temperature=0))
+    out = greedy.reshape(2, -1) + lo
+    prefix = torch.tensor([model.layouts.decode_plan(task, model.encode_prompt(p), cond).prefix for p in prompts])
+    P = prefix.shape[1]
+    with torch.no_grad():
+        logits = model(torch.cat([prefix, out], 1), torch.tensor([P, P]))[:, P - 1 : -1, lo : model.vocab.range("video").stop]
+    assert torch.equal(logits.argmax(-1)[:, 16:] + lo, out[:, 16:])
+
+
+def test_the_sampler_score_is_the_full_forward_gap_the_bench_reads(model):
+    """`sample_plans(gap=)` sums each drawn id's prompt-vs-no-prompt log-probability gap through the KV cache; the
+    paired bench (bench/bench_layout_candidates.py) reads the same gap of a flat model's clips by the full forward."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("blc", Path(__file__).parents[1] / "bench" / "bench_layout_candidates.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cap = "a red circle moves left"
+    plan, unc = (model.layouts.decode_plan("t2v", t) for t in (model.encode_prompt(cap), []))
+    gap = torch.zeros(3)
+    out = sample_plans(model.decoder(), torch.tensor([plan.prefix] * 3), plan.ranges[:16], SamplingConfig(guidance=2.0),
+                       torch.tensor([unc.prefix] * 3), model.cfg.prefix_lm, seed=1, gap=gap)
+    ids = torch.cat([out, out], 1) - model.vocab.range("video").start  # two latent frames of codec ids
+    full = bench.flat_gap(model, cap, ids.reshape(3, 2, 4, 4))
+    assert torch.allclose(gap, full, atol=1e-3) and gap.abs().max() > 0.1
+    assert torch.allclose(full, first_frame_gap(model, [cap] * 3, out), atol=1e-5)
+
+
+def test_layout_candidates_refuse_what_they_cannot_rank(model):
+    with pytest.raises(DataError, match="task t2a"):
+        generate_ids(model, ["a red circle"], "t2a", sampling=SamplingConfig(), layout_candidates=2)
+    with pytest.raises(DataError, match="callback"):
+        generate_ids(model, ["a red circle"], sampling=SamplingConfig(), layout_candidates=2,
+                     callback=lambda *a: None)
+    with pytest.raises(DataError, match=">= 1"):
+        generate_ids(model, ["a red circle"], sampling=SamplingConfig(), layout_candidates=0)
+
+
 # ----------------------------------------------------------------------------- the sampler follows the live model
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -418,6 +418,18 @@ def test_compare_both_paradigms_through_the_cli(tiny_model_dirs, capsys):
     assert [s["cost_per_clip"] for s in dit["settings"]] == [8, 4, 8, 4]
     assert all(s["kwargs"]["guidance"] == 2.0 for s in dit["settings"])
     assert (out / "clips" / "dit-tiny" / "p001_s00.mp4").is_file()
+    # --layout-candidates reaches the AR generator: named in the labels, its candidates' tokens in the cost
+    from duogen.ar_models.model import MultimodalLM
+
+    rc = main(["compare", "--ar", str(tiny_model_dirs["ar"]), "--prompts", str(prompts), "--n", "1",
+               "--out", str(root / "lc_report"), "--layout-candidates", "2"])
+    assert rc == 0
+    capsys.readouterr()
+    lc = json.loads((root / "lc_report" / "results.json").read_text())["models"][0]["settings"]
+    f, h, w = MultimodalLM.from_pretrained(tiny_model_dirs["ar"]).spec.latent
+    assert [s["label"] for s in lc] == ["cfg-3 lc2", "no-cfg lc2"]
+    # guided: both streams over the output and 2 candidate frames; unguided: the no-prompt stream scores them
+    assert [s["cost_per_clip"] for s in lc] == [2 * (f * h * w + 2 * h * w), f * h * w + 2 * 2 * h * w]
 
 
 def test_compare_cli_bad_input(tiny_model_dirs, capsys):

@@ -97,6 +97,9 @@ def test_the_demo_trains_its_dit_at_the_demo_rate_and_samples_each_model_at_its_
         scale = demo.DEMO_AR_GUIDANCE if name.startswith("AR") else demo.DEMO_DIT_GUIDANCE
         guided = [x.kwargs["guidance"] for x in s if x.kwargs.get("guidance") is not None]
         assert s[0].kwargs["guidance"] == scale and set(guided) == {scale}, name
+        # the demo's patch AR model keeps the best of its layout candidates; the flat reference AR cannot
+        lc = {x.kwargs.get("layout_candidates", 1) for x in s}
+        assert lc == ({demo.DEMO_AR_LAYOUT_CANDIDATES} if name == "AR (demo)" else {1}), name
 
 
 def test_the_demo_prints_each_headline_accuracy_with_its_standard_error():

@@ -166,6 +166,8 @@ def test_bad_input_is_a_clear_error(model):
         model.sample_latents([b"bytes"])
     with pytest.raises(DataError, match="next-token sampling setting"):
         gen.generate(["a red circle"], top_k=5)
+    with pytest.raises(DataError, match="next-token sampling setting"):
+        gen.generate(["a red circle"], layout_candidates=4)
     with pytest.raises(DataError, match="text-to-video only"):
         gen.generate(["a red circle"], image=np.zeros((32, 32, 3), np.uint8))
 

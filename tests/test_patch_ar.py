@@ -146,6 +146,12 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
     with torch.inference_mode():
         whole = torch.cat([given[None].expand(2, -1, -1, -1), c.ids], 1)  # the image's frame, then the drawn ones
         assert (c.videos == to_uint8(gen.codec.decode(whole))).all()
+    # best of 4 first frames: the result counts the discarded candidates' ids too; compare names the setting
+    lc = gen.generate(["a red circle"], n=2, seed=5, guidance=3.0, layout_candidates=4)
+    assert lc.tokens == 2 * (3 * 8 * 8 + 3 * 8 * 8) and lc.info["layout_candidates"] == 4
+    from duogen.eval.compare import ar_settings
+
+    assert [s.label for s in ar_settings(3.0, layout_candidates=4)] == ["cfg-3 lc4", "no-cfg lc4"]
     with pytest.raises(DataError, match="text-to-video and i2v"):
         gen.generate(["a red circle"], task="inpaint")
     with pytest.raises(DataError, match="needs the first frame"):
@@ -156,6 +162,11 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
         gen.generate(["a red circle"], callback=lambda *a: None)
     with pytest.raises(SystemExit, match="demo"):
         bench.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)])
+    # the paired layout-candidates bench on the same model: one row per K over the same prompts
+    lcb = _bench("bench_layout_candidates").main(["--model", str(out / "final"), "--data", str(run / "data"),
+                                                  "--k", "1,2", "--per-split", "1", "--n", "2"])
+    assert set(lcb["k"]) == {"1", "2"} and lcb["clips_per_k"] == 2 * lcb["prompts"]
+    assert all(0 <= r["color"] <= 1 and 0 <= r["count"] <= 1 for r in lcb["k"].values())
     # the i2v bench on the same model: both modes and the codec's ceiling, on the held-out split (one clip here)
     i2v = _bench("bench_i2v")
     res = i2v.main(["--model", str(out / "final"), "--data", str(run / "data"), "--clips", "2", "--n", "1",
@@ -260,6 +271,48 @@ def test_a_continuation_keeps_the_given_frame_and_draws_the_rest_given_it():
         m.sample([[1]], first=torch.zeros(1, 4, 5, dtype=torch.long))
     with pytest.raises(DataError, match=r"\[0, 16\)"):
         m.sample([[1]], first=torch.full((1, 4, 4), 16))
+
+
+def frame_gap(m, text_ids, ids, frame):
+    """Each clip's sum over latent frame `frame`'s ids of log p(id | prompt) - log p(id | no prompt), read by the
+    full forward (`token_logp`), not by the sampler."""
+    per_frame = m.n_patches // m.latent[0]
+    gap = m.token_logp(m.text_block(text_ids), ids) - m.token_logp(m.text_block([[]] * len(text_ids)), ids)
+    return gap[:, frame * per_frame:(frame + 1) * per_frame].sum((1, 2))
+
+
+@pytest.mark.parametrize("guidance,given", [(3.0, False), (1.0, False), (3.0, True)])
+def test_layout_candidates_keep_the_first_drawn_frame_the_prompt_explains_best(guidance, given):
+    """K candidates for the first drawn latent frame are the K clips plain sampling of the K-times repeated prompt
+    starts with (same generator); the kept one is the candidate with the largest prompt-vs-no-prompt log-likelihood
+    gap by the full forward, and the frames after it are drawn given it (greedy check). With a given first frame
+    (i2v) the candidates are for the frame after it."""
+    m = tiny(latent=(3, 4, 4)).eval()
+    prompts, K = [[1, 2], [3]], 4
+    first = torch.randint(0, 16, (1, 4, 4), generator=torch.Generator().manual_seed(9)) if given else None
+    f0 = 1 if given else 0
+    kept = m.sample(prompts, guidance=guidance, first=first, layout_candidates=K,
+                    generator=torch.Generator().manual_seed(3))
+    rows = [t for t in prompts for _ in range(K)]
+    plain = m.sample(rows, guidance=guidance, first=first, generator=torch.Generator().manual_seed(3))
+    scores = frame_gap(m, rows, plain, f0).view(2, K)
+    best = plain[scores.argmax(1) + torch.arange(2) * K]
+    assert len({tuple(c.flatten().tolist()) for c in plain[:K, f0]}) > 1  # the candidates differ
+    assert torch.equal(kept[:, : f0 + 1], best[:, : f0 + 1])
+    if given:
+        assert torch.equal(kept[:, :1], first[None].expand(2, -1, -1, -1))
+    # the frame after the kept one is drawn given it: greedy sampling reads each id's argmax under the full forward
+    greedy = m.sample(prompts, guidance=1.0, top_k=1, first=first, layout_candidates=K,
+                      generator=torch.Generator().manual_seed(3))
+    x = m.to_patches(greedy)
+    B, P, k = x.shape
+    state = m.global_states(m.text_block(prompts), x[:, :-1]).reshape(B * P, -1)
+    argmax = m.local_logits(state, x.reshape(B * P, k)[:, :-1]).argmax(-1).reshape(B, P, k)
+    assert torch.equal(argmax[:, 4 * (f0 + 1):], x[:, 4 * (f0 + 1):])
+    assert torch.equal(m.sample(prompts, generator=torch.Generator().manual_seed(3), layout_candidates=1),
+                       m.sample(prompts, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ConfigError, match="layout_candidates"):
+        m.sample(prompts, layout_candidates=0)
 
 
 def test_it_learns_to_continue_from_the_first_frame_it_is_given():

@@ -132,6 +132,11 @@ def _add_eval(sub: Any) -> None:
 
 # ----------------------------------------------------------------------------- compare / demo
 
+LAYOUT_HELP = ("AR models, video and image tasks: draw the first latent frame K times per clip and keep the one the"
+               " prompt explains best (the model's own log p(ids | prompt) - log p(ids | no prompt)), then draw the"
+               " rest after it; costs about K-1 frames of ids more per clip (1 = off). On the demo's AR model 4 drew"
+               " the prompt's color 92.7%% against 90.2%% at 1 (README)")
+
 
 def _add_compare(sub: Any) -> None:
     def compare(a: argparse.Namespace) -> dict[str, Any]:
@@ -143,7 +148,8 @@ def _add_compare(sub: Any) -> None:
             ar=a.ar, diffusion=a.diffusion, out=a.out, prompts=a.prompts, n=a.n, seed=a.seed, data=a.data,
             steps_sweep=a.steps_sweep, guidance=a.guidance, per_split=a.per_split, extra=a.model,
             per_call=a.per_call, sections=a.section,
-            ar_sampling={"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p},
+            ar_sampling={"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
+                         "layout_candidates": a.layout_candidates},
         )
         return {"report": res["report"], "results": str(Path(a.out) / "results.json"), "headline": res["headline"]}
 
@@ -154,7 +160,8 @@ def _add_compare(sub: Any) -> None:
             " held-out compositions) with the same seeds, score the clips with the probes (each accuracy with its standard error, prompts as the units; also by the number of objects the prompt names), and write"
             " OUT/report.html, OUT/results.json and the clips (MP4, GIF and lossless .npz). Diffusion models are"
             " swept over DDIM and DPM-Solver++ step counts, AR models over guidance on and off, each at the"
-            " --temperature / --top-k / --top-p given (named in the setting's label when not plain sampling)."
+            " --temperature / --top-k / --top-p / --layout-candidates given (named in the setting's label when not"
+            " plain sampling)."
         ),
     )
     p.add_argument("--ar", action="append", default=[], help="AR model dir (RUN/final); repeat for several, NAME=DIR to name one")
@@ -177,6 +184,7 @@ def _add_compare(sub: Any) -> None:
                         " count 69%% against 53%% at 1 (README)")
     p.add_argument("--top-k", type=int, default=0, help="AR models: sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="AR models: nucleus sampling mass (1 = off)")
+    p.add_argument("--layout-candidates", type=int, default=1, metavar="K", help=LAYOUT_HELP)
 
 
 def _add_demo(sub: Any) -> None:
@@ -220,7 +228,9 @@ def _add_demo(sub: Any) -> None:
             " which at the demo's few minutes of training draws the prompt more often than the flat model, and"
             " the DiT trains at learning rate 4e-3 (duogen.demo.DEMO_AR_MODEL, DEMO_AR_LR, DEMO_AR_BATCH, DEMO_DIT_LR). Every model in"
             " the report samples at one guidance scale per paradigm: 3 for the AR models, 5 for the DiTs"
-            " (DEMO_AR_GUIDANCE, DEMO_DIT_GUIDANCE)."
+            " (DEMO_AR_GUIDANCE, DEMO_DIT_GUIDANCE), and the demo's AR model draws each clip's first latent frame"
+            " 4 times and keeps the one its prompt explains best (DEMO_AR_LAYOUT_CANDIDATES; --layout-candidates"
+            " in generate and compare)."
         ),
     )
     p.add_argument("--minutes", type=float, default=15.0, help="time budget for the whole demo in minutes; each stage gets a share (see above)")
@@ -332,7 +342,7 @@ def _add_generate(sub: Any) -> None:
         from .bridges.generate import generate_to_dir
 
         kw: dict[str, Any] = {"task": a.task, "guidance": a.guidance, "temperature": a.temperature,
-                              "top_k": a.top_k, "top_p": a.top_p}
+                              "top_k": a.top_k, "top_p": a.top_p, "layout_candidates": a.layout_candidates}
         if a.negative_prompt:
             kw["negative_prompt"] = a.negative_prompt
         if a.image:
@@ -388,6 +398,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--layout-candidates", type=int, default=1, metavar="K", help=LAYOUT_HELP)
     p.add_argument("--steps", type=int, default=None, help="diffusion: sampling steps (default: the model's, 50)")
     p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"],
                    help="diffusion: ddpm (ancestral) | ddim | dpm (DPM-Solver++(2M)); default: the model's, ddim")

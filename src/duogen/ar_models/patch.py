@@ -199,47 +199,78 @@ class PatchAR(nn.Module):
     @torch.no_grad()
     def sample(self, text_ids: Sequence[Sequence[int]], *, guidance: float = 3.0, temperature: float = 1.0,
                top_k: int = 0, negative: Sequence[int] = (), first: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, layout_candidates: int = 1) -> torch.Tensor:
         """Prompts' ids -> (B,f,h,w) codec ids, one clip per prompt; guidance != 1 runs a second stream beside
         them (no prompt, or the `negative` prompt's ids) and draws each id from log p_u + guidance * (log p_c -
         log p_u) (`sampling.py`'s rule). The global model keeps its keys and values: one new position per patch.
         `first` (f0,h,w) or (B,f0,h,w), 1 <= f0 < f: the clips' first latent frames, given (frame continuation,
         i2v); the model, trained on whole clips in frame order, draws the frames after them.
+
+        `layout_candidates` K > 1: the first latent frame the sampler draws is drawn K times per prompt, and the
+        one the prompt explains best is kept and continued: the highest sum, over its drawn ids, of log p(id |
+        prompt, ids before) - log p(id | no prompt, ids before) (the model's own implicit classifier, the ratio
+        guidance amplifies; the second stream runs for it with or without guidance). That frame holds the
+        layout, where an object the prompt names goes missing; it costs (K - 1) frames of ids more per clip.
         """
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
+        K = int(layout_candidates)
+        if K < 1:
+            raise ConfigError(f"layout_candidates must be >= 1, got {layout_candidates}")
         B = len(text_ids)
-        guided = guidance != 1.0
-        text = self.text_block(text_ids)
-        if guided:
-            text = torch.cat([text, self.text_block([list(negative)] * B)])
-        text = text.to(self.head.weight.device)
+        x = torch.zeros(B, 0, self.k, dtype=torch.long)  # the clips' patches so far
+        if first is not None:
+            x = self.to_patches(self._check_first(first, B))
+        run = dict(guidance=guidance, temperature=temperature, top_k=top_k, negative=negative, generator=generator)
+        if K > 1:
+            per_frame = self.n_patches // self.latent[0]
+            rows = [t for t in text_ids for _ in range(K)]
+            cand, score = self._draw(rows, x.repeat_interleave(K, 0), x.shape[1] + per_frame, scored=True, **run)
+            x = cand[score.view(B, K).argmax(1) + torch.arange(B, device=score.device) * K]
+        if x.shape[1] < self.n_patches:
+            x, _ = self._draw(text_ids, x, self.n_patches, scored=False, **run)
+        return self.from_patches(x)
+
+    def _draw(self, text_ids: Sequence[Sequence[int]], x: torch.Tensor, stop: int, *, guidance: float,
+              temperature: float, top_k: int, negative: Sequence[int], generator: torch.Generator | None,
+              scored: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patches x (B,n,k) given -> (B,stop,k) with patches n..stop-1 drawn, and (scored) each row's sum over
+        its drawn ids of log p_c - log p_u, the second stream being the no-prompt (or negative) one."""
         from transformers import DynamicCache
 
         from .sampling import draw
 
-        def both(t: torch.Tensor) -> torch.Tensor:  # the clips' rows for every stream
-            return torch.cat([t, t]) if guided else t
+        B = len(text_ids)
+        guided = guidance != 1.0
+        two = guided or scored  # the second stream: guidance mixes it in, the score reads it
+        text = self.text_block(text_ids)
+        if two:
+            text = torch.cat([text, self.text_block([list(negative)] * B)])
+        text = text.to(self.head.weight.device)
+        x = x.to(text.device)
+        score = text.new_zeros(B, dtype=torch.float32) if scored else None
 
-        x = text.new_zeros(B, 0, self.k)  # the clips' patches so far
-        if first is not None:
-            x = self.to_patches(self._check_first(first, B).to(text.device))
+        def both(t: torch.Tensor) -> torch.Tensor:  # the clips' rows for every stream
+            return torch.cat([t, t]) if two else t
+
         cache = DynamicCache()  # the global model's keys and values: one new position per patch
         h = self.glob(inputs_embeds=self._prompt_inputs(text, both(x)), cache=cache, use_cache=True)
-        for j in range(x.shape[1], self.n_patches):
+        for j in range(x.shape[1], stop):
             state = h.last_hidden_state[:, -1]
             prev = text.new_zeros(B, 0)
             for _ in range(self.k):
-                logits = self.local_logits(state, both(prev))[:, -1].float()
-                logp = logits.log_softmax(-1)
-                if guided:
-                    logp = logp[B:] + guidance * (logp[:B] - logp[B:])
-                prev = torch.cat([prev, draw(logp, temperature, top_k, 1.0, generator)[:, None]], 1)
+                logp = self.local_logits(state, both(prev))[:, -1].float().log_softmax(-1)
+                mixed = logp[B:] + guidance * (logp[:B] - logp[B:]) if guided else logp[:B]
+                tok = draw(mixed, temperature, top_k, 1.0, generator)
+                if scored:
+                    gap = logp[:B] - logp[B:]
+                    score += gap.gather(1, tok[:, None])[:, 0]
+                prev = torch.cat([prev, tok[:, None]], 1)
             x = torch.cat([x, prev[:, None]], 1)
-            if j + 1 < self.n_patches:
+            if j + 1 < stop:
                 new = self._patch_inputs(both(prev)[:, None], j)
                 h = self.glob(inputs_embeds=new, cache=cache, use_cache=True)
-        return self.from_patches(x)
+        return x, score
 
     def _check_first(self, first: Any, B: int) -> torch.Tensor:
         """Given first latent frames -> (B,f0,h,w) long, or a DataError naming what is wrong."""

@@ -396,6 +396,7 @@ def sample_plans(
     callback: StepCallback | None = None,
     forced: torch.Tensor | None = None,
     streams: Sequence[ControlStream] = (),
+    gap: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode N tokens after prefix (B,P); token n is drawn from global ids ranges[n] = [lo, hi).
 
@@ -405,11 +406,13 @@ def sample_plans(
     replace the drawn token wherever >= 0 (-1: keep the draw); the draw still
     happens, so forcing the tokens a seed produced reproduces that seed's run.
     `streams`: `ControlStream`s steering the logits (module docstring), after text guidance in each.
+    `gap` (B,) float32, with `uncond_prefix`: each row's sum over its drawn ids of log p_c - log p_u (each
+    stream's own softmax over the position's range) is added to it (the layout candidates' score).
     Returns (B,N) global ids.
     """
     cfg.check()
     with _threads(cfg.threads), torch.inference_mode():
-        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback, forced, streams)
+        return _sample(decoder, prefix, ranges, cfg, uncond_prefix, prefix_lm, seed, callback, forced, streams, gap)
 
 
 class _Stream:
@@ -425,8 +428,9 @@ class _Stream:
             self.h = decoder.forward(x, 0, bidirectional=prefix_lm)
 
     def logits(self, lo: int, hi: int, s: float) -> torch.Tensor:
-        """(B, R), text-guided as l_c + (s - 1)(l_c - l_u) when the stream has unconditional rows."""
-        logits = self.decoder.logits(self.h, lo, hi).float()  # (B or 2B, R)
+        """(B, R), text-guided as l_c + (s - 1)(l_c - l_u) when the stream has unconditional rows; `raw` keeps
+        both streams' own logits (B or 2B, R)."""
+        logits = self.raw = self.decoder.logits(self.h, lo, hi).float()  # (B or 2B, R)
         if self.guided:
             l_c, l_u = logits[: self.B], logits[self.B :]
             logits = l_c + (s - 1.0) * (l_c - l_u)
@@ -440,8 +444,11 @@ class _Stream:
 
 def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[int, int]], cfg: SamplingConfig,
             uncond_prefix: torch.Tensor | None, prefix_lm: bool, seed: int, callback: StepCallback | None,
-            forced: torch.Tensor | None = None, streams: Sequence[ControlStream] = ()) -> torch.Tensor:
+            forced: torch.Tensor | None = None, streams: Sequence[ControlStream] = (),
+            gap: torch.Tensor | None = None) -> torch.Tensor:
     guided = cfg.guidance is not None and uncond_prefix is not None
+    if gap is not None and not guided:
+        raise DataError("the layout score reads both streams: give uncond_prefix and a guidance scale")
     B, P = prefix.shape
     N = len(ranges)
     if P + N > decoder.max_len:
@@ -468,6 +475,9 @@ def _sample(decoder: LlamaDecoder, prefix: torch.Tensor, ranges: Sequence[tuple[
             if repl is not None:
                 logits = repl
         tok = draw(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen) + lo
+        if gap is not None:
+            lp = base.raw.log_softmax(-1)
+            gap += (lp[:B] - lp[B:]).gather(1, (tok - lo)[:, None])[:, 0]
         if forced is not None:
             tok = torch.where(forced[:, n] >= 0, forced[:, n], tok)
         out[:, n] = tok
@@ -491,6 +501,7 @@ def generate_ids(
     decoder: LlamaDecoder | None = None,
     forced_ids: Any = None,
     streams: Sequence[ControlStream] = (),
+    layout_candidates: int = 1,
 ) -> torch.Tensor:
     """Prompts -> output codec ids: (len(prompts)*n, f, h, w) for video tasks, (.., h, w) for t2i, (.., T, L) audio.
 
@@ -499,6 +510,8 @@ def generate_ids(
     Task "uncond" on a model that never trained it decodes the t2v layout with an empty prompt.
     `forced_ids`: output codec ids to keep instead of sampling (`forced_tokens`).
     `streams`: `ControlStream`s (e.g. from `ar_models/control.py`) steering every step.
+    `layout_candidates` K > 1 (video and image tasks): the output's first latent frame is drawn K times per row
+    and the one the prompt explains best is kept (`layout_first_frame`), then the rest is drawn after it.
     """
     sampling = sampling or SamplingConfig()
     check_task(task, model.spec)
@@ -521,9 +534,45 @@ def generate_ids(
     prefix = torch.tensor([pl.prefix for pl in plans])  # (B,P): fixed-length layouts, no padding needed
     decoder = decoder or model.decoder()
     forced = None if forced_ids is None else forced_tokens(forced_ids, plans[0].ranges, len(plans))
+    if int(layout_candidates) != 1:
+        if callback is not None or forced is not None or streams:
+            raise DataError("layout candidates do not combine with a step callback, given ids or controls")
+        neg = model.encode_prompt(negative_prompt) if negative_prompt else []
+        unc = uncond if uncond is not None else torch.tensor([model.layouts.decode_plan(task, neg, cond).prefix] * len(plans))
+        forced = layout_first_frame(model, task, decoder, prefix, unc, plans[0].ranges, sampling, seed,
+                                    int(layout_candidates))
     g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback, forced,
                      streams)
     return to_codec_ids(model, task, g)
+
+
+def layout_first_frame(model: Any, task: str, decoder: LlamaDecoder, prefix: torch.Tensor, uncond: torch.Tensor,
+                       ranges: Sequence[tuple[int, int]], sampling: SamplingConfig, seed: int, k: int) -> torch.Tensor:
+    """Best of k first latent frames per row -> (B,N) `forced` global ids: that frame's, -1 after it.
+
+    Each row's first h*w output tokens are drawn k times (rows repeated, one call, `seed`), and the draw with the
+    largest sum of log p(id | prompt, ids before) - log p(id | no prompt, ids before) is kept: the patch model's
+    rule (`PatchAR.sample(layout_candidates=)`). Without guidance the unconditional stream runs for the score
+    only (guidance 1 draws from the conditional logits exactly)."""
+    from dataclasses import replace
+
+    from .layouts import AUDIO_TASKS
+
+    if k < 1:
+        raise DataError(f"layout_candidates must be >= 1, got {k}")
+    if task in AUDIO_TASKS or task == "uncond":
+        raise DataError(f"layout candidates rank a prompt's first frame; task {task} has none to rank")
+    _, h, w = model.spec.latent
+    first = min(h * w, len(ranges))
+    B = prefix.shape[0]
+    cfg = sampling if sampling.guidance is not None else replace(sampling, guidance=1.0)
+    gap = torch.zeros(B * k)
+    cand = sample_plans(decoder, prefix.repeat_interleave(k, 0), ranges[:first], cfg, uncond.repeat_interleave(k, 0),
+                        model.cfg.prefix_lm, seed, gap=gap)
+    keep = gap.view(B, k).argmax(1) + torch.arange(B) * k
+    forced = torch.full((B, len(ranges)), -1, dtype=torch.long)
+    forced[:, :first] = cand[keep]
+    return forced
 
 
 def forced_tokens(ids: Any, ranges: Sequence[tuple[int, int]], batch: int) -> torch.Tensor:

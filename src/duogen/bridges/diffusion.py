@@ -22,7 +22,7 @@ from .result import GenerationResult, to_uint8
 
 TASKS = ("t2v", "uncond")
 # AR-only sampling flags and the values that mean "not used"
-_AR_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+_AR_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "layout_candidates": 1}
 
 
 class DiffusionGenerator:

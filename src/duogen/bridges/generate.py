@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..tokenizers import load as load_codec
 from .conditions import first_frame_ids, fit_clip, read_media
 from .diffusion import DiffusionGenerator
@@ -117,6 +117,7 @@ class ARGenerator:
         ids: Any = None,
         controls: Sequence[Any] = (),
         condition: tuple[str, Any] | None = None,
+        layout_candidates: int = 1,
         **unused: Any,
     ) -> GenerationResult:
         """Clips (or sounds) for `prompts`, n each. `ids`: output codec ids to keep instead of sampling, per clip
@@ -158,7 +159,8 @@ class ARGenerator:
                     if st is not None:
                         streams.append(st)
             ids = generate_ids(self.model, prompts, task, n=n, seed=seed, sampling=s, negative_prompt=negative_prompt,
-                               cond=cond, callback=callback, decoder=self.decoder, forced_ids=forced, streams=streams)
+                               cond=cond, callback=callback, decoder=self.decoder, forced_ids=forced, streams=streams,
+                               layout_candidates=layout_candidates)
         out_ids = ids.clone()  # (B, ...) the output segment's codec ids, before i2v prepends the given frames
         t2 = time.perf_counter()
         B = len(prompts) * n
@@ -180,15 +182,25 @@ class ARGenerator:
             prompts=[p for p in prompts for _ in range(n)],
             seeds=[seed] * B,
             timings={"condition_s": t1 - t0, "sample_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0},
-            tokens=B * int(ids[0].numel() if task != "i2v" else ids[0, self.model.spec.cond_frames :].numel()),
+            tokens=B * (int(out_ids[0].numel())
+                        + self._candidate_tokens(layout_candidates, guidance not in (None, 1.0))),
             info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                   "negative_prompt": negative_prompt, **({"sample_rate": rate} if audio is not None else {}),
                   **({"forced_ids": True} if forced is not None else {}),
+                  **({"layout_candidates": int(layout_candidates)} if layout_candidates != 1 else {}),
                   **({"control_scales": [float(a.scale) for a in active]} if active else {})},
             audio=audio,
             sample_rate=rate,
             ids=out_ids,
         )
+
+
+    def _candidate_tokens(self, k: int, guided: bool) -> int:
+        """Token evaluations the layout candidates add per clip and stream: k first latent frames (none at k = 1;
+        the kept one is decoded again, as given ids, in the output's pass); unguided, the no-prompt stream that
+        scores them runs for them alone, so they count twice (the cost counts one stream then)."""
+        _, h, w = self.model.spec.latent
+        return int(k) * h * w * (1 if guided else 2) if int(k) > 1 else 0
 
 
 LATENTS_FILE = "latents.safetensors"  # what `duogen generate --save-latents` writes beside the clips

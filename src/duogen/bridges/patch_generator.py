@@ -41,10 +41,12 @@ class PatchARGenerator:
     def generate(self, prompts: Sequence[str], n: int = 1, seed: int = 0, *, task: str = "t2v",
                  guidance: float | None = None, negative_prompt: str | None = None, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, image: Any = None, video: Any = None,
-                 **conditions: Any) -> GenerationResult:
+                 layout_candidates: int = 1, **conditions: Any) -> GenerationResult:
         """Clips for `prompts`, n each (row i*n + j); guidance None or 1: one stream. task "i2v" continues from
         `image` (or `video`'s first latent frame): the output clips start with it. Any other argument the flat AR
-        generator takes (ids, controls, a logits callback) is refused, not ignored."""
+        generator takes (ids, controls, a logits callback) is refused, not ignored. `layout_candidates` K > 1:
+        the first drawn latent frame is drawn K times per clip and the one the prompt explains best is kept
+        (`PatchAR.sample`); the result's `tokens` count every id drawn, the discarded candidates' too."""
         import torch
 
         if task not in ("t2v", "i2v"):
@@ -68,17 +70,23 @@ class PatchARGenerator:
         negative = tok.encode_prompt(negative_prompt, T) if negative_prompt else []
         g = 1.0 if guidance is None else float(guidance)
         ids = self.model.sample(text, guidance=g, temperature=temperature, top_k=top_k, negative=negative,
-                                first=first, generator=torch.Generator().manual_seed(int(seed)))
+                                first=first, generator=torch.Generator().manual_seed(int(seed)),
+                                layout_candidates=layout_candidates)
         t1 = time.perf_counter()
         with torch.inference_mode():
             videos = to_uint8(self.codec.decode(ids.to(self.codec.device)))
         t2 = time.perf_counter()
         B, f0 = len(text), (0 if first is None else first.shape[0])
+        # token evaluations per clip and stream: the output's ids and the discarded candidates'; unguided, the
+        # no-prompt stream that scores the candidates runs for them alone (the cost counts one stream then)
+        K, frame = int(layout_candidates), int(ids[0, 0].numel())
+        drawn = int(ids[0, f0:].numel()) + (K - 1) * frame + (K * frame if K > 1 and g == 1.0 else 0)
         return GenerationResult(
             videos=videos, prompts=[p for p in prompts for _ in range(n)], seeds=[seed] * B,
             timings={"sample_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0},
-            tokens=B * int(ids[0, f0:].numel()),  # the ids drawn
+            tokens=B * drawn,
             info={"task": task, "guidance": guidance, "temperature": temperature, "top_k": top_k,
-                  "negative_prompt": negative_prompt, "model": "patch_ar"},
+                  "negative_prompt": negative_prompt, "layout_candidates": int(layout_candidates),
+                  "model": "patch_ar"},
             ids=ids[:, f0:],  # the output segment (i2v: the drawn frames), as the flat generator's
         )

@@ -80,11 +80,13 @@ def diffusion_settings(steps: Sequence[int] = (10, 20, 50), guidance: float | No
     return out
 
 
-def ar_settings(guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[Setting]:
+def ar_settings(guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                layout_candidates: int = 1) -> list[Setting]:
     """AR with classifier-free guidance (the headline) and without it (guidance None: one stream).
 
-    `temperature`, `top_k`, `top_p` apply to both; a value other than plain sampling's (1, 0 = off, 1 = off)
-    is named in the labels ("cfg-5 t0.5").
+    `temperature`, `top_k`, `top_p` and `layout_candidates` (the patch AR model's best of K first frames) apply
+    to both; a value other than plain sampling's (1, 0 = off, 1 = off, 1) is named in the labels ("cfg-5 t0.5",
+    "cfg-3 lc4").
     """
     extra: dict[str, Any] = {}
     if temperature != 1.0:
@@ -93,7 +95,10 @@ def ar_settings(guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0,
         extra["top_k"] = top_k
     if top_p != 1.0:
         extra["top_p"] = top_p
-    tag = "".join(f" {p}{extra[k]:g}" for k, p in (("temperature", "t"), ("top_k", "k"), ("top_p", "p")) if k in extra)
+    if layout_candidates != 1:
+        extra["layout_candidates"] = int(layout_candidates)
+    tag = "".join(f" {p}{extra[k]:g}" for k, p in (("temperature", "t"), ("top_k", "k"), ("top_p", "p"),
+                                                   ("layout_candidates", "lc")) if k in extra)
     out = [Setting(f"cfg-{guidance:g}{tag}", {"guidance": guidance, **extra})]
     if guidance != 1.0:
         out.append(Setting(f"no-cfg{tag}", {"guidance": None, **extra}))
@@ -291,7 +296,7 @@ def load_model(name: str, model_dir: str | Path, settings: list[Setting] | None 
                ar_sampling: Mapping[str, Any] | None = None) -> ModelEntry:
     """Load a generator from a model dir (`duogen.bridges.generate.load_generator`) with its default sweep.
 
-    `ar_sampling`: temperature / top_k / top_p for an AR model's settings (`ar_settings`); a diffusion model
+    `ar_sampling`: temperature / top_k / top_p / layout_candidates for an AR model's settings (`ar_settings`); a diffusion model
     ignores it."""
     from ..bridges.generate import load_generator
 
@@ -562,7 +567,7 @@ def compare_dirs(ar: Sequence[str] = (), diffusion: Sequence[str] = (), *, out: 
                  sections: Sequence[str | Path] = (), ar_sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`duogen compare`: load model dirs, pick prompts and real clips, run `compare`; return results + headline.
 
-    `ar_sampling`: temperature / top_k / top_p of every AR model's settings (`ar_settings`)."""
+    `ar_sampling`: temperature / top_k / top_p / layout_candidates of every AR model's settings (`ar_settings`)."""
     if isinstance(steps_sweep, str):
         try:
             steps_sweep = [int(s) for s in steps_sweep.split(",") if s.strip()]
