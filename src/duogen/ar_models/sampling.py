@@ -538,7 +538,8 @@ def generate_ids(
         if callback is not None or forced is not None or streams:
             raise DataError("layout candidates do not combine with a step callback, given ids or controls")
         neg = model.encode_prompt(negative_prompt) if negative_prompt else []
-        unc = uncond if uncond is not None else torch.tensor([model.layouts.decode_plan(task, neg, cond).prefix] * len(plans))
+        unc = uncond if uncond is not None else torch.tensor([model.layouts.decode_plan(task, neg, cond).prefix]
+                                                             * len(plans))
         forced = layout_first_frame(model, task, decoder, prefix, unc, plans[0].ranges, sampling, seed,
                                     int(layout_candidates))
     g = sample_plans(decoder, prefix, plans[0].ranges, sampling, uncond, model.cfg.prefix_lm, seed, callback, forced,

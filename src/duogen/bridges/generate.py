@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, DataError
 from ..tokenizers import load as load_codec
 from .conditions import first_frame_ids, fit_clip, read_media
 from .diffusion import DiffusionGenerator
@@ -193,7 +193,6 @@ class ARGenerator:
             sample_rate=rate,
             ids=out_ids,
         )
-
 
     def _candidate_tokens(self, k: int, guided: bool) -> int:
         """Token evaluations the layout candidates add per clip and stream: k first latent frames (none at k = 1;
