@@ -84,8 +84,8 @@ def ar_settings(guidance: float = 3.0, temperature: float = 1.0, top_k: int = 0,
                 layout_candidates: int = 1) -> list[Setting]:
     """AR with classifier-free guidance (the headline) and without it (guidance None: one stream).
 
-    `temperature`, `top_k`, `top_p` and `layout_candidates` (the patch AR model's best of K first frames) apply
-    to both; a value other than plain sampling's (1, 0 = off, 1 = off, 1) is named in the labels ("cfg-5 t0.5",
+    `temperature`, `top_k`, `top_p` and `layout_candidates` (an AR model's best of K first frames) apply to
+    both; a value other than plain sampling's (1, 0 = off, 1 = off, 1) is named in the labels ("cfg-5 t0.5",
     "cfg-3 lc4").
     """
     extra: dict[str, Any] = {}
@@ -296,8 +296,8 @@ def load_model(name: str, model_dir: str | Path, settings: list[Setting] | None 
                ar_sampling: Mapping[str, Any] | None = None) -> ModelEntry:
     """Load a generator from a model dir (`duogen.bridges.generate.load_generator`) with its default sweep.
 
-    `ar_sampling`: temperature / top_k / top_p / layout_candidates for an AR model's settings (`ar_settings`); a diffusion model
-    ignores it."""
+    `ar_sampling`: temperature / top_k / top_p / layout_candidates for an AR model's settings (`ar_settings`); a
+    diffusion model ignores it."""
     from ..bridges.generate import load_generator
 
     model_dir = Path(model_dir)
