@@ -1,4 +1,4 @@
-"""Layout candidates, paired: does keeping the best of K first frames (by the patch AR model's own prompt-vs-no-prompt
+"""Layout candidates, paired: does keeping the best of K first frames (by an AR model's own prompt-vs-no-prompt
 likelihood ratio) draw the prompt more often, on the very same draws?
 
     .venv/bin/python bench/bench_layout_candidates.py --model AR_MODEL --data RUN/data [--k 1,2,4,8]
@@ -63,7 +63,7 @@ def flat_gap(model: Any, caption: str, ids: Any) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a patch AR model dir (`duogen train ar model.patch=2`)")
+    ap.add_argument("--model", required=True, help="an AR model dir: a patch model (`model.patch=2`) or a flat one")
     ap.add_argument("--data", required=True, help="the data set whose validation and held-out prompts to draw")
     ap.add_argument("--k", default="1,2,4,8", help="candidate counts to compare (1 = plain sampling)")
     ap.add_argument("--per-split", type=int, default=16, help="prompts from each of validation and held-out")

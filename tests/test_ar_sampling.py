@@ -316,6 +316,9 @@ def test_layout_candidates_refuse_what_they_cannot_rank(model):
                      callback=lambda *a: None)
     with pytest.raises(DataError, match=">= 1"):
         generate_ids(model, ["a red circle"], sampling=SamplingConfig(), layout_candidates=0)
+    plan = model.layouts.decode_plan("t2v", model.encode_prompt("a red circle"))
+    with pytest.raises(DataError, match="both streams"):  # the score needs the no-prompt stream
+        sample_plans(model.decoder(), torch.tensor([plan.prefix]), plan.ranges[:4], SamplingConfig(), gap=torch.zeros(1))
 
 
 # ----------------------------------------------------------------------------- the sampler follows the live model

@@ -149,6 +149,8 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
     # best of 4 first frames: the result counts the discarded candidates' ids too; compare names the setting
     lc = gen.generate(["a red circle"], n=2, seed=5, guidance=3.0, layout_candidates=4)
     assert lc.tokens == 2 * (3 * 8 * 8 + 3 * 8 * 8) and lc.info["layout_candidates"] == 4
+    # unguided, the no-prompt stream runs for the 4 candidate frames alone: counted in the one stream's tokens
+    assert gen.generate(["a red circle"], n=2, seed=5, layout_candidates=4).tokens == 2 * (3 * 64 + 3 * 64 + 4 * 64)
     from duogen.eval.compare import ar_settings
 
     assert [s.label for s in ar_settings(3.0, layout_candidates=4)] == ["cfg-3 lc4", "no-cfg lc4"]
