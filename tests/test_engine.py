@@ -432,6 +432,11 @@ def test_column_array_reads_a_nested_column_in_bulk_as_the_rows_read(tmp_path):
     got = column_array(ds, "video_ids", np.int64)
     assert got.dtype == np.int64 and got.shape == (6, 3, 2, 2) and (got == ids).all()
     assert np.array_equal(column_array(ds, "latents", np.float32), lat)
+    # stored as float32 (as the caches are) and read as float32: its own memory, not a read-only view of Arrow's,
+    # so torch.from_numpy takes it without a warning
+    f32 = datasets.Dataset.from_dict({"latents": list(lat)})
+    got = column_array(f32, "latents", np.float32)
+    assert np.array_equal(got, lat) and got.flags.writeable
     sub = ds.select([4, 0, 2])  # an indices mapping: the data set's order, not the file's
     assert np.array_equal(column_array(sub, "latents", np.float32), lat[[4, 0, 2]])
     flat = column_array(ds, "ragged", object)  # unequal rows: read row by row, as before

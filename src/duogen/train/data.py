@@ -188,7 +188,7 @@ def column_array(dataset: Any, name: str, dtype: Any) -> Any:
     clips 1.08 s for the ids and 3.87 s for the latents against 0.003 and 0.009 s here (`python
     bench/bench_column_array.py`, Intel Xeon; 1.57 and 6.39 s row by row on a demo run's own cache). Rows of
     unequal shape, nulls, and objects that are not Arrow-backed data sets go the row-by-row way, with the same
-    result."""
+    result. The array is writable (its own memory, not Arrow's)."""
     import numpy as np
 
     if not hasattr(dataset, "with_format"):
@@ -207,4 +207,6 @@ def column_array(dataset: Any, name: str, dtype: Any) -> Any:
         col = col.flatten()
     if col.null_count or not len(col) or pa.types.is_nested(col.type):  # stopped short of the values: row by row
         return np.asarray(dataset.with_format("numpy")[name], dtype=dtype)
-    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)
+    out = col.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)
+    # a zero-copy view of Arrow's buffer is read-only, and torch.from_numpy warns on one: copy it (a memcpy)
+    return out if out.flags.writeable else out.copy()
