@@ -96,12 +96,12 @@ EPYC_FIXED = {"codec": 9.0, "ar": 20.0, "dit": 0.0}
 
 
 def test_a_fast_machine_gives_the_codec_its_sharp_steps_while_the_ar_model_keeps_enough_flops():
-    plan = allocate(EPYC_BF16, 14.0, EPYC_FIXED)
+    plan = allocate(EPYC_BF16, 12.4, EPYC_FIXED)
     assert plan.codec_bound == "sharp" and plan.codec_steps == CODEC_SHARP_STEPS
     assert plan.codec_steps > max(plan.codec_needed_steps, int(CODEC_MIN * plan.train_pool_minutes * 60 / 0.183))
     assert plan.ar_flops > AR_ENOUGH_FLOPS
     # a smaller pool: the sharp steps would leave the AR model short, so the codec stops where it keeps exactly enough
-    tight = allocate(EPYC_BF16, 10.5, EPYC_FIXED)
+    tight = allocate(EPYC_BF16, 8.0, EPYC_FIXED)
     assert tight.codec_bound == "sharp" and tight.codec_needed_steps < tight.codec_steps < CODEC_SHARP_STEPS
     assert tight.ar_flops == pytest.approx(AR_ENOUGH_FLOPS, rel=1e-3)
     # smaller still: the colors' steps come first, whatever the AR model is left

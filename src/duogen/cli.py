@@ -207,7 +207,7 @@ def _add_demo(sub: Any) -> None:
             " the steps at which its colors come through right (duogen.demo_budget.CODEC_COLOR_CURVE),"
             " at most half the pool's training time, its usable minimum up to three quarters of it, at"
             " least a tenth; where the machine is fast enough, up to 1,500 steps (CODEC_SHARP_STEPS: its shapes"
-            " sharpen and the AR model draws the prompt better on its ids) as long as the AR model keeps 2e13"
+            " sharpen and the AR model draws the prompt better on its ids) as long as the AR model keeps 1.5e13"
             " training FLOPs (AR_ENOUGH_FLOPS, past which it gains little); the AR model and the DiT split what is left so that their training FLOPs"
             " match at the measured speeds. The training time is the pool less each stage's fixed cost"
             " (the AR stage encodes the training clips into the cache the DiT stage reads, the codec evaluates itself), estimated from the"
