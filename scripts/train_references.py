@@ -8,6 +8,8 @@ the same command trains the same recipe on any machine: the defaults are the ste
 the checkpoints in `src/duogen/assets/reference/`, sized to fit two hours on two CPU cores
 (docs/references/README.md gives the measured time per stage and the training logs).
 
+`--codec DIR` trains the models on a given codec (the shipped one, say) instead of training a new one.
+
 Extra models to train beside the defaults (a sweep) are given as NAME:key=value,key=value:
     --ar ar_long:train.steps=8000 --dit dit_p1:dit.patch_size=1,train.steps=2500
 
@@ -65,6 +67,8 @@ def main() -> None:
     ap.add_argument("--world-n", type=int, default=20000, help="clips in the tiny shapes world (default: 20000)")
     ap.add_argument("--codec-steps", type=int, default=2465)
     ap.add_argument("--codec-minutes", type=float, default=0.0, help="also stop the codec at this many minutes (0: no cap)")
+    ap.add_argument("--codec", default=None,
+                    help="train the models on this codec directory (e.g. src/duogen/assets/reference/codec) instead of training one")
     ap.add_argument("--ar", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_AR})")
     ap.add_argument("--dit", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_DIT})")
     ap.add_argument("--parallel", action="store_true", help="train the AR and diffusion models at once (for a GPU)")
@@ -74,7 +78,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     out, t0 = Path(a.out), time.time()
-    logs, data, text, codec = out / "logs", out / "data", out / "text", out / "codec"
+    logs, data, text = out / "logs", out / "data", out / "text"
+    codec_final = Path(a.codec) if a.codec else out / "codec" / "final"
+    if a.codec and not (codec_final / "config.json").is_file():
+        sys.exit(f"--codec {a.codec}: not a codec directory (no config.json)")
     timing: dict[str, float] = {}
 
     def stage(name: str, args: list[str], done: Path) -> None:
@@ -91,12 +98,12 @@ def main() -> None:
           data / "dataset_dict.json")
     stage("text", ["train", "tokenizer", "--modality", "text", "--data", str(data), "--out", str(text), *seed],
           text / "final" / "text.model")
-    stage("codec", ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(codec), "--preset",
-                    "tiny", *seed, f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}"], codec / "final" / "config.json")
+    stage("codec", ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out / "codec"), "--preset",
+                    "tiny", *seed, f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}"], codec_final / "config.json")
 
     jobs = [("ar", n, ov) for n, ov in parse_specs(a.ar or [DEFAULT_AR])]
     jobs += [("diffusion", n, ["denoiser=dit", *ov]) for n, ov in parse_specs(a.dit or [DEFAULT_DIT])]
-    common = ["--data", str(data), "--tokenizer", str(codec / "final"), "--text", str(text / "final" / "text.model"), *seed]
+    common = ["--data", str(data), "--tokenizer", str(codec_final), "--text", str(text / "final" / "text.model"), *seed]
     pending: dict[str, tuple[subprocess.Popen, Path]] = {}
     for kind, name, ov in jobs:
         run = out / name / "run"  # one folder per model: its own encode cache beside it
@@ -120,7 +127,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from duogen.eval.compare import headline
 
-    summary = {"out": str(out), "seconds": timing, "codec": json.loads((codec / "summary.json").read_text())["heldout"],
+    codec_summary = codec_final.parent / "summary.json"  # a given codec directory may have none beside it
+    summary = {"out": str(out), "seconds": timing, "codec": json.loads(codec_summary.read_text())["heldout"] if codec_summary.is_file() else {"dir": str(codec_final)},
                "models": headline(out / "compare")["models"]}
     for kind, name, ov in jobs:
         s = json.loads((out / name / "run" / "summary.json").read_text())

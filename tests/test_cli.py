@@ -52,6 +52,19 @@ def test_python_dash_m_and_scripts_help():
     assert res.returncode == 0 and "--codec-steps" in res.stdout, res.stderr
 
 
+def test_reference_script_refuses_a_codec_that_is_not_one(tmp_path):
+    """`--codec DIR` (train the models on a given codec) is checked before any stage runs: nothing is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_references.py"
+    res = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "refs"), "--codec", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "not a codec directory" in res.stderr, res.stderr
+    assert not (tmp_path / "refs").exists()
+
+
 def test_reference_script_parses_model_specs():
     import sys
     from pathlib import Path
