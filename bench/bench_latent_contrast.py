@@ -5,7 +5,7 @@
 
 Encodes `--n` held-out clips to each codec's continuous latent, normalized per channel as a diffusion model sees it
 (`codec.normalize_latents`). A latent cell is an object cell when any pixel it covers (its 2D block, over the frames
-of its latent frame: frame 0 alone, then groups of (F - 1) / (f - 1)) is above the black background. Printed per
+of its latent frame: frame 0 alone, then groups of r) is above the black background (`VideoCodec.object_cells`). Printed per
 codec: the share of object cells, the per-channel spread of background and object cells, and the mean distance from
 the background cells' mean of background cells and of object cells, with their ratio (how many background spreads
 an object sits away: the larger, the more an object stands out against the noise a denoiser starts from).
@@ -17,18 +17,6 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
-
-
-def object_cells(x: torch.Tensor, latent_shape: tuple[int, int, int]) -> torch.Tensor:
-    """Pixels (B, 3, F, H, W) in [-1, 1] -> bool (B, f, h, w): latent cells that cover any object pixel."""
-    fg = (x.amax(1) > -0.8).float()  # (B, F, H, W): any channel above the black background
-    f, h, w = latent_shape
-    frames = fg.shape[1]
-    r = (frames - 1) // (f - 1) if f > 1 else frames
-    groups = [fg[:, :1]] + [fg[:, 1 + i * r: 1 + (i + 1) * r] for i in range(f - 1)] if f > 1 else [fg]
-    per_frame = torch.stack([g.amax(1) for g in groups], 1)  # (B, f, H, W)
-    return F.adaptive_max_pool2d(per_frame, (h, w)) > 0.5
 
 
 def contrast(z: torch.Tensor, cells: torch.Tensor) -> dict[str, object]:
@@ -65,7 +53,8 @@ def main() -> None:
         codec = load(path).eval()
         with torch.no_grad():
             z = codec.normalize_latents(codec.encode_latents(x)).float()
-        out[name or path] = contrast(z, object_cells(x, tuple(z.shape[2:])))
+            cells = codec.object_cells(x)
+        out[name or path] = contrast(z, cells)
     print(json.dumps(out, indent=1))
 
 

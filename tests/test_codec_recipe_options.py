@@ -152,3 +152,31 @@ def test_weight_average_decay_is_checked():
 
     with pytest.raises(ConfigError, match="train.ema"):
         CodecTrainConfig(steps=1, ema=1.0).check()
+
+
+def test_background_term_is_the_spread_of_object_free_cells_and_only_trains():
+    """background_weight adds the spread of object-free cells' continuous latents to the quantizer's aux loss in
+    training (off: the aux loss as before); a codec whose latent is flat over the background pays nothing."""
+    torch.manual_seed(0)
+    x = -torch.ones(2, 3, 9, 32, 32)
+    x[:, 0, :, 4:10, 4:10] = 1.0  # a red square: the cells it touches are object cells
+    off = build_video_codec("tiny", ["latent_norm=rms", "latent_dropout=0"])
+    on = build_video_codec("tiny", ["latent_norm=rms", "latent_dropout=0", "background_weight=2.0"])
+    on.load_state_dict(off.state_dict())
+    cells = on.object_cells(x)
+    assert cells.shape == (2, 3, 8, 8) and cells[:, :, 1:3, 1:3].all() and cells.sum() == 2 * 3 * 2 * 2
+    z = on.encoder(x)
+    spread = on.background_spread(x, z)
+    bg = on.quantizer.continuous(z).movedim(1, -1)[~cells]
+    assert torch.allclose(spread, (bg - bg.mean(0)).square().sum(-1).mean())
+    _, q_off, _ = off.train()(x)
+    _, q_on, _ = on.train()(x)
+    assert torch.allclose(q_on.aux_loss, q_off.aux_loss + 2.0 * spread, atol=1e-6)
+    q_on.aux_loss.backward()
+    assert sum(p.grad.abs().sum() for p in on.enc_out.parameters()) > 0  # the term trains the encoder
+    _, q_eval, _ = on.eval()(x)
+    assert torch.equal(q_eval.aux_loss, off.eval()(x)[1].aux_loss)
+    flat = torch.zeros(1, 4, 3, 8, 8)  # a latent equal everywhere: no spread, whatever the objects
+    assert float(on.background_spread(x[:1], flat)) == 0.0
+    with pytest.raises(Exception, match="background_weight"):
+        build_video_codec("tiny", ["background_weight=-1"])

@@ -22,6 +22,14 @@ decoder may have more levels than the encoder (`decoder_extra_levels`): pixels
 folded into channels lose nothing on the way in, but sharp edges on the way
 out want a stage at a finer grid.
 
+With `background_weight` > 0 training also penalizes how far the continuous
+latents of object-free cells (no pixel above the black background) spread
+around their batch mean. Standardized channels otherwise spend much of their
+variance on the background: objects then stand out from it by less in the
+latent a diffusion model denoises (bench/bench_latent_contrast.py), and a DiT
+on such a codec drops or recolors the second object of two-object prompts
+(docs/references/README.md).
+
 With `color_path` a linear map also carries each latent cell's mean input color
 (the mean over its s x s pixels and the frames its latent frame covers) into the
 latent before the standardization, and a linear map of the (quantized) latent
@@ -75,6 +83,7 @@ class VideoCodecConfig:
     train_frames: int = 0  # training: decode only this many frames per clip (frame 0 + random others); 0 = all
     color_path: bool = False  # a linear path from each latent cell's mean input color into the latent, and from the latent to one flat color per cell (module docstring); off so that codecs saved before it load unchanged
     latent_norm: str = "rms"  # rms: per-position channel RMS norm before the projection to D; batch: also standardize each of the D channels (running statistics)
+    background_weight: float = 0.0  # training: weight of the spread of object-free latent cells around their batch mean (module docstring); 0 = off
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def check(self) -> None:
@@ -89,6 +98,8 @@ class VideoCodecConfig:
                 f"decoder_extra_levels={k} needs a patch and a first width divisible by {2**max(k, 0)}"
                 f" (patch={self.patch}, widths={self.widths}); each extra level halves both"
             )
+        if self.background_weight < 0:
+            raise ConfigError(f"background_weight must be >= 0 (0 = off), got {self.background_weight}")
         if self.latent_norm not in ("rms", "batch"):
             raise ConfigError(f"latent_norm is {self.latent_norm!r}; allowed values: rms, batch")
         if self.temporal_factor not in (1, 2, 4, 8):
@@ -210,6 +221,23 @@ class VideoCodec(PixelCodec):
             x = torch.cat([x[:, :, :1].expand(-1, -1, r - 1, -1, -1), x], dim=2)
         return torch.nn.functional.avg_pool3d(x, (r, s, s))
 
+    def object_cells(self, x: Tensor) -> Tensor:
+        """x (B, 3, F, H, W) in [-1, 1] -> bool (B, f, h, w): latent cells whose pixels and frames hold any pixel above
+        the black background (the shapes world's objects)."""
+        r, s = self.cfg.temporal_factor, self.cfg.spatial_factor
+        fg = (x.amax(1, keepdim=True) > -0.8).float()
+        if r > 1:
+            fg = torch.cat([fg[:, :, :1].expand(-1, -1, r - 1, -1, -1), fg], dim=2)
+        return torch.nn.functional.max_pool3d(fg, (r, s, s))[:, 0] > 0.5
+
+    def background_spread(self, x: Tensor, z: Tensor) -> Tensor:
+        """Mean squared distance of the object-free cells' continuous latents (what a diffusion model denoises) from
+        their mean over the batch; 0 when a batch has fewer than two such cells."""
+        bg = self.quantizer.continuous(z).movedim(1, -1)[~self.object_cells(x)]  # (N, D)
+        if bg.shape[0] < 2:
+            return z.new_zeros(())
+        return (bg - bg.mean(0)).square().sum(-1).mean()
+
     def cell_image(self, z: Tensor) -> Tensor:
         """z (B, D, f, h, w) -> each latent cell's flat color spread over its pixels and frames (B, 3, F, H, W)."""
         r, s = self.cfg.temporal_factor, self.cfg.spatial_factor
@@ -264,6 +292,8 @@ class VideoCodec(PixelCodec):
         """
         z = self.encoder(x)
         q = self.quantizer(z)
+        if self.training and self.cfg.background_weight > 0:
+            q = q._replace(aux_loss=q.aux_loss + self.cfg.background_weight * self.background_spread(x, z))
         zq = q.quantized
         if self.training and self.cfg.latent_dropout > 0:
             use_cont = torch.rand(x.shape[0], 1, 1, 1, 1, device=x.device) < self.cfg.latent_dropout
