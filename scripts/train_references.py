@@ -128,8 +128,8 @@ def main() -> None:
     from duogen.eval.compare import headline
 
     codec_summary = codec_final.parent / "summary.json"  # a given codec directory may have none beside it
-    summary = {"out": str(out), "seconds": timing, "codec": json.loads(codec_summary.read_text())["heldout"] if codec_summary.is_file() else {"dir": str(codec_final)},
-               "models": headline(out / "compare")["models"]}
+    codec_scores = json.loads(codec_summary.read_text())["heldout"] if codec_summary.is_file() else {"dir": str(codec_final)}
+    summary = {"out": str(out), "seconds": timing, "codec": codec_scores, "models": headline(out / "compare")["models"]}
     for kind, name, ov in jobs:
         s = json.loads((out / name / "run" / "summary.json").read_text())
         summary["models"].setdefault(name, {}).update(

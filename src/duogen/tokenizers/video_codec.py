@@ -216,19 +216,21 @@ class VideoCodec(PixelCodec):
 
     def cell_colors(self, x: Tensor) -> Tensor:
         """x (B, 3, F, H, W) -> the mean color over each latent cell's pixels and frames (B, 3, f, h, w)."""
+        return self._pool_cells(x, torch.nn.functional.avg_pool3d)
+
+    def _pool_cells(self, x: Tensor, pool: Any) -> Tensor:
+        """(B, c, F, H, W) -> (B, c, f, h, w), pooled over each latent cell's pixels and frames (frame 0 alone: it
+        is repeated r - 1 times in front, so the first window holds it and nothing else)."""
         r, s = self.cfg.temporal_factor, self.cfg.spatial_factor
         if r > 1:
             x = torch.cat([x[:, :, :1].expand(-1, -1, r - 1, -1, -1), x], dim=2)
-        return torch.nn.functional.avg_pool3d(x, (r, s, s))
+        return pool(x, (r, s, s))
 
     def object_cells(self, x: Tensor) -> Tensor:
         """x (B, 3, F, H, W) in [-1, 1] -> bool (B, f, h, w): latent cells whose pixels and frames hold any pixel above
         the black background (the shapes world's objects)."""
-        r, s = self.cfg.temporal_factor, self.cfg.spatial_factor
         fg = (x.amax(1, keepdim=True) > -0.8).float()
-        if r > 1:
-            fg = torch.cat([fg[:, :, :1].expand(-1, -1, r - 1, -1, -1), fg], dim=2)
-        return torch.nn.functional.max_pool3d(fg, (r, s, s))[:, 0] > 0.5
+        return self._pool_cells(fg, torch.nn.functional.max_pool3d)[:, 0] > 0.5
 
     def background_spread(self, x: Tensor, z: Tensor) -> Tensor:
         """Mean squared distance of the object-free cells' continuous latents (what a diffusion model denoises) from
