@@ -28,7 +28,9 @@ around their batch mean. Standardized channels otherwise spend much of their
 variance on the background: objects then stand out from it by less in the
 latent a diffusion model denoises (bench/bench_latent_contrast.py), and a DiT
 on such a codec drops or recolors the second object of two-object prompts
-(docs/references/README.md).
+(docs/references/README.md). The term lifts that contrast but, measured, did
+not make a better DiT; `latent_norm="rms"` did (README, "Objects against the
+background in the latent").
 
 With `color_path` a linear map also carries each latent cell's mean input color
 (the mean over its s x s pixels and the frames its latent frame covers) into the
