@@ -26,6 +26,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from duogen.tokenizers import load
+    from duogen.tokenizers.video_codec import object_pixels
     from duogen.train.tokenizer_recipe import _to_batch, load_pixels
 
     codec = load(a.model).eval()
@@ -34,8 +35,7 @@ def main() -> None:
         rec = codec.decode(codec.encode(x)).clamp(-1, 1)
     se = ((rec - x) / 2).square()  # squared error on the [0, 1] scale
     psnr = lambda e: float((-10 * torch.log10(e.flatten(1).mean(1))).mean())  # noqa: E731
-    fg = (x.amax(1, keepdim=True) > -0.8).float()  # (B, 1, F, H, W)
-    fg = F.max_pool3d(fg, (1, 3, 3), 1, (0, 1, 1))
+    fg = F.max_pool3d(object_pixels(x), (1, 3, 3), 1, (0, 1, 1))  # (B, 1, F, H, W), dilated by one pixel
     res = {
         "clips": int(x.shape[0]),
         "psnr": psnr(se),

@@ -61,6 +61,18 @@ def parse_specs(specs: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def model_jobs(ar: list[str], dit: list[str]) -> list[tuple[str, str, list[str]]]:
+    """--ar / --dit specs (the defaults where none) -> [(kind, name, overrides)], AR models first."""
+    jobs = [("ar", n, ov) for n, ov in parse_specs(ar or [DEFAULT_AR])]
+    return jobs + [("diffusion", n, ["denoiser=dit", *ov]) for n, ov in parse_specs(dit or [DEFAULT_DIT])]
+
+
+def model_args(kind: str, overrides: list[str], data: Path, codec: Path, text: Path, run: Path, seed: int) -> list[str]:
+    """The `duogen` command line that trains one model of the set on `codec`'s ids or latents."""
+    return ["train", kind, "--data", str(data), "--tokenizer", str(codec), "--text", str(text), "--seed", str(seed),
+            "--out", str(run), "--resume", "auto", *overrides]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/references")
@@ -98,18 +110,18 @@ def main() -> None:
           data / "dataset_dict.json")
     stage("text", ["train", "tokenizer", "--modality", "text", "--data", str(data), "--out", str(text), *seed],
           text / "final" / "text.model")
-    stage("codec", ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out / "codec"), "--preset",
-                    "tiny", *seed, f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}"], codec_final / "config.json")
+    if not a.codec:
+        stage("codec", ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out / "codec"),
+                        "--preset", "tiny", *seed, f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}"],
+              codec_final / "config.json")
 
-    jobs = [("ar", n, ov) for n, ov in parse_specs(a.ar or [DEFAULT_AR])]
-    jobs += [("diffusion", n, ["denoiser=dit", *ov]) for n, ov in parse_specs(a.dit or [DEFAULT_DIT])]
-    common = ["--data", str(data), "--tokenizer", str(codec_final), "--text", str(text / "final" / "text.model"), *seed]
+    jobs = model_jobs(a.ar, a.dit)
     pending: dict[str, tuple[subprocess.Popen, Path]] = {}
     for kind, name, ov in jobs:
         run = out / name / "run"  # one folder per model: its own encode cache beside it
         if (run / "final" / "config.json").exists():
             continue
-        args = ["train", kind, *common, "--out", str(run), "--resume", "auto", *ov]
+        args = model_args(kind, ov, data, codec_final, text / "final" / "text.model", run, a.seed)
         print(f"[{name}] duogen {' '.join(args)}", flush=True)
         pending[name] = (duogen(args, logs / f"{name}.log", a.threads), logs / f"{name}.log")
         if not a.parallel:

@@ -65,6 +65,23 @@ def test_reference_script_refuses_a_codec_that_is_not_one(tmp_path):
     assert not (tmp_path / "refs").exists()
 
 
+def test_reference_script_trains_the_models_on_the_codec_it_is_given():
+    """Each model's command reads the codec `--codec` names (or the set's own), its overrides last so they win."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_references import model_args, model_jobs
+
+    jobs = model_jobs(["a:train.steps=3"], ["d:train.lr=2e-3"])
+    assert jobs == [("ar", "a", ["train.steps=3"]), ("diffusion", "d", ["denoiser=dit", "train.lr=2e-3"])]
+    shipped = Path("src/duogen/assets/reference/codec")
+    args = model_args("diffusion", jobs[1][2], Path("D"), shipped, Path("T/text.model"), Path("R"), 4)
+    assert args[:2] == ["train", "diffusion"] and args[args.index("--tokenizer") + 1] == str(shipped)
+    assert args[args.index("--seed") + 1] == "4" and args[-2:] == ["denoiser=dit", "train.lr=2e-3"]
+    assert [k for k, _, _ in model_jobs([], [])] == ["ar", "diffusion"]  # the defaults: one of each
+
+
 def test_reference_script_parses_model_specs():
     import sys
     from pathlib import Path

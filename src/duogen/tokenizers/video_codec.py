@@ -231,8 +231,7 @@ class VideoCodec(PixelCodec):
     def object_cells(self, x: Tensor) -> Tensor:
         """x (B, 3, F, H, W) in [-1, 1] -> bool (B, f, h, w): latent cells whose pixels and frames hold any pixel above
         the black background (the shapes world's objects)."""
-        fg = (x.amax(1, keepdim=True) > -0.8).float()
-        return self._pool_cells(fg, torch.nn.functional.max_pool3d)[:, 0] > 0.5
+        return self._pool_cells(object_pixels(x), torch.nn.functional.max_pool3d)[:, 0] > 0.5
 
     def background_spread(self, x: Tensor, z: Tensor) -> Tensor:
         """Mean squared distance of the object-free cells' continuous latents (what a diffusion model denoises) from
@@ -313,6 +312,11 @@ class VideoCodec(PixelCodec):
         if self.color_out is not None:
             x_hat = x_hat + self.cell_image(zq)[:, :, idx]
         return x_hat, q, idx
+
+
+def object_pixels(x: Tensor) -> Tensor:
+    """x (B, 3, F, H, W) in [-1, 1] -> float (B, 1, F, H, W): 1 where any channel is above the black background."""
+    return (x.amax(1, keepdim=True) > -0.8).float()
 
 
 def build_video_codec(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> VideoCodec:
