@@ -8,7 +8,8 @@ the same command trains the same recipe on any machine: the defaults are the ste
 the checkpoints in `src/duogen/assets/reference/`, sized to fit two hours on two CPU cores
 (docs/references/README.md gives the measured time per stage and the training logs).
 
-`--codec DIR` trains the models on a given codec (the shipped one, say) instead of training a new one.
+`--codec DIR` trains the models on a given codec (the shipped one, say) instead of training a new one;
+`--codec-set KEY=VALUE` (repeatable) changes the codec that is trained, e.g. `--codec-set model.latent_norm=rms`.
 
 Extra models to train beside the defaults (a sweep) are given as NAME:key=value,key=value:
     --ar ar_long:train.steps=8000 --dit dit_p1:dit.patch_size=1,train.steps=2500
@@ -73,6 +74,12 @@ def model_args(kind: str, overrides: list[str], data: Path, codec: Path, text: P
             "--out", str(run), "--resume", "auto", *overrides]
 
 
+def codec_args(data: Path, out: Path, seed: int, steps: int, minutes: float, overrides: list[str]) -> list[str]:
+    """The `duogen` command line that trains the set's codec (the `tiny` preset); `overrides` last so they win."""
+    return ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out), "--preset", "tiny",
+            "--seed", str(seed), f"train.max_minutes={minutes:g}", f"train.steps={steps}", *overrides]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/references")
@@ -81,6 +88,8 @@ def main() -> None:
     ap.add_argument("--codec-minutes", type=float, default=0.0, help="also stop the codec at this many minutes (0: no cap)")
     ap.add_argument("--codec", default=None,
                     help="train the models on this codec directory (e.g. src/duogen/assets/reference/codec) instead of training one")
+    ap.add_argument("--codec-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for the codec's training, after the tiny preset (e.g. model.latent_norm=rms); repeatable")
     ap.add_argument("--ar", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_AR})")
     ap.add_argument("--dit", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_DIT})")
     ap.add_argument("--parallel", action="store_true", help="train the AR and diffusion models at once (for a GPU)")
@@ -94,6 +103,10 @@ def main() -> None:
     codec_final = Path(a.codec) if a.codec else out / "codec" / "final"
     if a.codec and not (codec_final / "config.json").is_file():
         sys.exit(f"--codec {a.codec}: not a codec directory (no config.json)")
+    if a.codec and a.codec_set:
+        sys.exit("--codec-set changes how the codec trains; with --codec no codec is trained")
+    if bad := [o for o in a.codec_set if "=" not in o]:
+        sys.exit(f"--codec-set wants KEY=VALUE, got {bad}")
     timing: dict[str, float] = {}
 
     def stage(name: str, args: list[str], done: Path) -> None:
@@ -111,8 +124,7 @@ def main() -> None:
     stage("text", ["train", "tokenizer", "--modality", "text", "--data", str(data), "--out", str(text), *seed],
           text / "final" / "text.model")
     if not a.codec:
-        stage("codec", ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out / "codec"),
-                        "--preset", "tiny", *seed, f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}"],
+        stage("codec", codec_args(data, out / "codec", a.seed, a.codec_steps, a.codec_minutes, a.codec_set),
               codec_final / "config.json")
 
     jobs = model_jobs(a.ar, a.dit)

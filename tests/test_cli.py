@@ -82,6 +82,28 @@ def test_reference_script_trains_the_models_on_the_codec_it_is_given():
     assert [k for k, _, _ in model_jobs([], [])] == ["ar", "diffusion"]  # the defaults: one of each
 
 
+def test_reference_script_trains_its_codec_with_the_overrides_given():
+    """`--codec-set KEY=VALUE` reaches the codec's command after the preset, and is refused beside `--codec`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    from train_references import codec_args
+
+    args = codec_args(Path("D"), Path("O/codec"), 3, 2465, 0.0, ["model.latent_norm=rms"])
+    assert args[:4] == ["train", "tokenizer", "--modality", "video"] and args[args.index("--preset") + 1] == "tiny"
+    assert args[args.index("--seed") + 1] == "3" and args[-3:] == ["train.max_minutes=0", "train.steps=2465",
+                                                                   "model.latent_norm=rms"]
+    shipped = Path(__file__).resolve().parents[1] / "src" / "duogen" / "assets" / "reference" / "codec"
+    for extra, says in ((["--codec", str(shipped), "--codec-set", "model.latent_norm=rms"], "no codec is trained"),
+                        (["--codec-set", "model.latent_norm"], "KEY=VALUE")):
+        res = subprocess.run([sys.executable, str(scripts / "train_references.py"), "--out", "/nonexistent/refs", *extra],
+                             capture_output=True, text=True)
+        assert res.returncode != 0 and says in res.stderr, res.stderr
+
+
 def test_reference_script_parses_model_specs():
     import sys
     from pathlib import Path
