@@ -154,6 +154,17 @@ def test_weight_average_decay_is_checked():
         CodecTrainConfig(steps=1, ema=1.0).check()
 
 
+def test_object_cells_follow_the_causal_frame_groups_and_the_2d_blocks():
+    codec = build_video_codec("tiny")
+    x = -torch.ones(1, 3, 9, 32, 32)
+    x[0, 1, 0, 0, 31] = 0.5  # frame 0 is latent frame 0 alone
+    x[0, 0, 5, 10, 10] = 1.0  # frames 5-8 are latent frame 2; pixel (10, 10) is in 4x4 block (2, 2)
+    x[0, :, 4, 20, 3] = -0.9  # below the threshold: background
+    cells = codec.object_cells(x)
+    assert cells.shape == (1, 3, 8, 8)
+    assert sorted(map(tuple, cells.nonzero().tolist())) == [(0, 0, 0, 7), (0, 2, 2, 2)]
+
+
 def test_background_term_is_the_spread_of_object_free_cells_and_only_trains():
     """background_weight adds the spread of object-free cells' continuous latents to the quantizer's aux loss in
     training (off: the aux loss as before); a codec whose latent is flat over the background pays nothing."""
