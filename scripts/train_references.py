@@ -74,13 +74,14 @@ def model_args(kind: str, overrides: list[str], data: Path, codec: Path, text: P
             "--out", str(run), "--resume", "auto", *overrides]
 
 
-def codec_args(data: Path, out: Path, seed: int, steps: int, minutes: float, overrides: list[str]) -> list[str]:
-    """The `duogen` command line that trains the set's codec (the `tiny` preset); `overrides` last so they win."""
+def codec_args(a: argparse.Namespace, data: Path, out: Path) -> list[str]:
+    """The `duogen` command line that trains the set's codec (the `tiny` preset) as the parsed options `a` ask;
+    `--codec-set` overrides last so they win."""
     return ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out), "--preset", "tiny",
-            "--seed", str(seed), f"train.max_minutes={minutes:g}", f"train.steps={steps}", *overrides]
+            "--seed", str(a.seed), f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}", *a.codec_set]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/references")
     ap.add_argument("--world-n", type=int, default=20000, help="clips in the tiny shapes world (default: 20000)")
@@ -92,12 +93,16 @@ def main() -> None:
                     help="an override for the codec's training, after the tiny preset (e.g. model.latent_norm=rms); repeatable")
     ap.add_argument("--ar", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_AR})")
     ap.add_argument("--dit", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_DIT})")
-    ap.add_argument("--parallel", action="store_true", help="train the AR and diffusion models at once (for a GPU)")
+    ap.add_argument("--parallel", action="store_true", help="train the AR and diffusion models at once (on a GPU, or on a CPU with --threads 1 per model)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
     ap.add_argument("--eval-n", type=int, default=2, help="samples per prompt in the final comparison")
     ap.add_argument("--eval-per-split", type=int, default=32, help="validation and heldout prompts in the comparison")
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     out, t0 = Path(a.out), time.time()
     logs, data, text = out / "logs", out / "data", out / "text"
     codec_final = Path(a.codec) if a.codec else out / "codec" / "final"
@@ -124,7 +129,7 @@ def main() -> None:
     stage("text", ["train", "tokenizer", "--modality", "text", "--data", str(data), "--out", str(text), *seed],
           text / "final" / "text.model")
     if not a.codec:
-        stage("codec", codec_args(data, out / "codec", a.seed, a.codec_steps, a.codec_minutes, a.codec_set),
+        stage("codec", codec_args(a, data, out / "codec"),
               codec_final / "config.json")
 
     jobs = model_jobs(a.ar, a.dit)

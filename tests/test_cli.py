@@ -90,12 +90,13 @@ def test_reference_script_trains_its_codec_with_the_overrides_given():
 
     scripts = Path(__file__).resolve().parents[1] / "scripts"
     sys.path.insert(0, str(scripts))
-    from train_references import codec_args
+    from train_references import build_parser, codec_args
 
-    args = codec_args(Path("D"), Path("O/codec"), 3, 2465, 0.0, ["model.latent_norm=rms"])
+    a = build_parser().parse_args(["--seed", "3", "--codec-set", "model.latent_norm=rms", "--codec-set", "model.patch=2"])
+    args = codec_args(a, Path("D"), Path("O/codec"))
     assert args[:4] == ["train", "tokenizer", "--modality", "video"] and args[args.index("--preset") + 1] == "tiny"
-    assert args[args.index("--seed") + 1] == "3" and args[-3:] == ["train.max_minutes=0", "train.steps=2465",
-                                                                   "model.latent_norm=rms"]
+    assert args[args.index("--seed") + 1] == "3" and args[-4:] == ["train.max_minutes=0", "train.steps=2465",
+                                                                   "model.latent_norm=rms", "model.patch=2"]
     shipped = Path(__file__).resolve().parents[1] / "src" / "duogen" / "assets" / "reference" / "codec"
     for extra, says in ((["--codec", str(shipped), "--codec-set", "model.latent_norm=rms"], "no codec is trained"),
                         (["--codec-set", "model.latent_norm"], "KEY=VALUE")):
