@@ -110,10 +110,11 @@ def run_rows(gens: dict[str, Any], data: list[dict[str, Any]], n: int,
             scores, secs, passes = [], [], []
             for i, r in enumerate(data):
                 kw = dict(settings)
-                if kw.get("mask") == "world":
+                mask = kw.get("mask")  # "world", "auto" or absent; an array compared with a string would not be a bool
+                if mask == "world":
                     kw["mask"] = r["mask"].astype(bool)
                 t = time.perf_counter()
-                if kw.get("mask") == "auto":
+                if mask == "auto":
                     from duogen.bridges.edit.diffedit import auto_mask
 
                     kw["mask"] = auto_mask(gen, r["source"], prompt=r["target_caption"],
