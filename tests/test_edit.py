@@ -296,3 +296,17 @@ def test_edit_cli_bad_input_is_one_line_and_exit_2(dit_dir, pair, tmp_path, caps
         assert rc == 2 and len(lines) == 1 and want in lines[0], (want, err)
     assert (out / "keep.txt").read_text() == "earlier work"  # nothing already written is lost
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_bench_edit_rows_run_with_the_worlds_mask(gens, pair):
+    """bench/bench_edit.py's row loop with a "world" mask row: the mask it hands the technique is the pair's array
+    (a later `mask == "auto"` test on that array once stopped the bench with numpy's ambiguous-truth error)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_edit import run_rows
+
+    table, _ = run_rows(gens, [pair], n=1, only="world mask")
+    rows = [r for r in table if r[0] == "sdedit strength 0.8, world mask"]
+    assert [r[1] for r in rows] == list(gens) and all(0 <= r[5] <= 100 for r in rows)  # one scored row per model
