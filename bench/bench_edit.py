@@ -244,12 +244,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1, help="edited clips per pair")
     ap.add_argument("--section", default=None, help="write a report section (JSON + plot) here")
     ap.add_argument("--rows", default=None, help="only the ROWS whose label contains this text, and only that table")
+    ref = Path(__file__).resolve().parents[1] / "src/duogen/assets/reference"
+    ap.add_argument("--ar", default=str(ref / "ar"), help="the AR model (default: the shipped reference)")
+    ap.add_argument("--dit", default=str(ref / "dit"), help="the diffusion model (default: the shipped reference)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from duogen.bridges.generate import load_generator
 
-    ref = Path(__file__).resolve().parents[1] / "src/duogen/assets/reference"
-    gens = {"AR": load_generator(ref / "ar"), "DiT": load_generator(ref / "dit")}
+    gens = {"AR": load_generator(args.ar), "DiT": load_generator(args.dit)}
     data = pairs(args.pairs)
     t0 = time.perf_counter()
     cols = ["technique", "model", "color %", "shape %", "direction %", "preserved %", "box IoU", "PSNR out dB",

@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--section", default=None, help="write a report section JSON here (+ its plot beside it)")
+    ap.add_argument("--ar", default=str(REF / "ar"), help="the AR base model (default: the shipped reference)")
+    ap.add_argument("--dit", default=str(REF / "dit"), help="the diffusion base model (default: the shipped reference)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("DUOGEN_QUIET", "1")
@@ -198,7 +200,7 @@ def main() -> None:
     val = (list(vs["caption"][: args.n_val]), list(vs["attributes"][: args.n_val]))
     rows, raw = [], []
     for paradigm in args.paradigms.split(","):
-        base = REF / ("ar" if paradigm == "ar" else "dit")
+        base = Path(args.ar if paradigm == "ar" else args.dit)
         gen = load_generator(base)
         b = evaluate(gen, class_word, class_word, examples, val, args.seed, None)  # the floor: the class word
         base_class = b["class_feats"]
@@ -234,14 +236,15 @@ def main() -> None:
     for r in [cols] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, width)))
     cmd = ("OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_personalize.py --paradigms " + args.paradigms
-           + f" --methods {args.methods} --steps {args.steps} --max-minutes {args.max_minutes} --n-class {args.n_class}")
+           + f" --methods {args.methods} --steps {args.steps} --max-minutes {args.max_minutes} --n-class {args.n_class}"
+           + "".join(f" --{k} {v}" for k, v in (("ar", args.ar), ("dit", args.dit)) if Path(v) != REF / k))
     if args.section:
         from duogen.io import atomic_write_json
 
         plot = plot_rows(rows, Path(args.section).with_name("personalize_bench.png"))
         sec = {"title": "Personalization: concept, prompt fidelity, drift and cost per method",
                "intro": (f"Concept {args.concept!r} (class word {class_word!r}), {args.steps} steps or"
-                         f" {args.max_minutes} min per method, from the shipped references, {args.threads} thread(s) on"
+                         f" {args.max_minutes} min per method, from {args.ar} (AR) and {args.dit} (DiT), {args.threads} thread(s) on"
                          " a shared loaded CPU. Targets: concept fidelity >= 0.85, color >= 90%, direction >= 85%,"
                          " drift <= 2 points with prior preservation, LoRA <= 1% of the model's bytes,"
                          " <= 5 minutes per method."),

@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--paradigms", default="ar,dit")
     ap.add_argument("--section", default=None, help="also write a report section (JSON) here")
     ap.add_argument("--grid-only", action="store_true", help="only draw OUT/grid.png from an earlier run's clips")
+    ap.add_argument("--ar", default=str(REF / "ar"), help="the AR base model (default: the shipped reference)")
+    ap.add_argument("--dit", default=str(REF / "dit"), help="the DiT base model (default: the shipped reference)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     out = Path(a.out)
@@ -122,7 +124,7 @@ def main() -> None:
         duogen("data", "make", "concept", "--kind", a.kind, "--out", str(concept))
     rows = []
     for paradigm in a.paradigms.split(","):
-        base = REF / paradigm
+        base = Path(a.ar if paradigm == "ar" else a.dit)
         gen_extra = ["--steps", "50"] if paradigm == "dit" else []
         base_reads, base_loss = {}, concept_losses(base, concept, None)
         for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
