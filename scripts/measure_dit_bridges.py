@@ -54,10 +54,13 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
                                                         str(data), "--steps", "20", "--section",
                                                         str(out / f"control/{name}.json"), *bench])]
 
+    # lanes of about equal length (minutes in session 33, five lanes on 2 cores: 53, 39, 52, 41, 38)
     lanes = [
         control("cn_boxes", "controlnet", "boxes", CONTROL, ["--n", "64", "--control", f"{runs}/cn_boxes/final:0.5,1,2"])
         + control("cn_mask", "controlnet", "mask", CONTROL, ["--n", "64", "--no-text-only", "--control",
-                                                              f"{runs}/cn_mask/final:1"]),
+                                                              f"{runs}/cn_mask/final:1"])
+        + [("edit", py + [str(ROOT / "bench/bench_edit.py"), "--pairs", "12", "--curve-pairs", "6", "--inversion-pairs",
+                          "3", "--n", "1", "--ar", ar, "--dit", dit, "--section", str(out / "edit/section.json")])],
         control("t2i_boxes", "t2i-adapter", "boxes", CONTROL, ["--n", "64", "--no-text-only", "--control",
                                                                 f"{runs}/t2i_boxes/final:1"])
         + control("cn_edges", "controlnet", "edges", CONTROL, ["--n", "64", "--no-text-only", "--control",
@@ -67,8 +70,6 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
                   ["--n", "32", "--control", f"{runs}/gligen/final", "--scales", "1,2", "--beta", "0.3,1"]),
         [("compare", dg + ["compare", "--out", str(out / "compare"), "--data", str(data), "--n", "2", "--per-split",
                            "24", "--steps-sweep", "20", "--ar", f"ar={ar}", "--diffusion", f"dit={dit}"]),
-         ("edit", py + [str(ROOT / "bench/bench_edit.py"), "--pairs", "12", "--curve-pairs", "6", "--inversion-pairs",
-                        "3", "--n", "1", "--ar", ar, "--dit", dit, "--section", str(out / "edit/section.json")]),
          ("zero_shot", py + [str(ROOT / "bench/bench_zero_shot.py"), "--ar", ar, "--diffusion", dit, "--data",
                              str(data), "--n", "12", "--trials", "8,24", "--keep", "3", "--seed", "0", "--threads",
                              "1", "--section", str(out / "zero_shot/section.json")]),
