@@ -6,8 +6,9 @@ The README's DiT rows of editing (SDEdit, DiffEdit, inversion; Prompt-to-Prompt,
 personalization (four methods and the quick read, the layers DreamBooth and Custom Diffusion move), zero-shot
 classification, generated data and control (ControlNet boxes / mask / edges, T2I-Adapter, GLIGEN), the 96-clip
 compare and the accuracy against sampling steps, each by the bench or command the README names, on `--dit`
-(default: the shipped reference) beside `--ar` where a bench runs both paradigms. Session 33 ran this set by hand
-when the reference DiT was replaced: five lanes of one-thread jobs on a 2-core CPU, 55 minutes.
+(default: the shipped reference) beside `--ar` where a bench runs both paradigms. Session 33 ran it on the DiT it
+shipped: five lanes of one-thread jobs on a 2-core CPU, 43 minutes with the sampling-steps job run beside them
+(docs/references/cpu_d4800_2026-12-04/measure_dit_bridges.txt).
 
 Jobs run in `--lanes` parallel lanes (a lane runs its jobs in order: a control's bench after its training), one
 thread each. Each job logs to OUT/logs/NAME.log and leaves OUT/logs/NAME.done when it succeeds; a job already done
