@@ -151,7 +151,7 @@ class Runner:
                 return
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (logs, runs, sections); a second run resumes there")
@@ -162,7 +162,11 @@ def main() -> None:
     ap.add_argument("--lanes", type=int, default=5, help="jobs at once (default 5: the session-33 layout)")
     ap.add_argument("--threads", type=int, default=1, help="threads per job (OMP_NUM_THREADS)")
     ap.add_argument("--dry-run", action="store_true", help="print the jobs, lane by lane, and run nothing")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     for flag, path in (("--dit", a.dit), ("--ar", a.ar)):
         if not (Path(path) / "config.json").is_file():
             sys.exit(f"error: {flag} {path}: not a duogen model directory (no config.json)")

@@ -1,22 +1,24 @@
 """scripts/measure_dit_bridges.py: the plan it runs, that every bench accepts what it is given, resume and failure."""
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "measure_dit_bridges.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
-from measure_dit_bridges import REF, Runner, main, plan  # noqa: E402
+from measure_dit_bridges import Runner, build_parser, main, plan  # noqa: E402
 
 
 def _plan(tmp_path, lanes=5):
-    import argparse
-
-    a = argparse.Namespace(out=str(tmp_path / "out"), dit=str(tmp_path / "dit"), ar=str(REF / "ar"), data=None,
-                           edits=None, lanes=lanes, threads=1, dry_run=True)
+    """The plan for a real command line (the shipped AR beside a DiT at tmp_path/dit)."""
+    a = build_parser().parse_args(["--out", str(tmp_path / "out"), "--dit", str(tmp_path / "dit"),
+                                   "--lanes", str(lanes)])
     return plan(a, tmp_path / "out")
 
 
@@ -81,3 +83,19 @@ def test_dry_run_lists_the_lanes(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "lane 3" in out and "lane 4" not in out and "after every lane" in out and "generated_data" in out
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bench,argv", [
+    ("bench_edit.py", ["--pairs", "1", "--ar"]),
+    ("bench_edit.py", ["--pairs", "1", "--dit"]),
+    ("bench_personalize.py", ["--paradigms", "diffusion", "--work", "{tmp}/w", "--dit"]),
+    ("bench_personalize_quick.py", ["--out", "{tmp}/q", "--paradigms", "dit", "--dit"]),
+])
+def test_the_benches_read_the_model_they_are_given(bench, argv, tmp_path):
+    """A model path the bench is given is the one it loads: a missing one stops it at once, by name (a bench that
+    ignored the flag would load the shipped model and run for many minutes: the timeout fails it)."""
+    missing = tmp_path / "no_such_model"
+    cmd = [sys.executable, str(ROOT / "bench" / bench), *[a.format(tmp=tmp_path) for a in argv], str(missing)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")})
+    assert res.returncode != 0 and str(missing) in res.stderr, res.stderr[-500:]
