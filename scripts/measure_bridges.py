@@ -58,12 +58,13 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
     data, edits, world = Path(a.data or out / "data/shapes"), Path(a.edits or out / "data/edits"), out / "data/shapes20k"
     runs, dit, ar = out / "runs", str(a.dit), str(a.ar)
     bench = lambda name: py + [str(ROOT / "bench" / name)]  # noqa: E731
-    prep = []
+    prep = []  # --overwrite: a data job runs only when not done, so what is there is a cut run's part
     if not a.data:
-        prep.append(Job("data_shapes", dg + ["data", "make", "shapes", "--out", str(data)]))
+        prep.append(Job("data_shapes", dg + ["data", "make", "shapes", "--out", str(data), "--overwrite"]))
     if not a.edits:
-        prep.append(Job("data_edits", dg + ["data", "make", "edits", "--out", str(edits), "--n", "4000"]))
-    prep.append(Job("data_shapes20k", dg + ["data", "make", "shapes", "--out", str(world), "--n", "20000"]))
+        prep.append(Job("data_edits", dg + ["data", "make", "edits", "--out", str(edits), "--n", "4000", "--overwrite"]))
+    prep.append(Job("data_shapes20k", dg + ["data", "make", "shapes", "--out", str(world), "--n", "20000",
+                                            "--overwrite"]))
 
     def control(minutes: float, name: str, model: str, method: str, cond: str, settings: list[str],
                 bench_args: list[str]) -> Chain:

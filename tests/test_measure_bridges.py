@@ -137,3 +137,15 @@ def test_the_benches_read_the_model_they_are_given(bench, argv, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")})
     assert res.returncode != 0 and str(missing) in res.stderr, res.stderr[-500:]
+
+
+def test_a_data_job_cut_part_way_runs_again_over_what_it_left(tmp_path):
+    """A data job has no .done marker until it finishes, so what its folder holds is a cut run's part: it is replaced."""
+    prep, _, _ = _plan(tmp_path)
+    job = next(j for j in prep if j.name == "data_shapes")
+    out = Path(job.argv[job.argv.index("--out") + 1])
+    out.mkdir(parents=True)
+    (out / "partial.arrow").write_text("cut here")
+    r = Runner(tmp_path / "out", threads=1)
+    r.lane([Job(job.name, job.argv + ["--n", "40"])])
+    assert r.failed == [] and not (out / "partial.arrow").exists() and (out / "dataset_dict.json").exists()
