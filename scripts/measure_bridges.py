@@ -148,12 +148,14 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
                                                                          "--no-text-only"]),
         ]
     n = max(1, a.lanes)
-    lanes: list[list[Job]] = [[] for _ in range(n)]
+    placed: list[list[list[Job]]] = [[] for _ in range(n)]
     load = [0.0] * n
     for minutes, jobs in sorted(chains, key=lambda c: -c[0]):  # longest first onto the least loaded lane
         i = load.index(min(load))
-        lanes[i] += jobs
+        placed[i].append(jobs)
         load[i] += minutes
+    # the compare opens its lane: in minutes it says whether a candidate set is worth the rest of the hour
+    lanes = [[j for chain in sorted(p, key=lambda c: c[0].name != "compare") for j in chain] for p in placed]
     finish = []
     sections = {"dit": ["cn_boxes", "t2i_boxes", "cn_mask", "cn_edges"], "gligen": ["gligen"],
                 "ar": ["ar_tokens_boxes", "ar_tokens_mask", "controlar_boxes", "controlar_mask"]}

@@ -64,6 +64,7 @@ def test_every_job_measures_the_given_models_and_every_bench_accepts_its_options
     personalize = next(j for j in jobs if j.name == "personalize")
     assert personalize.argv[personalize.argv.index("--paradigms") + 1] == ",".join(
         p for p in ("ar", "diffusion") if p in want)
+    assert any(lane[0].name == "compare" for lane in lanes)  # the candidate's scores come first
     zs = [j for j in jobs if j.stdout is not None]  # the zero-shot results land as JSON files of their own
     assert zs and all(j.name.startswith("zero_shot_") and "--json" in j.argv for j in zs)
 
