@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from . import __version__
-from .errors import DuogenError
+from .errors import ConfigError, DuogenError
 from .cli_classify import add_classify, add_eval_zero_shot
 from .cli_common import Formatter as _Formatter
 from .cli_common import command as _command
@@ -125,6 +125,34 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output directory (default: the packaged asset)")
     p.add_argument("--steps", type=int, default=3000)
     add_eval_zero_shot(ev)
+
+    def paired(a: argparse.Namespace) -> dict[str, Any] | None:
+        from .eval.paired import format_rows, load_results, paired_differences
+
+        bad = [x for x in a.pair if x.count("=") != 1 or "" in x.split("=")]
+        if bad:
+            raise ConfigError(f"--pair wants NEW=OLD model names, got {bad}")
+        rows = paired_differences(load_results(a.new), load_results(a.old),
+                                  [tuple(x.split("=")) for x in a.pair] or None)
+        if a.json:
+            return {"rows": rows}
+        print(format_rows(rows))
+        return None
+
+    p = _command(
+        ev, "paired", "two compare runs on the same prompts and seeds: per-prompt differences, model against model",
+        paired,
+        description=(
+            "Read two `duogen compare` results (same data, --per-split, --n and --seed: the same prompts and"
+            " seeds) and, for each model the runs share (or each --pair), each sampling setting both have and each"
+            " attribute, print both accuracies and the mean per-prompt difference new - old with its standard"
+            " error (prompts as the units). Pairing removes what the prompts' difficulty adds to the noise."
+        ),
+    )
+    p.add_argument("new", help="the new run's folder (or its results.json)")
+    p.add_argument("old", help="the run to compare against")
+    p.add_argument("--pair", action="append", default=[], metavar="NEW=OLD",
+                   help="compare model NEW of the new run with model OLD of the old one (default: the shared names)")
 
     from .cli_generated_data import add_eval_generated_data
     add_eval_generated_data(ev)
@@ -614,7 +642,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error_line(e: DuogenError) -> None:
     """One line on stderr; under torchrun a config mistake (the same on every rank) is told by rank 0 only."""
-    from .errors import ConfigError
     from .train.backends import RankLaunchError
     from .utils import launch_rank
 
