@@ -9,7 +9,8 @@ the checkpoints in `src/duogen/assets/reference/`, sized to fit two hours on two
 (docs/references/README.md gives the measured time per stage and the training logs).
 
 `--codec DIR` trains the models on a given codec (the shipped one, say) instead of training a new one;
-`--codec-set KEY=VALUE` (repeatable) changes the codec that is trained, e.g. `--codec-set model.latent_norm=rms`.
+`--codec-set KEY=VALUE` (repeatable) changes the codec that is trained, after the shipped codec's own overrides
+(DEFAULT_CODEC: `model.latent_norm=rms`), e.g. `--codec-set model.latent_norm=batch` for the `tiny` preset's.
 
 Extra models to train beside the defaults (a sweep) are given as NAME:key=value,key=value:
     --ar ar_long:train.steps=8000 --dit dit_p1:dit.patch_size=1,train.steps=2500
@@ -34,6 +35,9 @@ DEFAULT_AR = "ar:train.steps=2600,model.hidden=256,model.mlp=704,model.prefix_lm
 # the shipped DiT is 192 wide (tiny is 128), trained 4,800 steps at the tiny preset's lr 2e-3 (the DiT shipped
 # before session 33: 2,400 steps at 5e-4, shape 57% against 77%; docs/references/README.md, "The reference DiT")
 DEFAULT_DIT = "dit:train.steps=4800,dit.hidden=192,dit.heads=6,train.lr=2e-3"
+# the shipped codec is the tiny preset with an RMS-normalised latent (since session 34; the preset standardizes
+# it per channel, which spreads the background a DiT has to tell objects from: docs/references/README.md)
+DEFAULT_CODEC = ["model.latent_norm=rms"]
 
 
 def duogen(args: list[str], log: Path, threads: int) -> subprocess.Popen:
@@ -76,10 +80,11 @@ def model_args(kind: str, overrides: list[str], data: Path, codec: Path, text: P
 
 
 def codec_args(a: argparse.Namespace, data: Path, out: Path) -> list[str]:
-    """The `duogen` command line that trains the set's codec (the `tiny` preset) as the parsed options `a` ask;
-    `--codec-set` overrides last so they win."""
+    """The `duogen` command line that trains the set's codec (the `tiny` preset and DEFAULT_CODEC) as the parsed
+    options `a` ask; `--codec-set` overrides last so they win."""
     return ["train", "tokenizer", "--modality", "video", "--data", str(data), "--out", str(out), "--preset", "tiny",
-            "--seed", str(a.seed), f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}", *a.codec_set]
+            "--seed", str(a.seed), f"train.max_minutes={a.codec_minutes:g}", f"train.steps={a.codec_steps}",
+            *DEFAULT_CODEC, *a.codec_set]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--codec", default=None,
                     help="train the models on this codec directory (e.g. src/duogen/assets/reference/codec) instead of training one")
     ap.add_argument("--codec-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="an override for the codec's training, after the tiny preset (e.g. model.latent_norm=rms); repeatable")
+                    help="an override for the codec's training, after the tiny preset and the shipped codec's "
+                         f"{' '.join(DEFAULT_CODEC)} (e.g. model.latent_norm=batch: the preset's); repeatable")
     ap.add_argument("--ar", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_AR})")
     ap.add_argument("--dit", action="append", default=[], help=f"NAME:overrides (default: {DEFAULT_DIT})")
     ap.add_argument("--parallel", action="store_true", help="train the AR and diffusion models at once (on a GPU, or on a CPU with --threads 1 per model)")

@@ -92,12 +92,18 @@ def test_reference_script_trains_its_codec_with_the_overrides_given():
     sys.path.insert(0, str(scripts))
     from train_references import build_parser, codec_args
 
-    a = build_parser().parse_args(["--seed", "3", "--codec-set", "model.latent_norm=rms", "--codec-set", "model.patch=2"])
+    a = build_parser().parse_args(["--seed", "3", "--codec-set", "model.latent_norm=batch", "--codec-set", "model.patch=2"])
     args = codec_args(a, Path("D"), Path("O/codec"))
     assert args[:4] == ["train", "tokenizer", "--modality", "video"] and args[args.index("--preset") + 1] == "tiny"
-    assert args[args.index("--seed") + 1] == "3" and args[-4:] == ["train.max_minutes=0", "train.steps=2465",
-                                                                   "model.latent_norm=rms", "model.patch=2"]
+    assert args[args.index("--seed") + 1] == "3" and args[-5:] == ["train.max_minutes=0", "train.steps=2465",
+                                                                   "model.latent_norm=rms", "model.latent_norm=batch",
+                                                                   "model.patch=2"]
+    # without --codec-set the script trains the shipped codec's recipe: every default override is its config's value
     shipped = Path(__file__).resolve().parents[1] / "src" / "duogen" / "assets" / "reference" / "codec"
+    config = json.loads((shipped / "config.json").read_text())["config"]
+    default = codec_args(build_parser().parse_args([]), Path("D"), Path("O/codec"))
+    assert default[-1] == "model.latent_norm=rms" and config["latent_norm"] == "rms"
+    assert config["color_path"] and config["decoder_extra_levels"] == 1  # the tiny preset's of today
     for extra, says in ((["--codec", str(shipped), "--codec-set", "model.latent_norm=rms"], "no codec is trained"),
                         (["--codec-set", "model.latent_norm"], "KEY=VALUE")):
         res = subprocess.run([sys.executable, str(scripts / "train_references.py"), "--out", "/nonexistent/refs", *extra],

@@ -70,7 +70,10 @@ def test_training_lowers_the_loss_and_saves_only_the_control(data, tmp_path, con
     from duogen.io import file_sha256
 
     before = _tree_hash(REF_AR)
-    s = _train(data, tmp_path / "run", "train.steps=30", "max_clips=4", condition=condition)
+    # the recipe's own lr and warm-up (TRAIN's 3e-3 without warm-up overshoots on the reference AR shipped since
+    # session 34: loss 1.69 -> 4.21 with the control after 30 steps; the recipe's settings give 1.69 -> 1.14)
+    s = _train(data, tmp_path / "run", "train.steps=30", "max_clips=4", "train.lr=1.5e-3", "train.warmup_steps=10",
+               condition=condition)
     final = tmp_path / "run" / "final"
     assert sorted(p.name for p in final.iterdir()) == ["control.json", "control.safetensors"]
     conf = json.loads((final / "control.json").read_text())

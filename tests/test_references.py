@@ -37,6 +37,7 @@ def test_reference_models_generate_what_the_prompt_says(name, kwargs, prompts):
     assert res.videos.shape == (len(prompts), 9, 32, 32, 3) and res.videos.dtype == np.uint8
     acc = [prompt_accuracy(v, p.attributes) for v, p in zip(res.videos, prompts)]
     mean = {k: float(np.mean([a[k] for a in acc])) for k in ("color", "direction", "shape")}
-    # measured over 96 clips (docs/references): color 0.93-1.0, direction 0.68-0.84, shape 0.44-0.81
+    # measured over 96 clips (docs/references, the set shipped since session 34): color 0.92-1.0, direction
+    # 0.70-0.81, shape 0.41-0.86 (validation / held-out, AR and DiT)
     assert mean["color"] >= 0.7, mean
     assert (mean["direction"] + mean["shape"]) / 2 >= 0.3, mean
