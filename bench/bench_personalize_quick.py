@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--kind", default="star")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--max-minutes", type=float, default=3.5)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate for every method (default: each method's own)")
     ap.add_argument("--n", type=int, default=16, help="clips per prompt")
     ap.add_argument("--methods", default="lora,textual-inversion")
     ap.add_argument("--paradigms", default="ar,dit")
@@ -136,7 +137,8 @@ def main() -> None:
             run = out / f"{paradigm}_{method}"
             t = time.perf_counter()
             s = duogen("personalize", "--model", str(base), "--concept", str(concept), "--method", method,
-                       "--out", str(run), "--overwrite", "--steps", str(a.steps), "--max-minutes", str(a.max_minutes))
+                       "--out", str(run), "--overwrite", "--steps", str(a.steps), "--max-minutes", str(a.max_minutes),
+                       *(["--lr", str(a.lr)] if a.lr is not None else []))
             wall = time.perf_counter() - t
             loss = concept_losses(base, concept, run)
             for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
