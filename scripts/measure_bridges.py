@@ -15,8 +15,8 @@ script was measure_dit_bridges.py); `--paradigms ar` the AR model's; benches tha
 
 Jobs run in `--lanes` parallel lanes, one thread each. A chain of jobs that depend on each other (a control's
 bench after its training; InstructPix2Pix's sweep after its training) stays in one lane, in order; the chains are
-spread over the lanes longest first, by the minutes they took (or, for AR jobs not yet timed, are expected to
-take) under session 33's load. Each job logs to OUT/logs/NAME.log and leaves OUT/logs/NAME.done when it succeeds; a
+spread over the lanes longest first, by the minutes they took in session 34's run of both paradigms (five lanes
+on 2 cores). Each job logs to OUT/logs/NAME.log and leaves OUT/logs/NAME.done when it succeeds; a
 job already done is skipped, so a cut run resumes. The data sets are made first under OUT/data (the demo world,
 4,000 edit pairs, the 20,000-clip world) unless given. The 10-minute trainings (controls, InstructPix2Pix) are time
 budgets: how many steps they make depends on the machine and on what else runs beside them. Exit status 1 names
@@ -66,13 +66,13 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
     prep.append(Job("data_shapes20k", dg + ["data", "make", "shapes", "--out", str(world), "--n", "20000",
                                             "--overwrite"]))
 
-    def control(minutes: float, name: str, model: str, method: str, cond: str, settings: list[str],
+    def control(minutes: float, name: str, model: str, method: str, cond: str, settings: list[str], scales: str,
                 bench_args: list[str]) -> Chain:
         train = dg + ["train", "control", "--model", model, "--method", method, "--condition", cond, "--data",
                       str(data), "--out", str(runs / name), *settings]
         return minutes, [Job(name, train), Job(f"bench_{name}", bench("bench_control.py") + [
             "--model", model, "--data", str(data), "--steps", "20", "--section", str(out / f"control/{name}.json"),
-            "--control", f"{runs / name}/final:{bench_args[0]}", *bench_args[1:]])]
+            "--control", f"{runs / name}/final:{scales}", *bench_args])]
 
     def zero_shot(model: str, tag: str, attribute: str, n: int, split: str) -> Job:
         return Job(f"zero_shot_{tag}_{attribute}_{split}", dg + [
@@ -80,28 +80,28 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
             "--n", str(n), "--json"], stdout=out / f"zero_shot/{tag}_{attribute}_{split}.json")
 
     only = ["--paradigms", ",".join(paradigms)]
-    # minutes: each job's time in session 33 (five lanes on 2 cores), or an estimate for the AR jobs not timed there
+    # minutes: each chain's time in session 34 (both paradigms, five lanes on 2 cores; .done markers)
     chains: list[Chain] = [
-        (14, [Job("edit", bench("bench_edit.py") + ["--pairs", "12", "--curve-pairs", "6", "--inversion-pairs", "3",
+        (16, [Job("edit", bench("bench_edit.py") + ["--pairs", "12", "--curve-pairs", "6", "--inversion-pairs", "3",
                                                     "--n", "1", "--ar", ar, "--dit", dit, "--section",
                                                     str(out / "edit/section.json")])]),
         (4, [Job("compare", dg + ["compare", "--out", str(out / "compare"), "--data", str(data), "--n", "2",
                                   "--per-split", "24", "--steps-sweep", "20", "--ar", f"ar={ar}", "--diffusion",
                                   f"dit={dit}"])]),
-        (6, [Job("zero_shot", bench("bench_zero_shot.py") + [
+        (5.5, [Job("zero_shot", bench("bench_zero_shot.py") + [
             "--ar", ar, "--diffusion", dit, "--data", str(data), "--n", "12", "--trials", "8,24", "--keep", "3",
             "--seed", "0", "--threads", "1", "--section", str(out / "zero_shot/section.json")])]),
-        (2, [Job("scores", bench("bench_scores.py") + ["--n", "20", "--ar", ar, "--diffusion", dit])]),
-        (22, [Job("generated_data", dg + ["eval", "generated-data", "--ar", ar, "--diffusion", dit, "--data",
+        (1, [Job("scores", bench("bench_scores.py") + ["--n", "20", "--ar", ar, "--diffusion", dit])]),
+        (19, [Job("generated_data", dg + ["eval", "generated-data", "--ar", ar, "--diffusion", dit, "--data",
                                           str(world), "--out", str(out / "generated_data"), "--n-real", "100"])]),
         *[(minutes, [Job(f"sweep_{name}", bench("bench_edit_techniques.py") + [
             "--data", str(edits), "--pairs", "6", "--ar", ar, "--dit", dit, *only, *flags, "--section",
             str(out / f"edit/sweep_{name}.json")])])
-          for minutes, name, flags in ((13, "p2p", ["--methods", "p2p", "--no-blend", "--taus", "0,0.4,0.8,1"]),
-                                       (6, "imagic", ["--methods", "imagic", "--etas", "0.4,0.6,0.8,1.0",
+          for minutes, name, flags in ((11, "p2p", ["--methods", "p2p", "--no-blend", "--taus", "0,0.4,0.8,1"]),
+                                       (5, "imagic", ["--methods", "imagic", "--etas", "0.4,0.6,0.8,1.0",
                                                       "--imagic-steps", "50,20"]),
                                        (11, "p2p_blend", ["--methods", "p2p", "--taus", "0,0.4,0.8,1"]))],
-        (9 * len(paradigms), [
+        (8.5 * len(paradigms), [
             Job("personalize", bench("bench_personalize.py") + [
                 *only, "--methods", "lora,textual-inversion,dreambooth,custom", "--steps", "100", "--max-minutes",
                 "1.5", "--n-class", "16", "--ar", ar, "--dit", dit, "--work", str(runs / "personalize"), "--section",
@@ -110,15 +110,16 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
                                               "--out", str(out / f"personalize/analyze_{tag}_{m}")])
               for p, tag, model in (("ar", "ar", ar), ("diffusion", "dit", dit)) if p in paradigms
               for m in ("dreambooth", "custom")]]),
-        (8 * len(paradigms), [Job("personalize_quick", bench("bench_personalize_quick.py") + [
+        (7.5 * len(paradigms), [Job("personalize_quick", bench("bench_personalize_quick.py") + [
             "--out", str(out / "personalize_quick"), "--steps", "200", "--max-minutes", "3.5", "--n", "16",
             "--paradigms", ",".join("dit" if p == "diffusion" else p for p in paradigms), "--ar", ar, "--dit", dit])]),
     ]
-    for p, tag, model, minutes in (("ar", "ar", ar, (4, 2)), ("diffusion", "dit", dit, (10, 5))):
+    # minutes: zero-shot at n 50 (all attributes), binding at n 100, InstructPix2Pix training and its sweep
+    for p, tag, model, minutes in (("ar", "ar", ar, (3, 1, 12)), ("diffusion", "dit", dit, (8, 2.5, 12.5))):
         if p in paradigms:
             chains += [(minutes[0], [zero_shot(model, tag, "all", 50, split)]) for split in ("validation", "heldout")]
             chains += [(minutes[1], [zero_shot(model, tag, "binding", 100, split)]) for split in ("validation", "heldout")]
-            chains.append((13, [
+            chains.append((minutes[2], [
                 Job(f"ip2p_{tag}", dg + ["train", "ip2p", "--paradigm", p, "--data", str(edits), "--init-from", model,
                                          "--out", str(runs / f"ip2p_{tag}"), "train.max_minutes=10", "train.lr=5e-4",
                                          "max_clips=1200"]),
@@ -128,24 +129,24 @@ def plan(a: argparse.Namespace, out: Path) -> tuple[list[Job], list[list[Job]], 
                     str(out / f"edit/sweep_ip2p_{tag}.json")])]))
     if want_dit:
         chains += [
-            control(17, "cn_boxes", dit, "controlnet", "boxes", CONTROL, ["0.5,1,2", "--n", "64"]),
-            control(12, "cn_mask", dit, "controlnet", "mask", CONTROL, ["1", "--n", "64", "--no-text-only"]),
-            control(14, "t2i_boxes", dit, "t2i-adapter", "boxes", CONTROL, ["1", "--n", "64", "--no-text-only"]),
-            control(12, "cn_edges", dit, "controlnet", "edges", CONTROL, ["1", "--n", "64", "--no-text-only"]),
+            control(17, "cn_boxes", dit, "controlnet", "boxes", CONTROL, "0.5,1,2", ["--n", "64"]),
+            control(11.5, "cn_mask", dit, "controlnet", "mask", CONTROL, "1", ["--n", "64", "--no-text-only"]),
+            control(11.5, "t2i_boxes", dit, "t2i-adapter", "boxes", CONTROL, "1", ["--n", "64", "--no-text-only"]),
+            control(11.5, "cn_edges", dit, "controlnet", "edges", CONTROL, "1", ["--n", "64", "--no-text-only"]),
             control(13, "gligen", dit, "gligen", "boxes", ["train.max_minutes=10", "train.batch_size=8",
                                                            "train.lr=3e-3", "train.warmup_steps=5", "gate_gain=10"],
-                    ["1", "--n", "32", "--scales", "1,2", "--beta", "0.3,1"]),
-            (15, [Job("sampling_steps", bench("bench_diffusion_accuracy.py") + [
+                    "1", ["--n", "32", "--scales", "1,2", "--beta", "0.3,1"]),
+            (40, [Job("sampling_steps", bench("bench_diffusion_accuracy.py") + [
                 "--model", dit, "--data", str(data), "--prompts", "16", "--n", "2", "--json",
                 str(out / "sampling_steps.json")])]),
         ]
     if want_ar:  # the AR controls' own recipes (train/ar_control_recipe.py, controlar_recipe.py: 10 minutes each)
         chains += [
-            control(16, "ar_tokens_boxes", ar, "tokens", "boxes", [], ["1,2", "--n", "32"]),
-            control(16, "ar_tokens_mask", ar, "tokens", "mask", [], ["1,2", "--n", "32", "--no-text-only"]),
-            control(16, "controlar_boxes", ar, "controlar", "boxes", [], ["1,2,4", "--n", "32", "--real", "100"]),
-            control(16, "controlar_mask", ar, "controlar", "mask", [], ["1,2,4", "--n", "32", "--real", "100",
-                                                                         "--no-text-only"]),
+            control(14, "ar_tokens_boxes", ar, "tokens", "boxes", [], "1,2", ["--n", "32"]),
+            control(14.5, "ar_tokens_mask", ar, "tokens", "mask", [], "1,2", ["--n", "32", "--no-text-only"]),
+            control(11.5, "controlar_boxes", ar, "controlar", "boxes", [], "1,2,4", ["--n", "32", "--real", "100"]),
+            control(11, "controlar_mask", ar, "controlar", "mask", [], "1,2,4", ["--n", "32", "--real", "100",
+                                                                             "--no-text-only"]),
         ]
     n = max(1, a.lanes)
     placed: list[list[list[Job]]] = [[] for _ in range(n)]

@@ -90,7 +90,7 @@ def test_reference_script_trains_its_codec_with_the_overrides_given():
 
     scripts = Path(__file__).resolve().parents[1] / "scripts"
     sys.path.insert(0, str(scripts))
-    from train_references import build_parser, codec_args
+    from train_references import DEFAULT_CODEC, build_parser, codec_args
 
     a = build_parser().parse_args(["--seed", "3", "--codec-set", "model.latent_norm=batch", "--codec-set", "model.patch=2"])
     args = codec_args(a, Path("D"), Path("O/codec"))
@@ -102,7 +102,9 @@ def test_reference_script_trains_its_codec_with_the_overrides_given():
     shipped = Path(__file__).resolve().parents[1] / "src" / "duogen" / "assets" / "reference" / "codec"
     config = json.loads((shipped / "config.json").read_text())["config"]
     default = codec_args(build_parser().parse_args([]), Path("D"), Path("O/codec"))
-    assert default[-1] == "model.latent_norm=rms" and config["latent_norm"] == "rms"
+    assert DEFAULT_CODEC and default[-len(DEFAULT_CODEC):] == DEFAULT_CODEC
+    for key, value in (o.split("=", 1) for o in DEFAULT_CODEC):
+        assert str(config[key.removeprefix("model.")]) == value, key
     assert config["color_path"] and config["decoder_extra_levels"] == 1  # the tiny preset's of today
     for extra, says in ((["--codec", str(shipped), "--codec-set", "model.latent_norm=rms"], "no codec is trained"),
                         (["--codec-set", "model.latent_norm"], "KEY=VALUE")):

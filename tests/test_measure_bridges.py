@@ -150,3 +150,29 @@ def test_a_data_job_cut_part_way_runs_again_over_what_it_left(tmp_path):
     r = Runner(tmp_path / "out", threads=1)
     r.lane([Job(job.name, job.argv + ["--n", "40"])])
     assert r.failed == [] and not (out / "partial.arrow").exists() and (out / "dataset_dict.json").exists()
+
+
+@pytest.mark.parametrize("lr,want", [(None, None), ("3e-4", "0.0003")])
+def test_the_quick_personalization_bench_passes_its_learning_rate_to_every_method(tmp_path, monkeypatch, lr, want):
+    """`bench_personalize_quick.py --lr` reaches each `duogen personalize` it runs; without it none gets one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_personalize_quick as q
+
+    calls = []
+
+    def fake_duogen(*args):
+        calls.append(args)
+        return {"steps": 1, "wall_s": 0.0, "adapter_bytes": 1, "model_bytes": 100, "adapter_fraction": 0.01}
+
+    monkeypatch.setattr(q, "duogen", fake_duogen)
+    monkeypatch.setattr(q, "concept_losses", lambda *a: 0.0)
+    monkeypatch.setattr(q, "read", lambda *a: (1.0, 1.0))
+    monkeypatch.setattr(q, "grid", lambda *a, **k: tmp_path / "grid.png")
+    (tmp_path / "concept_star").mkdir()
+    argv = ["q", "--out", str(tmp_path), "--paradigms", "ar,dit", "--methods", "lora,textual-inversion"]
+    monkeypatch.setattr(sys, "argv", argv + (["--lr", lr] if lr else []))
+    q.main()
+    runs = [c for c in calls if c[0] == "personalize"]
+    assert len(runs) == 4  # two methods on two paradigms
+    for c in runs:
+        assert (c[c.index("--lr") + 1] if "--lr" in c else None) == want, c

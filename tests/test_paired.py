@@ -40,6 +40,10 @@ def test_runs_on_other_prompts_or_seeds_are_refused_and_unknown_names_are_told()
         paired_differences(_results([(1, 1)] * 3), _results([(1, 1)] * 3, seed=1))
     with pytest.raises(ConfigError, match="share no model"):
         paired_differences(_results([(1, 1)] * 3), _results([(1, 1)] * 3, name="ar"))
+    other = _results([(1, 1)] * 3)
+    other["models"][0]["settings"][0]["label"] = "dpm++-20"
+    with pytest.raises(ConfigError, match="share no sampling setting"):
+        paired_differences(_results([(1, 1)] * 3), other)
     with pytest.raises(ConfigError, match="no model named 'zz'"):
         paired_differences(_results([(1, 1)] * 3), _results([(1, 1)] * 3), [("zz", "dit")])
 
