@@ -8,7 +8,10 @@ steps, adapter bytes against the base's model.safetensors bytes), then `duogen g
 prompt-fidelity prompts, read by the probes (duogen.eval.probes): the share of clips whose object has the
 prompt's color, and the share whose object moves in the prompt's direction, next to the base model without
 the adapter on the same prompts and seeds; and the concept loss (`personalize.common.concept_loss`: the model's
-deterministic loss on the concept clips under their captions) with the adapter and without. Shape similarity to the concept is the full benchmark's
+deterministic loss on the concept clips under their captions) with the adapter and without, on the training clips
+and on held-out ones: the concept in the palette colors its clips lack, at other places, sizes and motions
+(`duogen data make concept --seed 1 colors=...`). A model that learned the concept lowers both; one that
+memorised its clips lowers the first and raises the second. Shape similarity to the concept is the full benchmark's
 (bench/bench_personalize.py). Every number printed comes from the commands this script runs.
 """
 
@@ -55,6 +58,15 @@ def _fit(clip, size: int = 32):
     """The GIF is upscaled by a whole factor k (nearest): every k-th pixel gives back the clip."""
     k = clip.shape[1] // size
     return clip[:, k // 2::k, k // 2::k]
+
+
+def unseen_colors(concept: Path) -> list[str]:
+    """The palette colors none of the concept's clips has."""
+    from duogen.data import load_dataset
+    from duogen.data.shapes import PALETTE
+
+    seen = {a["color"] for clip in load_dataset(concept)["train"]["attributes"] for a in clip}
+    return [c for c in PALETTE if c not in seen]
 
 
 def concept_losses(base: Path, concept: Path, run: Path | None) -> float:
@@ -107,6 +119,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--max-minutes", type=float, default=3.5)
     ap.add_argument("--lr", type=float, default=None, help="learning rate for every method (default: each method's own)")
+    ap.add_argument("--shifts", type=int, default=None,
+                    help="`duogen personalize --shifts` for every method (default: its own, 8; 1 = the clips as they are)")
     ap.add_argument("--n", type=int, default=16, help="clips per prompt")
     ap.add_argument("--methods", default="lora,textual-inversion")
     ap.add_argument("--paradigms", default="ar,dit")
@@ -123,11 +137,16 @@ def main() -> None:
         return
     if not concept.exists():
         duogen("data", "make", "concept", "--kind", a.kind, "--out", str(concept))
+    heldout = out / f"heldout_{a.kind}"
+    if not heldout.exists():
+        duogen("data", "make", "concept", "--kind", a.kind, "--out", str(heldout), "--n", "8", "--seed", "1",
+               "colors=" + ",".join(unseen_colors(concept)))
     rows = []
     for paradigm in a.paradigms.split(","):
         base = Path(a.ar if paradigm == "ar" else a.dit)
         gen_extra = ["--steps", "50"] if paradigm == "dit" else []
         base_reads, base_loss = {}, concept_losses(base, concept, None)
+        base_held = concept_losses(base, heldout, None)
         for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
             g = out / f"gen_{paradigm}_base_{i}"
             duogen("generate", "--model", str(base), "--prompt", p, "--n", str(a.n), "--out", str(g), "--overwrite",
@@ -138,9 +157,10 @@ def main() -> None:
             t = time.perf_counter()
             s = duogen("personalize", "--model", str(base), "--concept", str(concept), "--method", method,
                        "--out", str(run), "--overwrite", "--steps", str(a.steps), "--max-minutes", str(a.max_minutes),
-                       *(["--lr", str(a.lr)] if a.lr is not None else []))
+                       *(["--lr", str(a.lr)] if a.lr is not None else []),
+                       *(["--shifts", str(a.shifts)] if a.shifts is not None else []))
             wall = time.perf_counter() - t
-            loss = concept_losses(base, concept, run)
+            loss, held = concept_losses(base, concept, run), concept_losses(base, heldout, run)
             for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
                 g = out / f"gen_{paradigm}_{method}_{i}"
                 duogen("generate", "--model", str(base), "--adapter", str(run), "--prompt", p, "--n", str(a.n),
@@ -149,10 +169,11 @@ def main() -> None:
                 bc, bd = base_reads[p]
                 rows.append([paradigm, method, p, s["steps"], round(s["wall_s"], 1), round(wall, 1),
                              s["adapter_bytes"], s["model_bytes"], f"{100 * s['adapter_fraction']:.2f}%",
-                             f"{loss:.4f} ({base_loss:.4f})", f"{c:.2f} ({bc:.2f})", f"{d:.2f} ({bd:.2f})"])
+                             f"{loss:.4f} ({base_loss:.4f})", f"{held:.4f} ({base_held:.4f})", f"{c:.2f} ({bc:.2f})",
+                             f"{d:.2f} ({bd:.2f})"])
                 print(" | ".join(map(str, rows[-1])), flush=True)
     cols = ["paradigm", "method", "prompt", "steps", "train s", "command s", "adapter B", "model B", "adapter/model",
-            "concept loss (base)", "color (base)", "direction (base)"]
+            "concept loss (base)", "held-out loss (base)", "color (base)", "direction (base)"]
     print("\n" + " | ".join(cols))
     for r in rows:
         print(" | ".join(map(str, r)))

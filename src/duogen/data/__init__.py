@@ -70,16 +70,18 @@ def make_dataset(
         if kind is None:
             raise DataError(f"data make concept needs --kind; allowed values: {', '.join(KINDS)}")
         extra = dict(o.split("=", 1) for o in overrides)
-        if set(extra) - {"digit"}:
-            raise DataError(f"concept takes only the override digit=D (0-9), got {sorted(set(extra) - {'digit'})}")
+        if set(extra) - {"digit", "colors"}:
+            raise DataError("concept takes only the overrides digit=D (0-9) and colors=C1,C2,... (palette colors),"
+                            f" got {sorted(set(extra) - {'digit', 'colors'})}")
         if audio:
             raise DataError("--audio is available for the shapes world only, not 'concept'")
         try:
             digit = int(extra.get("digit", 7))
         except ValueError:
             raise DataError(f"digit={extra['digit']!r} is not a digit 0-9") from None
+        colors = [c.strip() for c in extra["colors"].split(",") if c.strip()] if "colors" in extra else None
         return make_concept(kind, out, n=n, preset=preset, token=token or DEFAULT_TOKEN, digit=digit, seed=seed or 0,
-                            overwrite=overwrite)
+                            colors=colors, overwrite=overwrite)
     if kind is not None or token is not None:
         raise DataError(f"--kind and --token belong to `data make concept`, not '{name}'")
 

@@ -29,7 +29,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -174,8 +174,10 @@ def concept_mask(kind: str, size: int, *, digit: int = 7, pose: int = 0) -> np.n
 
 
 def concept_clips(kind: str, *, n: int = 6, preset: str = "tiny", token: str = DEFAULT_TOKEN, digit: int = 7,
-                  seed: int = 0) -> ConceptData:
-    """Render `n` clips of `kind`: three colors, `n` distinct motions (cycled), sizes from the world's range."""
+                  seed: int = 0, colors: Sequence[str] | None = None) -> ConceptData:
+    """Render `n` clips of `kind`: three colors (or `colors`, cycled), `n` distinct motions (cycled), sizes from
+    the world's range. `colors` names palette colors: a held-out set in the colors a concept's clips lack tells
+    whether a personalized model draws the concept in a color it was not shown."""
     if not 4 <= n <= 8:
         raise DataError(f"--n for a concept is {n}; a concept has 4 to 8 clips")
     if kind == "digit-style" and str(digit) not in DIGITS:
@@ -185,11 +187,17 @@ def concept_clips(kind: str, *, n: int = 6, preset: str = "tiny", token: str = D
     if cfg is None:
         raise DataError(f"preset {preset!r} is not one of {sorted(WORLD_PRESETS)}")
     rng = np.random.default_rng([seed, 15])
-    colors = [str(c) for c in rng.choice(list(PALETTE), size=3, replace=False)]
+    drawn = [str(c) for c in rng.choice(list(PALETTE), size=3, replace=False)]
+    if colors is not None:
+        bad = [c for c in colors if c not in PALETTE]
+        if bad or not colors:
+            raise DataError(f"concept colors {list(colors)}: each must be one of {', '.join(PALETTE)}")
+        drawn = list(colors)
+    colors = drawn
     motions = [str(m) for m in rng.permutation(list(CONCEPT_MOTIONS))]
     videos, captions, attrs = [], [], []
     for i in range(n):
-        color, motion = colors[i % 3], motions[i % len(motions)]
+        color, motion = colors[i % len(colors)], motions[i % len(motions)]
         size = int(rng.integers(cfg.object_size[0], cfg.object_size[1] + 1))
         speed = round(float(rng.uniform(*cfg.speed)), 2)
         for size in range(size, 3, -1):  # a wide mask (a slanted 7) may not fit its motion: shrink it until it does
@@ -215,15 +223,17 @@ def _check_token(token: str) -> None:
 
 
 def make_concept(kind: str, out: str | Path, *, n: int | None = None, preset: str = "tiny", token: str = DEFAULT_TOKEN,
-                 digit: int = 7, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
-    """Write concept `kind` as a duogen data set (one `train` split) with its metadata in `source.json`."""
+                 digit: int = 7, seed: int = 0, colors: Sequence[str] | None = None, overwrite: bool = False
+                 ) -> dict[str, Any]:
+    """Write concept `kind` as a duogen data set (one `train` split) with its metadata in `source.json`
+    (`colors`: `concept_clips`')."""
     import datasets
 
     from .folder import clip_features, write_dataset
 
     if Path(out).exists() and not overwrite:
         raise DataError(f"output directory '{out}' already exists; pass --overwrite to replace it")
-    c = concept_clips(kind, n=6 if n is None else n, preset=preset, token=token, digit=digit, seed=seed)
+    c = concept_clips(kind, n=6 if n is None else n, preset=preset, token=token, digit=digit, seed=seed, colors=colors)
     F, S = c.videos.shape[1], c.videos.shape[2]
 
     def rows() -> Any:
@@ -326,3 +336,39 @@ def _load_folder(path: Path, token: str | None) -> ConceptData:
     if skipped:
         warnings.warn(f"{path}: {len(skipped)} files skipped: {'; '.join(skipped[:3])}", UserWarning, stacklevel=3)
     return ConceptData(videos, captions, tok, extra.get("class_word"), [], source=str(path))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- shifted copies
+
+
+def shifted_copies(videos: np.ndarray, k: int, *, seed: int = 0, tol: int = 24) -> tuple[np.ndarray, list[int]]:
+    """Each clip and k - 1 copies of it moved to other places in the frame, the object kept inside every frame:
+    a few clips whose objects always sit at the same places teach a fine-tuned model those places (the AR model
+    memorises their ids), the moved copies teach it the object. A clip's background is the median color of its
+    frames' border; its object, the pixels more than `tol` away from it in any frame (everything else is within
+    `tol` of one color, so the move, a roll, shows no seam). A clip whose object spans its frame both ways (a
+    textured or photographic clip) cannot move; it is kept as it is, repeated k times, so that every clip keeps
+    its share of a batch.
+    Returns (clips (N * k, F, H, W, 3) in clip order, the indices of the clips that could not move)."""
+    if k < 1:
+        raise DataError(f"shifted copies: k must be at least 1, got {k}")
+    rng = np.random.default_rng([seed, 16])
+    out, fixed = [], []
+    for i, v in enumerate(np.asarray(videos)):
+        v = np.asarray(v)
+        border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]]).reshape(-1, 3).astype(np.int16)
+        bg = np.median(border, 0)
+        off = np.abs(v.astype(np.int16) - bg).max(-1) > tol  # (F, H, W)
+        obj = off.any(0)
+        out.append(v)
+        ys, xs = np.nonzero(obj)
+        H, W = obj.shape
+        if not len(ys) or (ys.max() - ys.min() == H - 1 and xs.max() - xs.min() == W - 1):
+            fixed.append(i)  # nothing apart from the background, or no room: a textured clip fills its frame
+            out += [v] * (k - 1)
+            continue
+        for _ in range(k - 1):
+            dy = int(rng.integers(-ys.min(), H - ys.max()))
+            dx = int(rng.integers(-xs.min(), W - xs.max()))
+            out.append(np.roll(v, (dy, dx), (1, 2)))
+    return np.stack(out), fixed

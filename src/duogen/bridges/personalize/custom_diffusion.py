@@ -47,11 +47,13 @@ def custom_diffusion(base_dir: str | Path, concepts: Sequence[str | Path], out_d
                      tokens: Sequence[str] = (), class_words: Sequence[str | None] = (), prior_weight: float = 1.0,
                      n_class: int = 32, steps: int = 150, lr: float = 1e-3, batch_size: int = 4,
                      max_minutes: float = 0.0, seed: int = 0, resume: str | None = None,
-                     class_prompt: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+                     class_prompt: str | None = None, shifts: int | None = None, overrides: Sequence[str] = ()
+                     ) -> dict[str, Any]:
     """Custom Diffusion on an AR or diffusion model: one concept, or several trained jointly (one token each,
     default <v1>, <v2>, ...; class words default to each concept's own). prior_weight: the regularization
-    clips' loss weight (the paper's retrieved real images; here class clips the frozen model makes)."""
-    from .common import base_info
+    clips' loss weight (the paper's retrieved real images; here class clips the frozen model makes); shifts:
+    `common.prepare_concept`'s (None: `common.DEFAULT_SHIFTS`)."""
+    from .common import DEFAULT_SHIFTS, base_info
 
     tokens = list(tokens) or [f"<v{i + 1}>" for i in range(len(concepts))]
     words = list(class_words) or [None] * len(concepts)
@@ -63,19 +65,21 @@ def custom_diffusion(base_dir: str | Path, concepts: Sequence[str | Path], out_d
              f"train.trainable={CUSTOM_TRAINABLE[kind]}", "train.weight_decay=0", "new_rows_only=true"]
     return fine_tune_on_concept(base_dir, list(zip(concepts, tokens, words)), out_dir, method="custom",
                                 prior_weight=prior_weight, n_class=n_class, train=train, seed=seed,
-                                class_prompt=class_prompt, resume=resume, extra=overrides)
+                                class_prompt=class_prompt, resume=resume, extra=overrides,
+                                shifts=DEFAULT_SHIFTS if shifts is None else shifts)
 
 
 def train_custom(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str, init_word: str | None = None,
                  class_prompt: str | None = None, prior_weight: float = 1.0, steps: int = 150,
                  max_minutes: float = 0.0, seed: int = 0, resume: str | None = None, lr: float = 1e-3,
-                 n_class: int = 32, batch_size: int = 4, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+                 n_class: int = 32, batch_size: int = 4, shifts: int | None = None, overrides: tuple[str, ...] = ()
+                 ) -> dict[str, Any]:
     """Custom Diffusion with the METHODS signature (`duogen personalize --method custom`): one concept.
     OUT/final is a delta over the base (the K/V matrices and the grown embedding table)."""
     return custom_diffusion(base_dir, [concept], out_dir, tokens=[token], class_words=[init_word],
                             prior_weight=prior_weight, n_class=n_class, steps=steps, lr=lr, batch_size=batch_size,
                             max_minutes=max_minutes, seed=seed, resume=resume, class_prompt=class_prompt,
-                            overrides=overrides)
+                            shifts=shifts, overrides=overrides)
 
 
 # ----------------------------------------------------------------------------- constrained merge

@@ -83,9 +83,10 @@ def make_class_clips(base_dir: str | Path, prompts: Sequence[str], out: str | Pa
     return Path(out)
 
 
-def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Path) -> list[Any]:
-    """`common.prepare_concept` for each (concept, token); several concepts are joined into one data set at
-    OUT/concept (the recipes read one). Returns the `PreparedConcept`s."""
+def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Path, *, shifts: int = 1,
+                  seed: int = 0) -> list[Any]:
+    """`common.prepare_concept` for each (concept, token), with its shifted copies; several concepts are joined
+    into one data set at OUT/concept (the recipes read one). Returns the `PreparedConcept`s."""
     import shutil
 
     from ...data import load_dataset
@@ -93,8 +94,9 @@ def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Pa
     from .common import prepare_concept
 
     if len(concepts) == 1:
-        return [prepare_concept(concepts[0][0], info, out, concepts[0][1])]
-    parts = [prepare_concept(c, info, out / f"concept_{i}", t) for i, (c, t) in enumerate(concepts)]
+        return [prepare_concept(concepts[0][0], info, out, concepts[0][1], shifts=shifts, seed=seed)]
+    parts = [prepare_concept(c, info, out / f"concept_{i}", t, shifts=shifts, seed=seed)
+             for i, (c, t) in enumerate(concepts)]
     rows = [r for p in parts for r in load_dataset(p.data_dir)["train"].with_format("numpy")]
     write_dataset(out / "concept", {"train": lambda: ({"video": r["video"], "caption": str(r["caption"]),
                                                        "attributes": [], "boxes": []} for r in rows)},
@@ -109,7 +111,7 @@ def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Pa
 def fine_tune_on_concept(base_dir: str | Path, concepts: Sequence[tuple[str | Path, str, str | None]],
                          out: str | Path, *, method: str, prior_weight: float, n_class: int, train: list[str],
                          seed: int, class_prompt: str | None = None, class_guidance: float | None = None,
-                         resume: str | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
+                         resume: str | None = None, extra: Sequence[str] = (), shifts: int = 1) -> dict[str, Any]:
     """What DreamBooth and Custom Diffusion share, for one concept or several trained jointly: the checks, the
     concepts as one data set, class clips from the frozen model (prior_weight > 0), the recipe run.
     `concepts`: (folder, token, class word or None for the concept's own)."""
@@ -123,7 +125,7 @@ def fine_tune_on_concept(base_dir: str | Path, concepts: Sequence[tuple[str | Pa
         raise ConfigError(f"each concept needs its own placeholder; got {tokens}")
     for t in tokens:
         check_new_token(info, t)
-    cs = concepts_data(info, [(c, t) for c, t, _ in concepts], out)
+    cs = concepts_data(info, [(c, t) for c, t, _ in concepts], out, shifts=shifts, seed=seed)
     words = []
     for (path, _, word), c in zip(concepts, cs):
         word = word or c.class_word or ""
@@ -150,7 +152,7 @@ def fine_tune_on_concept(base_dir: str | Path, concepts: Sequence[tuple[str | Pa
     run = {"method": method, "paradigm": info.paradigm, "base": str(info.path),
            "concepts": [str(c) for c, _, _ in concepts], "tokens": tokens, "class_words": words,
            "captions": [c.captions for c in cs], "prior_weight": prior_weight, "class_clips": n_made,
-           "class_clips_s": round(t_class, 2), "adapter": str(final),
+           "class_clips_s": round(t_class, 2), "shifts": shifts, "adapter": str(final),
            "adapter_bytes": (final / "model.safetensors").stat().st_size, "model_bytes": model_bytes}
     atomic_write_json(out / "personalize.json", {**run, "final": str(final), "overrides": overrides})
     return {**summary, **run}
@@ -160,11 +162,14 @@ def train_dreambooth(base_dir: Path, concept: str | Path, out_dir: Path, *, toke
                      class_prompt: str | None = None, prior_weight: float = 1.0, steps: int = 150,
                      max_minutes: float = 0.0, seed: int = 0, resume: str | None = None, lr: float = 2e-4,
                      n_class: int = 32, batch_size: int = 4, trainable: str = "", class_guidance: float | None = None,
-                     overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+                     shifts: int | None = None, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """DreamBooth with the METHODS signature (`duogen personalize --method dreambooth`). `init_word`: the class
     word (default the concept's); `class_prompt`: one prompt for every class clip (default: each caption with
     the class word for the placeholder); prior_weight 0 = no prior preservation. OUT/final is a model
-    directory (a delta over the base when `trainable` is set): `duogen generate --model OUT/final`."""
+    directory (a delta over the base when `trainable` is set): `duogen generate --model OUT/final`. shifts:
+    `common.prepare_concept`'s (None: `common.DEFAULT_SHIFTS`)."""
+    from .common import DEFAULT_SHIFTS
+
     if prior_weight < 0 or n_class < 1 or steps < 1:
         raise ConfigError("prior_weight must be >= 0, n_class and steps >= 1")
     train = [f"train.steps={steps}", f"train.lr={lr}", f"train.batch_size={batch_size}",
@@ -174,4 +179,4 @@ def train_dreambooth(base_dir: Path, concept: str | Path, out_dir: Path, *, toke
     return fine_tune_on_concept(base_dir, [(concept, token, init_word)], out_dir, method="dreambooth",
                                 prior_weight=prior_weight, n_class=n_class, train=train, seed=seed,
                                 class_prompt=class_prompt, class_guidance=class_guidance, resume=resume,
-                                extra=overrides)
+                                extra=overrides, shifts=DEFAULT_SHIFTS if shifts is None else shifts)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from .common import BaseInfo, base_info, check_base, prepare_concept, run_recipe, train_overrides
+from .common import DEFAULT_SHIFTS, BaseInfo, base_info, check_base, prepare_concept, run_recipe, train_overrides
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -236,18 +236,20 @@ def lora_bytes(adapter: str | Path) -> int:
 def train_lora(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str, init_word: str | None = None,
                class_prompt: str | None = None, prior_weight: float = 0.0, steps: int = 300,
                max_minutes: float = 0.0, seed: int = 0, resume: str | None = None, lr: float = 3e-3,
-               rank: int = 0, alpha: float = 0.0, budget: float = 0.01, overrides: tuple[str, ...] = ()
+               rank: int = 0, alpha: float = 0.0, budget: float = 0.01, shifts: int = DEFAULT_SHIFTS,
+               overrides: tuple[str, ...] = ()
                ) -> dict[str, Any]:
     """LoRA on the concept's clips with their placeholder captions (the placeholder stays plain text: the
     base's tokenizer reads "<v1>" as its byte pieces, a rare identifier; no vocabulary change, so the adapter
     loads on the unmodified base). OUT/final holds the adapter.
 
     rank 0 = the largest rank whose adapter fits `budget` (a fraction) of the base's model.safetensors bytes;
-    alpha 0 = 2 * rank (a fixed alpha / r = 2, so the learning rate need not change with the rank)."""
+    alpha 0 = 2 * rank (a fixed alpha / r = 2, so the learning rate need not change with the rank); shifts:
+    each clip and shifts - 1 copies with the object moved (`common.prepare_concept`)."""
     from ...io import load_state_dict
 
     info: BaseInfo = base_info(base_dir)
-    c = prepare_concept(concept, info, out_dir, token)
+    c = prepare_concept(concept, info, out_dir, token, shifts=shifts, seed=seed)
     model_bytes = (info.path / "model.safetensors").stat().st_size
     itemsize = _stored_dtype(load_state_dict(info.path / "model.safetensors")).itemsize
     ov = train_overrides(c.clips, steps, lr, max_minutes, "*.lora_A.*,*.lora_B.*") + list(overrides)

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from .common import base_info, check_base, check_new_token, prepare_concept, run_recipe, train_overrides
+from .common import (DEFAULT_SHIFTS, base_info, check_base, check_new_token, prepare_concept, run_recipe,
+                     train_overrides)
 
 EMBEDS_NAME = "learned_embeds.safetensors"
 
@@ -119,13 +120,14 @@ def load_embedding(model: nn.Module, path: str | Path, base: str | Path, *, base
 def train_textual_inversion(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str,
                             init_word: str | None = None, class_prompt: str | None = None,
                             prior_weight: float = 0.0, steps: int = 300, max_minutes: float = 0.0, seed: int = 0,
-                            resume: str | None = None, lr: float = 5e-3, overrides: tuple[str, ...] = ()
+                            resume: str | None = None, lr: float = 5e-3, shifts: int = DEFAULT_SHIFTS,
+                            overrides: tuple[str, ...] = ()
                             ) -> dict[str, Any]:
     """Textual Inversion on the concept's clips; OUT/final/learned_embeds.safetensors holds the token's row.
-    `init_word`: default the concept's class word."""
+    `init_word`: default the concept's class word; shifts: as LoRA's (`common.prepare_concept`)."""
     info = base_info(base_dir)
     check_new_token(info, token)
-    c = prepare_concept(concept, info, out_dir, token)
+    c = prepare_concept(concept, info, out_dir, token, shifts=shifts, seed=seed)
     word = init_word or c.class_word
     if not word:
         raise ConfigError(f"{concept} names no class word; pass --init-word (a word the base knows, e.g. circle)")
