@@ -19,7 +19,7 @@ Per method and paradigm:
   time (the engine's wall time, plus the class clips where made).
 
 Run: OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_personalize.py [--paradigms ar,diffusion]
-     [--methods lora,dreambooth] [--steps 100] [--max-minutes 1.5] [--section out/personalize.json]
+     [--methods lora,dreambooth] [--steps 100] [--max-minutes 1.5] [--shifts K] [--section out/personalize.json]
 Figures depend on the machine's load (a shared 2-core CPU here); targets are printed beside them.
 """
 
@@ -178,6 +178,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=1.5, help="training budget per method")
     ap.add_argument("--n-class", type=int, default=16, help="class clips for dreambooth / custom")
     ap.add_argument("--n-val", type=int, default=12, help="validation prompts for the drift")
+    ap.add_argument("--shifts", type=int, default=None,
+                    help="`personalize`'s shifts for every method (default: each method's own for the paradigm)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
@@ -214,6 +216,8 @@ def main() -> None:
             name = extra.pop("_name", method)
             run = work / f"{paradigm}_{name.replace(', ', '_').replace(' ', '_')}"
             kw = dict(extra)
+            if args.shifts is not None:
+                kw["shifts"] = args.shifts
             if method in ("dreambooth", "custom"):
                 kw["n_class"] = args.n_class
             t0 = time.perf_counter()

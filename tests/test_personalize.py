@@ -259,8 +259,9 @@ def test_lora_method_trains_a_small_adapter_and_refuses_another_base(bases, tmp_
     assert (bases / paradigm / "model.safetensors").read_bytes() == before  # the base is never modified
     from duogen.data import load_dataset
 
-    # trained on each of the 4 clips and 7 moved copies of it, a batch the 4 clips' size
-    assert load_dataset(tmp_path / "run" / "concept")["train"].num_rows == 4 * 8
+    # the AR model trains on each of the 4 clips and 7 moved copies of it, a batch the 4 clips' size
+    shifts = {"ar": 8, "dit": 1}[paradigm]
+    assert load_dataset(tmp_path / "run" / "concept")["train"].num_rows == 4 * shifts and s["shifts"] == shifts
     import yaml
 
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["batch_size"] == 4

@@ -90,9 +90,10 @@ def add_personalize(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     p.add_argument("--shifts", type=int, default=None,
                    help="train on each concept clip and SHIFTS - 1 copies with its object moved elsewhere in the frame"
-                        " (default 8; 1 = the clips as they are). A few clips whose object always sits at the same"
-                        " places teach those places: an AR model's LoRA then draws the concept only in its clips'"
-                        " colors. Clips whose content fills the frame are repeated, not moved (a warning says so)")
+                        " (default: 8 for an AR model, 1 for a diffusion model; 1 = the clips as they are). A few clips"
+                        " whose object always sits at the same places teach those places: an AR model's LoRA then"
+                        " draws the concept only in its clips' colors. Clips whose content fills the frame are"
+                        " repeated, not moved (a warning says so)")
     p.add_argument("--rank", type=int, default=None,
                    help="lora: rank r (default: the largest within 1%% of the base's bytes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -52,8 +52,8 @@ def custom_diffusion(base_dir: str | Path, concepts: Sequence[str | Path], out_d
     """Custom Diffusion on an AR or diffusion model: one concept, or several trained jointly (one token each,
     default <v1>, <v2>, ...; class words default to each concept's own). prior_weight: the regularization
     clips' loss weight (the paper's retrieved real images; here class clips the frozen model makes); shifts:
-    `common.prepare_concept`'s (None: `common.DEFAULT_SHIFTS`)."""
-    from .common import DEFAULT_SHIFTS, base_info
+    `common.prepare_concept`'s (None: the paradigm's default)."""
+    from .common import base_info
 
     tokens = list(tokens) or [f"<v{i + 1}>" for i in range(len(concepts))]
     words = list(class_words) or [None] * len(concepts)
@@ -66,7 +66,7 @@ def custom_diffusion(base_dir: str | Path, concepts: Sequence[str | Path], out_d
     return fine_tune_on_concept(base_dir, list(zip(concepts, tokens, words)), out_dir, method="custom",
                                 prior_weight=prior_weight, n_class=n_class, train=train, seed=seed,
                                 class_prompt=class_prompt, resume=resume, extra=overrides,
-                                shifts=DEFAULT_SHIFTS if shifts is None else shifts)
+                                shifts=shifts)
 
 
 def train_custom(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str, init_word: str | None = None,

@@ -83,7 +83,7 @@ def make_class_clips(base_dir: str | Path, prompts: Sequence[str], out: str | Pa
     return Path(out)
 
 
-def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Path, *, shifts: int = 1,
+def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Path, *, shifts: int | None = None,
                   seed: int = 0) -> list[Any]:
     """`common.prepare_concept` for each (concept, token), with its shifted copies; several concepts are joined
     into one data set at OUT/concept (the recipes read one). Returns the `PreparedConcept`s."""
@@ -111,7 +111,8 @@ def concepts_data(info: Any, concepts: Sequence[tuple[str | Path, str]], out: Pa
 def fine_tune_on_concept(base_dir: str | Path, concepts: Sequence[tuple[str | Path, str, str | None]],
                          out: str | Path, *, method: str, prior_weight: float, n_class: int, train: list[str],
                          seed: int, class_prompt: str | None = None, class_guidance: float | None = None,
-                         resume: str | None = None, extra: Sequence[str] = (), shifts: int = 1) -> dict[str, Any]:
+                         resume: str | None = None, extra: Sequence[str] = (), shifts: int | None = None
+                         ) -> dict[str, Any]:
     """What DreamBooth and Custom Diffusion share, for one concept or several trained jointly: the checks, the
     concepts as one data set, class clips from the frozen model (prior_weight > 0), the recipe run.
     `concepts`: (folder, token, class word or None for the concept's own)."""
@@ -152,7 +153,7 @@ def fine_tune_on_concept(base_dir: str | Path, concepts: Sequence[tuple[str | Pa
     run = {"method": method, "paradigm": info.paradigm, "base": str(info.path),
            "concepts": [str(c) for c, _, _ in concepts], "tokens": tokens, "class_words": words,
            "captions": [c.captions for c in cs], "prior_weight": prior_weight, "class_clips": n_made,
-           "class_clips_s": round(t_class, 2), "shifts": shifts, "adapter": str(final),
+           "class_clips_s": round(t_class, 2), "shifts": cs[0].shifts, "adapter": str(final),
            "adapter_bytes": (final / "model.safetensors").stat().st_size, "model_bytes": model_bytes}
     atomic_write_json(out / "personalize.json", {**run, "final": str(final), "overrides": overrides})
     return {**summary, **run}
@@ -167,9 +168,7 @@ def train_dreambooth(base_dir: Path, concept: str | Path, out_dir: Path, *, toke
     word (default the concept's); `class_prompt`: one prompt for every class clip (default: each caption with
     the class word for the placeholder); prior_weight 0 = no prior preservation. OUT/final is a model
     directory (a delta over the base when `trainable` is set): `duogen generate --model OUT/final`. shifts:
-    `common.prepare_concept`'s (None: `common.DEFAULT_SHIFTS`)."""
-    from .common import DEFAULT_SHIFTS
-
+    `common.prepare_concept`'s (None: the paradigm's default)."""
     if prior_weight < 0 or n_class < 1 or steps < 1:
         raise ConfigError("prior_weight must be >= 0, n_class and steps >= 1")
     train = [f"train.steps={steps}", f"train.lr={lr}", f"train.batch_size={batch_size}",
@@ -179,4 +178,4 @@ def train_dreambooth(base_dir: Path, concept: str | Path, out_dir: Path, *, toke
     return fine_tune_on_concept(base_dir, [(concept, token, init_word)], out_dir, method="dreambooth",
                                 prior_weight=prior_weight, n_class=n_class, train=train, seed=seed,
                                 class_prompt=class_prompt, class_guidance=class_guidance, resume=resume,
-                                extra=overrides, shifts=DEFAULT_SHIFTS if shifts is None else shifts)
+                                extra=overrides, shifts=shifts)

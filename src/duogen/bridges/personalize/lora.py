@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from .common import DEFAULT_SHIFTS, BaseInfo, base_info, check_base, prepare_concept, run_recipe, train_overrides
+from .common import BaseInfo, base_info, check_base, prepare_concept, run_recipe, train_overrides
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -236,7 +236,7 @@ def lora_bytes(adapter: str | Path) -> int:
 def train_lora(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str, init_word: str | None = None,
                class_prompt: str | None = None, prior_weight: float = 0.0, steps: int = 300,
                max_minutes: float = 0.0, seed: int = 0, resume: str | None = None, lr: float = 3e-3,
-               rank: int = 0, alpha: float = 0.0, budget: float = 0.01, shifts: int = DEFAULT_SHIFTS,
+               rank: int = 0, alpha: float = 0.0, budget: float = 0.01, shifts: int | None = None,
                overrides: tuple[str, ...] = ()
                ) -> dict[str, Any]:
     """LoRA on the concept's clips with their placeholder captions (the placeholder stays plain text: the
@@ -245,7 +245,8 @@ def train_lora(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str
 
     rank 0 = the largest rank whose adapter fits `budget` (a fraction) of the base's model.safetensors bytes;
     alpha 0 = 2 * rank (a fixed alpha / r = 2, so the learning rate need not change with the rank); shifts:
-    each clip and shifts - 1 copies with the object moved (`common.prepare_concept`)."""
+    each clip and shifts - 1 copies with the object moved (`common.prepare_concept`; None: the paradigm's
+    default)."""
     from ...io import load_state_dict
 
     info: BaseInfo = base_info(base_dir)
@@ -268,4 +269,4 @@ def train_lora(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str
     return {**summary, "method": "lora", "paradigm": info.paradigm, "adapter": str(final),
             "adapter_bytes": lora_bytes(final), "model_bytes": model_bytes,
             "adapter_fraction": lora_bytes(final) / model_bytes, "rank": chosen.get("r"), "clips": c.clips,
-            "captions": c.captions}
+            "shifts": c.shifts, "captions": c.captions}

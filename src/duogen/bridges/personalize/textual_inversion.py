@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from .common import (DEFAULT_SHIFTS, base_info, check_base, check_new_token, prepare_concept, run_recipe,
-                     train_overrides)
+from .common import base_info, check_base, check_new_token, prepare_concept, run_recipe, train_overrides
 
 EMBEDS_NAME = "learned_embeds.safetensors"
 
@@ -120,7 +119,7 @@ def load_embedding(model: nn.Module, path: str | Path, base: str | Path, *, base
 def train_textual_inversion(base_dir: Path, concept: str | Path, out_dir: Path, *, token: str,
                             init_word: str | None = None, class_prompt: str | None = None,
                             prior_weight: float = 0.0, steps: int = 300, max_minutes: float = 0.0, seed: int = 0,
-                            resume: str | None = None, lr: float = 5e-3, shifts: int = DEFAULT_SHIFTS,
+                            resume: str | None = None, lr: float = 5e-3, shifts: int | None = None,
                             overrides: tuple[str, ...] = ()
                             ) -> dict[str, Any]:
     """Textual Inversion on the concept's clips; OUT/final/learned_embeds.safetensors holds the token's row.
@@ -149,4 +148,4 @@ def train_textual_inversion(base_dir: Path, concept: str | Path, out_dir: Path, 
     return {**summary, "method": "textual-inversion", "paradigm": info.paradigm, "adapter": str(final.parent),
             "token": token, "init_word": word, "row": rows.get("i"), "adapter_bytes": final.stat().st_size,
             "model_bytes": model_bytes, "adapter_fraction": final.stat().st_size / model_bytes, "clips": c.clips,
-            "captions": c.captions}
+            "shifts": c.shifts, "captions": c.captions}
