@@ -288,6 +288,30 @@ def test_lora_method_trains_a_small_adapter_and_refuses_another_base(bases, tmp_
     assert rc == 2 and err.count("\n") == 1 and "another base model" in err
 
 
+def test_prepare_concept_repeats_a_clip_that_fills_its_frame(bases, tmp_path):
+    """A photo-like clip cannot move without a seam: it is repeated, with one warning that says so; a flat one moves."""
+    from duogen.bridges.personalize.common import base_info, prepare_concept
+    from duogen.data import load_dataset
+    from duogen.data.media import write_image
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    flat = np.zeros((32, 32, 3), np.uint8)
+    flat[4:12, 6:14] = (255, 0, 0)
+    textured = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    write_image(folder / "flat.png", flat)
+    write_image(folder / "photo.png", textured)
+    lines = [{"file_name": "flat.png", "caption": "a red <v1>"}, {"file_name": "photo.png", "caption": "a <v1>"}]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with pytest.warns(UserWarning, match="1 of 2 clips fill their frame and were not shifted"):
+        c = prepare_concept(folder, base_info(bases / "ar"), tmp_path / "run", "<v1>")
+    assert (c.clips, c.shifts) == (2, 8)
+    rows = load_dataset(c.data_dir)["train"].with_format("numpy")
+    assert rows.num_rows == 16 and list(rows["caption"]) == ["a red <v1>"] * 8 + ["a <v1>"] * 8
+    videos = np.asarray(rows["video"])
+    assert len({v.tobytes() for v in videos[:8]}) > 1 and len({v.tobytes() for v in videos[8:]}) == 1
+
+
 def _load_dir(d: Path, paradigm: str):
     from duogen.ar_models.model import MultimodalLM
     from duogen.diffusion.latent import LatentDiffusionModel
