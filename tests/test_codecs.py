@@ -12,7 +12,7 @@ from torch import nn
 from duogen import tokenizers
 from duogen.errors import CheckpointError, ConfigError, DataError
 from duogen.tokenizers.image_codec import IMAGE_CODEC_PRESETS, ImageCodec, build_image_codec
-from duogen.tokenizers.layers import CausalResBlock3d
+from duogen.tokenizers.layers import CausalLatentAttention, CausalResBlock3d
 from duogen.tokenizers.losses import (
     CodecLossConfig,
     PatchDiscriminator,
@@ -81,6 +81,21 @@ def video_color():
     codec = build_video_codec("tiny", VIDEO_TEST).eval()  # the preset has it
     with torch.no_grad():
         nn.init.normal_(codec.color_out.weight, std=0.3)
+    return codec
+
+
+@pytest.fixture(scope="module")
+def video_attn():
+    """The video codec with a latent attention block each side, its output projections and the residual blocks'
+    last convs set off zero (both start as the identity) so the tests reach them."""
+    torch.manual_seed(0)
+    codec = build_video_codec("tiny", VIDEO_TEST + ["latent_attention=1"]).eval()
+    with torch.no_grad():
+        for block in codec.modules():
+            if isinstance(block, CausalLatentAttention):
+                nn.init.normal_(block.proj.weight, std=0.2)
+            if isinstance(block, CausalResBlock3d):
+                nn.init.normal_(block.convs[-1].conv.weight, std=0.05)
     return codec
 
 
@@ -193,7 +208,7 @@ def test_ids_and_latent_paths_agree(name, video, image):
         assert float(gap) <= 0.5 / 2 + 1e-4
 
 
-@pytest.mark.parametrize("name", ["video", "video8x", "video_bn", "video_color"])
+@pytest.mark.parametrize("name", ["video", "video8x", "video_bn", "video_color", "video_attn"])
 def test_causal_first_frame_and_prefix(name, request):
     video = request.getfixturevalue(name)
     x = _clips()
@@ -309,6 +324,30 @@ def test_color_path_carries_each_cells_mean_color_through_the_latent(video_color
         video_color.save_pretrained(tmp_path / "c")
         loaded = tokenizers.load(tmp_path / "c")
         assert loaded.cfg.color_path and torch.equal(loaded.decode(loaded.encode(x)), video_color.decode(video_color.encode(x)))
+
+
+def test_latent_attention_starts_as_the_identity_and_reads_the_whole_frame(video_attn):
+    """`latent_attention`: a new block passes its input through; once trained, a latent cell's code depends on
+    cells beyond the 3x3 reach of the convolutions around it (a far corner of the same frame), and a block
+    works on any grid size."""
+    
+    torch.manual_seed(0)
+    block = CausalLatentAttention(32)
+    h = torch.randn(2, 32, 3, 4, 6)
+    assert torch.equal(block(h), h)
+    x = _clips(s=32)
+    y = x.clone()
+    y[:, :, :, 24:, 24:] = 1.0  # the bottom-right corner of every frame
+    with torch.no_grad():
+        z, zy = video_attn.encode_latents(x), video_attn.encode_latents(y)
+        plain = build_video_codec("tiny", VIDEO_TEST).eval()
+        for m in plain.modules():
+            if isinstance(m, CausalResBlock3d):
+                nn.init.normal_(m.convs[-1].conv.weight, std=0.05)
+        p, py = plain.encode_latents(x), plain.encode_latents(y)
+    # the top-left latent cell: out of the convolutions' reach, within the attention's
+    assert torch.allclose(p[..., 0, 0], py[..., 0, 0], atol=1e-6)
+    assert not torch.allclose(z[..., 0, 0], zy[..., 0, 0], atol=1e-4)
 
 
 def test_uint8_input_matches_float(video, image):

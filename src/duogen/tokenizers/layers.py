@@ -200,3 +200,47 @@ class CausalTimeUp(nn.Module):
         """x (B, C, 1 + k, H, W) -> (B, Cout, 1 + r*k, H, W)."""
         x = rearrange(self.proj(x), "b (c r) f h w -> b c (f r) h w", r=self.r)
         return x[:, :, self.r - 1 :]
+
+
+class CausalLatentAttention(nn.Module):
+    """Self-attention over a whole latent grid, causal in time: the position (t, y, x) reads every position of latent
+    frames <= t, so an image still encodes as a one-frame video. (B, C, f, h, w) -> same.
+
+    x + proj(attn(rms(x) + pos)), `proj` zero-initialised (the block starts as the identity, like the residual
+    blocks here). pos: fixed sinusoids of (t, y, x), a third of the channels each, computed for any grid size, so
+    the block knows where the positions it reads are. The convolutions around it see 3x3 neighbourhoods; this lets
+    a cell's code read the whole clip's objects (an object's shape and motion, told once for all its cells).
+    """
+
+    def __init__(self, ch: int, heads: int = 4):
+        super().__init__()
+        if ch % heads or (ch // 3) % 2:
+            raise ValueError(f"latent attention needs channels ({ch}) divisible by heads ({heads}) and a third of"
+                             " them even")
+        self.heads = heads
+        self.norm = ChannelRMSNorm(ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = nn.Linear(ch, ch)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    @staticmethod
+    def positions(f: int, h: int, w: int, ch: int, device: torch.device) -> Tensor:
+        """(f*h*w, ch): sinusoids of t, y and x in three equal, even slices (any remainder channels stay 0)."""
+        n = (ch // 3) // 2
+        freq = torch.exp(-torch.arange(n, device=device, dtype=torch.float32) * (torch.log(torch.tensor(100.0)) / n))
+        grids = torch.meshgrid(*(torch.arange(s, device=device, dtype=torch.float32) for s in (f, h, w)), indexing="ij")
+        parts = [torch.cat([torch.sin(g.reshape(-1, 1) * freq), torch.cos(g.reshape(-1, 1) * freq)], 1) for g in grids]
+        pe = torch.cat(parts, 1)
+        return F.pad(pe, (0, ch - pe.shape[1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, f, h, w = x.shape
+        t = rearrange(self.norm(x), "b c f h w -> b (f h w) c")
+        t = t + self.positions(f, h, w, C, x.device).to(t.dtype)
+        q, k, v = rearrange(self.qkv(t), "b n (three nh d) -> three b nh n d", three=3, nh=self.heads)
+        frame = torch.arange(f, device=x.device).repeat_interleave(h * w)
+        mask = frame[None, :] <= frame[:, None]  # (query, key): keys of the same or earlier latent frames
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        o = self.proj(rearrange(o, "b nh n d -> b n (nh d)"))
+        return x + rearrange(o, "b (f h w) c -> b c f h w", f=f, h=h, w=w)

@@ -63,7 +63,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from .codec import PixelCodec, to_float_pixels
-from .layers import CausalConv3d, ChannelRMSNorm, CausalResBlock3d, CausalTimeDown, CausalTimeUp, Decoder2d, Encoder2d
+from .layers import (CausalConv3d, CausalLatentAttention, CausalResBlock3d, CausalTimeDown, CausalTimeUp, ChannelRMSNorm,
+                     Decoder2d, Encoder2d)
 from .quantizers import Quantizer, QuantizerConfig, QuantizerOutput
 
 
@@ -79,6 +80,7 @@ class VideoCodecConfig:
     decoder_extra_levels: int = 0  # 2D decoder only: levels finer than the encoder's first (each halves the patch and the width)
     frame_blocks: int = 1  # causal 3D blocks at frame rate (each side)
     latent_blocks: int = 2  # causal 3D blocks at latent rate (each side)
+    latent_attention: int = 0  # causal self-attention blocks over the whole latent grid (each side, after the latent-rate blocks in the encoder, before them in the decoder); 0 = none
     temporal_factor: int = 4  # r: 1 + r*k frames -> 1 + k latent frames
     factorized: bool = True  # (2+1)D causal blocks instead of full 3x3x3 ones
     latent_dropout: float = 0.1  # training: share of clips decoded from the continuous latent, not the quantized one
@@ -155,12 +157,14 @@ class VideoCodec(PixelCodec):
         self.enc2d = Encoder2d(3, w, cfg.blocks, cfg.patch)
         self.enc_frame = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.frame_blocks)])
         self.enc_down = CausalTimeDown(cs, cs, r)
-        self.enc_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
+        self.enc_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)],
+                                        *[CausalLatentAttention(cs) for _ in range(cfg.latent_attention)])
         self.enc_norm = ChannelRMSNorm(cs)
         self.enc_out = CausalConv3d(cs, cfg.quantizer.dim, (1, 1, 1))
         self.enc_std = nn.BatchNorm3d(cfg.quantizer.dim, affine=False) if cfg.latent_norm == "batch" else nn.Identity()
         self.dec_in = CausalConv3d(cfg.quantizer.dim, cs)
-        self.dec_latent = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
+        self.dec_latent = nn.Sequential(*[CausalLatentAttention(cs) for _ in range(cfg.latent_attention)],
+                                        *[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.latent_blocks)])
         self.dec_up = CausalTimeUp(cs, cs, r)
         self.dec_frame = nn.Sequential(*[CausalResBlock3d(cs, cfg.factorized) for _ in range(cfg.frame_blocks)])
         self.dec2d = Decoder2d(3, cfg.dec_widths, cfg.blocks, cfg.dec_patch)
