@@ -391,11 +391,12 @@ def test_textual_inversion_bad_input(bases, tmp_path):
     empty.mkdir()
     (empty / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "caption": "a <v1>"}) + "\n")
     for extra in (["--concept", str(empty)], ["--concept", str(bases / "star"), "--method", "nope"],
-                  ["--concept", str(tmp_path / "missing")]):
+                  ["--concept", str(tmp_path / "missing")], ["--concept", str(bases / "star"), "--shifts", "0"]):
         rc, _, err = cli("personalize", "--model", str(bases / "ar"), "--out", str(tmp_path / "y"), *extra)
         assert rc == 2 and err.count("\n") == 1, err
     rc, _, err = cli("personalize", "--concept", str(bases / "star"), "--out", str(tmp_path / "z"))
     assert rc == 2 and "--model" in err
+    assert not (tmp_path / "y").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("denoiser", ["unet", "unet2d"])
