@@ -69,8 +69,8 @@ def unseen_colors(concept: Path) -> list[str]:
     return [c for c in PALETTE if c not in seen]
 
 
-def concept_losses(base: Path, concept: Path, run: Path | None) -> float:
-    """`concept_loss` of the base model, or of the base with the run's adapter loaded."""
+def concept_losses(base: Path, concepts: list[Path], run: Path | None) -> list[float]:
+    """`concept_loss` on each concept set, of the base model or of the base with the run's adapter loaded (one load)."""
     from duogen.ar_models.model import MultimodalLM
     from duogen.bridges.personalize import load_adapter
     from duogen.bridges.personalize.common import concept_loss
@@ -80,7 +80,7 @@ def concept_losses(base: Path, concept: Path, run: Path | None) -> float:
     m = (MultimodalLM if kind == "ar" else LatentDiffusionModel).from_pretrained(base)
     if run is not None:
         load_adapter(m, run, base)
-    return concept_loss(m, base, concept)
+    return [concept_loss(m, base, c) for c in concepts]
 
 
 def grid(out: Path, concept: Path, paradigms: list[str], methods: list[str], n: int = 8) -> Path:
@@ -145,8 +145,8 @@ def main() -> None:
     for paradigm in a.paradigms.split(","):
         base = Path(a.ar if paradigm == "ar" else a.dit)
         gen_extra = ["--steps", "50"] if paradigm == "dit" else []
-        base_reads, base_loss = {}, concept_losses(base, concept, None)
-        base_held = concept_losses(base, heldout, None)
+        base_reads = {}
+        base_loss, base_held = concept_losses(base, [concept, heldout], None)
         for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
             g = out / f"gen_{paradigm}_base_{i}"
             duogen("generate", "--model", str(base), "--prompt", p, "--n", str(a.n), "--out", str(g), "--overwrite",
@@ -160,7 +160,7 @@ def main() -> None:
                        *(["--lr", str(a.lr)] if a.lr is not None else []),
                        *(["--shifts", str(a.shifts)] if a.shifts is not None else []))
             wall = time.perf_counter() - t
-            loss, held = concept_losses(base, concept, run), concept_losses(base, heldout, run)
+            loss, held = concept_losses(base, [concept, heldout], run)
             for i, (p, (color, motion)) in enumerate(PROMPTS.items()):
                 g = out / f"gen_{paradigm}_{method}_{i}"
                 duogen("generate", "--model", str(base), "--adapter", str(run), "--prompt", p, "--n", str(a.n),

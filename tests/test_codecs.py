@@ -348,6 +348,9 @@ def test_latent_attention_starts_as_the_identity_and_reads_the_whole_frame(video
     # the top-left latent cell: out of the convolutions' reach, within the attention's
     assert torch.allclose(p[..., 0, 0], py[..., 0, 0], atol=1e-6)
     assert not torch.allclose(z[..., 0, 0], zy[..., 0, 0], atol=1e-4)
+    for bad in (["latent_attention=-1"], ["latent_attention=1", "widths=[16,30]"]):  # 30: not divisible by 4 heads
+        with pytest.raises(ConfigError, match="latent_attention"):
+            build_video_codec("tiny", VIDEO_TEST + bad)
 
 
 def test_uint8_input_matches_float(video, image):

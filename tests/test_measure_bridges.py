@@ -166,7 +166,7 @@ def test_the_quick_personalization_bench_passes_its_settings_to_every_method(tmp
         return {"steps": 1, "wall_s": 0.0, "adapter_bytes": 1, "model_bytes": 100, "adapter_fraction": 0.01}
 
     monkeypatch.setattr(q, "duogen", fake_duogen)
-    monkeypatch.setattr(q, "concept_losses", lambda *a: 0.0)
+    monkeypatch.setattr(q, "concept_losses", lambda base, concepts, run: [0.0] * len(concepts))
     monkeypatch.setattr(q, "read", lambda *a: (1.0, 1.0))
     monkeypatch.setattr(q, "grid", lambda *a, **k: tmp_path / "grid.png")
     (tmp_path / "concept_star").mkdir()

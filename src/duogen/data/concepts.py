@@ -187,13 +187,10 @@ def concept_clips(kind: str, *, n: int = 6, preset: str = "tiny", token: str = D
     if cfg is None:
         raise DataError(f"preset {preset!r} is not one of {sorted(WORLD_PRESETS)}")
     rng = np.random.default_rng([seed, 15])
-    drawn = [str(c) for c in rng.choice(list(PALETTE), size=3, replace=False)]
-    if colors is not None:
-        bad = [c for c in colors if c not in PALETTE]
-        if bad or not colors:
-            raise DataError(f"concept colors {list(colors)}: each must be one of {', '.join(PALETTE)}")
-        drawn = list(colors)
-    colors = drawn
+    if colors is not None and (not colors or any(c not in PALETTE for c in colors)):
+        raise DataError(f"concept colors {list(colors)}: each must be one of {', '.join(PALETTE)}")
+    drawn = [str(c) for c in rng.choice(list(PALETTE), size=3, replace=False)]  # drawn either way: same seed, same rest
+    colors = drawn if colors is None else list(colors)
     motions = [str(m) for m in rng.permutation(list(CONCEPT_MOTIONS))]
     videos, captions, attrs = [], [], []
     for i in range(n):
@@ -355,7 +352,6 @@ def shifted_copies(videos: np.ndarray, k: int, *, seed: int = 0, tol: int = 24) 
     rng = np.random.default_rng([seed, 16])
     out, fixed = [], []
     for i, v in enumerate(np.asarray(videos)):
-        v = np.asarray(v)
         border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]]).reshape(-1, 3).astype(np.int16)
         bg = np.median(border, 0)
         off = np.abs(v.astype(np.int16) - bg).max(-1) > tol  # (F, H, W)

@@ -14,6 +14,8 @@ at a high learning rate without GroupNorm, which is slow on small CPU tensors.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -228,7 +230,7 @@ class CausalLatentAttention(nn.Module):
     def positions(f: int, h: int, w: int, ch: int, device: torch.device) -> Tensor:
         """(f*h*w, ch): sinusoids of t, y and x in three equal, even slices (any remainder channels stay 0)."""
         n = (ch // 3) // 2
-        freq = torch.exp(-torch.arange(n, device=device, dtype=torch.float32) * (torch.log(torch.tensor(100.0)) / n))
+        freq = torch.exp(-torch.arange(n, device=device, dtype=torch.float32) * (math.log(100.0) / n))
         grids = torch.meshgrid(*(torch.arange(s, device=device, dtype=torch.float32) for s in (f, h, w)), indexing="ij")
         parts = [torch.cat([torch.sin(g.reshape(-1, 1) * freq), torch.cos(g.reshape(-1, 1) * freq)], 1) for g in grids]
         pe = torch.cat(parts, 1)

@@ -106,6 +106,10 @@ class VideoCodecConfig:
             raise ConfigError(f"background_weight must be >= 0 (0 = off), got {self.background_weight}")
         if self.latent_norm not in ("rms", "batch"):
             raise ConfigError(f"latent_norm is {self.latent_norm!r}; allowed values: rms, batch")
+        cs = self.widths[-1]
+        if self.latent_attention < 0 or (self.latent_attention and (cs % 4 or (cs // 3) % 2)):
+            raise ConfigError(f"latent_attention={self.latent_attention} needs a count >= 0 and a last width"
+                              f" ({cs}) divisible by 4 (heads) whose third is even (positions)")
         if self.temporal_factor not in (1, 2, 4, 8):
             raise ConfigError(f"temporal_factor is {self.temporal_factor}; allowed values: 1, 2, 4, 8")
         if (self.frames - 1) % self.temporal_factor:

@@ -92,7 +92,7 @@ def prepare_concept(concept: str | Path, base: BaseInfo, out: Path, token: str, 
     c = load_concept(concept, size=base.size, frames=base.frames, token=token)
     F, S = base.frames, base.size
     shifts = DEFAULT_SHIFTS[base.paradigm] if shifts is None else shifts
-    videos, fixed = shifted_copies(np.stack([np.asarray(v, np.uint8) for v in c.videos]), shifts, seed=seed)
+    videos, fixed = shifted_copies(np.asarray(c.videos, np.uint8), shifts, seed=seed)
     captions = [cap for cap in c.captions for _ in range(shifts)]
     if fixed and shifts > 1:
         warnings.warn(f"{concept}: {len(fixed)} of {len(c.captions)} clips fill their frame and were not shifted",
