@@ -179,3 +179,16 @@ def test_the_quick_personalization_bench_passes_its_settings_to_every_method(tmp
     for c in runs:
         for f in ("--lr", "--shifts"):
             assert (c[c.index(f) + 1] if f in c else None) == (want if f == flag else None), c
+
+
+def test_the_quick_personalization_bench_holds_out_the_colors_the_concept_lacks(tmp_path):
+    """The held-out concept set is drawn in the palette colors none of the training clips has."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_personalize_quick as q
+    from duogen.data.concepts import make_concept
+    from duogen.data.shapes import PALETTE
+
+    info = make_concept("star", tmp_path / "c", n=6, seed=3)
+    seen = {cap.split()[1] for cap in info["captions"]}
+    unseen = q.unseen_colors(tmp_path / "c")
+    assert len(seen) == 3 and set(unseen) == set(PALETTE) - seen and len(unseen) == len(PALETTE) - 3
