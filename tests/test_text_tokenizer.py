@@ -40,6 +40,14 @@ def test_any_text_round_trips(tok, s):
     assert tok.decode(ids) == s
 
 
+@pytest.mark.parametrize("s", ["\u2581", "a\u2581b", " \u2581 red\u2581\u2581", "\u2581\ue000"])
+def test_sentencepiece_space_mark_itself_round_trips(tok, s):
+    # U+2581 is how SentencePiece writes a space inside pieces; typed by a user it must stay itself
+    assert tok.decode(tok.encode(s)) == s
+    with_placeholder = TextTokenizer(tok._proto, placeholders=["<t1>"])
+    assert with_placeholder.decode(with_placeholder.encode(f"{s} <t1> {s}")) == f"{s} <t1> {s}"
+
+
 def test_emoji_and_unicode_use_byte_fallback(tok):
     s = "un chat 🐈 très rouge — 赤い"
     ids = tok.encode(s)

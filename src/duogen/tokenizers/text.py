@@ -37,6 +37,7 @@ TEXT_MODEL_NAME = "text.model"
 TEXT_TOKENS_NAME = "text_tokens.json"  # placeholders added after training, beside text.model
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _N_BYTES = 256
+_META = "\u2581"  # SentencePiece's space mark
 
 
 class PromptWarning(UserWarning):
@@ -94,15 +95,41 @@ class TextTokenizer:
         if not isinstance(text, str):
             raise DataError(f"a prompt must be a string, got {type(text).__name__}")
         if self._split is None:
-            return list(self._sp.EncodeAsIds(text))
+            return self._encode_text(text)
         ids: list[int] = []
         parts = self._split.split(text)  # [text, placeholder, text, placeholder, ..., text]
         for k, part in enumerate(parts):
             if k % 2:
                 ids.append(self.placeholder_id(part))
             elif part:
-                ids.extend(self._sp.EncodeAsIds(part))
+                ids.extend(self._encode_text(part))
         return ids
+
+    def _encode_text(self, text: str) -> list[int]:
+        """SentencePiece ids of `text`, with a literal U+2581 kept as its three UTF-8 bytes.
+
+        SentencePiece writes spaces as U+2581 inside its pieces, so the character itself
+        would come back as a space. It is swapped for a stand-in character the model has
+        no piece for (so it falls back to bytes and merges with nothing), whose bytes are
+        then replaced by U+2581's; byte pieces decode literally.
+        """
+        if _META not in text:
+            return list(self._sp.EncodeAsIds(text))
+        stand_in = next(
+            c for c in map(chr, range(0xE000, 0xF900)) if c not in text and self._sp.PieceToId(c) == UNK_ID
+        )
+        ids = list(self._sp.EncodeAsIds(text.replace(_META, stand_in)))
+        old = [self._sp.PieceToId(f"<0x{b:02X}>") for b in stand_in.encode()]
+        new = [self._sp.PieceToId(f"<0x{b:02X}>") for b in _META.encode()]
+        out, i = [], 0
+        while i < len(ids):
+            if ids[i : i + 3] == old:
+                out += new
+                i += 3
+            else:
+                out.append(ids[i])
+                i += 1
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
