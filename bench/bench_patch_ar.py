@@ -1,10 +1,12 @@
 """Train the patch-level AR model (`duogen.ar_models.patch`) on a demo run's codec and data, score it with the probes.
 
     .venv/bin/python bench/bench_patch_ar.py --run RUN --out OUT [--seed S] [--flops 6.87e12] [--layers 4]
+        [--data DATA] [--codec CODEC] [--text TEXT_MODEL]
         [--local-hidden 64] [--lr 3e-3] [--batch-size 16] [--guidance 3] [--per-split 16] [--n 4] [--max-clips N]
         [--set KEY=VALUE ...]
 
-RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model). The model trains
+RUN is a `duogen demo --out RUN` directory (RUN/data, RUN/codec/final, RUN/text/text.model); `--data`, `--codec` and
+`--text` replace one of those each (all three: no RUN needed), e.g. to train on another codec's ids. The model trains
 through `duogen train ar`'s recipe (`--preset tiny model.patch=2`, the options below as overrides: the same AdamW,
 warm-up, cosine to the FLOP budget, precision `auto` and FLOP count as the demo's AR stage) until `--flops` and
 saves OUT/final; then `duogen compare` scores it (OUT/compare: `--n`
@@ -33,7 +35,10 @@ from duogen.demo import DEMO_AR_BATCH, DEMO_AR_LR
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="a `duogen demo` output directory: its data, codec and text tokenizer")
+    ap.add_argument("--run", default="", help="a `duogen demo` output directory: its data, codec and text tokenizer")
+    ap.add_argument("--data", default="", help="the data set (default: RUN/data)")
+    ap.add_argument("--codec", default="", help="the video codec directory (default: RUN/codec/final)")
+    ap.add_argument("--text", default="", help="the text tokenizer's text.model (default: RUN/text/text.model)")
     ap.add_argument("--out", required=True, help="this run's directory (the engine's checkpoints, results.json)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--flops", type=float, default=6.87e12, help="training FLOP budget (the slow machine's demo AR: 6.87e12)")
@@ -54,11 +59,17 @@ def main(argv: list[str] | None = None) -> dict:
     from duogen.eval.compare import compare_dirs
     from duogen.train.ar_recipe import train_ar
 
-    run, out = Path(args.run), Path(args.out)
-    data, codec_dir, text = run / "data", run / "codec" / "final", run / "text" / "text.model"
+    out = Path(args.out)
+    given = {"data": args.data, "codec": args.codec, "text": args.text}
+    if not args.run and not all(given.values()):
+        sys.exit(f"error: without --run, give --{' and --'.join(k for k, v in given.items() if not v)}")
+    run = Path(args.run)
+    data = Path(args.data or run / "data")
+    codec_dir = Path(args.codec or run / "codec" / "final")
+    text = Path(args.text or run / "text" / "text.model")
     for p in (data, codec_dir, text):
         if not p.exists():
-            sys.exit(f"error: {p} is missing: --run takes a `duogen demo --out RUN` directory")
+            sys.exit(f"error: {p} is missing" + (": --run takes a `duogen demo --out RUN` directory" if args.run else ""))
     # what `duogen train ar --preset tiny model.patch=2 ...` trains: the recipe builds the model, encodes the clips
     # (the cache beside OUT) and runs the engine to the FLOP budget
     overrides = ["model.patch=2", f"model.layers={args.layers}", f"model.local_hidden={args.local_hidden}",

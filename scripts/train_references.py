@@ -10,7 +10,8 @@ the checkpoints in `src/duogen/assets/reference/`, sized to fit two hours on two
 
 `--codec DIR` trains the models on a given codec (the shipped one, say) instead of training a new one;
 `--codec-set KEY=VALUE` (repeatable) changes the codec that is trained, after the shipped codec's own overrides
-(DEFAULT_CODEC: `model.latent_norm=rms`), e.g. `--codec-set model.latent_norm=batch` for the `tiny` preset's.
+(DEFAULT_CODEC: `model.latent_norm=rms model.latent_attention=0`), e.g. `--codec-set model.latent_norm=batch
+--codec-set model.latent_attention=1` for the `tiny` preset's.
 
 Extra models to train beside the defaults (a sweep) are given as NAME:key=value,key=value:
     --ar ar_long:train.steps=8000 --dit dit_p1:dit.patch_size=1,train.steps=2500
@@ -36,8 +37,9 @@ DEFAULT_AR = "ar:train.steps=2600,model.hidden=256,model.mlp=704,model.prefix_lm
 # before session 33: 2,400 steps at 5e-4, shape 57% against 77%; docs/references/README.md, "The reference DiT")
 DEFAULT_DIT = "dit:train.steps=4800,dit.hidden=192,dit.heads=6,train.lr=2e-3"
 # the shipped codec is the tiny preset with an RMS-normalised latent (since session 34; the preset standardizes
-# it per channel, which spreads the background a DiT has to tell objects from: docs/references/README.md)
-DEFAULT_CODEC = ["model.latent_norm=rms"]
+# it per channel, which spreads the background a DiT has to tell objects from: docs/references/README.md), without
+# the latent attention the preset has had since session 36 (the shipped codec predates it)
+DEFAULT_CODEC = ["model.latent_norm=rms", "model.latent_attention=0"]
 
 
 def duogen(args: list[str], log: Path, threads: int) -> subprocess.Popen:

@@ -89,7 +89,8 @@ def video_attn():
     """The video codec with a latent attention block each side, its output projections and the residual blocks'
     last convs set off zero (both start as the identity) so the tests reach them."""
     torch.manual_seed(0)
-    codec = build_video_codec("tiny", VIDEO_TEST + ["latent_attention=1"]).eval()
+    codec = build_video_codec("tiny", VIDEO_TEST).eval()  # the preset has one block each side
+    assert codec.cfg.latent_attention == 1
     with torch.no_grad():
         for block in codec.modules():
             if isinstance(block, CausalLatentAttention):
@@ -340,7 +341,7 @@ def test_latent_attention_starts_as_the_identity_and_reads_the_whole_frame(video
     y[:, :, :, 24:, 24:] = 1.0  # the bottom-right corner of every frame
     with torch.no_grad():
         z, zy = video_attn.encode_latents(x), video_attn.encode_latents(y)
-        plain = build_video_codec("tiny", VIDEO_TEST).eval()
+        plain = build_video_codec("tiny", VIDEO_TEST + ["latent_attention=0"]).eval()
         for m in plain.modules():
             if isinstance(m, CausalResBlock3d):
                 nn.init.normal_(m.convs[-1].conv.weight, std=0.05)
@@ -351,6 +352,21 @@ def test_latent_attention_starts_as_the_identity_and_reads_the_whole_frame(video
     for bad in (["latent_attention=-1"], ["latent_attention=1", "widths=[16,30]"]):  # 30: not divisible by 4 heads
         with pytest.raises(ConfigError, match="latent_attention"):
             build_video_codec("tiny", VIDEO_TEST + bad)
+
+
+def test_latent_attention_positions_fit_any_width():
+    """Each of t, y, x gets 2 * (width // 6) sinusoid channels, the rest stay 0: any width the heads divide works (a
+    16-wide test codec has a block too), and a 128-wide one keeps the 42 per axis its codecs were trained with."""
+    for ch, per_axis in ((8, 2), (16, 4), (128, 42)):
+        pe = CausalLatentAttention.positions(3, 8, 8, ch, torch.device("cpu"))
+        assert pe.shape == (3 * 8 * 8, ch)
+        assert pe[:, 3 * per_axis:].abs().max() == 0 and (pe[:, :3 * per_axis].abs().amax(0) > 0).all()
+        assert torch.unique(pe, dim=0).shape[0] == 3 * 8 * 8  # every (t, y, x) told apart
+    block = CausalLatentAttention(16)
+    h = torch.randn(1, 16, 2, 3, 3)
+    assert torch.equal(block(h), h)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        CausalLatentAttention(18)
 
 
 def test_uint8_input_matches_float(video, image):

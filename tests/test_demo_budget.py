@@ -158,11 +158,15 @@ def _machine() -> Machine:
                    load_average=7.5, torch=torch.__version__)
 
 
-def _stages(calls, budgets):
+def _stages(calls, budgets, precisions=None):
+    from duogen.demo import _planned_precision
+
     def make(name):
         def run(d, minutes):
             calls.append(name)
             budgets[name] = minutes
+            if precisions is not None:
+                precisions[name] = _planned_precision(d)  # the overrides a planned stage trains with
             f = d.out / name / "summary.json"
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(json.dumps({"steps": 7, "wall_s": 1.5, "precision": "fp32"}))
@@ -181,10 +185,12 @@ def test_demo_measures_once_applies_the_shares_and_reports_machine_and_precision
         measured.append(d.out)
         return Measurement(_machine(), "fp32", "auto: CPU without native bf16", SLOW, 0.004, 4500, 0.1, 250)
 
-    calls, budgets = [], {}
-    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+    calls, budgets, precisions = [], {}, {}
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets, precisions), shares=SHARES, stream=io.StringIO(),
                    measure=measure).run()
     assert calls == ["data", "codec", "ar", "dit", "compare"] and len(measured) == 1
+    # the planned stages train in the precision their speeds were measured in, not their own `auto`
+    assert all(precisions[k] == ["train.precision=fp32"] for k in ("codec", "ar", "dit"))
     got = read_plan(tmp_path)
     assert got is not None
     doc, plan = got
@@ -200,9 +206,10 @@ def test_demo_measures_once_applies_the_shares_and_reports_machine_and_precision
     # resume: the AR stage is unfinished; the plan is read back, not measured again
     (tmp_path / "ar" / "summary.json").unlink()
     calls.clear()
-    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets, precisions), shares=SHARES, stream=io.StringIO(),
                    measure=measure).run()
     assert calls == ["ar"] and len(measured) == 1 and summary["plan"]["codec_steps"] == plan.codec_steps
+    assert precisions["ar"] == ["train.precision=fp32"]  # a plan read back keeps its precision
 
     # every stage done: nothing runs, nothing is measured, the summary still states the machine and the shares
     summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO(),
@@ -220,8 +227,9 @@ def test_demo_measures_once_applies_the_shares_and_reports_machine_and_precision
 
 
 def test_demo_without_a_measure_keeps_its_fixed_shares(tmp_path):
-    calls, budgets = [], {}
-    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets), shares=SHARES, stream=io.StringIO()).run()
+    calls, budgets, precisions = [], {}, {}
+    summary = Demo(tmp_path, minutes=10, stages=_stages(calls, budgets, precisions), shares=SHARES, stream=io.StringIO()).run()
+    assert precisions["codec"] == []  # no plan: the stage's own `auto`
     assert budgets["data"] == pytest.approx(0.4, rel=0.01) and "machine" not in summary
     assert not (tmp_path / PLAN_FILE).exists()
 

@@ -115,11 +115,16 @@ def test_the_bench_trains_on_a_demo_run_and_writes_its_scores(tmp_path):
 
     run = tmp_path / "run"
     make_dataset("shapes", run / "data", n=12, preset="tiny", seed=0)
-    make_codec(0).save_pretrained(run / "codec" / "final")
+    make_codec(0).save_pretrained(tmp_path / "codec")  # not in RUN: --codec names it
     train_text_tokenizer(list(load_dataset(run / "data")["train"]["caption"]), run / "text", vocab_size=300)
     bench = _bench("bench_patch_ar")
     out = tmp_path / "out"
-    res = bench.main(["--run", str(run), "--out", str(out), "--flops", "1e8", "--layers", "1", "--local-hidden", "32",
+    with pytest.raises(SystemExit, match="codec.*missing"):
+        bench.main(["--run", str(run), "--out", str(out)])
+    with pytest.raises(SystemExit, match="give --codec and --text"):
+        bench.main(["--data", str(run / "data"), "--out", str(out)])
+    res = bench.main(["--run", str(run), "--codec", str(tmp_path / "codec"), "--out", str(out), "--flops", "1e8",
+                      "--layers", "1", "--local-hidden", "32",
                       "--per-split", "1", "--n", "2", "--precision", "fp32", "--batch-size", "4"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["steps"] == res["steps"] >= 1 and saved["flops"] >= 1e8

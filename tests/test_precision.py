@@ -90,6 +90,20 @@ def test_the_ratio_is_measured_once_per_machine_and_a_bad_cache_is_measured_over
     assert cached_bf16_ratio(lambda: 3.0, blocked / "precision.json") == 3.0  # cannot write: still answers
 
 
+def test_lowered_kernels_are_their_own_cache_entry(tmp_path, monkeypatch):
+    """A CPU limited to AVX2 kernels (ONEDNN_MAX_CPU_ISA, as an emulated slow machine is) does not reuse the
+    ratio the full CPU measured: its bf16 may be many times slower there."""
+    path = tmp_path / "precision.json"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cached_bf16_ratio(lambda: 0.6, path) == 0.6
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cached_bf16_ratio(lambda: 20.0, path) == 20.0
+    assert cached_bf16_ratio(lambda: 99.0, path) == 20.0  # cached under its own key
+    keys = [k for k in json.loads(path.read_text()) if k != "version"]
+    assert len(keys) == 2 and any("oneDNN AVX2" in k for k in keys)
+    assert all(torch.backends.cpu.get_cpu_capability() in k for k in keys)
+
+
 def test_an_injected_timing_is_not_cached_unless_a_path_is_given(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     resolve_precision("auto", "cpu", measure=lambda: 9.0, support=_cpu(False))

@@ -143,6 +143,7 @@ class Demo:
         # or when a test injects `measure`
         self.measure = measure if measure is not None or stages is not None else measure_stages
         self.plan: BudgetPlan | None = None
+        self.plan_precision: str | None = None  # what the plan's speeds were measured in; the planned stages train in it
         self.t0 = time.monotonic()
         self.summary: dict[str, Any] = {"out": str(self.out), "minutes": self.minutes, "stages": {}}
 
@@ -244,6 +245,7 @@ class Demo:
             self.plan = allocate(m.speeds, pool_minutes, m.fixed_s())
             write_plan(self.out, m, self.plan)
             doc = m.to_dict()
+        self.plan_precision = doc["precision"]
         pool = sum(self.shares[n] for n in PLANNED if n in self.shares)
         self.shares = {**self.shares, **{k: pool * v for k, v in self.plan.shares().items() if k in self.shares}}
         self.summary.update({"machine": doc["machine"], "precision": {k: doc["precision"] for k in PLANNED},
@@ -286,8 +288,14 @@ def _stage_codec(d: Demo, minutes: float) -> dict[str, Any]:
     steps = [f"train.steps={d.plan.codec_steps}"] if d.plan is not None else []  # whichever ends first
     minutes = _train_minutes(d, "codec", minutes)
     info = train_tokenizer("video", d.data, d.run_dir("codec"), preset="tiny", seed=d.seed,
-                           overrides=[f"train.max_minutes={minutes:.3f}", *steps])
+                           overrides=[f"train.max_minutes={minutes:.3f}", *steps, *_planned_precision(d)])
     return {k: info.get(k) for k in ("final", "steps", "parameters", "precision", "heldout") if k in info}
+
+
+def _planned_precision(d: Demo) -> list[str]:
+    """`train.precision=P` for a planned stage: the precision its speed was measured in, so the plan's step times
+    hold (the engine's own `auto` reads a cache the plan's check does not, which may hold another answer)."""
+    return [f"train.precision={d.plan_precision}"] if d.plan is not None and d.plan_precision else []
 
 
 def _train_minutes(d: Demo, stage: str, minutes: float) -> float:
@@ -314,7 +322,7 @@ def _stage_ar(d: Demo, minutes: float) -> dict[str, Any]:
     flops = [f"train.max_flops={target:.6g}"] if target > 0 else []
     info = train_ar(d.data, d.run_dir("codec") / "final", d.run_dir("ar"), preset="tiny", seed=d.seed,
                     text=d.text / "text.model", resume="auto",
-                    overrides=[*demo_ar_overrides(), *flops, f"train.max_minutes={minutes:.3f}"])
+                    overrides=[*demo_ar_overrides(), *flops, f"train.max_minutes={minutes:.3f}", *_planned_precision(d)])
     out = {k: info.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
     return {**out, **({"replan": replan} if replan else {})}
 
@@ -379,7 +387,8 @@ def _stage_dit(d: Demo, minutes: float) -> dict[str, Any]:
         raise ConfigError(f"{d.run_dir('ar')}: no training FLOPs in summary.json; cannot compute-match the DiT (rerun with --fresh)")
     res = train_diffusion(
         d.data, d.run_dir("codec") / "final", d.run_dir("dit"), preset="tiny", seed=d.seed, text=d.text / "text.model", resume="auto",
-        overrides=["denoiser=dit", f"train.lr={DEMO_DIT_LR:g}", f"train.max_flops={float(ar_flops):.6g}", f"train.max_minutes={minutes:.3f}"],
+        overrides=["denoiser=dit", f"train.lr={DEMO_DIT_LR:g}", f"train.max_flops={float(ar_flops):.6g}",
+                   f"train.max_minutes={minutes:.3f}", *_planned_precision(d)],
     )
     info = {k: res.get(k) for k in ("final", "steps", "flops", "wall_s", "final_loss", "stopped", "parameters", "precision")}
     dit_flops = training_info(d.run_dir("dit") / "final").get("flops")

@@ -117,10 +117,15 @@ def default_cache_path() -> Path:
 
 
 def _cache_key() -> str:
+    """What the ratio depends on: the CPU (its name can be generic, "AMD EPYC", so its bf16 flags too), the kernels
+    torch and oneDNN may use here (`ATEN_CPU_CAPABILITY` / `ONEDNN_MAX_CPU_ISA` can lower them), torch, threads."""
     import torch
 
-    model, _ = _cpu_model_and_flags()
-    return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    model, flags = _cpu_model_and_flags()
+    bf16 = "/".join(sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})) or "no bf16 flag"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return (f"{model} | {bf16} | {torch.backends.cpu.get_cpu_capability()}{f' | oneDNN {isa}' if isa else ''}"
+            f" | torch {torch.__version__} | {torch.get_num_threads()} threads")
 
 
 def cached_bf16_ratio(measure: Callable[[], float] | None = None, cache_path: str | Path | None = None) -> float:

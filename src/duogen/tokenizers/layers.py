@@ -216,9 +216,8 @@ class CausalLatentAttention(nn.Module):
 
     def __init__(self, ch: int, heads: int = 4):
         super().__init__()
-        if ch % heads or (ch // 3) % 2:
-            raise ValueError(f"latent attention needs channels ({ch}) divisible by heads ({heads}) and a third of"
-                             " them even")
+        if ch % heads or ch < 6:
+            raise ValueError(f"latent attention needs channels ({ch}) divisible by heads ({heads}), at least 6")
         self.heads = heads
         self.norm = ChannelRMSNorm(ch)
         self.qkv = nn.Linear(ch, 3 * ch)
@@ -228,8 +227,8 @@ class CausalLatentAttention(nn.Module):
 
     @staticmethod
     def positions(f: int, h: int, w: int, ch: int, device: torch.device) -> Tensor:
-        """(f*h*w, ch): sinusoids of t, y and x in three equal, even slices (any remainder channels stay 0)."""
-        n = (ch // 3) // 2
+        """(f*h*w, ch): sinusoids of t, y and x, 2 * (ch // 6) channels each (any remainder channels stay 0)."""
+        n = ch // 6
         freq = torch.exp(-torch.arange(n, device=device, dtype=torch.float32) * (math.log(100.0) / n))
         grids = torch.meshgrid(*(torch.arange(s, device=device, dtype=torch.float32) for s in (f, h, w)), indexing="ij")
         parts = [torch.cat([torch.sin(g.reshape(-1, 1) * freq), torch.cos(g.reshape(-1, 1) * freq)], 1) for g in grids]
