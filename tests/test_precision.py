@@ -282,3 +282,14 @@ def test_cpu_ranks_agree_on_bf16_only_when_every_rank_measured_it_fast(tmp_path,
         cfg, choice = _resolve_precision(TrainConfig(), backend)
         assert cfg.precision == choice.precision == backend.cfg.precision == expected
         assert ("another rank measured bf16 slow" in choice.reason) == (expected == "fp32")
+
+
+@pytest.mark.parametrize("isa, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_AMX", True), ("", True)])
+def test_a_lowered_onednn_isa_hides_the_cpus_bf16_flags(monkeypatch, isa, native):
+    """An AVX2-capped oneDNN (how a slow machine is emulated) runs bf16 without the CPU's bf16 instructions:
+    the machine line and the policy must not call it native."""
+    monkeypatch.setattr(P, "_cpu_model_and_flags", lambda: ("Some Xeon", {"avx2", "amx_bf16", "avx512_bf16"}))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    got = P.cpu_bf16_support()
+    assert got.native is native
+    assert ("unused" in got.detail) is (not native)

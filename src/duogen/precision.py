@@ -45,6 +45,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # CPUs without native bf16 16-60 (a 2-core AVX2 AMD EPYC: ~40).
 FAST_RATIO = 1.0
 _CACHE_VERSION = 1
+# oneDNN ISA caps (its ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 matmuls there run without the CPU's bf16
+# instructions, as on a CPU that lacks them (how an AVX2-only machine is emulated on a newer one).
+_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
 
 
 class PrecisionChoice(NamedTuple):
@@ -84,6 +87,9 @@ def cpu_bf16_support() -> CpuSupport:
     model, flags = _cpu_model_and_flags()
     cap = torch.backends.cpu.get_cpu_capability()
     have = sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if have and isa in _ISAS_WITHOUT_BF16:
+        return CpuSupport(False, f"{model}, {cap}, {'/'.join(have)} unused: ONEDNN_MAX_CPU_ISA={isa}")
     if have:
         return CpuSupport(True, f"{model}, {cap}, {'/'.join(have)}")
     if not flags:
