@@ -48,6 +48,12 @@ _CACHE_VERSION = 1
 # oneDNN ISA caps (its ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 matmuls there run without the CPU's bf16
 # instructions, as on a CPU that lacks them (how an AVX2-only machine is emulated on a newer one).
 _ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})  # x86 AMX / AVX512-BF16, ARM BF16
+
+
+def _onednn_isa() -> str:
+    """oneDNN's ISA cap from ONEDNN_MAX_CPU_ISA, upper case; "" when unset."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
 
 
 class PrecisionChoice(NamedTuple):
@@ -86,8 +92,8 @@ def cpu_bf16_support() -> CpuSupport:
 
     model, flags = _cpu_model_and_flags()
     cap = torch.backends.cpu.get_cpu_capability()
-    have = sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    have = sorted(flags & _BF16_FLAGS)
+    isa = _onednn_isa()
     if have and isa in _ISAS_WITHOUT_BF16:
         return CpuSupport(False, f"{model}, {cap}, {'/'.join(have)} unused: ONEDNN_MAX_CPU_ISA={isa}")
     if have:
@@ -128,8 +134,8 @@ def _cache_key() -> str:
     import torch
 
     model, flags = _cpu_model_and_flags()
-    bf16 = "/".join(sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})) or "no bf16 flag"
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    bf16 = "/".join(sorted(flags & _BF16_FLAGS)) or "no bf16 flag"
+    isa = _onednn_isa()
     return (f"{model} | {bf16} | {torch.backends.cpu.get_cpu_capability()}{f' | oneDNN {isa}' if isa else ''}"
             f" | torch {torch.__version__} | {torch.get_num_threads()} threads")
 
