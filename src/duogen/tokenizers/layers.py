@@ -5,7 +5,8 @@ upsampling, and the per-image encoder / decoder stacks built from them.
 3D: a causal 3D convolution (MAGVIT-v2, Yu et al. 2023, sec. 3.1: pad only the
 past in time, so frame t never sees frames > t) and the causal temporal
 down / up sampling that maps 1 + r*k frames to 1 + k latent frames with the
-first frame on its own.
+first frame on its own. Latent: an attention block over the whole latent grid
+(causal in time) and a batch whitening of the quantizer's input channels.
 
 Norm-free: every residual branch ends in a zero-initialised convolution
 (SkipInit, De & Smith 2020), so a deep stack starts as the identity and trains
@@ -245,3 +246,46 @@ class CausalLatentAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         o = self.proj(rearrange(o, "b nh n d -> b n (nh d)"))
         return x + rearrange(o, "b (f h w) c -> b c f h w", f=f, h=h, w=w)
+
+
+class LatentWhitening(nn.Module):
+    """Decorrelate and standardize the D channels of a latent (B, D, ...) -> same (Huang et al. 2018's decorrelated
+    batch norm, with a Cholesky factor instead of ZCA's eigendecomposition, whose gradient has 1 / (l_i - l_j) terms
+    that blow up where two eigenvalues of the covariance meet).
+
+    Training: y = L^-1 (x - mean) with mean and covariance L L^T of this batch (every position a sample), so the
+    channels come out uncorrelated with unit variance; the running mean and covariance follow with `momentum`
+    (None: a cumulative average, as `nn.BatchNorm` does, which `VideoCodec.calibrate_latent_norm` uses). Eval: the
+    same map with the running statistics, a fixed linear map at each position (causality holds). BatchNorm
+    standardizes each channel alone; channels that stay correlated leave the quantizer's joint codes unevenly used.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-4, momentum: float | None = 0.1):
+        super().__init__()
+        self.dim, self.eps, self.momentum = dim, eps, momentum
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_cov", torch.eye(dim))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_cov.copy_(torch.eye(self.dim))
+        self.num_batches_tracked.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.movedim(1, -1).reshape(-1, self.dim).float()  # (N, D): every position a sample
+        if self.training:
+            mean = flat.mean(0)
+            centred = flat - mean
+            cov = centred.T @ centred / max(flat.shape[0] - 1, 1)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_cov.lerp_(cov.detach(), m)
+        else:
+            mean, cov = self.running_mean, self.running_cov
+            centred = flat - mean
+        chol = torch.linalg.cholesky(cov + self.eps * torch.eye(self.dim, device=x.device))
+        y = torch.linalg.solve_triangular(chol, centred.T, upper=False).T  # (N, D) = (L^-1 (x - mean))^T
+        return y.reshape(*x.movedim(1, -1).shape).movedim(-1, 1).to(x.dtype)
