@@ -333,6 +333,12 @@ def test_whitened_latent_channels(video_white, tmp_path):
     per_clip = [z_raw[i : i + 1].movedim(1, -1).reshape(-1, z_raw.shape[1]) for i in range(2)]  # (n, D) each
     torch.testing.assert_close(calibrated.enc_std.running_mean, sum(p.mean(0) for p in per_clip) / 2)
     torch.testing.assert_close(calibrated.enc_std.running_cov, sum(torch.cov(p.T) for p in per_clip) / 2)
+    # bf16 training: the statistics and the factor stay in fp32 (a bf16 covariance would not whiten)
+    layer = copy.deepcopy(wt).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(z_raw.bfloat16())
+    yf = y.float().movedim(1, -1).reshape(-1, y.shape[1])
+    torch.testing.assert_close(torch.cov(yf.T), torch.eye(yf.shape[1]), atol=3e-2, rtol=0)
     with pytest.raises(ConfigError, match="rms, batch, whiten"):
         build_video_codec("tiny", ["latent_norm=zca"])
 

@@ -273,7 +273,12 @@ class LatentWhitening(nn.Module):
         self.num_batches_tracked.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.movedim(1, -1).reshape(-1, self.dim).float()  # (N, D): every position a sample
+        with torch.autocast(x.device.type, enabled=False):  # statistics and the factor in fp32 under bf16 training too
+            return self._whiten(x.movedim(1, -1).reshape(-1, self.dim).float()).reshape(
+                *x.movedim(1, -1).shape).movedim(-1, 1).to(x.dtype)
+
+    def _whiten(self, flat: Tensor) -> Tensor:
+        """(N, D) samples -> (N, D) whitened (training: by this batch's statistics, which the running ones follow)."""
         if self.training:
             mean = flat.mean(0)
             centred = flat - mean
@@ -286,6 +291,5 @@ class LatentWhitening(nn.Module):
         else:
             mean, cov = self.running_mean, self.running_cov
             centred = flat - mean
-        chol = torch.linalg.cholesky(cov + self.eps * torch.eye(self.dim, device=x.device))
-        y = torch.linalg.solve_triangular(chol, centred.T, upper=False).T  # (N, D) = (L^-1 (x - mean))^T
-        return y.reshape(*x.movedim(1, -1).shape).movedim(-1, 1).to(x.dtype)
+        chol = torch.linalg.cholesky(cov + self.eps * torch.eye(self.dim, device=flat.device))
+        return torch.linalg.solve_triangular(chol, centred.T, upper=False).T  # (N, D) = (L^-1 (x - mean))^T
