@@ -261,6 +261,15 @@ def test_vq_and_lfq_codecs_keep_the_contract(kind, name, tmp_path):
         assert torch.equal(tokenizers.load(tmp_path / "c").encode(x), ids)
 
 
+def _pre_norm_latent(codec, x):
+    """The encoder's latent (B, D, f, h, w) before its latent norm (`enc_std`), computed layer by layer."""
+    z = codec.enc_out(codec.enc_norm(codec.enc_latent(codec.enc_down(codec.enc_frame(
+        codec.enc2d(x.transpose(1, 2).flatten(0, 1)).unflatten(0, x.shape[:1] + x.shape[2:3]).transpose(1, 2))))))
+    if codec.color_in is not None:  # the preset's color path adds each cell's mean color before the norm
+        z = z + codec.color_in(codec.cell_colors(x))
+    return z
+
+
 def test_standardized_latent_channels(video_bn, tmp_path):
     """latent_norm=batch: training standardizes each of the D channels over the batch; eval applies the
     running statistics, a fixed affine map, so the codec contract, causality (above) and save / load hold."""
@@ -269,10 +278,7 @@ def test_standardized_latent_channels(video_bn, tmp_path):
     assert int(bn.num_batches_tracked) == 3 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     with torch.no_grad():
         _check_id_paths(video_bn, x)
-        z_raw = video_bn.enc_out(video_bn.enc_norm(video_bn.enc_latent(video_bn.enc_down(video_bn.enc_frame(
-            video_bn.enc2d(x.transpose(1, 2).flatten(0, 1)).unflatten(0, (2, 9)).transpose(1, 2))))))
-        if video_bn.color_in is not None:  # the preset's color path adds each cell's mean color before the norm
-            z_raw = z_raw + video_bn.color_in(video_bn.cell_colors(x))
+        z_raw = _pre_norm_latent(video_bn, x)
         shape = (1, -1, 1, 1, 1)
         want = (z_raw - bn.running_mean.view(shape)) / (bn.running_var.view(shape) + bn.eps).sqrt()
         torch.testing.assert_close(video_bn.encoder(x), want, atol=1e-5, rtol=1e-5)
@@ -310,9 +316,7 @@ def test_whitened_latent_channels(video_white, tmp_path):
     assert int(wt.num_batches_tracked) == 3
     with torch.no_grad():
         _check_id_paths(video_white, x)
-        z_raw = video_white.enc_out(video_white.enc_norm(video_white.enc_latent(video_white.enc_down(video_white.enc_frame(
-            video_white.enc2d(x.transpose(1, 2).flatten(0, 1)).unflatten(0, (2, 9)).transpose(1, 2))))))
-        z_raw = z_raw + video_white.color_in(video_white.cell_colors(x))
+        z_raw = _pre_norm_latent(video_white, x)
         flat = z_raw.movedim(1, -1).reshape(-1, z_raw.shape[1])
         chol = torch.linalg.cholesky(wt.running_cov + wt.eps * torch.eye(wt.dim))
         want = torch.linalg.solve(chol, (flat - wt.running_mean).T).T

@@ -273,9 +273,10 @@ class LatentWhitening(nn.Module):
         self.num_batches_tracked.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
+        last = x.movedim(1, -1)  # (B, ..., D)
         with torch.autocast(x.device.type, enabled=False):  # statistics and the factor in fp32 under bf16 training too
-            return self._whiten(x.movedim(1, -1).reshape(-1, self.dim).float()).reshape(
-                *x.movedim(1, -1).shape).movedim(-1, 1).to(x.dtype)
+            y = self._whiten(last.reshape(-1, self.dim).float())
+        return y.reshape(last.shape).movedim(-1, 1).to(x.dtype)
 
     def _whiten(self, flat: Tensor) -> Tensor:
         """(N, D) samples -> (N, D) whitened (training: by this batch's statistics, which the running ones follow)."""
