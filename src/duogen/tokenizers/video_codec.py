@@ -21,8 +21,8 @@ keep every level of every channel in reach from the first steps.
 `latent_norm="whiten"` also decorrelates them (`layers.LatentWhitening`): the
 joint codes of correlated channels stay rare otherwise; whitened channels
 ended four runs with 1.6-7.9 points more of the codebook in use at the same
-PSNR. Not the preset: the AR model on its ids gained nothing (README,
-"Decorrelated latent channels"). The 2D
+PSNR. Not the preset: the AR model on its ids gained nothing
+(docs/bench_codec_steps/README.md, "Decorrelated latent channels"). The 2D
 decoder may have more levels than the encoder (`decoder_extra_levels`): pixels
 folded into channels lose nothing on the way in, but sharp edges on the way
 out want a stage at a finer grid.
@@ -34,8 +34,8 @@ variance on the background: objects then stand out from it by less in the
 latent a diffusion model denoises (bench/bench_latent_contrast.py), and a DiT
 on such a codec drops or recolors the second object of two-object prompts
 (docs/references/README.md). The term lifts that contrast but, measured, did
-not make a better DiT; `latent_norm="rms"` did (README, "Objects against the
-background in the latent").
+not make a better DiT; `latent_norm="rms"` did (docs/bench_codec_steps/README.md,
+"Objects against the background in the latent").
 
 With `color_path` a linear map also carries each latent cell's mean input color
 (the mean over its s x s pixels and the frames its latent frame covers) into the
@@ -139,10 +139,10 @@ VIDEO_CODEC_PRESETS: dict[str, VideoCodecConfig] = {
     # tiny: standardized latent channels and a 16x16 decoder stage (issue 19: at 500 steps on the shapes world
     # 17.6 -> 20.0 dB, codebook usage 27% -> 92%, colors kept 40% -> 100%; bench/bench_codec_steps.py), and the
     # color path (a 250-step schedule, seeds 0 / 1: colors kept 65.0 / 59.0% -> 98.9 / 99.5%, 17.3 / 17.5 ->
-    # 18.2 / 18.2 dB; at 452 steps 98.9 / 99.5% -> 100 / 100%, 19.8 / 19.8 -> 19.7 / 19.7 dB; README), and one
+    # 18.2 / 18.2 dB; at 452 steps 98.9 / 99.5% -> 100 / 100%, 19.8 / 19.8 -> 19.7 / 19.7 dB), and one
     # causal attention block over the latent grid on each side (session 36: +0.2 / +0.4 dB at 1,000 steps, +0.8 at
     # 3,000; the demo's AR model on its ids drew the prompt's color 87.7% against 82.9%, eight seeds over two codec
-    # seeds; README, "Attention over the latent grid")
+    # seeds). Every figure: docs/bench_codec_steps/README.md ("The color path", "Attention over the latent grid")
     "tiny": VideoCodecConfig(
         size=32, frames=9, patch=4, widths=[128], decoder_extra_levels=1, blocks=2, frame_blocks=0, latent_blocks=2,
         train_frames=4, latent_norm="batch", color_path=True, latent_attention=1,
