@@ -17,7 +17,7 @@ headline accuracies, by split and by the number of objects a prompt names, with 
 
 The flat AR model it is measured against is the demo's (`duogen train ar ... --preset tiny model.layers=1
 train.lr=4e-3 train.max_flops=F`, then `duogen compare --ar OUT/final --data RUN/data --per-split 16 --n 4
---guidance 3`; README, "A patch-level AR model").
+--guidance 3`; docs/demo_runs/record.md, "A patch-level AR model").
 """
 
 from __future__ import annotations

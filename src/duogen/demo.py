@@ -65,7 +65,7 @@ DEMO_DIT_GUIDANCE = 5.0
 # below, the same draws kept plain or by that choice (`python bench/bench_layout_candidates.py --model M --data D`,
 # 128 clips) read color 90.2% -> 92.7% on average, higher on every seed (two-object prompts 77.9 -> 83.7%, direction
 # 48.3 -> 44.9%); on six demo runs' own AR models (1.05-1.37e13 FLOPs) 91.9% -> 93.0% (+1.4 at K = 2). It costs 2x
-# the AR's sampled ids per clip and still samples faster than the DiT (README, "Layout candidates"). The reference
+# the AR's sampled ids per clip and still samples faster than the DiT (docs/demo_runs/record.md, "Layout candidates"). The reference
 # AR, a flat model, samples as before: on four flat models it gained 0.1 points on average.
 DEMO_AR_LAYOUT_CANDIDATES = 4
 # The demo's DiT learning rate: its ~300 steps learn more at 4e-3 than at the preset's 2e-3 (set at 874 steps):
@@ -80,7 +80,7 @@ DEMO_DIT_LR = 4e-3
 # slow machine's 6.87e12 FLOPs on the ninth demo run's codec and data (`python bench/bench_patch_ar.py --run RUN --out
 # OUT --seed S --batch-size 16`, seeds 0-7; 128 clips, guidance 3) it drew the prompt's color 91.0% on average
 # (88.3-94.1%, five of eight seeds at 90% or more) where batch 32 read 88.2% (85.2-90.2%, seeds 0-5) and the flat
-# one-layer model below 84.6% (82.4-88.3%); batch 8 and learning rate 2e-3 read no better (README, "A patch-level AR
+# one-layer model below 84.6% (82.4-88.3%); batch 8 and learning rate 2e-3 read no better (docs/demo_runs/record.md, "A patch-level AR
 # model"); at batch 32, three demo runs on an AMD EPYC run as AVX2 (1.3-1.5e13 FLOPs) read 90.2, 92.6 and 93.4%.
 # Before the patch model: the `tiny` preset with one decoder layer instead of four, at learning rate 4e-3. At the
 # demo's budget (about 4-5 minutes of AR training on 2 cores) more steps beat more layers for the flat model, as 128

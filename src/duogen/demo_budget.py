@@ -96,9 +96,9 @@ CODEC_MIN = 0.1  # of the training pool: at least, when its steps are cheap
 # steps within the spread between codecs of one recipe. The DiT at those FLOPs read 91.8% color on the 1,500-step
 # codec against 94.0% on the 452-step one, shape 15.0 against 10.4%. The AR model's own compute gains little past
 # about 1.5e13: on the 756-step codec 82.6 / 87.1 / 86.7 / 86.9% color at 4.5e12 / 9e12 / 1.5e13 / 3.2e13 FLOPs,
-# direction 18.8 / 34.8 / 42.4 / 44.2% (README, "The demo and its report").
+# direction 18.8 / 34.8 / 42.4 / 44.2% (docs/demo_runs/record.md).
 # Tried at 2e13 (session 30: fewer codec steps, more FLOPs): the DiT gained 2.3 points of color on two worlds, but the
-# patch AR model at K = 4 lost 3.9 over three (90.3 against 94.2%, seven runs each; README, "More FLOPs, fewer codec
+# patch AR model at K = 4 lost 3.9 over three (90.3 against 94.2%, seven runs each; docs/demo_runs/record.md, "More FLOPs, fewer codec
 # steps"), and the AR model is the one short of the demo's target: kept at 1.5e13.
 CODEC_SHARP_STEPS = 1500
 AR_ENOUGH_FLOPS = 1.5e13

@@ -66,14 +66,14 @@ class ARConfig:
     # text encoder in small). 0 here so that model directories written before the option existed load unchanged,
     # and 0 in the presets and the demo: on the demo's one-layer model at its slow-machine 6.87e12 FLOPs one such
     # layer (400 steps for 426) drew the prompt's color less often, 77.0 / 73.8% against 86.7 / 84.0% on 128 clips
-    # (two seeds; two-object prompts 56.2 / 47.3% against 69.6 / 65.2%; README, "What moves the AR model's color").
+    # (two seeds; two-object prompts 56.2 / 47.3% against 69.6 / 65.2%; docs/demo_runs/record.md, "What moves the AR model's color").
     text_layers: int = 0
     # The loss's softmax over the output token's own id range (its codec's, or its residual level's) instead of
     # the whole vocabulary: the range the sampler draws from anyway, so training, `score` and sampling read one
     # distribution, and the head computes only those rows. False here so that model directories written before
     # the option existed load (and score) unchanged, and False in the presets and the demo: on the demo's one-layer
     # model at its slow-machine 6.87e12 FLOPs it bought 505 steps for 426 (0.85x the FLOPs per step) and drew the
-    # prompt's color as often, 84.0 / 84.0% against 86.7 / 84.0% on 128 clips (two seeds; README, "What moves the
+    # prompt's color as often, 84.0 / 84.0% against 86.7 / 84.0% on 128 clips (two seeds; docs/demo_runs/record.md, "What moves the
     # AR model's color").
     range_softmax: bool = False
     # "minilm": each text row of the prompt gets a learned map (starting at zero) of its word's state in the frozen,

@@ -9,7 +9,7 @@ probabilities in one raster-of-patches order, so classifier-free guidance, tempe
 in `sampling.py`; the global model runs once per p*p ids, which buys it depth at the flat model's FLOPs.
 
 This module holds the model, its loss and its sampler; `bench/bench_patch_ar.py` trains it with the engine on a
-demo run's codec and data and scores it with the probes (README, "A patch-level AR model").
+demo run's codec and data and scores it with the probes (docs/demo_runs/record.md, "A patch-level AR model").
 
     model = PatchAR(PatchARConfig(), latent=(3, 8, 8), codec_vocab=1000, text_vocab=512)
     loss = model.loss(batch)                       # batch = model.collate(records): "text" (B,T), "ids" (B,f,h,w)

@@ -441,7 +441,7 @@ def grouped_accuracy(per_clip: PerClip, prompts: Sequence[Prompt], key: Callable
 def accuracy_by_objects(per_clip: PerClip, prompts: Sequence[Prompt]) -> dict[str, dict[str, Any]]:
     """`grouped_accuracy` over the prompts with the same number of objects: {"1": ..., "2": ...}. Where a
     paradigm loses its accuracy shows here: a one-layer AR model at the demo's budget draws one object's color
-    92-100% of the time and two objects' 62-72%, the DiT 95-100% and 89-98% (README, "The demo and its report")."""
+    92-100% of the time and two objects' 62-72%, the DiT 95-100% and 89-98% (docs/demo_runs/record.md)."""
     return grouped_accuracy(per_clip, prompts, lambda p: len(p.attributes) or None)
 
 
