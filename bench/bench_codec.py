@@ -15,8 +15,9 @@ training step with a second, full-resolution decoder stage
 the same training step with a 16x16 token grid (`model.patch=2`: 768 tokens per
 9-frame clip instead of 192), 128 and 64 wide (`model.widths=[64]`), against the
 preset's 8x8 grid. A sixth: the same training step with decorrelated latent channels
-(`model.latent_norm=whiten`) against the preset's per-channel standardization. Prints the load average, since
-the CPU is shared.
+(`model.latent_norm=whiten`) against the preset's per-channel standardization. A seventh: the same training
+step with FSQ's code-entropy term (`model.quantizer.fsq_entropy_weight`) on against off. Prints the load
+average, since the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16] [--only decoder-levels ...]
 """
@@ -143,12 +144,27 @@ def bench_latent_norm(repeats: int, rounds: int = 3) -> dict[str, float]:
     return {"s_batch": t["batch"]["s"], "s_whiten": t["whiten"]["s"], "time_ratio": t["whiten"]["s"] / t["batch"]["s"]}
 
 
+def bench_fsq_entropy(repeats: int, rounds: int = 3, weight: float = 0.01) -> dict[str, float]:
+    """The tiny codec recipe's training step without and with FSQ's code-entropy term (`quantizers.fsq_entropy_loss`
+    at `weight`): seconds per step (alternating rounds) and their ratio."""
+    import dataclasses
+
+    from duogen.speed import codec_step
+    from duogen.train.tokenizer_recipe import VIDEO_RUN_PRESETS
+
+    q = VIDEO_RUN_PRESETS["tiny"].model.quantizer
+    variants = {k: (lambda w=w: codec_step(quantizer=dataclasses.replace(q, fsq_entropy_weight=w)))
+                for k, w in (("off", 0.0), ("on", weight))}
+    t = _alternating_steps(variants, repeats, rounds)
+    return {"s_off": t["off"]["s"], "s_on": t["on"]["s"], "time_ratio": t["on"]["s"] / t["off"]["s"], "weight": weight}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
-    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid", "latent-norm")
+    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid", "latent-norm", "fsq-entropy")
     ap.add_argument("--only", choices=parts, action="append",
                     help="run only this part (repeatable; default: all). On a CPU without native bf16 the bf16"
                          " throughput part takes many minutes")
@@ -182,6 +198,10 @@ def main() -> None:
         n = bench_latent_norm(a.repeats)
         print(f"tiny codec training step, standardized latent (preset) {n['s_batch']:.3f} s, decorrelated"
               f" (latent_norm=whiten) {n['s_whiten']:.3f} s: time x{n['time_ratio']:.3f}")
+    if "fsq-entropy" in run:
+        e = bench_fsq_entropy(a.repeats)
+        print(f"tiny codec training step, without FSQ's code-entropy term {e['s_off']:.3f} s, with it (weight"
+              f" {e['weight']}) {e['s_on']:.3f} s: time x{e['time_ratio']:.3f}")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 

@@ -191,3 +191,28 @@ def test_background_term_is_the_spread_of_object_free_cells_and_only_trains():
     assert float(on.background_spread(x[:1], flat)) == 0.0
     with pytest.raises(Exception, match="background_weight"):
         build_video_codec("tiny", ["background_weight=-1"])
+
+
+def test_code_entropy_term_spreads_object_cells_only_when_asked():
+    """entropy_cells=objects: FSQ's code-entropy term averages only object cells over the batch (an all-black batch:
+    no batch part, the per-position entropy alone, >= 0); entropy_cells=all: every cell."""
+    from duogen.tokenizers.quantizers import _to_seq, fsq_entropy_loss
+
+    torch.manual_seed(0)
+    overrides = ["latent_dropout=0", "quantizer.fsq_entropy_weight=0.5"]
+    every = build_video_codec("tiny", overrides).train()
+    objects = build_video_codec("tiny", [*overrides, "entropy_cells=objects"]).train()
+    objects.load_state_dict(every.state_dict())
+    q = objects.quantizer
+    x = -torch.ones(2, 3, 9, 32, 32)
+    x[1, 0, :, 4:10, 4:10] = 1.0  # a red square in the second clip only
+    for clips in (x[:1], x):
+        cells = objects.object_cells(clips)
+        units = q._level_units(_to_seq(objects.encoder(clips))[0])
+        loss = lambda mask: 0.5 * fsq_entropy_loss(units, q.cfg.levels, q.cfg.fsq_entropy_temperature, batch_mask=mask)  # noqa: E731
+        assert torch.allclose(objects(clips)[1].aux_loss, loss(cells), atol=1e-5)
+        assert torch.allclose(every(clips)[1].aux_loss, loss(None), atol=1e-5)
+        assert int(cells.sum()) == (0 if clips.shape[0] == 1 else 3 * 2 * 2)
+    assert float(objects(x[:1])[1].aux_loss.detach()) >= 0
+    with pytest.raises(Exception, match="entropy_cells"):
+        build_video_codec("tiny", ["entropy_cells=background"])

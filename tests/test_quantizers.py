@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from duogen.errors import ConfigError, DataError
-from duogen.tokenizers.quantizers import CodebookUsage, Quantizer, QuantizerConfig, code_stats
+from duogen.tokenizers.quantizers import CodebookUsage, Quantizer, QuantizerConfig, _to_seq, code_stats, fsq_entropy_loss
 
 CONFIGS = {
     "fsq": QuantizerConfig(kind="fsq", dim=4, levels=[8, 5, 5, 5]),
@@ -151,6 +151,56 @@ def test_lfq_entropy_loss_is_on_in_training_only():
     with torch.no_grad():
         assert float(Quantizer(replace(cfg, entropy_weight=0.0)).train()(z).aux_loss) == 0
         assert float(q.eval()(z).aux_loss) == 0
+
+
+def test_fsq_entropy_loss_constructed_cases():
+    levels = [8, 5, 5, 5]
+    g = torch.Generator().manual_seed(0)
+    spread = torch.stack([torch.randint(0, n, (20000,), generator=g) for n in levels], 1).float()  # on level centres
+    one_code = torch.zeros_like(spread) + torch.tensor([3.0, 2.0, 2.0, 2.0])
+    low, high = fsq_entropy_loss(spread, levels, 0.25), fsq_entropy_loss(one_code, levels, 0.25)
+    # a batch spread over the codebook reads about -ln(1000) plus the per-position part; one code about +0
+    assert float(low) < -0.85 * math.log(1000) and abs(float(high)) < 0.05
+    assert float(low) < float(high)
+    # the same two codes in use, each position sure of its code against each halfway between them: the
+    # batch part is about the same (ln 2), the per-position part penalises the unsure ones
+    two_codes = one_code.clone()
+    two_codes[::2, 0] += 1
+    halfway = one_code.clone()
+    halfway[:, 0] += 0.5
+    gap = float(fsq_entropy_loss(halfway, levels, 0.25) - fsq_entropy_loss(two_codes, levels, 0.25))
+    assert 0.5 < gap <= math.log(2) + 1e-3  # short of ln 2 by the soft codes' tails at the level centres
+    # batch_mask: the batch part reads the selected positions only; none selected, the per-position part alone
+    half = fsq_entropy_loss(spread[:10000], levels, 0.25)
+    both = fsq_entropy_loss(torch.cat([spread[:10000], one_code[:10000]]), levels, 0.25, batch_mask=torch.arange(20000) < 10000)
+    per_both = fsq_entropy_loss(torch.cat([spread[:10000], one_code[:10000]]), levels, 0.25, batch_mask=torch.zeros(20000, dtype=torch.bool))
+    per_half = fsq_entropy_loss(spread[:10000], levels, 0.25, batch_mask=torch.zeros(10000, dtype=torch.bool))
+    assert float(per_both) >= 0 and float(per_half) >= 0
+    torch.testing.assert_close(both - per_both, half - per_half, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["fsq", "fsq_symmetric"])
+def test_fsq_entropy_term_is_on_in_training_only_and_rounds_to_the_ids(name):
+    cfg = replace(CONFIGS[name], fsq_entropy_weight=0.1, noise_dropout=0.0)
+    q = Quantizer(cfg).train()
+    z = _z(4).requires_grad_()
+    out = q(z)
+    # the level units the term reads round to the very codes the forward pass drew
+    units = q._level_units(_to_seq(z.detach())[0])
+    assert float(units.min()) >= -1e-2 and float(units.max()) <= max(cfg.levels) - 1 + 1e-2  # FSQ bounds with a 1e-3 margin
+    rounded = torch.round(units).long().clamp(min=0)
+    mixed_radix = torch.tensor([math.prod(cfg.levels[:i]) for i in range(4)])
+    assert torch.equal((rounded * mixed_radix).sum(-1), out.ids.reshape(-1))
+    assert float(out.aux_loss.detach()) < 0  # a random batch spreads over many codes
+    out.aux_loss.backward()
+    assert float(z.grad.abs().sum()) > 0
+    with torch.no_grad():
+        assert float(Quantizer(replace(cfg, fsq_entropy_weight=0.0)).train()(z).aux_loss) == 0
+        assert float(q.eval()(z).aux_loss) == 0
+    with pytest.raises(ConfigError, match="fsq_entropy"):
+        replace(cfg, fsq_entropy_weight=-1.0).check()
+    with pytest.raises(ConfigError, match="fsq_entropy"):
+        replace(cfg, fsq_entropy_temperature=0.0).check()
 
 
 def test_vq_commitment_loss_trains_encoder():

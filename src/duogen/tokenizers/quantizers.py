@@ -51,6 +51,8 @@ class QuantizerConfig:
     diversity_gamma: float = 1.0  # lfq: weight of the codebook-entropy part
     symmetric: bool = False  # fsq: levels spread evenly over [-1, 1] (tanh, then round; Zhao et al. 2024 sec. 3.2) instead of the original grid
     noise_dropout: float = 0.0  # fsq with symmetric, training only: share of latent values given uniform noise instead of rounding only
+    fsq_entropy_weight: float = 0.0  # fsq, training only: weight of the code-entropy term (`fsq_entropy_loss`: MAGVIT-v2's eq. 5 on FSQ's soft codes); 0 = off
+    fsq_entropy_temperature: float = 0.25  # fsq: softness of the soft codes, in squared level units
 
     def check(self) -> None:
         if self.kind == "fsq":
@@ -62,6 +64,11 @@ class QuantizerConfig:
                 raise ConfigError(f"noise_dropout is {self.noise_dropout}; it is a share in [0, 1)")
             if self.noise_dropout > 0 and not self.symmetric:
                 raise ConfigError("noise_dropout needs the symmetric fsq grid: set quantizer.symmetric=true")
+            if self.fsq_entropy_weight < 0 or self.fsq_entropy_temperature <= 0:
+                raise ConfigError(
+                    f"fsq_entropy_weight must be >= 0 (0 = off) and fsq_entropy_temperature > 0, got"
+                    f" {self.fsq_entropy_weight} and {self.fsq_entropy_temperature}"
+                )
         elif self.kind == "lfq":
             bits = math.log2(self.codebook_size)
             if bits != int(bits) or int(bits) != self.dim:
@@ -120,6 +127,35 @@ class CodebookUsage:
         }
 
 
+def fsq_entropy_loss(
+    u: Tensor, levels: list[int], temperature: float, gamma: float = 1.0, batch_mask: Tensor | None = None
+) -> Tensor:
+    """MAGVIT-v2's entropy penalty (Yu et al. 2023, eq. 5) on FSQ's soft codes.
+
+    `u` (N, D) is each position's bounded latent in level units, before rounding: channel c's
+    levels sit at 0, 1, ..., L_c - 1. Each channel's soft assignment is p_c(l) ∝ exp(-(u_c - l)^2 /
+    temperature), and a position's soft code is their product over channels (FSQ's codes are
+    the level tuples). Returns E_n[H(p_n)] - gamma * H(E_m[p_m]): low when each position sits
+    on one code and the batch spreads over many codes (the codebook's usage). The batch
+    average is over the product codebook (prod(levels) codes), built one channel at a time,
+    and over the positions `batch_mask` (N,) selects (all by default; none: no batch part).
+    """
+    u = u.float()
+    logps = [
+        torch.log_softmax(-(u[:, c : c + 1] - torch.arange(n, device=u.device, dtype=u.dtype)) ** 2 / temperature, -1)
+        for c, n in enumerate(levels)
+    ]  # per channel (N, L_c)
+    per_position = sum(-(lp.exp() * lp).sum(-1).mean() for lp in logps)  # the product's entropy is the channels' sum
+    rows = slice(None) if batch_mask is None else batch_mask.reshape(-1)
+    joint = u.new_ones(u[rows].shape[0], 1)  # (M, codes so far)
+    if joint.shape[0] == 0:
+        return per_position
+    for lp in logps:
+        joint = (joint.unsqueeze(-1) * lp[rows].exp().unsqueeze(1)).reshape(joint.shape[0], -1)
+    avg = joint.mean(0)
+    return per_position + gamma * (avg * avg.clamp(min=1e-12).log()).sum()
+
+
 def _to_seq(z: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """(B, D, *S) -> (B, N, D) float32, and S."""
     spatial = tuple(z.shape[2:])
@@ -174,14 +210,19 @@ class Quantizer(nn.Module):
 
     # -------------------------------------------------------------- forward
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
-        """z (B, D, *S) -> QuantizerOutput; quantization always runs in float32."""
+    def forward(self, z: Tensor, entropy_mask: Tensor | None = None) -> QuantizerOutput:
+        """z (B, D, *S) -> QuantizerOutput; quantization always runs in float32. `entropy_mask` (B, *S) bool: the
+        positions whose codes FSQ's code-entropy term spreads over the codebook (default: all)."""
         x, spatial = _to_seq(z)  # (B, N, D)
         with torch.autocast(device_type=z.device.type, enabled=False):
             kind = self.cfg.kind
             if kind == "fsq":
                 quantized, ids = self.q(x)
                 aux = x.new_zeros(())
+                if self.training and self.cfg.fsq_entropy_weight > 0:
+                    aux = self.cfg.fsq_entropy_weight * fsq_entropy_loss(
+                        self._level_units(x), self.cfg.levels, self.cfg.fsq_entropy_temperature, batch_mask=entropy_mask
+                    )
             elif kind == "lfq":
                 out = self.q(x)
                 quantized, ids, aux = out.quantized, out.indices, out.entropy_aux_loss
@@ -220,6 +261,16 @@ class Quantizer(nn.Module):
         shift = torch.atanh(offset / half_l)
         bounded = torch.tanh(x + shift) * half_l - offset
         return _from_seq(bounded / (self.q._levels // 2).to(x.dtype), spatial)
+
+    def _level_units(self, x: Tensor) -> Tensor:
+        """FSQ: (B, N, D) encoder output -> (B*N, D) bounded values in level units (level k of a channel at k)."""
+        bounded = _to_seq(self.continuous(_from_seq(x, (x.shape[1],))))[0]  # (B, N, D), in [-1, 1]-ish
+        levels = self.q._levels.to(bounded.dtype)
+        if self.cfg.symmetric:
+            units = (levels - 1) * (bounded + 1) / 2
+        else:
+            units = bounded * (levels // 2) + levels // 2
+        return units.reshape(-1, units.shape[-1])
 
     @torch.no_grad()
     def latents_to_ids(self, latents: Tensor) -> Tensor:
