@@ -177,6 +177,10 @@ def test_fsq_entropy_loss_constructed_cases():
     per_half = fsq_entropy_loss(spread[:10000], levels, 0.25, batch_mask=torch.zeros(10000, dtype=torch.bool))
     assert float(per_both) >= 0 and float(per_half) >= 0
     torch.testing.assert_close(both - per_both, half - per_half, atol=1e-4, rtol=0)
+    # cell_weight scales the per-position part alone (0: the batch part alone)
+    parts = [fsq_entropy_loss(spread, levels, 0.25, cell_weight=w) for w in (0.0, 1.0, 2.0)]
+    torch.testing.assert_close(parts[2] - parts[1], parts[1] - parts[0], atol=1e-4, rtol=0)
+    assert float(parts[1] - parts[0]) > 0 and float(parts[0]) < float(parts[1])
 
 
 @pytest.mark.parametrize("name", ["fsq", "fsq_symmetric"])
@@ -201,6 +205,8 @@ def test_fsq_entropy_term_is_on_in_training_only_and_rounds_to_the_ids(name):
         replace(cfg, fsq_entropy_weight=-1.0).check()
     with pytest.raises(ConfigError, match="fsq_entropy"):
         replace(cfg, fsq_entropy_temperature=0.0).check()
+    with pytest.raises(ConfigError, match="fsq_entropy"):
+        replace(cfg, fsq_entropy_cell_weight=-1.0).check()
 
 
 def test_vq_commitment_loss_trains_encoder():

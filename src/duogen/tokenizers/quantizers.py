@@ -53,6 +53,7 @@ class QuantizerConfig:
     noise_dropout: float = 0.0  # fsq with symmetric, training only: share of latent values given uniform noise instead of rounding only
     fsq_entropy_weight: float = 0.0  # fsq, training only: weight of the code-entropy term (`fsq_entropy_loss`: MAGVIT-v2's eq. 5 on FSQ's soft codes); 0 = off
     fsq_entropy_temperature: float = 0.25  # fsq: softness of the soft codes, in squared level units
+    fsq_entropy_cell_weight: float = 1.0  # fsq: weight of the term's per-position part (each position sure of its code) against its batch part (1); 0 = the batch part alone
 
     def check(self) -> None:
         if self.kind == "fsq":
@@ -64,10 +65,10 @@ class QuantizerConfig:
                 raise ConfigError(f"noise_dropout is {self.noise_dropout}; it is a share in [0, 1)")
             if self.noise_dropout > 0 and not self.symmetric:
                 raise ConfigError("noise_dropout needs the symmetric fsq grid: set quantizer.symmetric=true")
-            if self.fsq_entropy_weight < 0 or self.fsq_entropy_temperature <= 0:
+            if self.fsq_entropy_weight < 0 or self.fsq_entropy_temperature <= 0 or self.fsq_entropy_cell_weight < 0:
                 raise ConfigError(
-                    f"fsq_entropy_weight must be >= 0 (0 = off) and fsq_entropy_temperature > 0, got"
-                    f" {self.fsq_entropy_weight} and {self.fsq_entropy_temperature}"
+                    f"fsq_entropy_weight and fsq_entropy_cell_weight must be >= 0 and fsq_entropy_temperature > 0, got"
+                    f" {self.fsq_entropy_weight}, {self.fsq_entropy_cell_weight} and {self.fsq_entropy_temperature}"
                 )
         elif self.kind == "lfq":
             bits = math.log2(self.codebook_size)
@@ -128,14 +129,15 @@ class CodebookUsage:
 
 
 def fsq_entropy_loss(
-    u: Tensor, levels: list[int], temperature: float, gamma: float = 1.0, batch_mask: Tensor | None = None
+    u: Tensor, levels: list[int], temperature: float, gamma: float = 1.0, batch_mask: Tensor | None = None,
+    cell_weight: float = 1.0,
 ) -> Tensor:
     """MAGVIT-v2's entropy penalty (Yu et al. 2023, eq. 5) on FSQ's soft codes.
 
     `u` (N, D) is each position's bounded latent in level units, before rounding: channel c's
     levels sit at 0, 1, ..., L_c - 1. Each channel's soft assignment is p_c(l) ∝ exp(-(u_c - l)^2 /
     temperature), and a position's soft code is their product over channels (FSQ's codes are
-    the level tuples). Returns E_n[H(p_n)] - gamma * H(E_m[p_m]): low when each position sits
+    the level tuples). Returns w * E_n[H(p_n)] - gamma * H(E_m[p_m]) (w = `cell_weight`): low when each position sits
     on one code and the batch spreads over many codes (the codebook's usage). The batch
     average is over the product codebook (prod(levels) codes), built one channel at a time,
     and over the positions `batch_mask` (N,) selects (all by default; none: no batch part).
@@ -145,7 +147,7 @@ def fsq_entropy_loss(
         torch.log_softmax(-(u[:, c : c + 1] - torch.arange(n, device=u.device, dtype=u.dtype)) ** 2 / temperature, -1)
         for c, n in enumerate(levels)
     ]  # per channel (N, L_c)
-    per_position = sum(-(lp.exp() * lp).sum(-1).mean() for lp in logps)  # the product's entropy is the channels' sum
+    per_position = cell_weight * sum(-(lp.exp() * lp).sum(-1).mean() for lp in logps)  # a product's entropy: the channels' sum
     rows = slice(None) if batch_mask is None else batch_mask.reshape(-1)
     joint = u.new_ones(u[rows].shape[0], 1)  # (M, codes so far)
     if joint.shape[0] == 0:
@@ -221,7 +223,8 @@ class Quantizer(nn.Module):
                 aux = x.new_zeros(())
                 if self.training and self.cfg.fsq_entropy_weight > 0:
                     aux = self.cfg.fsq_entropy_weight * fsq_entropy_loss(
-                        self._level_units(x), self.cfg.levels, self.cfg.fsq_entropy_temperature, batch_mask=entropy_mask
+                        self._level_units(x), self.cfg.levels, self.cfg.fsq_entropy_temperature, batch_mask=entropy_mask,
+                        cell_weight=self.cfg.fsq_entropy_cell_weight,
                     )
             elif kind == "lfq":
                 out = self.q(x)
