@@ -129,15 +129,14 @@ class CodebookUsage:
 
 
 def fsq_entropy_loss(
-    u: Tensor, levels: list[int], temperature: float, gamma: float = 1.0, batch_mask: Tensor | None = None,
-    cell_weight: float = 1.0,
+    u: Tensor, levels: list[int], temperature: float, batch_mask: Tensor | None = None, cell_weight: float = 1.0
 ) -> Tensor:
     """MAGVIT-v2's entropy penalty (Yu et al. 2023, eq. 5) on FSQ's soft codes.
 
     `u` (N, D) is each position's bounded latent in level units, before rounding: channel c's
     levels sit at 0, 1, ..., L_c - 1. Each channel's soft assignment is p_c(l) ∝ exp(-(u_c - l)^2 /
     temperature), and a position's soft code is their product over channels (FSQ's codes are
-    the level tuples). Returns w * E_n[H(p_n)] - gamma * H(E_m[p_m]) (w = `cell_weight`): low when each position sits
+    the level tuples). Returns w * E_n[H(p_n)] - H(E_m[p_m]) (w = `cell_weight`): low when each position sits
     on one code and the batch spreads over many codes (the codebook's usage). The batch
     average is over the product codebook (prod(levels) codes), built one channel at a time,
     and over the positions `batch_mask` (N,) selects (all by default; none: no batch part).
@@ -155,7 +154,7 @@ def fsq_entropy_loss(
     for lp in logps:
         joint = (joint.unsqueeze(-1) * lp[rows].exp().unsqueeze(1)).reshape(joint.shape[0], -1)
     avg = joint.mean(0)
-    return per_position + gamma * (avg * avg.clamp(min=1e-12).log()).sum()
+    return per_position + (avg * avg.clamp(min=1e-12).log()).sum()
 
 
 def _to_seq(z: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -255,19 +254,23 @@ class Quantizer(nn.Module):
         if self.cfg.kind != "fsq":
             return z.float()
         x, spatial = _to_seq(z)
+        return _from_seq(self._fsq_bound(x), spatial)
+
+    def _fsq_bound(self, x: Tensor) -> Tensor:
+        """FSQ: (B, N, D) encoder output -> the bounded value before rounding, in the space `quantized` lives in."""
         if self.cfg.symmetric:  # the library's symmetry_preserving_bound without floor_ste: 2u/(L-1) - 1 = tanh(x)
-            return _from_seq(torch.tanh(x), spatial)
+            return torch.tanh(x)
         levels = self.q._levels.to(x.dtype)
         eps = 1e-3
         half_l = (levels - 1) * (1 + eps) / 2
         offset = torch.where(self.q._levels % 2 == 0, 0.5, 0.0).to(x.dtype)
         shift = torch.atanh(offset / half_l)
         bounded = torch.tanh(x + shift) * half_l - offset
-        return _from_seq(bounded / (self.q._levels // 2).to(x.dtype), spatial)
+        return bounded / (self.q._levels // 2).to(x.dtype)
 
     def _level_units(self, x: Tensor) -> Tensor:
         """FSQ: (B, N, D) encoder output -> (B*N, D) bounded values in level units (level k of a channel at k)."""
-        bounded = _to_seq(self.continuous(_from_seq(x, (x.shape[1],))))[0]  # (B, N, D), in [-1, 1]-ish
+        bounded = self._fsq_bound(x)  # (B, N, D), in [-1, 1]-ish
         levels = self.q._levels.to(bounded.dtype)
         if self.cfg.symmetric:
             units = (levels - 1) * (bounded + 1) / 2
