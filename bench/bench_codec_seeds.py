@@ -1,0 +1,134 @@
+"""A codec change judged by a model trained on top of it, over several codec seeds.
+
+    .venv/bin/python bench/bench_codec_seeds.py --baseline preset \
+        --run preset:c0=CMP_A --run preset:c0=CMP_B --run ent:c0=CMP_C ... [--json OUT.json]
+
+Each `--run VARIANT:CODEC=PATH` is one `duogen compare` of one model (a DiT or an AR model trained with one seed)
+on the codec trained with seed CODEC of that variant: PATH is what the compare's `--json` printed, or the
+results.json of `bench/bench_patch_ar.py` (which trains the demo's AR model and runs that compare). One codec run draws its own latent space, and a generator trained on it inherits that draw, so two
+codec variants compared on one codec seed each can differ by the codec seed alone. Here the unit is the codec:
+each codec's accuracy is the mean over the models trained on it, each variant's the mean over its codecs, and a
+variant is set against the baseline codec by codec (same CODEC label in both), the paired difference's standard
+error taken over the codec seeds. The spread between the baseline's own codecs (its standard deviation) says how
+much one codec seed moves the model on top. Prints a markdown table; `--json` writes the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ATTRIBUTES = ("color", "count", "direction", "shape", "two-object color")
+
+
+def read_accuracy(path: str | Path) -> dict[str, float]:
+    """One model's accuracies, from what `duogen compare --json` printed or from `bench/bench_patch_ar.py`'s
+    results.json: the attributes, and color on two-object prompts."""
+    doc = json.loads(Path(path).read_text())
+    if isinstance(doc, dict) and "headline" in doc:  # duogen compare --json
+        heads = doc["headline"]
+        acc_of, two_of = (lambda h: h["accuracy"]), (lambda h: h.get("accuracy_by_objects", {}).get("2", {}))
+    elif isinstance(doc, dict) and isinstance(doc.get("models"), dict):  # bench_patch_ar.py
+        heads = doc["models"]
+        acc_of = lambda h: h["accuracy"]["all"]  # noqa: E731
+        two_of = lambda h: h.get("accuracy_by_objects", {}).get("2", {}).get("accuracy", {})  # noqa: E731
+    else:
+        raise ValueError(f"{path}: neither `duogen compare --json` output nor a bench_patch_ar.py results.json")
+    if len(heads) != 1:
+        raise ValueError(f"{path}: wants the scores of one model, found {sorted(heads) or 'none'}")
+    h = next(iter(heads.values()))
+    acc = {k: float(acc_of(h)[k]) for k in ATTRIBUTES if k in acc_of(h)}
+    if "color" in two_of(h):
+        acc["two-object color"] = float(two_of(h)["color"])
+    return acc
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+
+
+def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str) -> dict[str, Any]:
+    """runs[variant][codec] = each model's accuracies -> per-codec means, per-variant means, and each variant's
+    paired difference from `baseline` over the codecs both have (mean and standard error, in accuracy units)."""
+    if baseline not in runs:
+        raise ValueError(f"baseline {baseline!r} has no runs (variants: {sorted(runs)})")
+    per_codec = {v: {c: {a: statistics.fmean(m[a] for m in models) for a in ATTRIBUTES if all(a in m for m in models)}
+                     for c, models in codecs.items()} for v, codecs in runs.items()}
+    out: dict[str, Any] = {"baseline": baseline, "variants": {}}
+    for v, codecs in sorted(per_codec.items(), key=lambda kv: kv[0] != baseline):
+        attrs = [a for a in ATTRIBUTES if all(a in acc for acc in codecs.values())]
+        row: dict[str, Any] = {"codecs": {c: {a: round(acc[a], 4) for a in attrs} for c, acc in sorted(codecs.items())},
+                               "models": {c: len(runs[v][c]) for c in sorted(codecs)},
+                               "mean": {a: round(statistics.fmean(acc[a] for acc in codecs.values()), 4) for a in attrs},
+                               "codec_sd": {a: (round(statistics.stdev([acc[a] for acc in codecs.values()]), 4)
+                                                if len(codecs) > 1 else None) for a in attrs}}
+        shared = sorted(set(codecs) & set(per_codec[baseline]))
+        if v != baseline:
+            if not shared:
+                raise ValueError(f"variant {v!r} shares no codec seed with the baseline {baseline!r}")
+            diff = {}
+            for a in attrs:
+                if all(a in per_codec[baseline][c] for c in shared):
+                    m, se = _mean_se([codecs[c][a] - per_codec[baseline][c][a] for c in shared])
+                    diff[a] = {"mean": round(m, 4), "stderr": None if se is None else round(se, 4)}
+            row["paired"] = {"codecs": shared, **diff}
+        out["variants"][v] = row
+    return out
+
+
+def format_table(s: dict[str, Any]) -> str:
+    def pts(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    base = s["baseline"]
+    attrs = list(s["variants"][base]["mean"])
+    lines = ["| variant | codec: models | " + " | ".join(attrs) + " |", "| --- | --- |" + " --- |" * len(attrs)]
+    for v, row in s["variants"].items():
+        for c, acc in row["codecs"].items():
+            lines.append(f"| {v} | {c}: {row['models'][c]} | " + " | ".join(pts(acc.get(a)) for a in attrs) + " |")
+        lines.append(f"| {v} | mean (sd over codecs) | "
+                     + " | ".join(f"{pts(row['mean'].get(a))} ({pts(row['codec_sd'].get(a))})" for a in attrs) + " |")
+        if "paired" in row:
+            p = row["paired"]
+            lines.append(f"| {v} - {base} | paired over codecs {' '.join(p['codecs'])} | "
+                         + " | ".join(f"{pts(p[a]['mean'])} +- {pts(p[a]['stderr'])}" if a in p else "-" for a in attrs)
+                         + " |")
+    return "\n".join(lines)
+
+
+def parse_run(spec: str) -> tuple[str, str, str]:
+    head, eq, path = spec.partition("=")
+    variant, colon, codec = head.partition(":")
+    if not (eq and colon and variant and codec and path):
+        raise ValueError(f"--run wants VARIANT:CODEC=PATH, got {spec!r}")
+    return variant, codec, path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="append", required=True, metavar="VARIANT:CODEC=PATH",
+                    help="one compare of one model on codec CODEC of VARIANT (repeatable)")
+    ap.add_argument("--baseline", required=True, help="the variant the others are paired against")
+    ap.add_argument("--json", help="also write the numbers here")
+    a = ap.parse_args(argv)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+        for spec in a.run:
+            variant, codec, path = parse_run(spec)
+            runs.setdefault(variant, {}).setdefault(codec, []).append(read_accuracy(path))
+        s = summarize(runs, a.baseline)
+    except (ValueError, OSError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    print(format_table(s))
+    if a.json:
+        Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
