@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_codec_seeds.py --baseline preset \
         --run preset:c0=CMP_A --run preset:c0=CMP_B --run ent:c0=CMP_C ... [--json OUT.json]
+    .venv/bin/python bench/bench_codec_seeds.py --baseline preset --files DIR/*.json   # VARIANT_cC_sS.json names
 
 Each `--run VARIANT:CODEC=PATH` is one `duogen compare` of one model (a DiT or an AR model trained with one seed)
 on the codec trained with seed CODEC of that variant: PATH is what the compare's `--json` printed, or the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -102,6 +104,17 @@ def format_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_NAME = re.compile(r"^(?P<variant>.+?)_c(?:odec)?(?P<codec>\d+)_s(?:eed)?\d+\.json$")
+
+
+def parse_file(path: str) -> tuple[str, str, str]:
+    """A file named VARIANT_cC_sS.json (or VARIANT_codecC_seedS.json: bench_patch_ar runs) -> (VARIANT, cC, path)."""
+    m = _NAME.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path}: --files wants names VARIANT_cC_sS.json or VARIANT_codecC_seedS.json")
+    return m["variant"], f"c{m['codec']}", path
+
+
 def parse_run(spec: str) -> tuple[str, str, str]:
     head, eq, path = spec.partition("=")
     variant, colon, codec = head.partition(":")
@@ -112,15 +125,18 @@ def parse_run(spec: str) -> tuple[str, str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="append", required=True, metavar="VARIANT:CODEC=PATH",
+    ap.add_argument("--run", action="append", default=[], metavar="VARIANT:CODEC=PATH",
                     help="one compare of one model on codec CODEC of VARIANT (repeatable)")
+    ap.add_argument("--files", nargs="+", default=[], metavar="FILE",
+                    help="runs named VARIANT_cC_sS.json or VARIANT_codecC_seedS.json (variant, codec seed, model seed)")
     ap.add_argument("--baseline", required=True, help="the variant the others are paired against")
     ap.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args(argv)
+    if not (a.run or a.files):
+        ap.error("give runs with --run or --files")
     runs: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        for spec in a.run:
-            variant, codec, path = parse_run(spec)
+        for variant, codec, path in [parse_run(r) for r in a.run] + [parse_file(f) for f in a.files]:
             runs.setdefault(variant, {}).setdefault(codec, []).append(read_accuracy(path))
         s = summarize(runs, a.baseline)
     except (ValueError, OSError, KeyError) as e:

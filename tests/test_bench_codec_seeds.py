@@ -67,3 +67,15 @@ def test_bad_input_is_a_clear_error(tmp_path):
         bench.summarize(runs, "old")
     with pytest.raises(SystemExit, match="error: .*VARIANT:CODEC=PATH"):
         bench.main(["--run", good, "--baseline", "base"])
+
+
+def test_files_read_variant_and_codec_from_their_names(tmp_path, capsys):
+    names = {"base_c0_s0.json": 0.9, "base_c1_s1.json": 0.8, "new_codec0_seed0.json": 0.8, "new_codec1_seed4.json": 0.8}
+    files = [_compare_json(tmp_path / n, c, 0.7, c) for n, c in names.items()]
+    bench.main(["--files", *files, "--baseline", "base"])
+    assert "| new - base | paired over codecs c0 c1 | -5.0 +- 5.0 |" in capsys.readouterr().out
+    assert bench.parse_file("/x/entropy0.01_c12_s3.json") == ("entropy0.01", "c12", "/x/entropy0.01_c12_s3.json")
+    with pytest.raises(ValueError, match="VARIANT_cC_sS.json"):
+        bench.parse_file("preset_s0.json")
+    with pytest.raises(SystemExit):
+        bench.main(["--baseline", "base"])  # no runs at all
