@@ -16,8 +16,11 @@ the same training step with a 16x16 token grid (`model.patch=2`: 768 tokens per
 9-frame clip instead of 192), 128 and 64 wide (`model.widths=[64]`), against the
 preset's 8x8 grid. A sixth: the same training step with decorrelated latent channels
 (`model.latent_norm=whiten`) against the preset's per-channel standardization. A seventh: the same training
-step with FSQ's code-entropy term (`model.quantizer.fsq_entropy_weight`) on against off. Prints the load
-average, since the CPU is shared.
+step with FSQ's code-entropy term (`model.quantizer.fsq_entropy_weight`) on against off. An eighth: the same
+training step with its loss function (model calls included) under `torch.compile`, as `train.compile=true` runs it,
+against eager, and the compiled step's first call (compiling included; run with `TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)`
+for a cold compile, since torch keeps compiled graphs on disk between processes). Prints the load average, since the CPU is
+shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16] [--only decoder-levels ...]
 """
@@ -159,12 +162,42 @@ def bench_fsq_entropy(repeats: int, rounds: int = 3, weight: float = 0.01) -> di
     return {"s_off": t["off"]["s"], "s_on": t["on"]["s"], "time_ratio": t["on"]["s"] / t["off"]["s"], "weight": weight}
 
 
+def bench_compile(repeats: int, rounds: int = 3) -> dict[str, float]:
+    """The tiny codec recipe's training step eager against its loss under `torch.compile` (what `train.compile=true`
+    compiles): seconds per step (alternating rounds, each compiled round warmed up by two steps first) and the
+    first compiled step's seconds (compiling included; later rounds and later processes reuse torch's caches)."""
+    import statistics
+
+    from duogen.speed import codec_step, time_training_step
+
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    first_call = 0.0
+    for r in range(rounds):
+        for k in times:
+            torch.manual_seed(0)
+            sm = codec_step()
+            if k == "compiled":
+                sm = sm._replace(loss=torch.compile(sm.loss))
+                opt = torch.optim.AdamW(sm.model.parameters(), lr=1e-4)
+                for i in range(2):  # compile, and any recompile on the second call
+                    t = time.perf_counter()
+                    opt.zero_grad(set_to_none=True)
+                    sm.loss(sm.model).backward()
+                    opt.step()
+                    if r == 0 and i == 0:
+                        first_call = time.perf_counter() - t
+            times[k].append(time_training_step(sm, "fp32", repeats, count_flops=False).step_s)
+    eager, compiled = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    return {"s_eager": eager, "s_compiled": compiled, "time_ratio": compiled / eager, "first_call_s": first_call}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
-    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid", "latent-norm", "fsq-entropy")
+    parts = ("throughput", "causal-conv", "channels-last", "decoder-levels", "grid", "latent-norm", "fsq-entropy",
+             "compile")
     ap.add_argument("--only", choices=parts, action="append",
                     help="run only this part (repeatable; default: all). On a CPU without native bf16 the bf16"
                          " throughput part takes many minutes")
@@ -202,6 +235,10 @@ def main() -> None:
         e = bench_fsq_entropy(a.repeats)
         print(f"tiny codec training step, without FSQ's code-entropy term {e['s_off']:.3f} s, with it (weight"
               f" {e['weight']}) {e['s_on']:.3f} s: time x{e['time_ratio']:.3f}")
+    if "compile" in run:
+        c = bench_compile(a.repeats)
+        print(f"tiny codec training step, eager {c['s_eager']:.3f} s, loss under torch.compile {c['s_compiled']:.3f} s:"
+              f" time x{c['time_ratio']:.3f}; first compiled step {c['first_call_s']:.1f} s (compiling included)")
     print(f"load_avg after: {os.getloadavg()[0]:.1f}")
 
 
