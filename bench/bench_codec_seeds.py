@@ -6,8 +6,9 @@
 
 Each `--run VARIANT:CODEC=PATH` is one `duogen compare` of one model (a DiT or an AR model trained with one seed)
 on the codec trained with seed CODEC of that variant: PATH is what the compare's `--json` printed, or the
-results.json of `bench/bench_patch_ar.py` (which trains the demo's AR model and runs that compare). One codec run draws its own latent space, and a generator trained on it inherits that draw, so two
-codec variants compared on one codec seed each can differ by the codec seed alone. Here the unit is the codec:
+results.json of `bench/bench_patch_ar.py` (which trains the demo's AR model and runs that compare). One codec run
+draws its own latent space, and a generator trained on it inherits that draw, so two codec variants compared on one
+codec seed each can differ by the codec seed alone. Here the unit is the codec:
 each codec's accuracy is the mean over the models trained on it, each variant's the mean over its codecs, and a
 variant is set against the baseline codec by codec (same CODEC label in both), the paired difference's standard
 error taken over the codec seeds. The spread between the baseline's own codecs (its standard deviation) says how
@@ -50,6 +51,10 @@ def read_accuracy(path: str | Path) -> dict[str, float]:
     return acc
 
 
+def _codec_order(label: str) -> tuple[int, str]:
+    return len(label), label  # c2 before c10
+
+
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
     m = statistics.fmean(values)
     return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
@@ -65,12 +70,13 @@ def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str)
     out: dict[str, Any] = {"baseline": baseline, "variants": {}}
     for v, codecs in sorted(per_codec.items(), key=lambda kv: kv[0] != baseline):
         attrs = [a for a in ATTRIBUTES if all(a in acc for acc in codecs.values())]
-        row: dict[str, Any] = {"codecs": {c: {a: round(acc[a], 4) for a in attrs} for c, acc in sorted(codecs.items())},
-                               "models": {c: len(runs[v][c]) for c in sorted(codecs)},
-                               "mean": {a: round(statistics.fmean(acc[a] for acc in codecs.values()), 4) for a in attrs},
+        order = sorted(codecs, key=_codec_order)
+        row: dict[str, Any] = {"codecs": {c: {a: round(codecs[c][a], 4) for a in attrs} for c in order},
+                               "models": {c: len(runs[v][c]) for c in order},
+                               "mean": {a: round(statistics.fmean(codecs[c][a] for c in order), 4) for a in attrs},
                                "codec_sd": {a: (round(statistics.stdev([acc[a] for acc in codecs.values()]), 4)
                                                 if len(codecs) > 1 else None) for a in attrs}}
-        shared = sorted(set(codecs) & set(per_codec[baseline]))
+        shared = sorted(set(codecs) & set(per_codec[baseline]), key=_codec_order)
         if v != baseline:
             if not shared:
                 raise ValueError(f"variant {v!r} shares no codec seed with the baseline {baseline!r}")

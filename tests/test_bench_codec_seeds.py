@@ -79,3 +79,12 @@ def test_files_read_variant_and_codec_from_their_names(tmp_path, capsys):
         bench.parse_file("preset_s0.json")
     with pytest.raises(SystemExit):
         bench.main(["--baseline", "base"])  # no runs at all
+
+
+def test_codecs_in_seed_order(tmp_path):
+    files = [_compare_json(tmp_path / f"base_c{c}_s0.json", 0.9, 0.7, 0.8) for c in (10, 2, 1)]
+    runs = {"base": {}}
+    for f in files:
+        v, c, p = bench.parse_file(f)
+        runs[v].setdefault(c, []).append(bench.read_accuracy(p))
+    assert list(bench.summarize(runs, "base")["variants"]["base"]["codecs"]) == ["c1", "c2", "c10"]
