@@ -17,10 +17,11 @@ the same training step with a 16x16 token grid (`model.patch=2`: 768 tokens per
 preset's 8x8 grid. A sixth: the same training step with decorrelated latent channels
 (`model.latent_norm=whiten`) against the preset's per-channel standardization. A seventh: the same training
 step with FSQ's code-entropy term (`model.quantizer.fsq_entropy_weight`) on against off. An eighth: the same
-training step with its loss function (model calls included) under `torch.compile`, as `train.compile=true` runs it,
-against eager, and the compiled step's first call (compiling included; run with `TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)`
-for a cold compile, since torch keeps compiled graphs on disk between processes). Prints the load average, since the CPU is
-shared.
+training step with its loss function (model calls included) under `torch.compile`, as the engine's
+`train.compile=true` compiles the AR and diffusion recipes' (the codec recipe has its own loop and no such key),
+against eager, and the compiled step's first call (compiling included; run with `TORCHINDUCTOR_CACHE_DIR=$(mktemp
+-d)` for a cold compile, since torch keeps compiled graphs on disk between processes). Prints the load average,
+since the CPU is shared.
 
     .venv/bin/python bench/bench_codec.py [--threads N] [--repeats 3] [--batch 16] [--only decoder-levels ...]
 """
@@ -163,8 +164,8 @@ def bench_fsq_entropy(repeats: int, rounds: int = 3, weight: float = 0.01) -> di
 
 
 def bench_compile(repeats: int, rounds: int = 3) -> dict[str, float]:
-    """The tiny codec recipe's training step eager against its loss under `torch.compile` (what `train.compile=true`
-    compiles): seconds per step (alternating rounds, each compiled round warmed up by two steps first) and the
+    """The tiny codec recipe's training step eager against its loss under `torch.compile` (what the engine's
+    `train.compile=true` compiles for the AR and diffusion recipes): seconds per step (alternating rounds, each compiled round warmed up by two steps first) and the
     first compiled step's seconds (compiling included; later rounds and later processes reuse torch's caches)."""
     import statistics
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from duogen.eval.metrics import standard_error
 
 ATTRIBUTES = ("color", "count", "direction", "shape", "two-object color")
 
@@ -55,11 +56,6 @@ def _codec_order(label: str) -> tuple[int, str]:
     return len(label), label  # c2 before c10
 
 
-def _mean_se(values: list[float]) -> tuple[float, float | None]:
-    m = statistics.fmean(values)
-    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
-
-
 def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str) -> dict[str, Any]:
     """runs[variant][codec] = each model's accuracies -> per-codec means, per-variant means, and each variant's
     paired difference from `baseline` over the codecs both have (mean and standard error, in accuracy units)."""
@@ -74,8 +70,8 @@ def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str)
         row: dict[str, Any] = {"codecs": {c: {a: round(codecs[c][a], 4) for a in attrs} for c in order},
                                "models": {c: len(runs[v][c]) for c in order},
                                "mean": {a: round(statistics.fmean(codecs[c][a] for c in order), 4) for a in attrs},
-                               "codec_sd": {a: (round(statistics.stdev([acc[a] for acc in codecs.values()]), 4)
-                                                if len(codecs) > 1 else None) for a in attrs}}
+                               "codec_sd": {a: (round(statistics.stdev([codecs[c][a] for c in order]), 4)
+                                                if len(order) > 1 else None) for a in attrs}}
         shared = sorted(set(codecs) & set(per_codec[baseline]), key=_codec_order)
         if v != baseline:
             if not shared:
@@ -83,7 +79,8 @@ def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], baseline: str)
             diff = {}
             for a in attrs:
                 if all(a in per_codec[baseline][c] for c in shared):
-                    m, se = _mean_se([codecs[c][a] - per_codec[baseline][c][a] for c in shared])
+                    d = [codecs[c][a] - per_codec[baseline][c][a] for c in shared]
+                    m, se = statistics.fmean(d), standard_error(d)
                     diff[a] = {"mean": round(m, 4), "stderr": None if se is None else round(se, 4)}
             row["paired"] = {"codecs": shared, **diff}
         out["variants"][v] = row

@@ -97,6 +97,11 @@ def mean_accuracy(per_clip: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
+def standard_error(values: Sequence[float]) -> float | None:
+    """The standard error of the mean of `values` (sample standard deviation over sqrt(n)); None below two values."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+
+
 def accuracy_stderr(per_prompt: Iterable[Sequence[Mapping[str, float]]]) -> dict[str, float | None]:
     """Standard error of `mean_accuracy` per kind (and "all"), with prompts as the units.
 
@@ -111,5 +116,5 @@ def accuracy_stderr(per_prompt: Iterable[Sequence[Mapping[str, float]]]) -> dict
     out: dict[str, float | None] = {}
     for k in sorted({k for m in means for k in m}):
         vals = [m[k] for m in means if k in m]
-        out[k] = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else None
+        out[k] = standard_error(vals)
     return out

@@ -10,11 +10,11 @@ two accuracies whose errors are taken apart: a prompt that is hard for one model
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .metrics import standard_error
 
 ATTRIBUTES = ("color", "direction", "shape", "count")
 
@@ -64,8 +64,8 @@ def paired_differences(new: dict[str, Any], old: dict[str, Any], pairs: list[tup
                 pa, pb = _per_prompt(a[label], attr), _per_prompt(b[label], attr)
                 d = [x - y for x, y in zip(pa, pb)]
                 mean = sum(d) / len(d)
-                se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
-                row[attr] = {"new": sum(pa) / len(pa), "old": sum(pb) / len(pb), "diff": mean, "stderr": se}
+                se = standard_error(d)
+                row[attr] = {"new": sum(pa) / len(pa), "old": sum(pb) / len(pb), "diff": mean, "stderr": float("nan") if se is None else se}
             row["fpd"] = {"new": a[label].get("frechet_probe_distance"), "old": b[label].get("frechet_probe_distance")}
             rows.append(row)
     return rows
