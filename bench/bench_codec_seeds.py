@@ -13,6 +13,11 @@ each codec's accuracy is the mean over the models trained on it, each variant's 
 variant is set against the baseline codec by codec (same CODEC label in both), the paired difference's standard
 error taken over the codec seeds. The spread between the baseline's own codecs (its standard deviation) says how
 much one codec seed moves the model on top. Prints a markdown table; `--json` writes the same numbers.
+
+`--codec-stats FILE` (what `bench/bench_latent_contrast.py` printed, with codecs named VARIANT_cC) asks which
+property of a codec goes with a better model on top: over every codec that has both, the rank correlation
+(Spearman) between the codec's mean accuracy and each of its properties (code perplexity and usage over all cells,
+object cells and background cells; objects' distance from the background), with a two-sided permutation p-value.
 """
 
 from __future__ import annotations
@@ -107,6 +112,79 @@ def format_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CODEC_STATS = {
+    "perplexity": ("codes", "all", "perplexity"), "usage": ("codes", "all", "usage"),
+    "object perplexity": ("codes", "objects", "perplexity"), "object usage": ("codes", "objects", "usage"),
+    "background perplexity": ("codes", "background", "perplexity"),
+    "background usage": ("codes", "background", "usage"), "contrast": ("object_to_background_ratio",),
+}
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float], permutations: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Spearman's rank correlation of x and y, and the share of `permutations` shuffles of y whose |rho| is at
+    least as large (two-sided p-value; seeded, so the same inputs give the same p)."""
+    import random
+
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"a rank correlation wants three or more pairs, got {min(len(x), len(y))}")
+    rx, ry = _ranks(x), _ranks(y)
+    if len(set(rx)) == 1 or len(set(ry)) == 1:
+        return float("nan"), float("nan")
+    rho = statistics.correlation(rx, ry)
+    rng, shuffled, hits = random.Random(seed), list(ry), 0
+    for _ in range(permutations):
+        rng.shuffle(shuffled)
+        hits += abs(statistics.correlation(rx, shuffled)) >= abs(rho) - 1e-12
+    return rho, hits / permutations
+
+
+def codec_correlations(s: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """summarize()'s per-codec means and bench_latent_contrast's figures per codec (named VARIANT_cC) -> for each
+    attribute and codec property, Spearman's rho and its permutation p over the codecs that have both."""
+    pairs = [(row["codecs"][c], stats[f"{v}_{c}"]) for v, row in s["variants"].items() for c in row["codecs"]
+             if f"{v}_{c}" in stats]
+    if len(pairs) < 3:
+        raise ValueError(f"--codec-stats names {len(pairs)} of the runs' codecs (VARIANT_cC); a correlation wants 3+")
+    out: dict[str, Any] = {"codecs": len(pairs), "attributes": {}}
+    for a in ATTRIBUTES:
+        if not all(a in acc for acc, _ in pairs):
+            continue
+        out["attributes"][a] = {}
+        for name, keys in CODEC_STATS.items():
+            vals = []
+            for _, st in pairs:
+                for k in keys:
+                    st = st[k]
+                vals.append(float(st))
+            rho, p = spearman([acc[a] for acc, _ in pairs], vals)
+            out["attributes"][a][name] = {"rho": round(rho, 3), "p": round(p, 4)}
+    return out
+
+
+def format_correlations(c: dict[str, Any]) -> str:
+    names = list(CODEC_STATS)
+    lines = [f"Spearman's rho (permutation p) over {c['codecs']} codecs:", "",
+             "| attribute | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for a, row in c["attributes"].items():
+        lines.append(f"| {a} | " + " | ".join(f"{row[n]['rho']:+.2f} ({row[n]['p']:.3f})" for n in names) + " |")
+    return "\n".join(lines)
+
+
 _NAME = re.compile(r"^(?P<variant>.+?)_c(?:odec)?(?P<codec>\d+)_s(?:eed)?\d+\.json$")
 
 
@@ -133,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", nargs="+", default=[], metavar="FILE",
                     help="runs named VARIANT_cC_sS.json or VARIANT_codecC_seedS.json (variant, codec seed, model seed)")
     ap.add_argument("--baseline", required=True, help="the variant the others are paired against")
+    ap.add_argument("--codec-stats", metavar="FILE",
+                    help="bench_latent_contrast.py's JSON, codecs named VARIANT_cC: rank-correlate each codec's mean "
+                         "accuracy with its code perplexity, usage and contrast")
     ap.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args(argv)
     if not (a.run or a.files):
@@ -142,9 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         for variant, codec, path in [parse_run(r) for r in a.run] + [parse_file(f) for f in a.files]:
             runs.setdefault(variant, {}).setdefault(codec, []).append(read_accuracy(path))
         s = summarize(runs, a.baseline)
+        if a.codec_stats:
+            s["codec_correlations"] = codec_correlations(s, json.loads(Path(a.codec_stats).read_text()))
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")
     print(format_table(s))
+    if "codec_correlations" in s:
+        print("\n" + format_correlations(s["codec_correlations"]))
     if a.json:
         Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
 

@@ -8,7 +8,10 @@ Encodes `--n` held-out clips to each codec's continuous latent, normalized per c
 of its latent frame: frame 0 alone, then groups of r) is above the black background (`VideoCodec.object_cells`). Printed per
 codec: the share of object cells, the per-channel spread of background and object cells, and the mean distance from
 the background cells' mean of background cells and of object cells, with their ratio (how many background spreads
-an object sits away: the larger, the more an object stands out against the noise a denoiser starts from).
+an object sits away: the larger, the more an object stands out against the noise a denoiser starts from). Then
+where the codec's codebook usage comes from: the share of the codebook the ids of object cells, of background cells
+and of all cells use, with each set's perplexity (`quantizers.code_stats`; usage over all cells is what `duogen
+tokenizer eval` and `bench_codec_steps.py` read on the same clips).
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ def contrast(z: torch.Tensor, cells: torch.Tensor) -> dict[str, object]:
     }
 
 
+def codes_by_region(ids: torch.Tensor, cells: torch.Tensor, codebook_size: int) -> dict[str, object]:
+    """Ids (B, f, h, w) and object cells (B, f, h, w) -> codebook usage and perplexity of the object cells' ids,
+    the background cells' ids and all ids."""
+    from duogen.tokenizers.quantizers import code_stats
+
+    out: dict[str, object] = {}
+    for region, sel in (("objects", cells), ("background", ~cells), ("all", torch.ones_like(cells))):
+        st = code_stats(ids[sel], codebook_size)
+        out[region] = {"ids": int(sel.sum()), "usage": round(st["usage"], 4), "perplexity": round(st["perplexity"], 1)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--codec", action="append", required=True, help="NAME=DIR of a video codec; repeatable")
@@ -52,9 +67,11 @@ def main() -> None:
         name, _, path = spec.rpartition("=")
         codec = load(path).eval()
         with torch.no_grad():
-            z = codec.normalize_latents(codec.encode_latents(x)).float()
+            latent = codec.encode_latents(x)
+            ids = codec.latents_to_ids(latent)
+            z = codec.normalize_latents(latent).float()
             cells = codec.object_cells(x)
-        out[name or path] = contrast(z, cells)
+        out[name or path] = {**contrast(z, cells), "codes": codes_by_region(ids, cells, codec.vocab_size)}
     print(json.dumps(out, indent=1))
 
 

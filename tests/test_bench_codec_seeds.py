@@ -88,3 +88,37 @@ def test_codecs_in_seed_order(tmp_path):
         v, c, p = bench.parse_file(f)
         runs[v].setdefault(c, []).append(bench.read_accuracy(p))
     assert list(bench.summarize(runs, "base")["variants"]["base"]["codecs"]) == ["c1", "c2", "c10"]
+
+
+def test_spearman_ranks_ties_and_reads_a_permutation_p():
+    rho, p = bench.spearman([1, 2, 3, 4, 5, 6, 7, 8], [10, 20, 30, 40, 50, 60, 70, 80])
+    assert rho == pytest.approx(1.0) and p < 0.001  # one ordering of 8! (and its reverse) reaches |rho| = 1
+    rho, _ = bench.spearman([1, 2, 3, 4], [4, 3, 2, 1])
+    assert rho == pytest.approx(-1.0)
+    assert bench._ranks([5.0, 1.0, 5.0, 3.0]) == [3.5, 1.0, 3.5, 2.0]
+    rho, p = bench.spearman([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])  # rho = 1 - 6 * 6 / 210
+    assert rho == pytest.approx(1 - 36 / 210) and 0.0 < p < 0.2
+    with pytest.raises(ValueError, match="three or more"):
+        bench.spearman([1, 2], [1, 2])
+
+
+def test_codec_stats_correlate_each_codecs_mean_with_its_properties(tmp_path, capsys):
+    # four codecs; color falls as perplexity rises, contrast is unrelated to the order
+    files, stats = [], {}
+    for i, (v, c, color, ppl, contrast) in enumerate([("base", "c0", 0.95, 100, 1.3), ("base", "c1", 0.90, 200, 1.9),
+                                                     ("new", "c0", 0.85, 300, 1.2), ("new", "c1", 0.80, 400, 1.5)]):
+        files.append(_compare_json(tmp_path / f"{v}_{c}_s0.json", color, 0.7, color - 0.1))
+        codes = {r: {"usage": 0.5, "perplexity": ppl} for r in ("all", "objects", "background")}
+        stats[f"{v}_{c}"] = {"object_to_background_ratio": contrast, "codes": codes}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    out = tmp_path / "s.json"
+    bench.main(["--baseline", "base", "--files", *files, "--codec-stats", str(tmp_path / "stats.json"), "--json", str(out)])
+    c = json.loads(out.read_text())["codec_correlations"]
+    assert c["codecs"] == 4
+    assert c["attributes"]["color"]["perplexity"]["rho"] == pytest.approx(-1.0)
+    assert c["attributes"]["color"]["contrast"]["rho"] == pytest.approx(0.0)  # ranks 4 3 2 1 against 2 4 1 3
+    assert c["attributes"]["count"]["usage"]["rho"] != c["attributes"]["count"]["usage"]["rho"]  # constant: nan
+    assert "Spearman's rho (permutation p) over 4 codecs" in capsys.readouterr().out
+    (tmp_path / "few.json").write_text(json.dumps({"base_c0": stats["base_c0"]}))
+    with pytest.raises(SystemExit, match="names 1 of the runs' codecs"):
+        bench.main(["--baseline", "base", "--files", *files, "--codec-stats", str(tmp_path / "few.json")])
