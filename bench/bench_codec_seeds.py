@@ -153,6 +153,12 @@ def spearman(x: list[float], y: list[float], permutations: int = 10000, seed: in
     return rho, hits / permutations
 
 
+def _codec_stat(doc: dict[str, Any], keys: tuple[str, ...]) -> float:
+    for k in keys:
+        doc = doc[k]
+    return float(doc)
+
+
 def codec_correlations(s: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """summarize()'s per-codec means and bench_latent_contrast's figures per codec (named VARIANT_cC) -> for each
     attribute and codec property, Spearman's rho and its permutation p over the codecs that have both."""
@@ -166,12 +172,7 @@ def codec_correlations(s: dict[str, Any], stats: dict[str, Any]) -> dict[str, An
             continue
         out["attributes"][a] = {}
         for name, keys in CODEC_STATS.items():
-            vals = []
-            for _, st in pairs:
-                for k in keys:
-                    st = st[k]
-                vals.append(float(st))
-            rho, p = spearman([acc[a] for acc, _ in pairs], vals)
+            rho, p = spearman([acc[a] for acc, _ in pairs], [_codec_stat(st, keys) for _, st in pairs])
             out["attributes"][a][name] = {"rho": round(rho, 3), "p": round(p, 4)}
     return out
 
