@@ -122,17 +122,9 @@ CODEC_STATS = {
 
 def _ranks(xs: list[float]) -> list[float]:
     """Ranks from 1, ties sharing their mean rank."""
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    from scipy.stats import rankdata
+
+    return [float(r) for r in rankdata(xs, method="average")]
 
 
 def spearman(x: list[float], y: list[float], permutations: int = 10000, seed: int = 0) -> tuple[float, float]:
