@@ -128,6 +128,9 @@ def test_the_minilm_text_states_encode_every_caption_before_the_first_step(tmp_p
                     text=tmp_path / "plain" / "final" / "text.model")
     assert after_warm and len(encoded) == after_warm[0] > 1, "every caption before the first step, none after"
     assert len(set(encoded)) == len(encoded), "each distinct caption once"
-    assert info["flops"] < 1.02 * plain["flops"], "the frozen encoder's FLOPs are not the model's training FLOPs"
+    # The trained map from MiniLM's 384 features to this 32-wide model adds a few percent (2.0% on a 625-code
+    # codec); the frozen encoder, about 11M parameters past its embeddings, would add ~2e8 FLOPs per caption read,
+    # over half of this whole run's 3.8e8.
+    assert info["flops"] < 1.1 * plain["flops"], "the frozen encoder's FLOPs are not the model's training FLOPs"
     m = MultimodalLM.from_pretrained(tmp_path / "run" / "final")
     assert m.cfg.text_states == "minilm" and m.text_states.proj.weight.abs().sum() > 0
